@@ -1,0 +1,1626 @@
+//! Tamper-evident, group-committed audit log (network rules, Article 12.8).
+//!
+//! Every request, allowed or refused, gets a record in `DIR/audit.log`, an
+//! append-only file with one JSON object per line.  Lines form a hash chain:
+//!
+//! ```text
+//! {"seq":1,"prev":"000…0","kind":"request","time":"…",…,"hash":"<hex>"}
+//! {"seq":2,"prev":"<hash of line 1>","kind":"outcome","rid":1,…,"hash":"<hex>"}
+//! ```
+//!
+//! * `seq` starts at 1 and is gap-free (it is also the line number);
+//! * `prev` is the `hash` of the previous line (64 zeros for the first line);
+//! * `hash` is the lowercase hex SHA-256 of the ASCII `prev` followed by the
+//!   *canonical form* of the line: the exact bytes of the line as written,
+//!   with the trailing `,"hash":"…"` member removed (so `{"seq":…,"prev":…,
+//!   "kind":…,…}`).  `hash` is always the last member.  Because the digest is
+//!   over the stored bytes, any edit (even whitespace) is detected.
+//!
+//! The anchor file `DIR/audit.head` (`{"seq":N,"hash":"…"}`) records the last
+//! durable line; it is replaced atomically (temp file, fsync, rename) by a
+//! helper thread after synced batches (coalesced: at most one update per
+//! `HEAD_MIN_INTERVAL`, always one at close), so removing lines from the tail
+//! of the log is detected as well.  A fresh log gets the anchor `seq 0` at
+//! open; a missing anchor next to a non-empty log counts as tampering.
+//!
+//! Writes are done by one dedicated OS thread with group commit: it drains
+//! everything queued, appends it with one `write`, calls `sync_data` once and
+//! only then completes the waiters.  [`AuditLog::record`] therefore resolves
+//! only when the request line is on disk, and the gateway must not forward a
+//! request whose `record` failed (fail closed).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use time::macros::{format_description, offset};
+use time::{OffsetDateTime, UtcOffset};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot};
+
+/// Name of the audit log inside the audit directory.
+pub const LOG_FILE: &str = "audit.log";
+/// Name of the head anchor inside the audit directory.
+pub const HEAD_FILE: &str = "audit.head";
+const HEAD_TMP_FILE: &str = "audit.head.tmp";
+
+/// Japan Standard Time, the offset used for `time` fields.
+pub const JST: UtcOffset = offset!(+9);
+
+/// `prev` of the first line.
+const ZERO_HASH: [u8; 64] = [b'0'; 64];
+/// Every line ends with `,"hash":"<64 hex>"}`.
+const HASH_MEMBER: &[u8] = b",\"hash\":\"";
+const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+/// Upper bounds for one group commit.
+const MAX_BATCH_LINES: usize = 8192;
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// While outcome lines are waiting after a failed write, retry this often.
+const RETRY_INTERVAL: Duration = Duration::from_millis(250);
+/// Minimum spacing of head anchor updates (the anchor lags the log by at most
+/// this plus one fsync).
+const HEAD_MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// One request decision, as written to the log (`"kind":"request"`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// RFC 3339 with the Japan offset, e.g. `2026-04-01T09:00:00.123+09:00` (see [`now_jst`]).
+    pub time: String,
+    pub site: String,
+    /// `"mtls"`, `"wireguard"` or `"site"`.
+    pub ingress: String,
+    pub client: String,
+    pub terminal: Option<String>,
+    pub physician: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub patient: Option<String>,
+    pub category: Option<String>,
+    /// `"allow"` or `"deny"`.
+    pub decision: String,
+    pub reason: String,
+    pub serial: Option<String>,
+    pub cn: Option<String>,
+}
+
+/// What happened to a forwarded request (`"kind":"outcome"`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: u16,
+    pub bytes: u64,
+    pub duration_us: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("audit log is corrupt at line {line}: {reason}")]
+    Corrupt { line: u64, reason: String },
+    #[error("audit log is closed")]
+    Closed,
+    #[error("audit record could not be written (fail closed): {0}")]
+    WriteFailed(String),
+    #[error("audit record could not be encoded: {0}")]
+    Encode(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Result of a successful [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Number of lines checked (= last seq).
+    pub records: u64,
+    /// `hash` of the last line (64 zeros for an empty log).
+    pub head: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The chain is broken; `line` is 1-based (0 when no single line is to blame).
+    #[error("audit chain broken at line {line}{}: {reason}", seq_note(.seq))]
+    Broken {
+        line: u64,
+        seq: Option<u64>,
+        reason: String,
+    },
+    #[error("audit I/O error on {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn seq_note(seq: &Option<u64>) -> String {
+    seq.map(|s| format!(" (seq {s})")).unwrap_or_default()
+}
+
+/// Current time formatted for [`RequestRecord::time`].
+pub fn now_jst() -> String {
+    format_time(OffsetDateTime::now_utc())
+}
+
+/// Formats an instant as RFC 3339 with the +09:00 offset.
+pub fn format_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(JST);
+    // RFC 3339 formatting only fails for years outside 0..=9999.
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+// ---------------------------------------------------------------------------
+// Line encoding and checking
+// ---------------------------------------------------------------------------
+
+/// Record body as serialised by callers (`{"kind":…,…}`); the writer
+/// prefixes `seq`/`prev` and appends `hash`.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum BodyOut<'a> {
+    Request(&'a RequestRecord),
+    Outcome {
+        rid: u64,
+        status: u16,
+        bytes: u64,
+        duration_us: u64,
+    },
+}
+
+fn hex_sha256(parts: &[&[u8]]) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for p in parts {
+        ctx.update(p);
+    }
+    let d = ctx.finish();
+    let mut out = [0u8; 64];
+    for (pair, b) in out.chunks_exact_mut(2).zip(d.as_ref()) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0x0f)];
+    }
+    out
+}
+
+/// Appends one complete line (with `\n`) to `buf`; returns its hash.
+fn encode_line(buf: &mut Vec<u8>, seq: u64, prev: &[u8; 64], body: &[u8]) -> [u8; 64] {
+    let start = buf.len();
+    buf.extend_from_slice(b"{\"seq\":");
+    buf.extend_from_slice(seq.to_string().as_bytes());
+    buf.extend_from_slice(b",\"prev\":\"");
+    buf.extend_from_slice(prev);
+    buf.extend_from_slice(b"\",");
+    // `body` is `{"kind":…}`: drop its opening brace, keep the closing one.
+    buf.extend_from_slice(body.get(1..).unwrap_or_default());
+    let hash = hex_sha256(&[prev, &buf[start..]]);
+    buf.pop(); // closing brace of the canonical form
+    buf.extend_from_slice(HASH_MEMBER);
+    buf.extend_from_slice(&hash);
+    buf.extend_from_slice(b"\"}\n");
+    hash
+}
+
+/// Fields needed to check the chain; the hash covers the rest.
+#[derive(Deserialize)]
+struct LineHeader<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    prev: Cow<'a, str>,
+    #[serde(borrow)]
+    hash: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    rid: Option<u64>,
+}
+
+enum LineFault {
+    /// Not valid JSON / missing fields (may be a torn write if it is the last line).
+    Parse(String),
+    /// Valid line that does not fit the chain.
+    Chain { seq: u64, reason: String },
+}
+
+/// Checks one line (without `\n`) against the expected seq and previous hash.
+fn check_line(line: &[u8], expected: u64, prev: &[u8; 64]) -> Result<[u8; 64], LineFault> {
+    let h: LineHeader =
+        serde_json::from_slice(line).map_err(|e| LineFault::Parse(format!("invalid JSON: {e}")))?;
+    let seq = h.seq;
+    let bad = |reason: String| LineFault::Chain { seq, reason };
+    if seq != expected {
+        return Err(bad(format!(
+            "seq {seq} where {expected} was expected (line deleted, inserted or reordered)"
+        )));
+    }
+    if h.prev.as_bytes() != prev {
+        return Err(bad(
+            "prev does not match the hash of the preceding line (chain link broken)".into(),
+        ));
+    }
+    let n = line.len();
+    if n < HASH_SUFFIX_LEN + 2 {
+        return Err(bad("line too short for a hash member".into()));
+    }
+    let (canon, suffix) = line.split_at(n - HASH_SUFFIX_LEN);
+    if !suffix.starts_with(HASH_MEMBER)
+        || !suffix.ends_with(b"\"}")
+        || &suffix[HASH_MEMBER.len()..HASH_MEMBER.len() + 64] != h.hash.as_bytes()
+    {
+        return Err(bad("\"hash\" is not the last member of the line".into()));
+    }
+    let computed = hex_sha256(&[prev, canon, b"}"]);
+    if computed.as_slice() != h.hash.as_bytes() {
+        return Err(bad(
+            "hash does not match the line content (line altered)".into()
+        ));
+    }
+    match h.kind.as_ref() {
+        "request" => {}
+        "outcome" => match h.rid {
+            Some(rid) if rid >= 1 && rid < seq => {}
+            _ => return Err(bad("outcome without a valid earlier rid".into())),
+        },
+        other => return Err(bad(format!("unknown kind {other:?}"))),
+    }
+    Ok(computed)
+}
+
+struct Scan {
+    last_seq: u64,
+    last_hash: [u8; 64],
+    /// Length of the file up to the end of the last good line.
+    good_len: u64,
+    /// Hash of the line whose seq equals the anchor's seq.
+    anchor_hash: Option<[u8; 64]>,
+    /// A torn final line (1-based line number and why), only when repairing.
+    torn: Option<(u64, String)>,
+}
+
+enum ScanErr {
+    Io(io::Error),
+    Broken {
+        line: u64,
+        seq: Option<u64>,
+        reason: String,
+    },
+}
+
+/// Reads the whole log and checks every link.  An unterminated final segment
+/// is always ignored (a write in progress, or a torn write that was never
+/// acknowledged); with `repair`, an unparsable *final* line is reported as
+/// torn instead of being an error.
+fn scan_log(file: File, anchor_seq: u64, repair: bool) -> Result<Scan, ScanErr> {
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::with_capacity(1024);
+    let mut st = Scan {
+        last_seq: 0,
+        last_hash: ZERO_HASH,
+        good_len: 0,
+        anchor_hash: None,
+        torn: None,
+    };
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(ScanErr::Io)?;
+        if n == 0 {
+            break;
+        }
+        let line_no = st.last_seq + 1;
+        let Some(line) = buf.strip_suffix(b"\n") else {
+            if repair {
+                st.torn = Some((line_no, "final line has no newline".into()));
+            }
+            break;
+        };
+        match check_line(line, line_no, &st.last_hash) {
+            Ok(hash) => {
+                st.last_seq = line_no;
+                st.last_hash = hash;
+                st.good_len += n as u64;
+                if line_no == anchor_seq {
+                    st.anchor_hash = Some(hash);
+                }
+            }
+            Err(LineFault::Parse(reason))
+                if repair && reader.fill_buf().map_err(ScanErr::Io)?.is_empty() =>
+            {
+                st.torn = Some((line_no, reason));
+                break;
+            }
+            Err(LineFault::Parse(reason)) => {
+                return Err(ScanErr::Broken {
+                    line: line_no,
+                    seq: None,
+                    reason,
+                })
+            }
+            Err(LineFault::Chain { seq, reason }) => {
+                return Err(ScanErr::Broken {
+                    line: line_no,
+                    seq: Some(seq),
+                    reason,
+                })
+            }
+        }
+    }
+    Ok(st)
+}
+
+#[derive(Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    hash: String,
+}
+
+enum HeadErr {
+    Io(io::Error),
+    Invalid(String),
+}
+
+fn read_head(dir: &Path) -> Result<Option<Head>, HeadErr> {
+    let bytes = match fs::read(dir.join(HEAD_FILE)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(HeadErr::Io(e)),
+    };
+    let head: Head = serde_json::from_slice(&bytes)
+        .map_err(|e| HeadErr::Invalid(format!("{HEAD_FILE} is not valid: {e}")))?;
+    if head.hash.len() != 64 || !head.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(HeadErr::Invalid(format!(
+            "{HEAD_FILE} has a malformed hash"
+        )));
+    }
+    Ok(Some(head))
+}
+
+/// Checks the scanned log against the head anchor: (line, seq, reason) on failure.
+fn check_anchor(st: &Scan, head: Option<&Head>) -> Result<(), (u64, Option<u64>, String)> {
+    match head {
+        None if st.last_seq > 0 => Err((
+            0,
+            None,
+            format!("{HEAD_FILE} is missing although the log has {} lines", st.last_seq),
+        )),
+        None => Ok(()),
+        Some(h) if h.seq > st.last_seq => Err((
+            st.last_seq + 1,
+            Some(h.seq),
+            format!(
+                "log ends at seq {} but {HEAD_FILE} anchors seq {}: lines were removed from the tail",
+                st.last_seq, h.seq
+            ),
+        )),
+        Some(h) if h.seq == 0 => Ok(()),
+        Some(h) => match st.anchor_hash {
+            Some(a) if a.as_slice() == h.hash.as_bytes() => Ok(()),
+            _ => Err((
+                h.seq,
+                Some(h.seq),
+                format!("hash of seq {} differs from the one anchored in {HEAD_FILE}", h.seq),
+            )),
+        },
+    }
+}
+
+/// Reads `DIR/audit.log` from the start and checks every link and the head
+/// anchor.  Read only; safe while a gateway is appending (the anchor is read
+/// first, and an unterminated final segment — a write in progress — is ignored).
+pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
+    let head = match read_head(dir) {
+        Ok(h) => h,
+        Err(HeadErr::Io(source)) => {
+            return Err(VerifyError::Io {
+                path: dir.join(HEAD_FILE),
+                source,
+            })
+        }
+        Err(HeadErr::Invalid(reason)) => {
+            return Err(VerifyError::Broken {
+                line: 0,
+                seq: None,
+                reason,
+            })
+        }
+    };
+    let log_path = dir.join(LOG_FILE);
+    let io = |source| VerifyError::Io {
+        path: log_path.clone(),
+        source,
+    };
+    let file = File::open(&log_path).map_err(io)?;
+    let st = scan_log(file, head.as_ref().map_or(0, |h| h.seq), false).map_err(|e| match e {
+        ScanErr::Io(source) => io(source),
+        ScanErr::Broken { line, seq, reason } => VerifyError::Broken { line, seq, reason },
+    })?;
+    check_anchor(&st, head.as_ref()).map_err(|(line, seq, reason)| VerifyError::Broken {
+        line,
+        seq,
+        reason,
+    })?;
+    Ok(VerifyReport {
+        records: st.last_seq,
+        head: String::from_utf8_lossy(&st.last_hash).into_owned(),
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Head anchor thread
+// ---------------------------------------------------------------------------
+
+fn write_head(dir: &Path, seq: u64, hash: &[u8; 64]) -> io::Result<()> {
+    let tmp = dir.join(HEAD_TMP_FILE);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let mut text = format!("{{\"seq\":{seq},\"hash\":\"").into_bytes();
+    text.extend_from_slice(hash);
+    text.extend_from_slice(b"\"}\n");
+    f.write_all(&text)?;
+    f.sync_data()?;
+    fs::rename(&tmp, dir.join(HEAD_FILE))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[derive(Default)]
+struct HeadState {
+    next: Option<(u64, [u8; 64])>,
+    stop: bool,
+}
+
+/// Latest-value slot between the log writer and the head writer: updates are
+/// coalesced, so the head never slows the group commit down.
+#[derive(Default)]
+struct HeadSlot {
+    state: Mutex<HeadState>,
+    cv: Condvar,
+}
+
+impl HeadSlot {
+    fn lock(&self) -> MutexGuard<'_, HeadState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, seq: u64, hash: [u8; 64]) {
+        self.lock().next = Some((seq, hash));
+        self.cv.notify_one();
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_one();
+    }
+}
+
+fn head_thread(dir: PathBuf, slot: Arc<HeadSlot>) {
+    loop {
+        let (job, stop) = {
+            let mut g = slot.lock();
+            while g.next.is_none() && !g.stop {
+                g = slot.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+            }
+            (g.next.take(), g.stop)
+        };
+        if let Some((seq, hash)) = job {
+            if let Err(e) = write_head(&dir, seq, &hash) {
+                tracing::warn!(error = %e, seq, "audit: could not update {HEAD_FILE}");
+            }
+            if !stop {
+                // Coalesce: under load, one fsynced head update per interval
+                // instead of one per batch (the fsyncs compete with the log's).
+                std::thread::sleep(HEAD_MIN_INTERVAL);
+            }
+        }
+        if stop {
+            if let Err(e) = sync_dir(&dir) {
+                tracing::warn!(error = %e, "audit: could not sync audit directory");
+            }
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Writer thread
+// ---------------------------------------------------------------------------
+
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
+enum Cmd {
+    Append { body: Vec<u8>, reply: Option<Reply> },
+    Close(oneshot::Sender<Result<(), AuditError>>),
+}
+
+struct Entry {
+    body: Vec<u8>,
+    reply: Option<Reply>,
+}
+
+struct Shared {
+    written: AtomicU64,
+    failed: AtomicBool,
+    #[cfg(test)]
+    inject_failure: AtomicBool,
+}
+
+struct Writer {
+    file: File,
+    next_seq: u64,
+    last_hash: [u8; 64],
+    /// File length after the last synced batch; anything beyond is rolled back.
+    good_len: u64,
+    /// Outcome lines of failed batches, retried first.
+    carry: Vec<Vec<u8>>,
+    buf: Vec<u8>,
+    shared: Arc<Shared>,
+    head: Arc<HeadSlot>,
+    head_thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        let mut disconnected = false;
+        let mut close = None;
+        while close.is_none() && !disconnected {
+            let mut cmds = Vec::new();
+            if self.carry.is_empty() {
+                match rx.blocking_recv() {
+                    Some(c) => cmds.push(c),
+                    None => disconnected = true,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(TryRecvError::Empty) => std::thread::sleep(RETRY_INTERVAL),
+                    Err(TryRecvError::Disconnected) => disconnected = true,
+                }
+            }
+            let mut entries: Vec<Entry> = self
+                .carry
+                .drain(..)
+                .map(|body| Entry { body, reply: None })
+                .collect();
+            let mut bytes = 0usize;
+            loop {
+                for cmd in cmds.drain(..) {
+                    match cmd {
+                        Cmd::Append { body, reply } => {
+                            bytes += body.len();
+                            entries.push(Entry { body, reply });
+                        }
+                        Cmd::Close(reply) => close = Some(reply),
+                    }
+                }
+                if close.is_some()
+                    || disconnected
+                    || entries.len() >= MAX_BATCH_LINES
+                    || bytes >= MAX_BATCH_BYTES
+                {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => disconnected = true,
+                }
+            }
+            self.commit(entries);
+        }
+        let result = if self.carry.is_empty() && !self.shared.failed.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            tracing::error!(
+                lost = self.carry.len(),
+                "audit: writer stopped in failed state; pending outcome lines were not written"
+            );
+            Err(AuditError::WriteFailed(format!(
+                "writer stopped in failed state with {} outcome lines unwritten",
+                self.carry.len()
+            )))
+        };
+        self.head.stop();
+        if let Some(h) = self.head_thread.take() {
+            if h.join().is_err() {
+                tracing::error!("audit: head thread panicked");
+            }
+        }
+        if let Some(reply) = close {
+            // The closer may have gone away; nothing else to tell.
+            let _ = reply.send(result);
+        }
+    }
+
+    fn commit(&mut self, entries: Vec<Entry>) {
+        if entries.is_empty() {
+            return;
+        }
+        let first = self.next_seq;
+        let mut hash = self.last_hash;
+        self.buf.clear();
+        for (seq, e) in (first..).zip(&entries) {
+            hash = encode_line(&mut self.buf, seq, &hash, &e.body);
+        }
+        match self.write_batch() {
+            Ok(()) => {
+                let n = entries.len() as u64;
+                self.next_seq += n;
+                self.last_hash = hash;
+                self.good_len += self.buf.len() as u64;
+                self.shared.written.fetch_add(n, Ordering::Relaxed);
+                if self.shared.failed.swap(false, Ordering::AcqRel) {
+                    tracing::info!("audit: writes succeed again, leaving failed state");
+                }
+                self.head.publish(self.next_seq - 1, hash);
+                for (seq, e) in (first..).zip(entries) {
+                    if let Some(reply) = e.reply {
+                        // The waiting request may have been cancelled; its line is written anyway.
+                        let _ = reply.send(Ok(seq));
+                    }
+                }
+            }
+            Err(err) => {
+                if !self.shared.failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %err, "audit: write failed, refusing requests until it succeeds");
+                }
+                // Roll back a partial write so the chain stays intact; if
+                // even that fails, the next batch retries it first.
+                if let Err(e) = self.file.set_len(self.good_len) {
+                    tracing::error!(error = %e, "audit: could not roll back partial write");
+                }
+                let msg = err.to_string();
+                for e in entries {
+                    match e.reply {
+                        Some(reply) => {
+                            let _ = reply.send(Err(AuditError::WriteFailed(msg.clone())));
+                        }
+                        None => self.carry.push(e.body),
+                    }
+                }
+            }
+        }
+    }
+
+    fn write_batch(&mut self) -> io::Result<()> {
+        if self.shared.failed.load(Ordering::Acquire)
+            && self.file.metadata()?.len() != self.good_len
+        {
+            self.file.set_len(self.good_len)?;
+        }
+        #[cfg(test)]
+        if self.shared.inject_failure.load(Ordering::Acquire) {
+            let half = self.buf.len() / 2;
+            self.file.write_all(&self.buf[..half])?;
+            return Err(io::Error::other("injected write failure"));
+        }
+        self.file.write_all(&self.buf)?;
+        self.file.sync_data()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Public handle
+// ---------------------------------------------------------------------------
+
+struct Inner {
+    tx: mpsc::UnboundedSender<Cmd>,
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Handle to the audit writer; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("written", &self.written())
+            .field("failed", &self.failed())
+            .finish()
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating) `DIR/audit.log`, recovers the chain, starts the writer thread.
+    ///
+    /// A torn final line (crash during a write) is truncated away with a
+    /// warning; any other damage, or a log shorter than its head anchor, is
+    /// an error and the gateway must not start.
+    pub fn open(dir: &Path) -> Result<AuditLog, AuditError> {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(dir))?;
+        }
+        let log_path = dir.join(LOG_FILE);
+        let head = match read_head(dir) {
+            Ok(h) => h,
+            Err(HeadErr::Io(e)) => return Err(io_err(&dir.join(HEAD_FILE))(e)),
+            Err(HeadErr::Invalid(reason)) => return Err(AuditError::Corrupt { line: 0, reason }),
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&log_path)
+            .map_err(io_err(&log_path))?;
+        let reader = File::open(&log_path).map_err(io_err(&log_path))?;
+        let st =
+            scan_log(reader, head.as_ref().map_or(0, |h| h.seq), true).map_err(|e| match e {
+                ScanErr::Io(source) => io_err(&log_path)(source),
+                ScanErr::Broken { line, seq, reason } => AuditError::Corrupt {
+                    line,
+                    reason: format!("{}{}", reason, seq_note(&seq)),
+                },
+            })?;
+        let len = file.metadata().map_err(io_err(&log_path))?.len();
+        if len != st.good_len {
+            let (line, reason) = st
+                .torn
+                .clone()
+                .unwrap_or_else(|| (st.last_seq + 1, "unterminated data".into()));
+            tracing::warn!(
+                line,
+                %reason,
+                dropped_bytes = len - st.good_len,
+                "audit: truncating torn final line of {}",
+                log_path.display()
+            );
+            file.set_len(st.good_len).map_err(io_err(&log_path))?;
+            file.sync_data().map_err(io_err(&log_path))?;
+        }
+        check_anchor(&st, head.as_ref()).map_err(|(line, seq, reason)| AuditError::Corrupt {
+            line,
+            reason: format!("{}{}", reason, seq_note(&seq)),
+        })?;
+        if head.is_none() {
+            // Fresh log: anchor "nothing yet" durably, so a later missing
+            // anchor means tampering.
+            write_head(dir, 0, &ZERO_HASH).map_err(io_err(&dir.join(HEAD_FILE)))?;
+            sync_dir(dir).map_err(io_err(dir))?;
+        }
+
+        let shared = Arc::new(Shared {
+            written: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            #[cfg(test)]
+            inject_failure: AtomicBool::new(false),
+        });
+        let slot = Arc::new(HeadSlot::default());
+        let head_thread = {
+            let head_dir = dir.to_path_buf();
+            let slot = slot.clone();
+            std::thread::Builder::new()
+                .name("audit-head".into())
+                .spawn(move || head_thread(head_dir, slot))
+                .map_err(io_err(dir))?
+        };
+        let writer = Writer {
+            file,
+            next_seq: st.last_seq + 1,
+            last_hash: st.last_hash,
+            good_len: st.good_len,
+            carry: Vec::new(),
+            buf: Vec::with_capacity(1 << 20),
+            shared: shared.clone(),
+            head: slot.clone(),
+            head_thread: Some(head_thread),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx));
+        let thread = match thread {
+            Ok(t) => t,
+            Err(e) => {
+                slot.stop();
+                return Err(io_err(dir)(e));
+            }
+        };
+        tracing::info!(dir = %dir.display(), seq = st.last_seq, "audit log opened");
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Appends a request line; resolves only once it is synced to disk.
+    /// Returns its seq (the request id).  On error the request must be refused.
+    pub async fn record(&self, rec: RequestRecord) -> Result<u64, AuditError> {
+        let body = serde_json::to_vec(&BodyOut::Request(&rec))
+            .map_err(|e| AuditError::Encode(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Cmd::Append {
+                body,
+                reply: Some(tx),
+            })
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Appends an outcome line for request `rid`; fire-and-forget (durable
+    /// with the next batch).  Never blocks.
+    pub fn outcome(&self, rid: u64, outcome: Outcome) {
+        let body = BodyOut::Outcome {
+            rid,
+            status: outcome.status,
+            bytes: outcome.bytes,
+            duration_us: outcome.duration_us,
+        };
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, rid, "audit: could not encode outcome");
+                return;
+            }
+        };
+        if self
+            .inner
+            .tx
+            .send(Cmd::Append { body, reply: None })
+            .is_err()
+        {
+            tracing::error!(rid, "audit: outcome after close, not recorded");
+        }
+    }
+
+    /// Flushes everything queued and stops the writer thread.  Returns an
+    /// error if the writer stopped in failed state.  Closing twice is fine.
+    pub async fn close(&self) -> Result<(), AuditError> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.tx.send(Cmd::Close(tx)).is_err() {
+            return Ok(());
+        }
+        // A dropped reply means another close got there first.
+        let result = rx.await.unwrap_or(Ok(()));
+        let handle = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            match tokio::task::spawn_blocking(move || h.join()).await {
+                Ok(Ok(())) => {}
+                _ => tracing::error!("audit: writer thread did not stop cleanly"),
+            }
+        }
+        result
+    }
+
+    /// Number of lines written (synced) by this process.
+    pub fn written(&self) -> u64 {
+        self.inner.shared.written.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last write failed (requests are being refused).
+    pub fn failed(&self) -> bool {
+        self.inner.shared.failed.load(Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    fn inject_failure(&self, on: bool) {
+        self.inner
+            .shared
+            .inject_failure
+            .store(on, Ordering::Release);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Query
+// ---------------------------------------------------------------------------
+
+/// Filter for [`query`].  `since` is inclusive, `until` exclusive; both are
+/// compared as instants.
+#[derive(Debug, Clone, Default)]
+pub struct QueryFilter {
+    pub patient: Option<String>,
+    pub physician: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+}
+
+/// One query result: a request line joined with its outcome (if written).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueryRow {
+    pub seq: u64,
+    #[serde(flatten)]
+    pub request: RequestRecord,
+    pub status: Option<u16>,
+    pub bytes: Option<u64>,
+    pub duration_us: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct KindOnly<'a> {
+    seq: u64,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct OutcomeLine {
+    rid: u64,
+    status: u16,
+    bytes: u64,
+    duration_us: u64,
+}
+
+/// Parses a query time argument: RFC 3339, or a bare date `YYYY-MM-DD`
+/// meaning 00:00 Japan time.
+pub fn parse_time_arg(s: &str) -> Result<OffsetDateTime, String> {
+    let s = s.trim();
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    time::Date::parse(s, format_description!("[year]-[month]-[day]"))
+        .map(|d| d.midnight().assume_offset(JST))
+        .map_err(|_| {
+            format!(
+                "invalid time {s:?}: expected RFC 3339 (e.g. 2026-04-01T09:00:00+09:00) \
+                 or a date YYYY-MM-DD (midnight Japan time)"
+            )
+        })
+}
+
+/// Lists request lines matching `filter`, in log order, joined with their
+/// outcomes.  Does not check the hash chain (use [`verify`] for that).
+pub fn query(dir: &Path, filter: &QueryFilter) -> Result<Vec<QueryRow>, AuditError> {
+    let path = dir.join(LOG_FILE);
+    let file = File::open(&path).map_err(io_err(&path))?;
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut buf = Vec::with_capacity(1024);
+    let mut rows: Vec<QueryRow> = Vec::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(io_err(&path))? == 0 {
+            break;
+        }
+        line_no += 1;
+        let Some(line) = buf.strip_suffix(b"\n") else {
+            break; // write in progress
+        };
+        let corrupt = |e: serde_json::Error| AuditError::Corrupt {
+            line: line_no,
+            reason: format!("invalid JSON: {e}"),
+        };
+        let k: KindOnly = serde_json::from_slice(line).map_err(corrupt)?;
+        match k.kind.as_ref() {
+            "request" => {
+                let rec: RequestRecord = serde_json::from_slice(line).map_err(corrupt)?;
+                if !matches(filter, &rec).map_err(|reason| AuditError::Corrupt {
+                    line: line_no,
+                    reason,
+                })? {
+                    continue;
+                }
+                index.insert(k.seq, rows.len());
+                rows.push(QueryRow {
+                    seq: k.seq,
+                    request: rec,
+                    status: None,
+                    bytes: None,
+                    duration_us: None,
+                });
+            }
+            "outcome" => {
+                let o: OutcomeLine = serde_json::from_slice(line).map_err(corrupt)?;
+                if let Some(row) = index.get(&o.rid).and_then(|&i| rows.get_mut(i)) {
+                    row.status = Some(o.status);
+                    row.bytes = Some(o.bytes);
+                    row.duration_us = Some(o.duration_us);
+                }
+            }
+            other => {
+                return Err(AuditError::Corrupt {
+                    line: line_no,
+                    reason: format!("unknown kind {other:?}"),
+                })
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn matches(f: &QueryFilter, rec: &RequestRecord) -> Result<bool, String> {
+    if f.patient.is_some() && f.patient != rec.patient {
+        return Ok(false);
+    }
+    if f.physician.is_some() && f.physician != rec.physician {
+        return Ok(false);
+    }
+    if f.since.is_some() || f.until.is_some() {
+        let t = OffsetDateTime::parse(&rec.time, &Rfc3339)
+            .map_err(|e| format!("bad time {:?}: {e}", rec.time))?;
+        if f.since.is_some_and(|s| t < s) || f.until.is_some_and(|u| t >= u) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn rec(i: u64) -> RequestRecord {
+        RequestRecord {
+            time: now_jst(),
+            site: "seibo".into(),
+            ingress: "mtls".into(),
+            client: format!("10.0.0.{}:4433", i % 250),
+            terminal: Some(format!("T{}", i % 7)),
+            physician: Some(format!("DR{}", i % 3)),
+            method: "GET".into(),
+            path: format!("/emr/patient/{i}"),
+            patient: Some(format!("P{}", i % 5)),
+            category: Some("lab".into()),
+            decision: if i.is_multiple_of(4) { "deny" } else { "allow" }.into(),
+            reason: "consent".into(),
+            serial: Some("01ab".into()),
+            cn: Some("Dr. Tanaka \"quoted\" 田中".into()),
+        }
+    }
+
+    fn lines(dir: &Path) -> Vec<String> {
+        fs::read_to_string(dir.join(LOG_FILE))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn write_lines(dir: &Path, lines: &[String]) {
+        let mut s = lines.join("\n");
+        s.push('\n');
+        fs::write(dir.join(LOG_FILE), s).unwrap();
+    }
+
+    fn broken_at(dir: &Path) -> (u64, Option<u64>, String) {
+        match verify(dir) {
+            Err(VerifyError::Broken { line, seq, reason }) => (line, seq, reason),
+            other => panic!("expected Broken, got {other:?}"),
+        }
+    }
+
+    /// Writes `n` request lines sequentially (seq 1..=n), closes.
+    async fn make_log(dir: &Path, n: u64) {
+        let log = AuditLog::open(dir).unwrap();
+        for i in 1..=n {
+            assert_eq!(log.record(rec(i)).await.unwrap(), i);
+        }
+        log.close().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_append_reopen_verify() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let log = AuditLog::open(&dir).unwrap();
+        let mut tasks = Vec::new();
+        for t in 0..32u64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..50u64 {
+                    let rid = log.record(rec(t * 100 + i)).await.unwrap();
+                    log.outcome(
+                        rid,
+                        Outcome {
+                            status: 200,
+                            bytes: i,
+                            duration_us: 10,
+                        },
+                    );
+                    ids.push(rid);
+                }
+                ids
+            }));
+        }
+        let mut ids = Vec::new();
+        for t in tasks {
+            ids.extend(t.await.unwrap());
+        }
+        log.close().await.unwrap();
+        assert_eq!(log.written(), 3200);
+        assert!(!log.failed());
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 1600);
+        assert_eq!(verify(&dir).unwrap().records, 3200);
+        // After close, record is refused.
+        assert!(matches!(log.record(rec(1)).await, Err(AuditError::Closed)));
+        log.close().await.unwrap();
+
+        let log = AuditLog::open(&dir).unwrap();
+        let rid = log.record(rec(1)).await.unwrap();
+        assert_eq!(rid, 3201);
+        log.outcome(
+            rid,
+            Outcome {
+                status: 404,
+                bytes: 0,
+                duration_us: 1,
+            },
+        );
+        log.close().await.unwrap();
+        let report = verify(&dir).unwrap();
+        assert_eq!(report.records, 3202);
+        for (i, l) in lines(&dir).iter().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["seq"].as_u64(), Some(i as u64 + 1));
+        }
+        let head: serde_json::Value =
+            serde_json::from_slice(&fs::read(dir.join(HEAD_FILE)).unwrap()).unwrap();
+        assert_eq!(head["seq"].as_u64(), Some(3202));
+        assert_eq!(head["hash"].as_str(), Some(report.head.as_str()));
+
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(LOG_FILE)), 0o600);
+    }
+
+    #[tokio::test]
+    async fn empty_log_verifies() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(tmp.path()).unwrap();
+        log.close().await.unwrap();
+        let r = verify(tmp.path()).unwrap();
+        assert_eq!(r.records, 0);
+        assert_eq!(r.head, "0".repeat(64));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_detects_tampering() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        make_log(dir, 10).await;
+        assert_eq!(verify(dir).unwrap().records, 10);
+        let orig = lines(dir);
+
+        // Edited field in a middle line.
+        let mut l = orig.clone();
+        l[4] = l[4].replace("/emr/patient/5", "/emr/patient/6");
+        write_lines(dir, &l);
+        let (line, seq, reason) = broken_at(dir);
+        assert_eq!((line, seq), (5, Some(5)), "{reason}");
+        assert!(reason.contains("altered"), "{reason}");
+        // The gateway refuses to start on it, naming the line.
+        match AuditLog::open(dir) {
+            Err(AuditError::Corrupt { line: 5, .. }) => {}
+            other => panic!("expected Corrupt at 5, got {other:?}"),
+        }
+
+        // Deleted middle line.
+        let mut l = orig.clone();
+        l.remove(4);
+        write_lines(dir, &l);
+        assert_eq!(broken_at(dir).0, 5);
+        assert_eq!(broken_at(dir).1, Some(6));
+
+        // Swapped lines.
+        let mut l = orig.clone();
+        l.swap(3, 4);
+        write_lines(dir, &l);
+        assert_eq!(broken_at(dir).0, 4);
+
+        // Inserted copy of a line.
+        let mut l = orig.clone();
+        l.insert(3, orig[2].clone());
+        write_lines(dir, &l);
+        assert_eq!(broken_at(dir).0, 4);
+
+        // Truncated tail: caught by the head anchor.
+        write_lines(dir, &orig[..8]);
+        let (line, seq, reason) = broken_at(dir);
+        assert_eq!((line, seq), (9, Some(10)), "{reason}");
+        assert!(AuditLog::open(dir).is_err());
+
+        // Forgery: edit line 5 and recompute its hash; the link from line 6 breaks.
+        let mut l = orig.clone();
+        let edited = l[4]
+            .replace("\"deny\"", "\"allow\"")
+            .replace("/emr/patient/5", "/x");
+        let prev: [u8; 64] = {
+            let v: serde_json::Value = serde_json::from_str(&edited).unwrap();
+            v["prev"].as_str().unwrap().as_bytes().try_into().unwrap()
+        };
+        let canon = &edited[..edited.len() - HASH_SUFFIX_LEN];
+        let h = hex_sha256(&[&prev, canon.as_bytes(), b"}"]);
+        l[4] = format!(
+            "{canon},\"hash\":\"{}\"}}",
+            std::str::from_utf8(&h).unwrap()
+        );
+        write_lines(dir, &l);
+        let (line, seq, reason) = broken_at(dir);
+        assert_eq!((line, seq), (6, Some(6)), "{reason}");
+        assert!(reason.contains("prev"), "{reason}");
+
+        // Whole-chain forgery of the tail is caught by the anchor hash.
+        let mut l = orig[..9].to_vec();
+        let v: serde_json::Value = serde_json::from_str(&orig[9]).unwrap();
+        let prev: [u8; 64] = v["prev"].as_str().unwrap().as_bytes().try_into().unwrap();
+        let mut buf = Vec::new();
+        let body = serde_json::to_vec(&BodyOut::Request(&rec(99))).unwrap();
+        encode_line(&mut buf, 10, &prev, &body);
+        l.push(String::from_utf8(buf).unwrap().trim_end().to_owned());
+        write_lines(dir, &l);
+        assert_eq!(broken_at(dir).0, 10);
+
+        // Deleted anchor.
+        write_lines(dir, &orig);
+        assert_eq!(verify(dir).unwrap().records, 10);
+        fs::remove_file(dir.join(HEAD_FILE)).unwrap();
+        assert_eq!(broken_at(dir).0, 0);
+        assert!(AuditLog::open(dir).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn torn_last_line_is_repaired() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        make_log(dir, 5).await;
+        let good = fs::read(dir.join(LOG_FILE)).unwrap();
+
+        // Partial write without a newline.
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"{\"seq\":6,\"prev\":\"ab");
+        fs::write(dir.join(LOG_FILE), &torn).unwrap();
+        assert_eq!(verify(dir).unwrap().records, 5); // in-progress write ignored
+        let log = AuditLog::open(dir).unwrap();
+        assert_eq!(fs::read(dir.join(LOG_FILE)).unwrap(), good);
+        assert_eq!(log.record(rec(6)).await.unwrap(), 6);
+        log.close().await.unwrap();
+        assert_eq!(verify(dir).unwrap().records, 6);
+
+        // Garbage (e.g. zero-filled block) ending in a newline on the last line.
+        let good = fs::read(dir.join(LOG_FILE)).unwrap();
+        let mut torn = good.clone();
+        torn.extend_from_slice(b"\0\0\0\0{\"seq\n");
+        fs::write(dir.join(LOG_FILE), &torn).unwrap();
+        assert_eq!(broken_at(dir).0, 7);
+        let log = AuditLog::open(dir).unwrap();
+        assert_eq!(fs::read(dir.join(LOG_FILE)).unwrap(), good);
+        assert_eq!(log.record(rec(7)).await.unwrap(), 7);
+        log.close().await.unwrap();
+        assert_eq!(verify(dir).unwrap().records, 7);
+
+        // A bad line in the middle is not repaired: open refuses, naming it.
+        let mut l = lines(dir);
+        l[2] = "{\"seq\":3,".into();
+        write_lines(dir, &l);
+        match AuditLog::open(dir) {
+            Err(e @ AuditError::Corrupt { line: 3, .. }) => {
+                assert!(e.to_string().contains("line 3"), "{e}")
+            }
+            other => panic!("expected Corrupt at line 3, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn query_filters_and_joins_outcomes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let log = AuditLog::open(dir).unwrap();
+        let mk = |time: &str, patient: &str, physician: &str| RequestRecord {
+            time: time.into(),
+            patient: Some(patient.into()),
+            physician: Some(physician.into()),
+            ..rec(1)
+        };
+        let a = log
+            .record(mk("2026-04-01T09:00:00+09:00", "P1", "DR1"))
+            .await
+            .unwrap();
+        let b = log
+            .record(mk("2026-04-01T23:30:00+09:00", "P2", "DR1"))
+            .await
+            .unwrap();
+        let c = log
+            .record(mk("2026-04-02T00:00:00+09:00", "P1", "DR2"))
+            .await
+            .unwrap();
+        let d = log
+            .record(mk("2026-04-03T01:00:00.5+09:00", "P1", "DR1"))
+            .await
+            .unwrap();
+        log.outcome(
+            a,
+            Outcome {
+                status: 200,
+                bytes: 1234,
+                duration_us: 50,
+            },
+        );
+        log.outcome(
+            c,
+            Outcome {
+                status: 502,
+                bytes: 0,
+                duration_us: 7,
+            },
+        );
+        log.close().await.unwrap();
+
+        let q = |f: QueryFilter| {
+            query(dir, &f)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(q(QueryFilter::default()), vec![a, b, c, d]);
+        assert_eq!(
+            q(QueryFilter {
+                patient: Some("P1".into()),
+                ..Default::default()
+            }),
+            vec![a, c, d]
+        );
+        assert_eq!(
+            q(QueryFilter {
+                physician: Some("DR1".into()),
+                ..Default::default()
+            }),
+            vec![a, b, d]
+        );
+        assert_eq!(
+            q(QueryFilter {
+                patient: Some("P1".into()),
+                physician: Some("DR1".into()),
+                ..Default::default()
+            }),
+            vec![a, d]
+        );
+        // Day of 2026-04-01 in Japan; `until` is exclusive.
+        assert_eq!(
+            q(QueryFilter {
+                since: Some(parse_time_arg("2026-04-01").unwrap()),
+                until: Some(parse_time_arg("2026-04-02").unwrap()),
+                ..Default::default()
+            }),
+            vec![a, b]
+        );
+        // Instants compare across offsets: 2026-04-01T15:00Z = 2026-04-02T00:00+09:00.
+        assert_eq!(
+            q(QueryFilter {
+                since: Some(parse_time_arg("2026-04-01T15:00:00Z").unwrap()),
+                ..Default::default()
+            }),
+            vec![c, d]
+        );
+
+        let rows = query(dir, &QueryFilter::default()).unwrap();
+        assert_eq!(rows[0].status, Some(200));
+        assert_eq!(rows[0].bytes, Some(1234));
+        assert_eq!(rows[0].duration_us, Some(50));
+        assert_eq!(rows[1].status, None);
+        assert_eq!(rows[2].status, Some(502));
+        let v = serde_json::to_value(&rows[0]).unwrap();
+        for k in [
+            "seq",
+            "time",
+            "decision",
+            "reason",
+            "physician",
+            "terminal",
+            "patient",
+            "category",
+            "path",
+            "status",
+            "bytes",
+            "duration_us",
+        ] {
+            assert!(v.get(k).is_some(), "missing {k} in {v}");
+        }
+        assert_eq!(v["status"], 200);
+    }
+
+    #[test]
+    fn time_args() {
+        let t = parse_time_arg("2026-04-01").unwrap();
+        assert_eq!(t.offset(), JST);
+        assert_eq!(t, parse_time_arg("2026-03-31T15:00:00Z").unwrap());
+        assert!(parse_time_arg("yesterday").is_err());
+        assert!(parse_time_arg("2026-13-01").is_err());
+        let now = now_jst();
+        assert!(now.ends_with("+09:00"), "{now}");
+        assert!(parse_time_arg(&now).is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fails_closed_and_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let log = AuditLog::open(dir).unwrap();
+        let r1 = log.record(rec(1)).await.unwrap();
+        assert_eq!(r1, 1);
+
+        log.inject_failure(true);
+        // Outcome of an already-forwarded request, queued while the disk is "full".
+        log.outcome(
+            r1,
+            Outcome {
+                status: 200,
+                bytes: 10,
+                duration_us: 3,
+            },
+        );
+        match log.record(rec(2)).await {
+            Err(AuditError::WriteFailed(msg)) => assert!(msg.contains("injected"), "{msg}"),
+            other => panic!("expected WriteFailed, got {other:?}"),
+        }
+        assert!(log.failed());
+        assert!(log.record(rec(3)).await.is_err());
+        // The partial write was rolled back: the log still verifies.
+        assert_eq!(verify(dir).unwrap().records, 1);
+
+        log.inject_failure(false);
+        let r4 = log.record(rec(4)).await.unwrap();
+        assert!(!log.failed());
+        // The carried outcome line was written first (seq 2), then the request.
+        assert_eq!(r4, 3);
+        log.close().await.unwrap();
+        assert_eq!(verify(dir).unwrap().records, 3);
+        let rows = query(dir, &QueryFilter::default()).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].status, Some(200));
+        assert_eq!(rows[1].request.path, "/emr/patient/4");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_writer_retries_carried_outcomes_when_idle() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let log = AuditLog::open(dir).unwrap();
+        let r1 = log.record(rec(1)).await.unwrap();
+        log.inject_failure(true);
+        log.outcome(
+            r1,
+            Outcome {
+                status: 200,
+                bytes: 1,
+                duration_us: 1,
+            },
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(log.failed());
+        log.inject_failure(false);
+        for _ in 0..50 {
+            if !log.failed() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!log.failed());
+        assert_eq!(log.written(), 2);
+        log.close().await.unwrap();
+        assert_eq!(verify(dir).unwrap().records, 2);
+    }
+
+    #[test]
+    fn handle_and_futures_are_send_sync() {
+        fn send_sync<T: Send + Sync + Clone>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<AuditLog>();
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let log = AuditLog::open(tmp.path()).unwrap();
+            let fut = log.record(rec(1));
+            send(&fut);
+            fut.await.unwrap();
+            log.close().await.unwrap();
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_while_appending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let log = AuditLog::open(&dir).unwrap();
+        let writer = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                for i in 0..2000 {
+                    let rid = log.record(rec(i)).await.unwrap();
+                    log.outcome(
+                        rid,
+                        Outcome {
+                            status: 200,
+                            bytes: 1,
+                            duration_us: 1,
+                        },
+                    );
+                }
+            })
+        };
+        let checker = tokio::task::spawn_blocking(move || {
+            let mut last = 0;
+            for _ in 0..20 {
+                let r = verify(&dir).unwrap();
+                assert!(r.records >= last);
+                last = r.records;
+            }
+        });
+        writer.await.unwrap();
+        checker.await.unwrap();
+        log.close().await.unwrap();
+        assert_eq!(verify(tmp.path()).unwrap().records, 4000);
+    }
+
+    /// Throughput check, not a test: `cargo test --release -- --ignored --nocapture throughput`.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn throughput() {
+        let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let log = AuditLog::open(tmp.path()).unwrap();
+        let tasks: u64 = std::env::var("AUDIT_TASKS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(64);
+        let total: u64 = 100_000;
+        let start = std::time::Instant::now();
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let log = log.clone();
+            handles.push(tokio::spawn(async move {
+                for i in 0..total / tasks {
+                    log.record(rec(t * 1_000_000 + i)).await.unwrap();
+                }
+            }));
+        }
+        for h in handles {
+            h.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        log.close().await.unwrap();
+        let n = log.written();
+        println!(
+            "{n} records from {tasks} tasks in {elapsed:?}: {:.0} records/s",
+            n as f64 / elapsed.as_secs_f64()
+        );
+        let t = std::time::Instant::now();
+        let r = verify(tmp.path()).unwrap();
+        println!("verify {} records in {:?}", r.records, t.elapsed());
+    }
+}

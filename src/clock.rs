@@ -1,0 +1,82 @@
+//! Japan time. Every date in the rules is a calendar date in Japan (UTC+09:00, no DST); the
+//! clock is passed in so that consent windows can be tested at any date.
+
+use std::sync::Arc;
+
+use time::{Date, OffsetDateTime, UtcOffset};
+
+/// UTC+09:00, Japan Standard Time (no daylight saving time since 1952).
+pub const JST: UtcOffset = match UtcOffset::from_hms(9, 0, 0) {
+    Ok(o) => o,
+    Err(_) => UtcOffset::UTC,
+};
+
+/// Where "now" comes from.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> OffsetDateTime;
+
+    /// Today's calendar date in Japan.
+    fn today(&self) -> Date {
+        self.now().to_offset(JST).date()
+    }
+}
+
+/// The system clock, read in Japan time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc().to_offset(JST)
+    }
+}
+
+/// A clock stopped at one instant (tests).
+#[derive(Debug, Clone, Copy)]
+pub struct FixedClock(pub OffsetDateTime);
+
+impl Clock for FixedClock {
+    fn now(&self) -> OffsetDateTime {
+        self.0
+    }
+}
+
+pub type SharedClock = Arc<dyn Clock>;
+
+/// RFC 3339 in Japan time, e.g. `2026-11-26T14:38:48.123+09:00`.
+pub fn rfc3339(t: OffsetDateTime) -> String {
+    t.to_offset(JST)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// Parses `YYYY-MM-DD`.
+pub fn parse_date(s: &str) -> Result<Date, String> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(s.trim(), &fmt).map_err(|e| format!("{s:?} is not a date YYYY-MM-DD: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn today_is_the_japan_calendar_date() {
+        // 2026-03-31 15:30 UTC is already April 1st in Japan.
+        let c = FixedClock(datetime!(2026-03-31 15:30 UTC));
+        assert_eq!(c.today(), time::macros::date!(2026 - 04 - 01));
+        let c = FixedClock(datetime!(2026-03-31 14:59 UTC));
+        assert_eq!(c.today(), time::macros::date!(2026 - 03 - 31));
+    }
+
+    #[test]
+    fn parse_date_rejects_garbage() {
+        assert!(parse_date("2026-02-30").is_err());
+        assert!(parse_date("yesterday").is_err());
+        assert_eq!(
+            parse_date("2024-02-29"),
+            Ok(time::macros::date!(2024 - 02 - 29))
+        );
+    }
+}

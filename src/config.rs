@@ -1,0 +1,504 @@
+//! The site's configuration: TOML (`gate.toml`) parsed into raw serde structs (unknown keys
+//! refused), then validated into typed values before any port is bound. Every problem is
+//! reported at once, each naming its key. Relative paths are relative to the config file.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+
+use crate::route::{RouteSpec, RouteTable};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {} problem(s):\n  - {}", .problems.len(), .problems.join("\n  - "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    site: RawSite,
+    #[serde(default)]
+    state: RawState,
+    ca: RawCa,
+    #[serde(default, rename = "listener")]
+    listeners: Vec<RawListener>,
+    upstream: RawUpstream,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default, rename = "route")]
+    routes: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    id: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    contact: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    #[serde(default)]
+    dir: Option<PathBuf>,
+    #[serde(default)]
+    admin_socket: Option<PathBuf>,
+    #[serde(default)]
+    purge_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCa {
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    terminal_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    #[serde(default)]
+    name: Option<String>,
+    listen: String,
+    #[serde(default)]
+    allow: Option<Vec<String>>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: String,
+    private: Vec<String>,
+    #[serde(default)]
+    connect_timeout_ms: Option<u64>,
+    #[serde(default)]
+    response_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pool_idle_per_host: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    handshake_timeout_ms: Option<u64>,
+    #[serde(default)]
+    header_read_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated.
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    pub site: Site,
+    /// Registries (sled), audit log, sessions: everything that must survive a restart.
+    pub state_dir: PathBuf,
+    /// Unix socket (mode 0600) on which the running gateway serves admin commands.
+    pub admin_socket: PathBuf,
+    /// How often `serve` checks whether the art 11 purge is due (it runs once per Japan day).
+    pub purge_interval: Duration,
+    pub ca: CaPaths,
+    pub listeners: Vec<Listener>,
+    pub upstream: Upstream,
+    /// Prometheus scrape endpoint; loopback by default.
+    pub metrics: Option<SocketAddr>,
+    pub limits: Limits,
+    pub routes: RouteTable,
+    /// The routes as written, for tools that print them.
+    pub route_specs: Vec<RouteSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub id: String,
+    pub name: String,
+    /// Whom a refused physician should contact (shown on every refusal page).
+    pub contact: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CaPaths {
+    /// Terminal CA certificate: client certificates must chain to it.
+    pub cert: PathBuf,
+    /// Its private key (used by `terminal add` only, never by `serve`).
+    pub key: PathBuf,
+    pub terminal_days: u32,
+}
+
+/// A mutual-TLS listener (art 12.1, 12.3).
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// Source addresses allowed to connect; others are closed before the handshake (art 12.4).
+    pub allow: Vec<IpNetwork>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The web EMR behind the gateway (art 12.6).
+#[derive(Clone)]
+pub struct Upstream {
+    /// `http://host:port`, no path.
+    pub authority: http::uri::Authority,
+    pub host: String,
+    pub port: u16,
+    /// The private segment: the gateway never connects outside these networks.
+    pub private: Vec<IpNetwork>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_per_host: usize,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("authority", &self.authority.as_str())
+            .field("private", &self.private)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Upstream {
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.authority)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+/// True when `ip` lies inside one of `nets`.
+pub fn in_networks(nets: &[IpNetwork], ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    nets.iter().any(|n| n.contains(ip))
+}
+
+/// `::ffff:a.b.c.d` is the IPv4 address a.b.c.d (a dual-stack socket reports it that way).
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text as if read from `path` (relative paths resolve beside it).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let mut problems = Vec::new();
+        let cfg = validate(raw, &base, &mut problems);
+        match cfg {
+            Some(mut cfg) if problems.is_empty() => {
+                cfg.path = path.to_path_buf();
+                Ok(cfg)
+            }
+            _ => Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            }),
+        }
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+fn parse_nets(key: &str, items: &[String], problems: &mut Vec<String>) -> Vec<IpNetwork> {
+    let mut out = Vec::new();
+    for (i, s) in items.iter().enumerate() {
+        match s.parse::<IpNetwork>() {
+            Ok(n) => out.push(n),
+            Err(e) => problems.push(format!("{key}[{i}]: {s:?} is not a CIDR network: {e}")),
+        }
+    }
+    out
+}
+
+fn valid_site_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<Config> {
+    if !valid_site_id(&raw.site.id) {
+        problems.push(format!(
+            "site.id: {:?} must be 1-64 letters, digits, '-' or '_'",
+            raw.site.id
+        ));
+    }
+    let site = Site {
+        name: raw.site.name.clone().unwrap_or_else(|| raw.site.id.clone()),
+        contact: raw
+            .site
+            .contact
+            .unwrap_or_else(|| "地域連携室 / the liaison office".to_string()),
+        id: raw.site.id,
+    };
+
+    let state_dir = resolve(base, raw.state.dir.as_deref().unwrap_or(Path::new("state")));
+    let admin_socket = raw
+        .state
+        .admin_socket
+        .map(|p| resolve(base, &p))
+        .unwrap_or_else(|| state_dir.join("admin.sock"));
+    let purge_interval = Duration::from_secs(raw.state.purge_interval_secs.unwrap_or(3600));
+    if purge_interval.is_zero() {
+        problems.push("state.purge_interval_secs: must be at least 1".into());
+    }
+
+    let terminal_days = raw.ca.terminal_days.unwrap_or(825);
+    if terminal_days == 0 || terminal_days > 3650 {
+        problems.push(format!(
+            "ca.terminal_days: {terminal_days} must be between 1 and 3650"
+        ));
+    }
+    let ca = CaPaths {
+        cert: resolve(base, &raw.ca.cert),
+        key: resolve(base, &raw.ca.key),
+        terminal_days,
+    };
+
+    if raw.listeners.is_empty() {
+        problems.push("listener: at least one [[listener]] is needed".into());
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listeners.into_iter().enumerate() {
+        let key = format!("listener[{i}]");
+        let listen = match l.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(format!(
+                    "{key}.listen: {:?} is not ADDR:PORT: {e}",
+                    l.listen
+                ));
+                None
+            }
+        };
+        let allow = match &l.allow {
+            Some(a) => {
+                let nets = parse_nets(&format!("{key}.allow"), a, problems);
+                if a.is_empty() {
+                    problems.push(format!(
+                        "{key}.allow: empty list would refuse everyone; omit it to allow all"
+                    ));
+                }
+                nets
+            }
+            None => ["0.0.0.0/0", "::/0"]
+                .iter()
+                .filter_map(|n| n.parse::<IpNetwork>().ok())
+                .collect(),
+        };
+        if let Some(listen) = listen {
+            if listeners.iter().any(|x: &Listener| x.listen == listen) {
+                problems.push(format!("{key}.listen: {listen} is used twice"));
+            }
+            listeners.push(Listener {
+                name: l.name.unwrap_or_else(|| format!("mtls-{i}")),
+                listen,
+                allow,
+                cert: resolve(base, &l.cert),
+                key: resolve(base, &l.key),
+            });
+        }
+    }
+
+    let upstream = validate_upstream(&raw.upstream, problems);
+
+    let metrics = match raw.metrics {
+        Some(m) => match m.listen.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problems.push(format!(
+                    "metrics.listen: {:?} is not ADDR:PORT: {e}",
+                    m.listen
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(raw.limits.handshake_timeout_ms.unwrap_or(10_000)),
+        header_read_timeout: Duration::from_millis(
+            raw.limits.header_read_timeout_ms.unwrap_or(15_000),
+        ),
+        max_connections: raw.limits.max_connections.unwrap_or(10_000),
+    };
+    if limits.handshake_timeout.is_zero() {
+        problems.push("limits.handshake_timeout_ms: must be at least 1".into());
+    }
+    if limits.header_read_timeout.is_zero() {
+        problems.push("limits.header_read_timeout_ms: must be at least 1".into());
+    }
+    if limits.max_connections == 0 {
+        problems.push("limits.max_connections: must be at least 1".into());
+    }
+
+    if raw.routes.is_empty() {
+        problems.push(
+            "route: no [[route]] is configured, every request would be refused (art 8.2)".into(),
+        );
+    }
+    let routes = match RouteTable::new(&raw.routes) {
+        Ok(t) => Some(t),
+        Err(errs) => {
+            problems.extend(errs.into_iter().map(|e| format!("route: {e}")));
+            None
+        }
+    };
+
+    Some(Config {
+        path: PathBuf::new(),
+        site,
+        state_dir,
+        admin_socket,
+        purge_interval,
+        ca,
+        listeners,
+        upstream: upstream?,
+        metrics,
+        limits,
+        routes: routes?,
+        route_specs: raw.routes,
+    })
+}
+
+fn validate_upstream(raw: &RawUpstream, problems: &mut Vec<String>) -> Option<Upstream> {
+    let private = parse_nets("upstream.private", &raw.private, problems);
+    if raw.private.is_empty() {
+        problems.push(
+            "upstream.private: name the private segment's networks (art 12.6); the gateway connects nowhere else"
+                .into(),
+        );
+    }
+    let uri = match raw.url.parse::<http::Uri>() {
+        Ok(u) => u,
+        Err(e) => {
+            problems.push(format!("upstream.url: {:?} is not a URL: {e}", raw.url));
+            return None;
+        }
+    };
+    if uri.scheme_str() != Some("http") {
+        problems.push(format!(
+            "upstream.url: {:?} must be http://HOST[:PORT] (the EMR sits in the private segment behind the gateway)",
+            raw.url
+        ));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        problems.push(format!(
+            "upstream.url: {:?} must not have a path or query",
+            raw.url
+        ));
+    }
+    let authority = match uri.authority() {
+        Some(a) => a.clone(),
+        None => {
+            problems.push(format!("upstream.url: {:?} has no host", raw.url));
+            return None;
+        }
+    };
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = authority.port_u16().unwrap_or(80);
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        if !private.is_empty() && !in_networks(&private, ip) {
+            problems.push(format!(
+                "upstream.url: {ip} is outside upstream.private {:?} (art 12.6)",
+                raw.private
+            ));
+        }
+    }
+    Some(Upstream {
+        authority,
+        host,
+        port,
+        private,
+        connect_timeout: Duration::from_millis(raw.connect_timeout_ms.unwrap_or(3_000)),
+        response_timeout: Duration::from_millis(raw.response_timeout_ms.unwrap_or(30_000)),
+        pool_idle_per_host: raw.pool_idle_per_host.unwrap_or(256),
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,126 @@
+//! Config validation: valid and invalid fixtures, one by one; every error names its key.
+
+use super::*;
+
+const VALID: &str = r#"
+[site]
+id = "seiyo-hospital"
+contact = "地域連携室"
+
+[ca]
+cert = "ca/terminal-ca.crt"
+key = "ca/terminal-ca.key"
+
+[[listener]]
+listen = "127.0.0.1:8443"
+allow = ["192.0.2.0/24"]
+cert = "tls/server.crt"
+key = "tls/server.key"
+
+[upstream]
+url = "http://10.20.0.5:8080"
+private = ["10.20.0.0/16"]
+
+[[route]]
+path = "/patients/{patient}/{category}/**"
+
+[[route]]
+path = "/static/**"
+no_patient = true
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/seibo-gate/gate.toml"), text)
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(text) {
+        Err(ConfigError::Invalid { problems, .. }) => problems,
+        Err(e) => vec![e.to_string()],
+        Ok(_) => vec![],
+    }
+}
+
+#[test]
+fn valid_config_resolves_paths_beside_the_file() {
+    let c = parse(VALID).unwrap();
+    assert_eq!(
+        c.ca.cert,
+        PathBuf::from("/etc/seibo-gate/ca/terminal-ca.crt")
+    );
+    assert_eq!(c.state_dir, PathBuf::from("/etc/seibo-gate/state"));
+    assert_eq!(
+        c.admin_socket,
+        PathBuf::from("/etc/seibo-gate/state/admin.sock")
+    );
+    assert_eq!(c.upstream.port, 8080);
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.path, PathBuf::from("/etc/seibo-gate/gate.toml"));
+}
+
+/// Art 12.6: an upstream outside the private segment is refused at load.
+#[test]
+fn art_12_6_upstream_outside_private_segment_is_refused() {
+    let p = problems(&VALID.replace("10.20.0.5", "203.0.113.9"));
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("upstream.url") && m.contains("art 12.6")),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn unknown_keys_are_refused_naming_them() {
+    match parse(&VALID.replace("[upstream]", "[upstream]\nurll = \"x\"")) {
+        Err(ConfigError::Syntax { message, .. }) => assert!(message.contains("urll"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = VALID
+        .replace("id = \"seiyo-hospital\"", "id = \"bad id!\"")
+        .replace("127.0.0.1:8443", "not-an-address")
+        .replace("192.0.2.0/24", "192.0.2.0/99")
+        .replace("http://10.20.0.5:8080", "https://10.20.0.5/emr");
+    let p = problems(&text);
+    for key in [
+        "site.id",
+        "listener[0].listen",
+        "listener[0].allow[0]",
+        "upstream.url",
+    ] {
+        assert!(
+            p.iter().any(|m| m.starts_with(key)),
+            "{key} missing in {p:?}"
+        );
+    }
+}
+
+/// Art 8.2: a config without routes would refuse everything; it is an error, not a surprise.
+#[test]
+fn art_8_2_routes_are_required_and_validated() {
+    let no_routes = VALID
+        .split("[[route]]")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(problems(&no_routes).iter().any(|m| m.starts_with("route:")));
+    let bad = VALID.replace("{category}/**", "{category}/**/x");
+    assert!(problems(&bad).iter().any(|m| m.starts_with("route:")));
+}
+
+#[test]
+fn empty_private_segment_is_refused() {
+    let p = problems(&VALID.replace("private = [\"10.20.0.0/16\"]", "private = []"));
+    assert!(p.iter().any(|m| m.starts_with("upstream.private")), "{p:?}");
+}
+
+#[test]
+fn mapped_ipv4_addresses_are_matched_as_ipv4() {
+    let nets: Vec<IpNetwork> = vec!["192.0.2.0/24".parse().unwrap()];
+    let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+    assert!(in_networks(&nets, mapped));
+    assert!(!in_networks(&nets, "::ffff:198.51.100.1".parse().unwrap()));
+}

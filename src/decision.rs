@@ -1,0 +1,143 @@
+//! Step 3 of the request path: the decision. Identity, route and consent are checked in that
+//! order, default deny; a refusal is a value ([`Refusal`]), not an error. Store failures are
+//! refusals too (fail closed).
+
+use http::StatusCode;
+use time::OffsetDateTime;
+
+use crate::consent::{self, ConsentRefusal, Window};
+use crate::identity::{self, IdentityRefusal, Who};
+use crate::route::{RouteError, RouteTable, Target};
+use crate::store::Store;
+
+/// What the gateway will do with a request, and everything learnt on the way (a refusal's
+/// audit record names as much as is known).
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The active terminal and physician, once resolved.
+    pub who: Option<Who>,
+    /// What the request is for, once routed: this normalised target is what is forwarded.
+    pub target: Option<Target>,
+    /// The viewable window when the request is for a consented patient.
+    pub window: Option<Window>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny(Refusal),
+}
+
+impl Decision {
+    fn deny(r: Refusal, who: Option<Who>, target: Option<Target>) -> Decision {
+        Decision {
+            verdict: Verdict::Deny(r),
+            who,
+            target,
+            window: None,
+        }
+    }
+}
+
+/// Why a request is refused. One variant per stage, each mapped to a status and a page.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Identity(IdentityRefusal),
+    #[error("{0}")]
+    Route(RouteError),
+    #[error("{0}")]
+    Consent(ConsentRefusal),
+    /// The registry could not be read: fail closed.
+    #[error("the registry is unavailable")]
+    StoreUnavailable,
+    /// The audit record could not be written: fail closed (art 12.8).
+    #[error("the audit log is unavailable")]
+    AuditUnavailable,
+    /// The EMR could not be reached or answered badly.
+    #[error("the EMR is unreachable")]
+    UpstreamUnreachable,
+    #[error("the EMR did not answer in time")]
+    UpstreamTimeout,
+}
+
+impl Refusal {
+    /// The short reason written to the audit and the metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Identity(r) => r.reason(),
+            Refusal::Route(r) => r.reason(),
+            Refusal::Consent(r) => r.reason(),
+            Refusal::StoreUnavailable => "store-unavailable",
+            Refusal::AuditUnavailable => "audit-unavailable",
+            Refusal::UpstreamUnreachable => "upstream-unreachable",
+            Refusal::UpstreamTimeout => "upstream-timeout",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Identity(_) | Refusal::Consent(_) => StatusCode::FORBIDDEN,
+            Refusal::Route(RouteError::NoRoute) => StatusCode::NOT_FOUND,
+            Refusal::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::Route(_) => StatusCode::BAD_REQUEST,
+            Refusal::StoreUnavailable | Refusal::AuditUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Refusal::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+}
+
+/// Decides on one request from a terminal with the given key fingerprint: identity first (a
+/// refused terminal learns nothing about routes or patients), then the target, then the
+/// patient's consent.
+pub fn decide(
+    store: &Store,
+    routes: &RouteTable,
+    fingerprint: &str,
+    method: &http::Method,
+    path_and_query: &str,
+    now: OffsetDateTime,
+) -> Decision {
+    let who = match identity::resolve(store, fingerprint, now) {
+        Ok(Ok(who)) => who,
+        Ok(Err(r)) => return Decision::deny(Refusal::Identity(r), None, None),
+        Err(e) => {
+            tracing::error!(error = %e, "registry read failed");
+            return Decision::deny(Refusal::StoreUnavailable, None, None);
+        }
+    };
+    let target = match routes.resolve(method, path_and_query) {
+        Ok(t) => t,
+        Err(r) => return Decision::deny(Refusal::Route(r), Some(who), None),
+    };
+    let Some(patient) = &target.patient else {
+        return Decision {
+            verdict: Verdict::Allow,
+            who: Some(who),
+            target: Some(target),
+            window: None,
+        };
+    };
+    let today = now.to_offset(crate::clock::JST).date();
+    let verdict = match store.consent(patient) {
+        Ok(Some(c)) => consent::evaluate(&c, today),
+        Ok(None) => Err(ConsentRefusal::NoConsent),
+        Err(e) => {
+            tracing::error!(error = %e, "consent read failed");
+            return Decision::deny(Refusal::StoreUnavailable, Some(who), Some(target));
+        }
+    };
+    match verdict {
+        Ok(window) => Decision {
+            verdict: Verdict::Allow,
+            who: Some(who),
+            target: Some(target),
+            window: Some(window),
+        },
+        Err(r) => Decision::deny(Refusal::Consent(r), Some(who), Some(target)),
+    }
+}

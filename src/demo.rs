@@ -1,0 +1,305 @@
+//! The sample EMR (a small web EMR with a few patients and a page in every category, used by
+//! the demo, the tests and the benchmarks) and `seibo-gate demo`, which sets a whole site up on
+//! loopback and prints the `curl` lines that show it working.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+use crate::admin::{Admin, AdminRequest};
+use crate::audit::AuditLog;
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::Config;
+use crate::init::{init, InitOptions};
+use crate::model::{Category, ConsentBy, Terminal};
+use crate::pages::{self, escape, Body};
+use crate::pki::{Ca, ClientKind};
+use crate::shutdown::{Shutdown, Trigger};
+use crate::store::Store;
+
+/// The sample EMR's patients: id, name.
+pub const PATIENTS: [(&str, &str); 3] = [
+    ("P001", "西予 花子 (Saiyo Hanako)"),
+    ("P002", "野村 太郎 (Nomura Taro)"),
+    ("P003", "宇和 次郎 (Uwa Jiro)"),
+];
+
+/// Serves the sample EMR on `listener` until shutdown.
+pub async fn serve_sample_emr(listener: TcpListener, mut shutdown: Shutdown) {
+    let me = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let me: Arc<str> = Arc::from(me);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.recv() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let me = me.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| emr_page(me.clone(), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn html(status: StatusCode, title: &str, body: &str) -> Response<Body> {
+    let page = format!(
+        "<!DOCTYPE html><html lang=\"ja\"><head><meta charset=\"utf-8\"><title>{t}</title>\
+         <link rel=\"stylesheet\" href=\"/static/emr.css\"></head><body><h1>{t}</h1>{body}</body></html>\n",
+        t = escape(title)
+    );
+    let mut r = Response::new(pages::full(page));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r
+}
+
+async fn emr_page(me: Arc<str>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let seibo: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| k.as_str().starts_with("x-seibo-") || k.as_str() == "x-forwarded-for")
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let resp = match segs.as_slice() {
+        ["static", "emr.css"] => {
+            let mut r = Response::new(pages::full(
+                "body{font-family:sans-serif;margin:2rem} table{border-collapse:collapse} td,th{border:1px solid #999;padding:.2rem .5rem}\n",
+            ));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/css"));
+            r
+        }
+        ["patients", id] => {
+            // A redirect to the patient's summary page, as EMRs do, with an absolute URL.
+            let mut r = html(StatusCode::FOUND, "redirect", "");
+            if let Ok(v) = HeaderValue::from_str(&format!("http://{me}/patients/{id}/basic")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
+        }
+        ["patients", id, category, rest @ ..] => {
+            let Some((_, name)) = PATIENTS.iter().find(|(p, _)| p == id) else {
+                return Ok(html(
+                    StatusCode::NOT_FOUND,
+                    "患者が見つかりません / no such patient",
+                    "",
+                ));
+            };
+            let Ok(cat) = category.parse::<Category>() else {
+                return Ok(html(StatusCode::NOT_FOUND, "no such page", ""));
+            };
+            if let ["blob", size] = rest {
+                // A large download (image series) for throughput checks: `size` bytes.
+                let n: usize = size.parse().unwrap_or(0).min(256 * 1024 * 1024);
+                let mut r = Response::new(pages::full(vec![b'x'; n]));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                return Ok(r);
+            }
+            let rows: String = seibo
+                .iter()
+                .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", escape(k), escape(v)))
+                .collect();
+            html(
+                StatusCode::OK,
+                &format!("{name} — {cat}"),
+                &format!(
+                    "<p>Sample EMR page: patient <b>{}</b>, category <b>{cat}</b>{}</p>\
+                     <table>{rows}</table>",
+                    escape(id),
+                    if rest.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", item {}", escape(&rest.join("/")))
+                    }
+                ),
+            )
+        }
+        [] => html(
+            StatusCode::OK,
+            "Sample EMR",
+            "<ul><li><a href=\"/patients/P001/basic\">P001</a></li></ul>",
+        ),
+        _ => html(StatusCode::NOT_FOUND, "no such page", ""),
+    };
+    Ok(resp)
+}
+
+/// Picks a free loopback port.
+fn free_port() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.local_addr()
+}
+
+/// A demo site in `dir`: init, a sample EMR, one physician with one terminal, one consented
+/// and one not-consented patient. Returns the config and the terminal's files.
+pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<(Config, PathBuf)> {
+    let listen = free_port()?;
+    let mut o = InitOptions::new(&dir.join("site"));
+    o.site = "demo-site".into();
+    o.listen = listen;
+    o.upstream = format!("http://{emr}");
+    o.private = vec!["127.0.0.0/8".into()];
+    o.metrics = Some(free_port()?);
+    let cfg = Config::load(&init(&o)?)?;
+
+    let clock: SharedClock = Arc::new(SystemClock);
+    let store = Store::open(&cfg.state_dir.join("registry"))?;
+    let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
+    let admin = Admin {
+        store: store.clone(),
+        audit: audit.clone(),
+        site: cfg.site.id.clone(),
+        clock: clock.clone(),
+        metrics: None,
+        origin: "cli",
+    };
+    let run = |r: AdminRequest| {
+        let admin = admin.clone();
+        async move {
+            let resp = admin.execute(r).await;
+            if resp.ok {
+                Ok(resp)
+            } else {
+                Err(anyhow::anyhow!(resp.message))
+            }
+        }
+    };
+    run(AdminRequest::PhysicianAdd {
+        id: "dr-saiyo".into(),
+        name: "西予 一郎".into(),
+        site: None,
+    })
+    .await?;
+    let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
+    let tdir = dir.join("terminals");
+    let issued = ca.issue_client(ClientKind::Terminal, "西予 一郎", "demo-pc", &tdir, 30)?;
+    run(AdminRequest::TerminalRegister {
+        terminal: Terminal {
+            name: "demo-pc".into(),
+            physician: "dr-saiyo".into(),
+            fingerprint: issued.info.fingerprint.clone(),
+            serial: issued.info.serial.clone(),
+            not_after: crate::clock::rfc3339(issued.info.not_after),
+            revoked: false,
+            registered: crate::clock::rfc3339(clock.now()),
+        },
+    })
+    .await?;
+    run(AdminRequest::ConsentGrant {
+        patient: "P001".into(),
+        by: ConsentBy::Patient,
+        published: clock.today(),
+        no_extension: false,
+        form_ref: "様式6-demo-001".into(),
+    })
+    .await?;
+    audit.close().await?;
+    store.flush()?;
+    drop(store);
+    Ok((cfg, tdir))
+}
+
+/// `seibo-gate demo`: runs until Ctrl-C.
+pub async fn run() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("seibo-gate-demo-")
+        .tempdir()?;
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let emr_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let emr = emr_listener.local_addr()?;
+    let emr_task = tokio::spawn(serve_sample_emr(emr_listener, shutdown.clone()));
+    let (cfg, tdir) = setup(dir.path(), emr).await?;
+    let listen = cfg
+        .listeners
+        .first()
+        .map(|l| l.listen)
+        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
+    let ca = cfg.ca.cert.clone();
+    let config_path = cfg.path.clone();
+    let on_ready = |ready: &crate::server::Ready| {
+        let curl = format!(
+            "curl --cacert {} --cert {} --key {}",
+            ca.display(),
+            tdir.join("demo-pc.crt").display(),
+            tdir.join("demo-pc.key").display()
+        );
+        let base = format!("https://localhost:{}", listen.port());
+        println!(
+            "\nseibo-gate demo is running (sample EMR on http://{emr}, gateway on {base}).\n\
+             Site directory: {}\n\n\
+             # 1. Allowed: patient P001 consented, physician dr-saiyo on registered terminal demo-pc\n\
+             {curl} {base}/patients/P001/labs\n\n\
+             # 2. Refused (403, Japanese then English): patient P002 has no consent\n\
+             {curl} {base}/patients/P002/labs\n\n\
+             # 3. Refused (404): a page outside the route table (default deny)\n\
+             {curl} {base}/admin/users\n\n\
+             # 4. Refused at the handshake: no client certificate\n\
+             curl --cacert {} {base}/patients/P001/labs\n\n\
+             # 5. The audit, and its hash chain\n\
+             seibo-gate audit query --config {cfg} --json\n\
+             seibo-gate audit verify --config {cfg}\n\n\
+             # 6. Withdraw P001's consent while serving, then retry 1.\n\
+             seibo-gate consent withdraw --config {cfg} --patient P001 --form-ref 様式7-demo\n\n\
+             Metrics: {}\n\
+             Press Ctrl-C to stop.",
+            config_path.parent().unwrap_or(Path::new(".")).display(),
+            ca.display(),
+            ready
+                .metrics
+                .map(|m| format!("curl http://{m}/metrics"))
+                .unwrap_or_else(|| "off".into()),
+            cfg = config_path.display(),
+        );
+    };
+    let serve = crate::server::serve(cfg.clone(), Arc::new(SystemClock), &trigger, on_ready);
+    tokio::pin!(serve);
+    let result = tokio::select! {
+        r = &mut serve => r,
+        _ = tokio::signal::ctrl_c() => {
+            trigger.fire();
+            serve.await
+        }
+    };
+    trigger.fire();
+    let _ = emr_task.await;
+    result?;
+    Ok(())
+}
+
+/// `seibo-gate sample-emr --listen ADDR`: the sample EMR alone (tests, benchmarks).
+pub async fn run_sample_emr(listen: SocketAddr) -> anyhow::Result<()> {
+    let l = TcpListener::bind(listen).await?;
+    println!("sample EMR on http://{}", l.local_addr()?);
+    let (trigger, shutdown): (Trigger, Shutdown) = crate::shutdown::channel();
+    let t = tokio::spawn(serve_sample_emr(l, shutdown));
+    let _ = tokio::signal::ctrl_c().await;
+    trigger.fire();
+    let _ = t.await;
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! Step 4 of the request path: forward to the web EMR in the private segment (art 12.6).
+//!
+//! The gateway always connects to the configured upstream, whatever the request's `Host` says,
+//! and every address a name resolves to must lie in `upstream.private` (an IP literal upstream
+//! is checked at config load). Incoming identity headers are stripped, the gateway's own are
+//! added, hop-by-hop headers are dropped both ways, `Location` headers pointing at the
+//! upstream are made relative, and every response is marked `no-store` (art 13.2.5).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use ipnetwork::IpNetwork;
+
+use crate::config::{in_networks, Upstream};
+use crate::pages::{self, Body};
+
+/// Headers the gateway sets for the EMR; any copy sent by a client is removed first.
+pub const IDENTITY_PREFIX: &str = "x-seibo-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot reach the EMR: {0}")]
+    Connect(String),
+    #[error("the EMR did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("bad request to the EMR: {0}")]
+    Request(String),
+}
+
+/// Resolves the upstream's name and keeps only addresses inside the private segment.
+#[derive(Clone, Debug)]
+pub struct PrivateResolver {
+    private: Arc<Vec<IpNetwork>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ResolveError(String);
+
+impl tower_service::Service<Name> for PrivateResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = ResolveError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let private = self.private.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let addrs = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| ResolveError(format!("cannot resolve {host}: {e}")))?;
+            let (inside, outside): (Vec<SocketAddr>, Vec<SocketAddr>) =
+                addrs.partition(|a| in_networks(&private, a.ip()));
+            for a in &outside {
+                tracing::warn!(host = %host, address = %a.ip(), "upstream address outside the private segment ignored (art 12.6)");
+            }
+            if inside.is_empty() {
+                return Err(ResolveError(format!(
+                    "{host} resolves to no address inside upstream.private"
+                )));
+            }
+            Ok(inside.into_iter())
+        })
+    }
+}
+
+/// A pooled HTTP/1.1 client to the one upstream EMR.
+#[derive(Clone, Debug)]
+pub struct Forwarder {
+    client: Client<HttpConnector<PrivateResolver>, Body>,
+    upstream: Arc<Upstream>,
+    base: Arc<str>,
+}
+
+/// Identity headers for the EMR.
+#[derive(Debug, Default)]
+pub struct Forwarded<'a> {
+    pub site: &'a str,
+    pub physician: &'a str,
+    pub terminal: &'a str,
+    pub patient: Option<&'a str>,
+    pub category: Option<&'a str>,
+    pub records_from: Option<String>,
+    pub access_until: Option<String>,
+    pub client_ip: String,
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        h.remove(n);
+    }
+    h.remove(header::PROXY_AUTHORIZATION);
+}
+
+/// Removes every header a client could use to pose as someone (ours, and the usual proxy ones).
+pub fn strip_identity(h: &mut HeaderMap) {
+    let spoofable: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            k.starts_with(IDENTITY_PREFIX)
+                || k.starts_with("x-forwarded-")
+                || k == "forwarded"
+                || k == "x-real-ip"
+                || k == "x-client-cert"
+                || k == "ssl-client-cert"
+        })
+        .cloned()
+        .collect();
+    for k in spoofable {
+        h.remove(k);
+    }
+}
+
+fn put(h: &mut HeaderMap, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(HeaderName::from_static(name), v);
+    }
+}
+
+impl Forwarder {
+    pub fn new(upstream: &Upstream) -> Forwarder {
+        let mut http = HttpConnector::new_with_resolver(PrivateResolver {
+            private: Arc::new(upstream.private.clone()),
+        });
+        http.set_connect_timeout(Some(upstream.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(upstream.pool_idle_per_host)
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(http);
+        Forwarder {
+            client,
+            base: Arc::from(upstream.base_url()),
+            upstream: Arc::new(upstream.clone()),
+        }
+    }
+
+    /// Sends the checked request (its normalised `path_and_query`) to the EMR and returns the
+    /// EMR's response with its headers made safe for the client.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        path_and_query: &str,
+        id: &Forwarded<'_>,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let uri: Uri = format!("{}{}", self.base, path_and_query)
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ForwardError::Request(e.to_string()))?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_11;
+        let h = req.headers_mut();
+        strip_hop_by_hop(h);
+        strip_identity(h);
+        if let Ok(v) = HeaderValue::from_str(self.upstream.authority.as_str()) {
+            h.insert(header::HOST, v);
+        }
+        put(h, "x-seibo-site", id.site);
+        put(h, "x-seibo-physician", id.physician);
+        put(h, "x-seibo-terminal", id.terminal);
+        if let Some(p) = id.patient {
+            put(h, "x-seibo-patient", p);
+        }
+        if let Some(c) = id.category {
+            put(h, "x-seibo-category", c);
+        }
+        if let Some(d) = &id.records_from {
+            put(h, "x-seibo-records-from", d);
+        }
+        if let Some(d) = &id.access_until {
+            put(h, "x-seibo-access-until", d);
+        }
+        put(h, "x-forwarded-for", &id.client_ip);
+        put(h, "x-forwarded-proto", "https");
+
+        let req = req.map(|b| b.map_err(|e| Box::new(e) as pages::BodyError).boxed());
+        let timeout = self.upstream.response_timeout;
+        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => return Err(ForwardError::Timeout(timeout)),
+            Ok(Err(e)) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                return Err(ForwardError::Connect(msg));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        self.rewrite_location(&mut parts.headers);
+        pages::protect(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// `Location: http://emr.internal/x` → `/x`, so the browser stays on the gateway.
+    fn rewrite_location(&self, h: &mut HeaderMap) {
+        let Some(loc) = h.get(header::LOCATION).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let Some(rest) = loc.strip_prefix(&*self.base) else {
+            return;
+        };
+        let rel = if rest.is_empty() {
+            "/".to_string()
+        } else if rest.starts_with('/') || rest.starts_with('?') {
+            if rest.starts_with('?') {
+                format!("/{rest}")
+            } else {
+                rest.to_string()
+            }
+        } else {
+            // `http://emr.internal:8080` matched as a prefix of `http://emr.internal:80801`.
+            return;
+        };
+        if let Ok(v) = HeaderValue::from_str(&rel) {
+            h.insert(header::LOCATION, v);
+        }
+    }
+}

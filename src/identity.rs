@@ -1,0 +1,75 @@
+//! Step 2 of the request path: who is asking. The peer's credential (certificate fingerprint)
+//! → registered terminal → its physician. Checked on every request, so that a revocation or a
+//! suspension takes effect at an open connection's next request (art 4, 7, 12.7).
+
+use time::OffsetDateTime;
+
+use crate::model::{Physician, Terminal};
+use crate::store::{Store, StoreError};
+
+/// A registered terminal in the hands of an active physician.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub terminal: Terminal,
+    pub physician: Physician,
+}
+
+/// Why the peer is not an active registered terminal of an active physician.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityRefusal {
+    #[error("the terminal is not registered")]
+    UnknownTerminal,
+    #[error("the terminal was revoked")]
+    TerminalRevoked,
+    #[error("the terminal's certificate has expired")]
+    TerminalExpired,
+    #[error("the physician is not registered")]
+    UnknownPhysician,
+    #[error("the physician is suspended")]
+    PhysicianSuspended,
+}
+
+impl IdentityRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            IdentityRefusal::UnknownTerminal => "terminal-unknown",
+            IdentityRefusal::TerminalRevoked => "terminal-revoked",
+            IdentityRefusal::TerminalExpired => "terminal-expired",
+            IdentityRefusal::UnknownPhysician => "physician-unknown",
+            IdentityRefusal::PhysicianSuspended => "physician-suspended",
+        }
+    }
+}
+
+/// Resolves a terminal fingerprint to an active terminal and physician.
+pub fn resolve(
+    store: &Store,
+    fingerprint: &str,
+    now: OffsetDateTime,
+) -> Result<Result<Who, IdentityRefusal>, StoreError> {
+    let Some(terminal) = store.terminal_by_fingerprint(fingerprint)? else {
+        return Ok(Err(IdentityRefusal::UnknownTerminal));
+    };
+    if terminal.revoked {
+        return Ok(Err(IdentityRefusal::TerminalRevoked));
+    }
+    let expired = OffsetDateTime::parse(
+        &terminal.not_after,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .map(|t| t < now)
+    .unwrap_or(true);
+    if expired {
+        return Ok(Err(IdentityRefusal::TerminalExpired));
+    }
+    let Some(physician) = store.physician(&terminal.physician)? else {
+        return Ok(Err(IdentityRefusal::UnknownPhysician));
+    };
+    if physician.suspended.is_some() {
+        return Ok(Err(IdentityRefusal::PhysicianSuspended));
+    }
+    Ok(Ok(Who {
+        terminal,
+        physician,
+    }))
+}

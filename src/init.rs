@@ -1,0 +1,223 @@
+//! `seibo-gate init`: a ready site in one directory — a commented, valid `gate.toml`, the
+//! terminal CA, the gateway's server certificate and the state directory (mode 0700).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, ConfigError};
+use crate::pki::{self, Ca, PkiError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{0}")]
+    Pki(#[from] PkiError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} already exists: init never overwrites a site")]
+    Exists(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the written config does not validate: {0}")]
+    Config(#[from] ConfigError),
+}
+
+/// What `init` needs to know.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub dir: PathBuf,
+    pub site: String,
+    pub listen: SocketAddr,
+    pub upstream: String,
+    /// Private-segment CIDRs; default: the upstream's own address (/32 or /128).
+    pub private: Vec<String>,
+    /// Where the metrics listener binds (loopback by default).
+    pub metrics: Option<SocketAddr>,
+}
+
+impl InitOptions {
+    pub fn new(dir: &Path) -> InitOptions {
+        InitOptions {
+            dir: dir.to_path_buf(),
+            site: "seiyo-hospital".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            upstream: "http://127.0.0.1:8080".into(),
+            private: Vec::new(),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
+}
+
+pub const CONFIG_FILE: &str = "gate.toml";
+
+fn toml_str(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Writes the site and returns the config path.
+pub fn init(o: &InitOptions) -> Result<PathBuf, InitError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InitError::Io { path, source }
+    };
+    let cfg_path = o.dir.join(CONFIG_FILE);
+    if cfg_path.exists() {
+        return Err(InitError::Exists(cfg_path));
+    }
+    let upstream_uri: http::Uri = o
+        .upstream
+        .parse()
+        .map_err(|e| InitError::Invalid(format!("--upstream {:?}: {e}", o.upstream)))?;
+    let private = if o.private.is_empty() {
+        let host = upstream_uri.host().unwrap_or("").trim_matches(['[', ']']);
+        match host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => vec![format!("{ip}/32")],
+            Ok(IpAddr::V6(ip)) => vec![format!("{ip}/128")],
+            Err(_) => return Err(InitError::Invalid(format!(
+                "--upstream host {host:?} is a name: give the private segment with --private CIDR"
+            ))),
+        }
+    } else {
+        o.private.clone()
+    };
+
+    std::fs::create_dir_all(&o.dir).map_err(io(&o.dir))?;
+    let ca_dir = o.dir.join("ca");
+    let tls_dir = o.dir.join("tls");
+    for d in [&ca_dir, &tls_dir] {
+        std::fs::create_dir_all(d).map_err(io(d))?;
+    }
+    crate::server::prepare_state_dir(&o.dir.join("state"))
+        .map_err(|e| InitError::Invalid(e.to_string()))?;
+
+    let ca_cert = ca_dir.join("terminal-ca.crt");
+    let ca_key = ca_dir.join("terminal-ca.key");
+    pki::create_ca(
+        &format!("Seibo Net terminal CA ({})", o.site),
+        &ca_cert,
+        &ca_key,
+    )?;
+    let ca = Ca::load(&ca_cert, &ca_key)?;
+    let mut sans = vec!["localhost".to_string()];
+    let ip = o.listen.ip();
+    if !ip.is_unspecified() {
+        sans.insert(0, ip.to_string());
+    } else if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() {
+            sans.push(h.to_string());
+        }
+    }
+    if !sans.iter().any(|s| s == "127.0.0.1") {
+        sans.push("127.0.0.1".into());
+    }
+    ca.issue_server(
+        &sans,
+        &tls_dir.join("server.crt"),
+        &tls_dir.join("server.key"),
+    )?;
+
+    let private_list = private
+        .iter()
+        .map(|p| toml_str(p))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let metrics = match o.metrics {
+        Some(m) => format!("[metrics]\n# Prometheus scrape endpoint (/metrics). Keep it on loopback or a scrape network.\nlisten = {}\n", toml_str(&m.to_string())),
+        None => "# [metrics]\n# listen = \"127.0.0.1:9464\"\n".to_string(),
+    };
+    let text = format!(
+        r#"# seibo-gate site configuration, written by `seibo-gate init`.
+# Paths are relative to this file. `seibo-gate check-config --config FILE` validates it.
+
+[site]
+# Short id of this site: written into every audit record and sent to the EMR.
+id = {site}
+name = {site}
+# Shown on every refusal page: whom a physician should contact.
+contact = "地域連携室 / Liaison office"
+
+[state]
+# Registries (physicians, terminals, consents) and the audit log. Mode 0700.
+dir = "state"
+# Admin commands reach the running gateway here (mode 0600).
+admin_socket = "state/admin.sock"
+
+[ca]
+# The terminal CA: client certificates must chain to it (art 12.1).
+cert = "ca/terminal-ca.crt"
+# Its key is read by `terminal add` only; keep it offline or root-only.
+key = "ca/terminal-ca.key"
+# Validity of new terminal certificates, in days.
+terminal_days = 825
+
+[[listener]]
+name = "internet"
+listen = {listen}
+# Source networks allowed to connect; others are closed before the TLS handshake (art 12.4).
+allow = ["0.0.0.0/0", "::/0"]
+cert = "tls/server.crt"
+key = "tls/server.key"
+
+[upstream]
+# The web EMR (plain HTTP inside the private segment).
+url = {upstream}
+# The private segment (art 12.6): the gateway never connects anywhere else.
+private = [{private_list}]
+connect_timeout_ms = 3000
+response_timeout_ms = 30000
+
+{metrics}
+[limits]
+handshake_timeout_ms = 10000
+header_read_timeout_ms = 15000
+max_connections = 10000
+
+# Routes: which EMR pages may be viewed, for which patient and record category (art 8.2).
+# Anything that matches no route is refused (default deny). Tried in order.
+# Categories: basic diagnoses prescriptions labs notes flowsheets summaries reports images staff-records
+
+[[route]]
+# The generic layout: /patients/<patient id>/<category>[/...]
+path = "/patients/{{patient}}/{{category}}/**"
+
+[[route]]
+# The EMR's own style sheets, scripts and images: no patient data.
+path = "/static/**"
+no_patient = true
+"#,
+        site = toml_str(&o.site),
+        listen = toml_str(&o.listen.to_string()),
+        upstream = toml_str(&o.upstream),
+    );
+    pki::write_new_file(&cfg_path, text.as_bytes(), 0o640)?;
+    Config::load(&cfg_path)?;
+    Ok(cfg_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_writes_a_valid_site_and_never_overwrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = InitOptions::new(&dir.path().join("site"));
+        let p = init(&o).unwrap();
+        let cfg = Config::load(&p).unwrap();
+        assert_eq!(cfg.site.id, "seiyo-hospital");
+        assert_eq!(cfg.routes.len(), 2);
+        assert!(cfg.ca.key.exists());
+        assert!(matches!(init(&o), Err(InitError::Exists(_))));
+    }
+
+    #[test]
+    fn init_needs_private_segment_for_a_named_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = InitOptions::new(dir.path());
+        o.upstream = "http://emr.internal:8080".into();
+        assert!(matches!(init(&o), Err(InitError::Invalid(_))));
+    }
+}

@@ -1,0 +1,57 @@
+//! # seibo-gate
+//!
+//! A zero-trust gateway for Seibo Net (せい坊ネット), the regional medical network of Seiyo
+//! City: it stands in each site's DMZ in front of the web EMR and lets a physician's
+//! **registered terminal** view a **consented patient's** records, and nothing else.
+//!
+//! ## The request path
+//!
+//! ```text
+//! listener ──▶ peer identity ──▶ decision ────────────────▶ audit ──▶ forward ──▶ outcome
+//! (mTLS,       (certificate      (terminal + physician,     (durable   (private   (status,
+//!  allow-list)  fingerprint)      route → patient+category,  before     EMR only)  bytes,
+//!                                 consent window)            forward)             duration)
+//! ```
+//!
+//! ## Layout
+//!
+//! * [`listener`]: accept, source allow-list, TLS handshake, HTTP/1.1 + HTTP/2 serving.
+//! * [`tls`]: the mutual-TLS server configuration and the peer's certificate identity.
+//! * [`service`]: the request path above, in one function.
+//! * [`identity`]: fingerprint → registered terminal → active physician.
+//! * [`route`]: path normalisation and the route table (URL → patient + record category).
+//! * [`consent`]: the consent window (999 days, 2 years back, extension, withdrawal).
+//! * [`decision`]: identity, route and consent combined into allow or a typed refusal.
+//! * [`forward`]: the pooled client to the EMR, restricted to the private segment.
+//! * [`audit`]: the hash-chained, append-only audit log with group commit.
+//! * [`pages`]: every page the gateway answers with (Japanese first, English second).
+//! * [`store`]: the registries in sled; [`model`]: their value types.
+//! * [`admin`]: admin requests, over the gateway's Unix socket or directly.
+//! * [`config`]: TOML → validated [`config::Config`]; [`init`]: a new site's files.
+//! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
+//! * [`server`]: `serve` — everything wired together; [`metrics`]: Prometheus.
+//! * [`demo`]: the sample EMR and the one-command demo.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod audit;
+pub mod clock;
+pub mod config;
+pub mod consent;
+pub mod decision;
+pub mod demo;
+pub mod forward;
+pub mod identity;
+pub mod init;
+pub mod listener;
+pub mod metrics;
+pub mod model;
+pub mod pages;
+pub mod pki;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod store;
+pub mod tls;

@@ -1,0 +1,624 @@
+//! The `seibo-gate` command line: a thin layer over the library. Exit codes: 0 success,
+//! 1 a refused or failed operation, 2 usage, 64 a bad config file.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use seibo_gate::admin::{self, Admin, AdminRequest, AdminResponse};
+use seibo_gate::audit::{self, AuditLog, QueryFilter};
+use seibo_gate::clock::{self, Clock, SharedClock, SystemClock};
+use seibo_gate::config::Config;
+use seibo_gate::init::{self, InitOptions};
+use seibo_gate::model::{ConsentBy, SuspendReason, Terminal};
+use seibo_gate::pki::{Ca, ClientKind};
+use seibo_gate::store::Store;
+
+const DEFAULT_CONFIG: &str = "/etc/seibo-gate/gate.toml";
+
+#[derive(Parser, Debug)]
+#[command(name = "seibo-gate", version, about = "Zero-trust gateway for the Seibo Net regional medical network", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ConfigArg {
+    /// The site's config file.
+    #[arg(long, global = true, env = "SEIBO_GATE_CONFIG", default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run everything on loopback with a sample EMR and print curl lines to try (Ctrl-C stops).
+    Demo,
+    /// Create a new site: config, terminal CA, server certificate, state directory.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "seiyo-hospital")]
+        site: String,
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        upstream: String,
+        /// Private-segment network (repeatable); default: the upstream's address.
+        #[arg(long = "private")]
+        private: Vec<String>,
+    },
+    /// Validate a config file; names the bad key and exits 64 when invalid.
+    CheckConfig {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Run the gateway.
+    Serve {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// User physicians (art 3, 4, 6.3, 7).
+    Physician {
+        #[command(subcommand)]
+        cmd: PhysicianCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Registered terminals and their credentials (art 6.2, 12.7).
+    Terminal {
+        #[command(subcommand)]
+        cmd: TerminalCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Patient consents (art 8, 9).
+    Consent {
+        #[command(subcommand)]
+        cmd: ConsentCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Patient data deletion on request (art 11, form 8).
+    Patient {
+        #[command(subcommand)]
+        cmd: PatientCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// The audit log (art 12.8).
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Delete consents whose access ended 999 days after the last view, and withdrawn ones (art 11).
+    Purge {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Serve the sample EMR alone (tests and benchmarks).
+    #[command(hide = true)]
+    SampleEmr {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PhysicianCmd {
+    Add {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        site: Option<String>,
+    },
+    Suspend {
+        #[arg(long)]
+        id: String,
+        /// retirement | request | violation (art 4)
+        #[arg(long)]
+        reason: SuspendReason,
+    },
+    Resume {
+        #[arg(long)]
+        id: String,
+    },
+    Delete {
+        #[arg(long)]
+        id: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TerminalCmd {
+    /// Issue a client certificate (NAME.crt, NAME.key, NAME.p12) and register the terminal.
+    Add {
+        #[arg(long)]
+        physician: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    Revoke {
+        #[arg(long)]
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConsentCmd {
+    /// Register a consent (form 6).
+    Grant {
+        #[arg(long)]
+        patient: String,
+        /// patient | relative | guardian (art 8.1)
+        #[arg(long)]
+        by: String,
+        /// For a relative: e.g. "spouse", "child (1st degree)", "in-law (2nd degree)".
+        #[arg(long)]
+        relation: Option<String>,
+        /// Publication date YYYY-MM-DD (Japan).
+        #[arg(long)]
+        published: String,
+        /// The patient declined the automatic extension (art 8.3).
+        #[arg(long)]
+        no_extension: bool,
+        #[arg(long)]
+        form_ref: String,
+    },
+    /// Register a withdrawal (form 7): access stops at the next request.
+    Withdraw {
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        form_ref: String,
+    },
+    Show {
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PatientCmd {
+    /// Delete a patient's registered data (form 8); the audit history stays.
+    Delete {
+        #[arg(long)]
+        patient: String,
+        #[arg(long)]
+        form_ref: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Records, oldest first; JSON lines with --json.
+    Query {
+        #[arg(long)]
+        patient: Option<String>,
+        #[arg(long)]
+        physician: Option<String>,
+        /// RFC 3339 time or YYYY-MM-DD (Japan).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the hash chain; exits non-zero naming the first broken record.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve { .. } | Command::Demo));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("seibo-gate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("seibo-gate: {e:#}");
+            if e.downcast_ref::<seibo_gate::config::ConfigError>()
+                .is_some()
+            {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_tracing(service: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if service { "info" } else { "warn" };
+    let filter =
+        EnvFilter::try_from_env("SEIBO_GATE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+}
+
+fn load(cfg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&cfg.config)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Demo => {
+            seibo_gate::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SampleEmr { listen } => {
+            seibo_gate::demo::run_sample_emr(listen).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init {
+            dir,
+            site,
+            listen,
+            upstream,
+            private,
+        } => {
+            let mut o = InitOptions::new(&dir);
+            o.site = site;
+            o.listen = listen;
+            o.upstream = upstream;
+            o.private = private;
+            let p = init::init(&o)?;
+            println!("site created: {}", p.display());
+            println!("next: seibo-gate serve --config {}", p.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { cfg } => {
+            let c = load(&cfg)?;
+            println!(
+                "{}: ok (site {}, {} listener(s), {} route(s), upstream {})",
+                cfg.config.display(),
+                c.site.id,
+                c.listeners.len(),
+                c.routes.len(),
+                c.upstream.authority
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { cfg } => {
+            let c = load(&cfg)?;
+            let (trigger, _) = seibo_gate::shutdown::channel();
+            let serve = seibo_gate::server::serve(c, Arc::new(SystemClock), &trigger, |_| {});
+            tokio::pin!(serve);
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = &mut serve => r?,
+                _ = tokio::signal::ctrl_c() => { trigger.fire(); serve.await? }
+                _ = term.recv() => { trigger.fire(); serve.await? }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Physician { cmd, cfg } => {
+            let c = load(&cfg)?;
+            let (req, json) = match cmd {
+                PhysicianCmd::Add { id, name, site } => {
+                    (AdminRequest::PhysicianAdd { id, name, site }, false)
+                }
+                PhysicianCmd::Suspend { id, reason } => {
+                    (AdminRequest::PhysicianSuspend { id, reason }, false)
+                }
+                PhysicianCmd::Resume { id } => (AdminRequest::PhysicianResume { id }, false),
+                PhysicianCmd::Delete { id } => (AdminRequest::PhysicianDelete { id }, false),
+                PhysicianCmd::List { json } => (AdminRequest::PhysicianList, json),
+            };
+            let list = matches!(req, AdminRequest::PhysicianList);
+            let r = admin_call(&c, req).await?;
+            if list && !json && r.ok {
+                print_physicians(&r.data);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(report(r, json))
+        }
+        Command::Terminal { cmd, cfg } => {
+            let c = load(&cfg)?;
+            match cmd {
+                TerminalCmd::Add {
+                    physician,
+                    name,
+                    out,
+                } => terminal_add(&c, &physician, &name, &out).await,
+                TerminalCmd::Revoke { name } => Ok(report(
+                    admin_call(&c, AdminRequest::TerminalRevoke { name }).await?,
+                    false,
+                )),
+                TerminalCmd::List { json } => {
+                    let r = admin_call(&c, AdminRequest::TerminalList).await?;
+                    if !json && r.ok {
+                        print_terminals(&r.data);
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    Ok(report(r, json))
+                }
+            }
+        }
+        Command::Consent { cmd, cfg } => {
+            let c = load(&cfg)?;
+            let (req, json) = match cmd {
+                ConsentCmd::Grant {
+                    patient,
+                    by,
+                    relation,
+                    published,
+                    no_extension,
+                    form_ref,
+                } => {
+                    let by = match (by.as_str(), relation) {
+                        ("patient", None) => ConsentBy::Patient,
+                        ("guardian", None) => ConsentBy::Guardian,
+                        ("relative", Some(r)) => ConsentBy::Relative(r),
+                        ("relative", None) => bail!("--by relative needs --relation (art 8.1: blood relative within the 6th degree, spouse, or in-law within the 3rd degree)"),
+                        ("patient" | "guardian", Some(_)) => bail!("--relation is only for --by relative"),
+                        (other, _) => bail!("--by {other:?}: use patient, relative or guardian (art 8.1)"),
+                    };
+                    let published =
+                        clock::parse_date(&published).map_err(|e| anyhow!("--published: {e}"))?;
+                    (
+                        AdminRequest::ConsentGrant {
+                            patient,
+                            by,
+                            published,
+                            no_extension,
+                            form_ref,
+                        },
+                        false,
+                    )
+                }
+                ConsentCmd::Withdraw { patient, form_ref } => {
+                    (AdminRequest::ConsentWithdraw { patient, form_ref }, false)
+                }
+                ConsentCmd::Show { patient, json } => (AdminRequest::ConsentShow { patient }, json),
+            };
+            let show = matches!(req, AdminRequest::ConsentShow { .. });
+            let r = admin_call(&c, req).await?;
+            if show && !json && r.ok {
+                println!("{}", serde_json::to_string_pretty(&r.data)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            Ok(report(r, json))
+        }
+        Command::Patient { cmd, cfg } => {
+            let c = load(&cfg)?;
+            let PatientCmd::Delete { patient, form_ref } = cmd;
+            Ok(report(
+                admin_call(&c, AdminRequest::PatientDelete { patient, form_ref }).await?,
+                false,
+            ))
+        }
+        Command::Purge { cfg } => {
+            let c = load(&cfg)?;
+            Ok(report(admin_call(&c, AdminRequest::Purge).await?, false))
+        }
+        Command::Audit { cmd, cfg } => {
+            let c = load(&cfg)?;
+            let dir = c.state_dir.join("audit");
+            match cmd {
+                AuditCmd::Verify => match audit::verify(&dir) {
+                    Ok(r) => {
+                        println!("audit log intact: {} records, head {}", r.records, r.head);
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("audit log BROKEN: {e}");
+                        Ok(ExitCode::FAILURE)
+                    }
+                },
+                AuditCmd::Query {
+                    patient,
+                    physician,
+                    since,
+                    until,
+                    json,
+                } => {
+                    let parse = |s: Option<String>, key: &str| -> anyhow::Result<_> {
+                        s.map(|s| audit::parse_time_arg(&s).map_err(|e| anyhow!("--{key}: {e}")))
+                            .transpose()
+                    };
+                    let filter = QueryFilter {
+                        patient,
+                        physician,
+                        since: parse(since, "since")?,
+                        until: parse(until, "until")?,
+                    };
+                    let rows = audit::query(&dir, &filter)?;
+                    let mut out = std::io::stdout().lock();
+                    use std::io::Write;
+                    for r in &rows {
+                        if json {
+                            serde_json::to_writer(&mut out, r)?;
+                            writeln!(out)?;
+                        } else {
+                            let q = &r.request;
+                            writeln!(
+                                out,
+                                "{} {:<5} {:<26} {:<7} phys={} term={} patient={} {} {} → {}",
+                                q.time,
+                                q.decision,
+                                q.reason,
+                                q.ingress,
+                                q.physician.as_deref().unwrap_or("-"),
+                                q.terminal.as_deref().unwrap_or("-"),
+                                q.patient.as_deref().unwrap_or("-"),
+                                q.method,
+                                q.path,
+                                r.status
+                                    .map(|s| s.to_string())
+                                    .unwrap_or_else(|| "-".into())
+                            )?;
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+    }
+}
+
+/// Prints an admin response; exit 1 when refused.
+fn report(r: AdminResponse, json: bool) -> ExitCode {
+    if json {
+        println!("{}", serde_json::to_string(&r.data).unwrap_or_default());
+    } else if r.ok {
+        println!("{}", r.message);
+    }
+    if r.ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("seibo-gate: {}", r.message);
+        ExitCode::FAILURE
+    }
+}
+
+fn print_physicians(data: &serde_json::Value) {
+    for p in data.as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<24} {:<16} {}",
+            p["id"].as_str().unwrap_or(""),
+            p["name"].as_str().unwrap_or(""),
+            p["site"].as_str().unwrap_or(""),
+            p["suspended"]
+                .as_str()
+                .map(|r| format!("suspended ({r})"))
+                .unwrap_or_else(|| "active".into())
+        );
+    }
+}
+
+fn print_terminals(data: &serde_json::Value) {
+    for t in data.as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<20} {} {}",
+            t["name"].as_str().unwrap_or(""),
+            t["physician"].as_str().unwrap_or(""),
+            t["not_after"].as_str().unwrap_or(""),
+            if t["revoked"].as_bool().unwrap_or(false) {
+                "revoked"
+            } else {
+                "active"
+            }
+        );
+    }
+}
+
+/// Sends a request to the running gateway, or executes it directly when none runs.
+async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<AdminResponse> {
+    if let Some(r) = admin::call(&cfg.admin_socket, &req).await? {
+        return Ok(r);
+    }
+    let store = Store::open(&cfg.state_dir.join("registry")).with_context(|| {
+        format!(
+            "no gateway answers on {} and the store cannot be opened",
+            cfg.admin_socket.display()
+        )
+    })?;
+    seibo_gate::server::prepare_state_dir(&cfg.state_dir)?;
+    let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let a = Admin {
+        store: store.clone(),
+        audit: audit.clone(),
+        site: cfg.site.id.clone(),
+        clock,
+        metrics: None,
+        origin: "cli",
+    };
+    let r = a.execute(req).await;
+    audit.close().await?;
+    store.flush()?;
+    Ok(r)
+}
+
+async fn terminal_add(
+    cfg: &Config,
+    physician: &str,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    // The physician must exist before a credential is issued.
+    let r = admin_call(
+        cfg,
+        AdminRequest::PhysicianGet {
+            id: physician.to_string(),
+        },
+    )
+    .await?;
+    if !r.ok {
+        eprintln!("seibo-gate: {}", r.message);
+        return Ok(ExitCode::FAILURE);
+    }
+    let physician_name = r.data["name"].as_str().unwrap_or(physician).to_string();
+    let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
+    let issued = ca.issue_client(
+        ClientKind::Terminal,
+        &physician_name,
+        name,
+        out,
+        cfg.ca.terminal_days,
+    )?;
+    let terminal = Terminal {
+        name: name.to_string(),
+        physician: physician.to_string(),
+        fingerprint: issued.info.fingerprint.clone(),
+        serial: issued.info.serial.clone(),
+        not_after: clock::rfc3339(issued.info.not_after),
+        revoked: false,
+        registered: clock::rfc3339(SystemClock.now()),
+    };
+    let r = admin_call(cfg, AdminRequest::TerminalRegister { terminal }).await?;
+    if !r.ok {
+        // Not registered: the files must not be mistaken for a working credential.
+        for p in [&issued.cert_path, &issued.key_path, &issued.p12_path] {
+            let _ = std::fs::remove_file(p);
+        }
+        eprintln!("seibo-gate: {}", r.message);
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}", r.message);
+    println!("certificate: {}", issued.cert_path.display());
+    println!("private key: {}", issued.key_path.display());
+    println!("PKCS#12:     {}", issued.p12_path.display());
+    println!("PKCS#12 password (shown once): {}", issued.p12_password);
+    println!("fingerprint: {}", issued.info.fingerprint);
+    Ok(ExitCode::SUCCESS)
+}

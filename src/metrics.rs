@@ -1,0 +1,163 @@
+//! Prometheus metrics, held in one registry owned by the gateway (no global statics). No
+//! physician or patient identifier ever becomes a label: per-person usage is in the audit.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports, prefixed `seibo_gate_`.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by ingress, decision (allow/deny) and reason.
+    pub requests: IntCounterVec,
+    /// Time spent in the gateway itself (identity, route, consent, audit), by ingress.
+    pub gateway_seconds: HistogramVec,
+    /// Time to the upstream EMR's response headers.
+    pub upstream_seconds: Histogram,
+    /// TLS handshakes by result (ok, or the failure's cause).
+    pub tls_handshakes: IntCounterVec,
+    /// Connections closed before the handshake because their source is not allowed.
+    pub refused_connections: IntCounterVec,
+    /// Open client connections by ingress.
+    pub connections: IntGaugeVec,
+    /// Audit records written, and failures to write (fail closed).
+    pub audit_records: IntCounter,
+    pub audit_failures: IntCounter,
+    pub audit_write_seconds: Histogram,
+    /// Upstream failures by kind (connect, timeout).
+    pub upstream_errors: IntCounterVec,
+    /// Consent events by kind (grant, withdraw, delete, purge).
+    pub consent_events: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub up: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new_custom(Some("seibo_gate".into()), None)?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests by ingress, decision and reason.",
+            ),
+            &["ingress", "decision", "reason"],
+        )?;
+        let gateway_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "gateway_duration_seconds",
+                "Time spent in the gateway per request (identity, route, consent, audit), excluding the upstream.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["ingress"],
+        )?;
+        let upstream_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time from forwarding to the upstream EMR's response headers.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new("tls_handshakes_total", "TLS handshakes by result."),
+            &["listener", "result"],
+        )?;
+        let refused_connections = IntCounterVec::new(
+            Opts::new(
+                "refused_connections_total",
+                "Connections closed before the handshake (source not allowed, or connection limit).",
+            ),
+            &["listener", "cause"],
+        )?;
+        let connections = IntGaugeVec::new(
+            Opts::new("connections", "Open client connections."),
+            &["ingress"],
+        )?;
+        let audit_records = IntCounter::new(
+            "audit_records_total",
+            "Audit records appended (request and outcome lines).",
+        )?;
+        let audit_failures = IntCounter::new(
+            "audit_failures_total",
+            "Requests refused because their audit record could not be written.",
+        )?;
+        let audit_write_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "audit_write_duration_seconds",
+                "Time until a request's audit record is durable on disk.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new("upstream_errors_total", "Upstream EMR failures by kind."),
+            &["kind"],
+        )?;
+        let consent_events = IntCounterVec::new(
+            Opts::new("consent_events_total", "Consent registry events by kind."),
+            &["kind"],
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Build information; the value is always 1."),
+            &["version"],
+        )?;
+        let up = IntGauge::new("up", "1 while the gateway is serving.")?;
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(gateway_seconds.clone()),
+            Box::new(upstream_seconds.clone()),
+            Box::new(tls_handshakes.clone()),
+            Box::new(refused_connections.clone()),
+            Box::new(connections.clone()),
+            Box::new(audit_records.clone()),
+            Box::new(audit_failures.clone()),
+            Box::new(audit_write_seconds.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(consent_events.clone()),
+            Box::new(build_info.clone()),
+            Box::new(up.clone()),
+        ] {
+            registry.register(c)?;
+        }
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(Metrics {
+            registry,
+            requests,
+            gateway_seconds,
+            upstream_seconds,
+            tls_handshakes,
+            refused_connections,
+            connections,
+            audit_records,
+            audit_failures,
+            audit_write_seconds,
+            upstream_errors,
+            consent_events,
+            build_info,
+            up,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let enc = TextEncoder::new();
+        if let Err(e) = enc.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,183 @@
+//! The registry's value types: physicians, terminals, consents, record categories.
+//!
+//! These are plain data, shared by the store (which persists them), the decision
+//! (which reads them) and the admin surface (which edits them). Nothing here does I/O.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::Date;
+
+/// Record categories that article 8.2 makes viewable. Every routed EMR page is one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Category {
+    /// 基本情報
+    Basic,
+    /// 病名
+    Diagnoses,
+    /// 処方歴
+    Prescriptions,
+    /// 検査歴
+    Labs,
+    /// 医師記録
+    Notes,
+    /// 経過表
+    Flowsheets,
+    /// サマリ
+    Summaries,
+    /// レポート
+    Reports,
+    /// 画像
+    Images,
+    /// 他職種記録
+    StaffRecords,
+}
+
+impl Category {
+    pub const ALL: [Category; 10] = [
+        Category::Basic,
+        Category::Diagnoses,
+        Category::Prescriptions,
+        Category::Labs,
+        Category::Notes,
+        Category::Flowsheets,
+        Category::Summaries,
+        Category::Reports,
+        Category::Images,
+        Category::StaffRecords,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Basic => "basic",
+            Category::Diagnoses => "diagnoses",
+            Category::Prescriptions => "prescriptions",
+            Category::Labs => "labs",
+            Category::Notes => "notes",
+            Category::Flowsheets => "flowsheets",
+            Category::Summaries => "summaries",
+            Category::Reports => "reports",
+            Category::Images => "images",
+            Category::StaffRecords => "staff-records",
+        }
+    }
+}
+
+impl fmt::Display for Category {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown record category {0:?} (art 8.2 allows: basic, diagnoses, prescriptions, labs, notes, flowsheets, summaries, reports, images, staff-records)")]
+pub struct UnknownCategory(pub String);
+
+impl FromStr for Category {
+    type Err = UnknownCategory;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Category::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownCategory(s.to_string()))
+    }
+}
+
+/// Why a physician was suspended (art 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuspendReason {
+    /// (1) lost status by retirement
+    Retirement,
+    /// (2) own request
+    Request,
+    /// (3) violation of the rules
+    Violation,
+}
+
+impl SuspendReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SuspendReason::Retirement => "retirement",
+            SuspendReason::Request => "request",
+            SuspendReason::Violation => "violation",
+        }
+    }
+}
+
+impl FromStr for SuspendReason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "retirement" => Ok(SuspendReason::Retirement),
+            "request" => Ok(SuspendReason::Request),
+            "violation" => Ok(SuspendReason::Violation),
+            other => Err(format!(
+                "unknown suspension reason {other:?}: use retirement, request or violation (art 4)"
+            )),
+        }
+    }
+}
+
+/// A user physician (利用医, art 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Physician {
+    pub id: String,
+    pub name: String,
+    pub site: String,
+    /// `Some` while suspended (art 4).
+    pub suspended: Option<SuspendReason>,
+    /// Registration time, RFC 3339 (Japan time).
+    pub registered: String,
+}
+
+/// A registered terminal (art 6.2, 12.7): the PC or tablet a physician uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terminal {
+    pub name: String,
+    pub physician: String,
+    /// Lower-case hex SHA-256 of the certificate's SubjectPublicKeyInfo.
+    pub fingerprint: String,
+    pub serial: String,
+    /// Certificate validity end, RFC 3339.
+    pub not_after: String,
+    pub revoked: bool,
+    pub registered: String,
+}
+
+/// Who gave consent (art 8.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "relation")]
+pub enum ConsentBy {
+    Patient,
+    /// A relative: blood relative within the 6th degree, spouse, or in-law within the 3rd degree.
+    Relative(String),
+    Guardian,
+}
+
+/// A patient's consent record (art 8, 9, 11).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consent {
+    pub patient: String,
+    pub by: ConsentBy,
+    /// The site that received the form (art 9.3).
+    pub site: String,
+    /// Form 6 reference.
+    pub form_ref: String,
+    /// Publication date (公開日), Japan calendar date.
+    pub published: Date,
+    /// True when the patient asked not to extend automatically (art 8.3 "unless otherwise requested").
+    pub no_extension: bool,
+    /// Date of the last allowed view, if any.
+    pub last_view: Option<Date>,
+    /// Set when withdrawn (form 7): reference and date. A withdrawn consent never allows access.
+    pub withdrawn: Option<Withdrawal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Withdrawal {
+    pub form_ref: String,
+    pub date: Date,
+}

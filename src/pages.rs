@@ -1,0 +1,250 @@
+//! Every page the gateway itself answers with, built in one place: a refused physician gets
+//! a clear page, Japanese first and English second, saying what happened and whom to contact,
+//! with the right status. Consent refusals share one text, so that a page never tells whether
+//! a patient id exists (the audit keeps the precise reason).
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use crate::config::Site;
+use crate::decision::Refusal;
+use crate::route::RouteError;
+
+/// The body type of every response the gateway sends.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BodyError>;
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Escapes text for HTML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+struct Text {
+    title_ja: &'static str,
+    title_en: &'static str,
+    body_ja: &'static str,
+    body_en: &'static str,
+}
+
+fn text(r: &Refusal) -> Text {
+    match r {
+        Refusal::Identity(i) => {
+            use crate::identity::IdentityRefusal::*;
+            match i {
+                UnknownTerminal | TerminalRevoked | TerminalExpired => Text {
+                    title_ja: "この端末からは利用できません",
+                    title_en: "This terminal cannot use Seibo Net",
+                    body_ja: "この端末は登録されていないか、登録が取り消されたか、証明書の有効期限が切れています。端末の登録（様式3）について下記の窓口にお問い合わせください。",
+                    body_en: "This terminal is not registered, its registration was revoked, or its certificate has expired. Please contact the office below about registering the terminal (form 3).",
+                },
+                UnknownPhysician | PhysicianSuspended => Text {
+                    title_ja: "利用医の登録が有効ではありません",
+                    title_en: "Your user registration is not active",
+                    body_ja: "この端末に登録された利用医の利用が停止されているか、登録が抹消されています。下記の窓口にお問い合わせください。",
+                    body_en: "The physician registered to this terminal is suspended or deregistered. Please contact the office below.",
+                },
+            }
+        }
+        Refusal::Consent(_) => Text {
+            title_ja: "この患者さんの診療情報は閲覧できません",
+            title_en: "This patient's records cannot be viewed",
+            body_ja: "この患者さんについては、閲覧に必要な同意が登録されていないか、同意が撤回されたか、閲覧期間が終了しています。同意書（様式6）の手続きについて下記の窓口にお問い合わせください。",
+            body_en: "For this patient, no consent is registered, the consent was withdrawn, or the viewing period has ended. Please contact the office below about the consent form (form 6).",
+        },
+        Refusal::Route(RouteError::NoRoute) => Text {
+            title_ja: "このページはせい坊ネットの閲覧範囲外です",
+            title_en: "This page is not part of what Seibo Net shares",
+            body_ja: "要求されたページは、せい坊ネットで閲覧できる診療情報（基本情報、病名、処方歴、検査歴、医師記録、経過表、サマリ、レポート・画像、他職種記録）に該当しません。",
+            body_en: "The page you asked for is not one of the record kinds Seibo Net shares (basic information, diagnoses, prescriptions, tests, physician notes, flowsheets, summaries, reports and images, other professions' records).",
+        },
+        Refusal::Route(RouteError::MethodNotAllowed) => Text {
+            title_ja: "この操作はできません",
+            title_en: "This action is not allowed",
+            body_ja: "せい坊ネットでは診療情報の閲覧のみができます。",
+            body_en: "Seibo Net allows viewing records only.",
+        },
+        Refusal::Route(_) => Text {
+            title_ja: "要求の形式が正しくありません",
+            title_en: "The request is malformed",
+            body_ja: "アドレス（URL）に使用できない文字や形式が含まれています。ブラウザのアドレス欄を確認してください。",
+            body_en: "The address (URL) contains characters or a form that cannot be used. Please check the address.",
+        },
+        Refusal::StoreUnavailable | Refusal::AuditUnavailable => Text {
+            title_ja: "ただいま利用できません",
+            title_en: "Seibo Net is temporarily unavailable",
+            body_ja: "閲覧記録を安全に保存できないため、一時的に閲覧を停止しています。しばらくしてから再度お試しください。続く場合は下記の窓口にご連絡ください。",
+            body_en: "Access records cannot be stored safely, so viewing is stopped for now. Please try again later; if this continues, contact the office below.",
+        },
+        Refusal::UpstreamUnreachable => Text {
+            title_ja: "電子カルテに接続できません",
+            title_en: "The EMR cannot be reached",
+            body_ja: "電子カルテシステムが応答していません。しばらくしてから再度お試しください。続く場合は下記の窓口にご連絡ください。",
+            body_en: "The EMR system is not responding. Please try again later; if this continues, contact the office below.",
+        },
+        Refusal::UpstreamTimeout => Text {
+            title_ja: "電子カルテの応答がありません",
+            title_en: "The EMR did not answer in time",
+            body_ja: "電子カルテシステムの応答が時間内にありませんでした。しばらくしてから再度お試しください。",
+            body_en: "The EMR system did not answer in time. Please try again later.",
+        },
+    }
+}
+
+/// Headers every response of the gateway carries (art 13.2.5: nothing stored or cached).
+pub fn protect(headers: &mut http::HeaderMap) {
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, no-cache, must-revalidate, private"),
+    );
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    headers.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+}
+
+/// The page for a refusal, with its status.
+pub fn refusal(r: &Refusal, site: &Site) -> Response<Body> {
+    let t = text(r);
+    let status = r.status();
+    let html = format!(
+        r#"<!DOCTYPE html>
+<html lang="ja">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title_ja} / {title_en}</title>
+<style>
+body {{ font-family: system-ui, "Hiragino Sans", "Yu Gothic", "Meiryo", sans-serif; margin: 0; background: #f4f6f8; color: #1d2733; }}
+main {{ max-width: 40rem; margin: 3rem auto; background: #fff; border-radius: 8px; padding: 2rem; box-shadow: 0 1px 4px rgba(0,0,0,.12); }}
+h1 {{ font-size: 1.35rem; margin: 0 0 .3rem; }}
+h2 {{ font-size: 1.05rem; margin: 1.6rem 0 .3rem; color: #44525f; }}
+.status {{ color: #8a1c1c; font-weight: bold; }}
+.contact {{ margin-top: 1.6rem; padding: 1rem; background: #eef3f8; border-radius: 6px; }}
+small {{ color: #66737f; }}
+@media print {{ body {{ display: none; }} }}
+</style>
+</head>
+<body>
+<main>
+<p class="status">{code}</p>
+<h1>{title_ja}</h1>
+<p>{body_ja}</p>
+<h2 lang="en">{title_en}</h2>
+<p lang="en">{body_en}</p>
+<div class="contact">
+<p>お問い合わせ / Contact: {contact}</p>
+<p><small>{site} ・ せい坊ネット / Seibo Net ・ 理由 / reason: {reason}</small></p>
+</div>
+</main>
+</body>
+</html>
+"#,
+        title_ja = t.title_ja,
+        title_en = t.title_en,
+        body_ja = t.body_ja,
+        body_en = t.body_en,
+        code = status.as_u16(),
+        contact = escape(&site.contact),
+        site = escape(&site.name),
+        reason = r.reason(),
+    );
+    let mut resp = Response::new(full(html));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+    );
+    protect(h);
+    resp
+}
+
+/// A plain-text response (metrics, health).
+pub fn plain(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consent::ConsentRefusal;
+
+    fn site() -> Site {
+        Site {
+            id: "s".into(),
+            name: "西予市民病院".into(),
+            contact: "地域連携室 <内線 123>".into(),
+        }
+    }
+
+    /// Art 9.2 / privacy: every consent refusal shows the same text, so a page never tells
+    /// whether a patient exists.
+    #[test]
+    fn consent_refusals_do_not_leak_whether_the_patient_exists() {
+        let body = |r: ConsentRefusal| {
+            let t = text(&Refusal::Consent(r));
+            (t.title_ja, t.body_ja, t.body_en)
+        };
+        assert_eq!(
+            body(ConsentRefusal::NoConsent),
+            body(ConsentRefusal::Withdrawn)
+        );
+        assert_eq!(
+            body(ConsentRefusal::NoConsent),
+            body(ConsentRefusal::Expired)
+        );
+    }
+
+    #[test]
+    fn refusal_page_is_japanese_first_and_escapes_the_contact() {
+        let r = refusal(&Refusal::Consent(ConsentRefusal::NoConsent), &site());
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert!(r
+            .headers()
+            .get(header::CACHE_CONTROL)
+            .is_some_and(|v| v.as_bytes().starts_with(b"no-store")));
+        let t = text(&Refusal::Consent(ConsentRefusal::NoConsent));
+        assert!(t.title_ja.contains("閲覧できません"));
+        assert_eq!(escape(&site().contact), "地域連携室 &lt;内線 123&gt;");
+    }
+}

@@ -1,0 +1,478 @@
+//! The registries (physicians, terminals, consents) in sled. Only this module touches sled;
+//! everything else sees typed functions. The store carries a schema version.
+//!
+//! Trees:
+//! * `physicians`: physician id → [`Physician`] (JSON)
+//! * `terminals`: terminal name → [`Terminal`] (JSON)
+//! * `fingerprints`: SPKI SHA-256 (hex) → terminal name
+//! * `consents`: patient id → [`Consent`] (JSON)
+//! * `meta`: `schema` → version
+//!
+//! Administrative changes are flushed before they are acknowledged. The `last_view` update of
+//! an allowed view is not flushed on the request path: sled syncs it within its flush interval,
+//! and [`Store::flush`] is called by the audit batch loop's owner (the gateway) periodically.
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Serialize};
+use time::Date;
+
+use crate::consent;
+use crate::model::{Consent, Physician, SuspendReason, Terminal, Withdrawal};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("store record {key:?} in {tree} is unreadable: {source}")]
+    Decode {
+        tree: &'static str,
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error(
+        "store schema version {found} is not {SCHEMA_VERSION}: this seibo-gate cannot read it"
+    )]
+    Schema { found: u32 },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A handle on the registries. Cheap to clone; all methods are safe to call concurrently.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: sled::Db,
+    physicians: sled::Tree,
+    terminals: sled::Tree,
+    fingerprints: sled::Tree,
+    consents: sled::Tree,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these plain structs to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(v).map_err(|source| StoreError::Decode {
+        tree,
+        key: String::from_utf8_lossy(key).into_owned(),
+        source,
+    })
+}
+
+impl Store {
+    /// Opens (creating) the store in `dir`. Only one process may hold it.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .flush_every_ms(Some(200))
+            .open()?;
+        if db.was_recovered() {
+            tracing::debug!(dir = %dir.display(), "store opened");
+        }
+        let meta = db.open_tree("meta")?;
+        match meta.get("schema")? {
+            Some(v) => {
+                let found = std::str::from_utf8(&v)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+                    .unwrap_or(0);
+                if found != SCHEMA_VERSION {
+                    return Err(StoreError::Schema { found });
+                }
+            }
+            None => {
+                meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())?;
+            }
+        }
+        Ok(Store {
+            physicians: db.open_tree("physicians")?,
+            terminals: db.open_tree("terminals")?,
+            fingerprints: db.open_tree("fingerprints")?,
+            consents: db.open_tree("consents")?,
+            db,
+        })
+    }
+
+    /// Makes every change so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    // ---- physicians (art 3, 4, 6.3, 7) ----
+
+    pub fn physician(&self, id: &str) -> Result<Option<Physician>, StoreError> {
+        self.physicians
+            .get(id)?
+            .map(|v| decode("physicians", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn add_physician(&self, p: &Physician) -> Result<(), StoreError> {
+        let res =
+            self.physicians
+                .compare_and_swap(&p.id, None as Option<&[u8]>, Some(encode(p)))?;
+        if res.is_err() {
+            return Err(StoreError::Conflict(format!(
+                "physician {:?} is already registered",
+                p.id
+            )));
+        }
+        self.flush()
+    }
+
+    fn update_physician(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Physician),
+    ) -> Result<Physician, StoreError> {
+        let mut out = None;
+        let mut err = None;
+        self.physicians.fetch_and_update(id, |old| {
+            let old = old?;
+            match decode::<Physician>("physicians", id.as_bytes(), old) {
+                Ok(mut p) => {
+                    f(&mut p);
+                    let v = encode(&p);
+                    out = Some(p);
+                    Some(v)
+                }
+                Err(e) => {
+                    err = Some(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let p = out.ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+        self.flush()?;
+        Ok(p)
+    }
+
+    pub fn suspend_physician(
+        &self,
+        id: &str,
+        reason: SuspendReason,
+    ) -> Result<Physician, StoreError> {
+        self.update_physician(id, |p| p.suspended = Some(reason))
+    }
+
+    pub fn resume_physician(&self, id: &str) -> Result<Physician, StoreError> {
+        self.update_physician(id, |p| p.suspended = None)
+    }
+
+    /// Deregistration (art 7): the physician and all their terminals are removed. A later
+    /// `add` with the same id is a new registration with no terminals.
+    pub fn delete_physician(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        if self.physicians.remove(id)?.is_none() {
+            return Err(StoreError::NotFound(format!("no physician {id:?}")));
+        }
+        let mut removed = Vec::new();
+        for t in self.terminals()? {
+            if t.physician == id {
+                self.terminals.remove(&t.name)?;
+                self.fingerprints.remove(&t.fingerprint)?;
+                removed.push(t.name);
+            }
+        }
+        self.flush()?;
+        Ok(removed)
+    }
+
+    pub fn physicians(&self) -> Result<Vec<Physician>, StoreError> {
+        self.physicians
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("physicians", &k, &v)
+            })
+            .collect()
+    }
+
+    // ---- terminals (art 6.2, 12.7) ----
+
+    pub fn add_terminal(&self, t: &Terminal) -> Result<(), StoreError> {
+        if self.physician(&t.physician)?.is_none() {
+            return Err(StoreError::NotFound(format!(
+                "no physician {:?}",
+                t.physician
+            )));
+        }
+        if self
+            .terminals
+            .compare_and_swap(&t.name, None as Option<&[u8]>, Some(encode(t)))?
+            .is_err()
+        {
+            return Err(StoreError::Conflict(format!(
+                "terminal {:?} is already registered",
+                t.name
+            )));
+        }
+        if self
+            .fingerprints
+            .compare_and_swap(
+                &t.fingerprint,
+                None as Option<&[u8]>,
+                Some(t.name.as_bytes()),
+            )?
+            .is_err()
+        {
+            self.terminals.remove(&t.name)?;
+            return Err(StoreError::Conflict(
+                "a terminal with this key is already registered".into(),
+            ));
+        }
+        self.flush()
+    }
+
+    pub fn terminal(&self, name: &str) -> Result<Option<Terminal>, StoreError> {
+        self.terminals
+            .get(name)?
+            .map(|v| decode("terminals", name.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// The terminal whose certificate key has this fingerprint.
+    pub fn terminal_by_fingerprint(&self, fp: &str) -> Result<Option<Terminal>, StoreError> {
+        match self.fingerprints.get(fp)? {
+            Some(name) => {
+                let name = String::from_utf8_lossy(&name);
+                self.terminal(&name)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Revocation: kept in the registry (for the record) but refused from the next request on.
+    pub fn revoke_terminal(&self, name: &str) -> Result<Terminal, StoreError> {
+        let mut t = self
+            .terminal(name)?
+            .ok_or_else(|| StoreError::NotFound(format!("no terminal {name:?}")))?;
+        t.revoked = true;
+        self.terminals.insert(name, encode(&t))?;
+        self.flush()?;
+        Ok(t)
+    }
+
+    pub fn terminals(&self) -> Result<Vec<Terminal>, StoreError> {
+        self.terminals
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("terminals", &k, &v)
+            })
+            .collect()
+    }
+
+    // ---- consents (art 8, 9, 11) ----
+
+    pub fn consent(&self, patient: &str) -> Result<Option<Consent>, StoreError> {
+        self.consents
+            .get(patient)?
+            .map(|v| decode("consents", patient.as_bytes(), &v))
+            .transpose()
+    }
+
+    /// Registers (or renews, after a withdrawal) a patient's consent.
+    pub fn grant_consent(&self, c: &Consent) -> Result<(), StoreError> {
+        if let Some(old) = self.consent(&c.patient)? {
+            if old.withdrawn.is_none() {
+                return Err(StoreError::Conflict(format!(
+                    "patient {:?} already has a consent (form {}); withdraw it first",
+                    c.patient, old.form_ref
+                )));
+            }
+        }
+        self.consents.insert(&c.patient, encode(c))?;
+        self.flush()
+    }
+
+    /// Withdrawal (art 9.2, form 7): from the next request on, access is refused. The record
+    /// stays, marked withdrawn, until the next purge deletes it (art 11, at most a day later).
+    pub fn withdraw_consent(
+        &self,
+        patient: &str,
+        form_ref: &str,
+        today: Date,
+    ) -> Result<Consent, StoreError> {
+        let mut c = self
+            .consent(patient)?
+            .ok_or_else(|| StoreError::NotFound(format!("no consent for patient {patient:?}")))?;
+        c.withdrawn = Some(Withdrawal {
+            form_ref: form_ref.to_string(),
+            date: today,
+        });
+        c.last_view = None;
+        self.consents.insert(patient, encode(&c))?;
+        self.flush()?;
+        Ok(c)
+    }
+
+    /// Deletes a patient's registered data (art 11: form 8, or purge). Audit history stays.
+    pub fn delete_consent(&self, patient: &str) -> Result<bool, StoreError> {
+        let existed = self.consents.remove(patient)?.is_some();
+        self.flush()?;
+        Ok(existed)
+    }
+
+    /// Records an allowed view: `last_view` becomes `today` (art 8.3 extension). Atomic against
+    /// a concurrent withdrawal or deletion: a removed consent stays removed.
+    pub fn touch_consent(&self, patient: &str, today: Date) -> Result<(), StoreError> {
+        self.consents.fetch_and_update(patient, |old| {
+            let old = old?;
+            match serde_json::from_slice::<Consent>(old) {
+                Ok(mut c) if c.withdrawn.is_none() && c.last_view != Some(today) => {
+                    c.last_view = Some(today);
+                    Some(encode(&c))
+                }
+                _ => Some(old.to_vec()),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Art 11: deletes every consent whose access has ended, and withdrawn ones. Returns the
+    /// patients purged.
+    pub fn purge(&self, today: Date) -> Result<Vec<String>, StoreError> {
+        let mut purged = Vec::new();
+        for kv in self.consents.iter() {
+            let (k, v) = kv?;
+            let c: Consent = decode("consents", &k, &v)?;
+            if c.withdrawn.is_some() || consent::purgeable(&c, today) {
+                self.consents.remove(&k)?;
+                purged.push(c.patient);
+            }
+        }
+        if !purged.is_empty() {
+            self.flush()?;
+        }
+        Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ConsentBy;
+    use time::macros::date;
+
+    fn physician(id: &str) -> Physician {
+        Physician {
+            id: id.into(),
+            name: "Dr".into(),
+            site: "s".into(),
+            suspended: None,
+            registered: "2026-01-01T00:00:00+09:00".into(),
+        }
+    }
+
+    fn terminal(name: &str, physician: &str, fp: &str) -> Terminal {
+        Terminal {
+            name: name.into(),
+            physician: physician.into(),
+            fingerprint: fp.into(),
+            serial: "01".into(),
+            not_after: "2030-01-01T00:00:00+09:00".into(),
+            revoked: false,
+            registered: "2026-01-01T00:00:00+09:00".into(),
+        }
+    }
+
+    fn consent(patient: &str) -> Consent {
+        Consent {
+            patient: patient.into(),
+            by: ConsentBy::Relative("spouse".into()),
+            site: "s".into(),
+            form_ref: "F6".into(),
+            published: date!(2026 - 01 - 01),
+            no_extension: false,
+            last_view: None,
+            withdrawn: None,
+        }
+    }
+
+    #[test]
+    fn art_7_deleting_a_physician_removes_their_terminals_and_re_registration_is_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.add_physician(&physician("d1")).unwrap();
+        assert!(s.add_physician(&physician("d1")).is_err());
+        s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
+        assert!(s.add_terminal(&terminal("pc2", "d1", "aa")).is_err());
+        assert!(s.add_terminal(&terminal("pc3", "nobody", "bb")).is_err());
+        assert_eq!(s.delete_physician("d1").unwrap(), vec!["pc1".to_string()]);
+        assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
+        s.add_physician(&physician("d1")).unwrap();
+        assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
+    }
+
+    #[test]
+    fn art_4_suspend_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.add_physician(&physician("d1")).unwrap();
+        let p = s.suspend_physician("d1", SuspendReason::Violation).unwrap();
+        assert_eq!(p.suspended, Some(SuspendReason::Violation));
+        assert_eq!(s.physician("d1").unwrap().unwrap().suspended, p.suspended);
+        assert!(s.resume_physician("d1").unwrap().suspended.is_none());
+        assert!(s.suspend_physician("zz", SuspendReason::Request).is_err());
+    }
+
+    #[test]
+    fn art_9_2_withdrawal_wins_over_a_concurrent_view() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.grant_consent(&consent("P1")).unwrap();
+        assert!(s.grant_consent(&consent("P1")).is_err());
+        s.touch_consent("P1", date!(2026 - 02 - 01)).unwrap();
+        assert_eq!(
+            s.consent("P1").unwrap().unwrap().last_view,
+            Some(date!(2026 - 02 - 01))
+        );
+        s.withdraw_consent("P1", "F7", date!(2026 - 02 - 02))
+            .unwrap();
+        s.touch_consent("P1", date!(2026 - 02 - 03)).unwrap();
+        let c = s.consent("P1").unwrap().unwrap();
+        assert!(c.withdrawn.is_some());
+        assert_eq!(c.last_view, None);
+        // A fresh form 6 after a withdrawal registers anew.
+        s.grant_consent(&consent("P1")).unwrap();
+        assert!(s.consent("P1").unwrap().unwrap().withdrawn.is_none());
+    }
+
+    #[test]
+    fn art_11_purge_deletes_ended_and_withdrawn_consents() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.grant_consent(&consent("P1")).unwrap();
+        let mut old = consent("P2");
+        old.published = date!(2020 - 01 - 01);
+        s.grant_consent(&old).unwrap();
+        s.grant_consent(&consent("P3")).unwrap();
+        s.withdraw_consent("P3", "F7", date!(2026 - 03 - 01))
+            .unwrap();
+        let mut purged = s.purge(date!(2026 - 11 - 26)).unwrap();
+        purged.sort();
+        assert_eq!(purged, vec!["P2".to_string(), "P3".to_string()]);
+        assert!(s.consent("P1").unwrap().is_some());
+    }
+
+    #[test]
+    fn reopen_keeps_everything_and_checks_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.add_physician(&physician("d1")).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.physician("d1").unwrap().is_some());
+    }
+}
