@@ -95,7 +95,7 @@ impl MtlsListener {
                 let peer = Arc::new(Peer {
                     ingress: Ingress::Mtls,
                     addr,
-                    cert,
+                    credential: cert.into(),
                 });
                 let conns = gate.metrics.connections.with_label_values(&["mtls"]);
                 conns.inc();

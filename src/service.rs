@@ -53,8 +53,29 @@ impl Ingress {
 pub struct Peer {
     pub ingress: Ingress,
     pub addr: SocketAddr,
-    /// The verified client certificate.
-    pub cert: CertInfo,
+    pub credential: Credential,
+}
+
+/// The terminal credential a connection presented: what the registry is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Registry key: the certificate's SPKI SHA-256 (hex), or `wg:` + the WireGuard public key
+    /// (base64) for a tunnel peer.
+    pub fingerprint: String,
+    /// Certificate serial, or none for a WireGuard key (kept for the audit).
+    pub serial: Option<String>,
+    /// Certificate subject CN, or none.
+    pub cn: Option<String>,
+}
+
+impl From<CertInfo> for Credential {
+    fn from(c: CertInfo) -> Credential {
+        Credential {
+            fingerprint: c.fingerprint,
+            serial: Some(c.serial),
+            cn: c.subject_cn,
+        }
+    }
 }
 
 /// Everything a request needs, shared by all connections.
@@ -119,7 +140,7 @@ pub async fn handle(
         decision::decide(
             &gate.store,
             &gate.routes,
-            &peer.cert.fingerprint,
+            &peer.credential.fingerprint,
             &method,
             &raw_target,
             now,
@@ -154,8 +175,8 @@ pub async fn handle(
             Verdict::Deny(r) => r.reason(),
         }
         .to_string(),
-        serial: Some(peer.cert.serial.clone()),
-        cn: peer.cert.subject_cn.clone(),
+        serial: peer.credential.serial.clone(),
+        cn: peer.credential.cn.clone(),
     };
 
     // The record is on disk before anything is forwarded; no record, no access (fail closed).
