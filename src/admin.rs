@@ -44,14 +44,14 @@ pub enum AdminRequest {
     PhysicianDelete {
         id: String,
     },
-    PhysicianList,
+    PhysicianList {},
     TerminalRegister {
         terminal: Terminal,
     },
     TerminalRevoke {
         name: String,
     },
-    TerminalList,
+    TerminalList {},
     ConsentGrant {
         patient: String,
         by: ConsentBy,
@@ -70,7 +70,7 @@ pub enum AdminRequest {
         patient: String,
         form_ref: String,
     },
-    Purge,
+    Purge {},
 }
 
 impl AdminRequest {
@@ -81,15 +81,15 @@ impl AdminRequest {
             AdminRequest::PhysicianSuspend { .. } => "physician-suspend",
             AdminRequest::PhysicianResume { .. } => "physician-resume",
             AdminRequest::PhysicianDelete { .. } => "physician-delete",
-            AdminRequest::PhysicianList => "physician-list",
+            AdminRequest::PhysicianList {} => "physician-list",
             AdminRequest::TerminalRegister { .. } => "terminal-register",
             AdminRequest::TerminalRevoke { .. } => "terminal-revoke",
-            AdminRequest::TerminalList => "terminal-list",
+            AdminRequest::TerminalList {} => "terminal-list",
             AdminRequest::ConsentGrant { .. } => "consent-grant",
             AdminRequest::ConsentWithdraw { .. } => "consent-withdraw",
             AdminRequest::ConsentShow { .. } => "consent-show",
             AdminRequest::PatientDelete { .. } => "patient-delete",
-            AdminRequest::Purge => "purge",
+            AdminRequest::Purge {} => "purge",
         }
     }
 }
@@ -143,8 +143,8 @@ impl Admin {
         let mutates = !matches!(
             req,
             AdminRequest::PhysicianGet { .. }
-                | AdminRequest::PhysicianList
-                | AdminRequest::TerminalList
+                | AdminRequest::PhysicianList {}
+                | AdminRequest::TerminalList {}
                 | AdminRequest::ConsentShow { .. }
         );
         let (physician, patient, note) = subject(&req);
@@ -230,7 +230,7 @@ impl Admin {
                     json(&terminals),
                 )
             }
-            AdminRequest::PhysicianList => {
+            AdminRequest::PhysicianList {} => {
                 let list = s.physicians()?;
                 AdminResponse::ok(format!("{} physician(s)", list.len()), json(&list))
             }
@@ -248,7 +248,7 @@ impl Admin {
                 let t = s.revoke_terminal(&name)?;
                 AdminResponse::ok(format!("terminal {name} revoked"), json(&t))
             }
-            AdminRequest::TerminalList => {
+            AdminRequest::TerminalList {} => {
                 let list = s.terminals()?;
                 AdminResponse::ok(format!("{} terminal(s)", list.len()), json(&list))
             }
@@ -335,7 +335,7 @@ impl Admin {
                     AdminResponse::err(format!("no consent for patient {patient:?}"))
                 }
             }
-            AdminRequest::Purge => {
+            AdminRequest::Purge {} => {
                 let purged = s.purge(today)?;
                 count("purge", purged.len() as u64);
                 AdminResponse::ok(format!("{} patient(s) purged", purged.len()), json(&purged))
@@ -368,7 +368,7 @@ fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, String) {
             (None, Some(patient.clone()), format!("form {form_ref}"))
         }
         AdminRequest::ConsentShow { patient } => (None, Some(patient.clone()), String::new()),
-        AdminRequest::PhysicianList | AdminRequest::TerminalList | AdminRequest::Purge => {
+        AdminRequest::PhysicianList {} | AdminRequest::TerminalList {} | AdminRequest::Purge {} => {
             (None, None, String::new())
         }
     }

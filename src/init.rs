@@ -75,9 +75,11 @@ pub fn init(o: &InitOptions) -> Result<PathBuf, InitError> {
         match host.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => vec![format!("{ip}/32")],
             Ok(IpAddr::V6(ip)) => vec![format!("{ip}/128")],
-            Err(_) => return Err(InitError::Invalid(format!(
+            Err(_) => {
+                return Err(InitError::Invalid(format!(
                 "--upstream host {host:?} is a name: give the private segment with --private CIDR"
-            ))),
+            )))
+            }
         }
     } else {
         o.private.clone()

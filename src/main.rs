@@ -341,9 +341,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 PhysicianCmd::Resume { id } => (AdminRequest::PhysicianResume { id }, false),
                 PhysicianCmd::Delete { id } => (AdminRequest::PhysicianDelete { id }, false),
-                PhysicianCmd::List { json } => (AdminRequest::PhysicianList, json),
+                PhysicianCmd::List { json } => (AdminRequest::PhysicianList {}, json),
             };
-            let list = matches!(req, AdminRequest::PhysicianList);
+            let list = matches!(req, AdminRequest::PhysicianList {});
             let r = admin_call(&c, req).await?;
             if list && !json && r.ok {
                 print_physicians(&r.data);
@@ -364,7 +364,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     false,
                 )),
                 TerminalCmd::List { json } => {
-                    let r = admin_call(&c, AdminRequest::TerminalList).await?;
+                    let r = admin_call(&c, AdminRequest::TerminalList {}).await?;
                     if !json && r.ok {
                         print_terminals(&r.data);
                         return Ok(ExitCode::SUCCESS);
@@ -428,7 +428,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Purge { cfg } => {
             let c = load(&cfg)?;
-            Ok(report(admin_call(&c, AdminRequest::Purge).await?, false))
+            Ok(report(admin_call(&c, AdminRequest::Purge {}).await?, false))
         }
         Command::Audit { cmd, cfg } => {
             let c = load(&cfg)?;

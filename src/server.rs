@@ -231,7 +231,7 @@ async fn purge_daily(admin: Arc<Admin>, interval: Duration, mut shutdown: Shutdo
     loop {
         let today = admin.clock.today();
         if last_day != Some(today) {
-            let r = admin.execute(admin::AdminRequest::Purge).await;
+            let r = admin.execute(admin::AdminRequest::Purge {}).await;
             if r.ok {
                 tracing::info!(result = %r.message, "daily purge (art 11)");
                 last_day = Some(today);
