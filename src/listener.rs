@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,7 +24,8 @@ pub struct MtlsListener {
     pub socket: TcpListener,
     /// Its configuration: name (for metrics) and allow-list.
     pub config: Listener,
-    pub acceptor: TlsAcceptor,
+    /// The TLS configuration; `SIGHUP` swaps it for new connections.
+    pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     pub limits: Limits,
     /// Caps open connections across all listeners.
     pub slots: Arc<Semaphore>,
@@ -66,7 +68,7 @@ impl MtlsListener {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let acceptor = self.acceptor.clone();
+            let acceptor = TlsAcceptor::from(self.tls.load_full());
             let gate = gate.clone();
             let mut conn_shutdown = shutdown.clone();
             let name = name.clone();

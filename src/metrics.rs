@@ -30,7 +30,12 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// Consent events by kind (grant, withdraw, delete, purge).
     pub consent_events: IntCounterVec,
+    /// Expiry (not after, Unix seconds) of each listener's server certificate, so an alert
+    /// can fire 30 days ahead. Set at start and on every reload ([`Metrics::set_cert_expiry`]).
+    pub cert_expiry: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// Configuration reloads (SIGHUP) by result.
+    pub reloads: IntCounterVec,
     pub up: IntGauge,
 }
 
@@ -108,9 +113,23 @@ impl Metrics {
             Opts::new("consent_events_total", "Consent registry events by kind."),
             &["kind"],
         )?;
+        let cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "certificate_expiry_timestamp_seconds",
+                "Expiry (notAfter) of the listener's server certificate, in Unix seconds.",
+            ),
+            &["listener"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new("build_info", "Build information; the value is always 1."),
             &["version"],
+        )?;
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "config_reloads_total",
+                "Configuration reloads (SIGHUP) by result.",
+            ),
+            &["result"],
         )?;
         let up = IntGauge::new("up", "1 while the gateway is serving.")?;
         for c in [
@@ -125,8 +144,10 @@ impl Metrics {
             Box::new(audit_write_seconds.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(consent_events.clone()),
+            Box::new(cert_expiry.clone()),
             Box::new(build_info.clone()),
             Box::new(up.clone()),
+            Box::new(reloads.clone()),
         ] {
             registry.register(c)?;
         }
@@ -146,9 +167,29 @@ impl Metrics {
             audit_write_seconds,
             upstream_errors,
             consent_events,
+            cert_expiry,
             build_info,
+            reloads,
             up,
         })
+    }
+
+    /// Records the expiry of `listener`'s server certificate, read from the first (leaf)
+    /// certificate of the PEM chain at `cert_path`. Call it at start and after every reload.
+    pub fn set_cert_expiry(
+        &self,
+        listener: &str,
+        cert_path: &std::path::Path,
+    ) -> Result<(), crate::pki::PkiError> {
+        let chain = crate::pki::load_certs(cert_path)?;
+        let leaf = chain.first().ok_or_else(|| {
+            crate::pki::PkiError::Invalid(format!("{}: no certificate", cert_path.display()))
+        })?;
+        let info = crate::pki::cert_info(leaf)?;
+        self.cert_expiry
+            .with_label_values(&[listener])
+            .set(info.not_after.unix_timestamp());
+        Ok(())
     }
 
     /// The text exposition format.

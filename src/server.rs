@@ -6,11 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use crate::admin::{self, Admin};
 use crate::audit::{AuditError, AuditLog};
@@ -98,7 +99,10 @@ pub async fn serve(
                 addr: l.listen,
                 source,
             })?;
-        bound.push((socket, l.clone(), TlsAcceptor::from(tls)));
+        if let Err(e) = metrics.set_cert_expiry(&l.name, &l.cert) {
+            tracing::warn!(listener = %l.name, error = %e, "certificate expiry unknown");
+        }
+        bound.push((socket, l.clone(), Arc::new(ArcSwap::new(tls))));
     }
     let metrics_socket = match cfg.metrics {
         Some(addr) => Some(
@@ -111,10 +115,8 @@ pub async fn serve(
     let admin_socket = admin::bind(&cfg.admin_socket)?;
 
     let gate = Arc::new(Gate::new(
-        cfg.site.clone(),
+        &cfg,
         store.clone(),
-        cfg.routes.clone(),
-        &cfg.upstream,
         audit.clone(),
         metrics.clone(),
         clock.clone(),
@@ -138,11 +140,15 @@ pub async fn serve(
 
     let slots = Arc::new(Semaphore::new(cfg.limits.max_connections));
     let mut tasks = tokio::task::JoinSet::new();
-    for (socket, config, acceptor) in bound {
+    let tls_configs: Vec<(crate::config::Listener, Arc<ArcSwap<rustls::ServerConfig>>)> = bound
+        .iter()
+        .map(|(_, l, t)| (l.clone(), t.clone()))
+        .collect();
+    for (socket, config, tls) in bound {
         let l = MtlsListener {
             socket,
             config,
-            acceptor,
+            tls,
             limits: cfg.limits.clone(),
             slots: slots.clone(),
         };
@@ -172,9 +178,25 @@ pub async fn serve(
         "seibo-gate ready"
     );
     on_ready(&ready);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    tasks.spawn(watchdog(trigger.subscribe()));
 
     let mut shutdown = trigger.subscribe();
-    shutdown.recv().await;
+    let mut hup = signal(SignalKind::hangup()).map_err(|source| ServeError::StateDir {
+        path: "SIGHUP handler".into(),
+        source,
+    })?;
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => break,
+            _ = hup.recv() => {
+                notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                reload(&cfg, &gate, &tls_configs);
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down: finishing open requests");
     metrics.up.set(0);
     while tasks.join_next().await.is_some() {}
@@ -241,6 +263,79 @@ async fn purge_daily(admin: Arc<Admin>, interval: Duration, mut shutdown: Shutdo
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// `SIGHUP`: re-reads the config file; routes, upstream, site texts and every listener's
+/// certificate are swapped for new connections and requests, open connections continue.
+/// A config that does not validate is refused and the running one kept. Listener addresses
+/// and the state directory need a restart.
+fn reload(
+    cfg: &Config,
+    gate: &Gate,
+    tls_configs: &[(crate::config::Listener, Arc<ArcSwap<rustls::ServerConfig>>)],
+) {
+    let new = match Config::load(&cfg.path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "reload refused: the running configuration stays");
+            gate.metrics.reloads.with_label_values(&["failed"]).inc();
+            return;
+        }
+    };
+    // Build every certificate first, so that a reload is all or nothing.
+    let mut swaps = Vec::new();
+    for (old, slot) in tls_configs {
+        let Some(l) = new.listeners.iter().find(|l| l.listen == old.listen) else {
+            tracing::warn!(listen = %old.listen, "listener removed from the config: it keeps running until restart");
+            continue;
+        };
+        if l.allow != old.allow {
+            tracing::warn!(listen = %old.listen, "allow-list changes need a restart");
+        }
+        match tls::server_config(&l.cert, &l.key, &new.ca.cert) {
+            Ok(t) => swaps.push((slot.clone(), t, l)),
+            Err(e) => {
+                tracing::error!(listener = %l.name, error = %e, "reload refused: certificate unusable");
+                gate.metrics.reloads.with_label_values(&["failed"]).inc();
+                return;
+            }
+        }
+    }
+    for l in &new.listeners {
+        if !tls_configs.iter().any(|(o, _)| o.listen == l.listen) {
+            tracing::warn!(listen = %l.listen, "new listener needs a restart");
+        }
+    }
+    for (slot, t, l) in swaps {
+        slot.store(t);
+        if let Err(e) = gate.metrics.set_cert_expiry(&l.name, &l.cert) {
+            tracing::warn!(listener = %l.name, error = %e, "certificate expiry unknown");
+        }
+    }
+    gate.reload(&new);
+    gate.metrics.reloads.with_label_values(&["ok"]).inc();
+    tracing::info!(routes = new.routes.len(), upstream = %new.upstream.authority, "configuration reloaded");
+}
+
+/// Tells systemd (Type=notify) about the service state; a no-op outside systemd.
+fn notify_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Pets systemd's watchdog at half its interval while the runtime is responsive.
+async fn watchdog(mut shutdown: Shutdown) {
+    let Some(period) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(period / 2);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             _ = shutdown.recv() => return,
         }
     }

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -23,7 +25,7 @@ use hyper::body::Incoming;
 
 use crate::audit::{AuditLog, Outcome, RequestRecord};
 use crate::clock::{self, SharedClock};
-use crate::config::{Site, Upstream};
+use crate::config::{Config, Site};
 use crate::decision::{self, Decision, Refusal, Verdict};
 use crate::forward::{ForwardError, Forwarded, Forwarder};
 use crate::metrics::Metrics;
@@ -81,34 +83,58 @@ impl From<CertInfo> for Credential {
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]
 pub struct Gate {
-    pub site: Site,
     pub store: Store,
-    pub routes: RouteTable,
     pub audit: AuditLog,
-    pub forwarder: Forwarder,
     pub metrics: Metrics,
     pub clock: SharedClock,
+    /// What `SIGHUP` reloads: swapped atomically, read once per request.
+    live: ArcSwap<Live>,
+}
+
+/// The reloadable part of the configuration.
+#[derive(Debug)]
+pub struct Live {
+    pub site: Site,
+    pub routes: RouteTable,
+    pub forwarder: Forwarder,
+}
+
+impl Live {
+    pub fn new(cfg: &Config) -> Live {
+        Live {
+            site: cfg.site.clone(),
+            routes: cfg.routes.clone(),
+            forwarder: Forwarder::new(&cfg.upstream),
+        }
+    }
 }
 
 impl Gate {
     pub fn new(
-        site: Site,
+        cfg: &Config,
         store: Store,
-        routes: RouteTable,
-        upstream: &Upstream,
         audit: AuditLog,
         metrics: Metrics,
         clock: SharedClock,
     ) -> Gate {
         Gate {
-            site,
             store,
-            routes,
-            forwarder: Forwarder::new(upstream),
             audit,
             metrics,
             clock,
+            live: ArcSwap::from_pointee(Live::new(cfg)),
         }
+    }
+
+    /// The current routes, upstream and site.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Replaces routes, upstream and site for the next requests (requests in flight finish
+    /// with what they started with).
+    pub fn reload(&self, cfg: &Config) {
+        self.live.store(Arc::new(Live::new(cfg)));
     }
 }
 
@@ -120,6 +146,7 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let now = gate.clock.now();
+    let live = gate.live();
     let method = req.method().clone();
     let raw_target = req
         .uri()
@@ -139,7 +166,7 @@ pub async fn handle(
     } else {
         decision::decide(
             &gate.store,
-            &gate.routes,
+            &live.routes,
             &peer.credential.fingerprint,
             &method,
             &raw_target,
@@ -149,7 +176,7 @@ pub async fn handle(
 
     let record = RequestRecord {
         time: clock::rfc3339(now),
-        site: gate.site.id.clone(),
+        site: live.site.id.clone(),
         ingress: peer.ingress.as_str().to_string(),
         client: peer.addr.to_string(),
         terminal: decision.who.as_ref().map(|w| w.terminal.name.clone()),
@@ -188,6 +215,7 @@ pub async fn handle(
             gate.metrics.audit_failures.inc();
             return Ok(finish_refusal(
                 &gate,
+                &live,
                 &peer,
                 None,
                 started,
@@ -202,12 +230,19 @@ pub async fn handle(
 
     let refusal = match decision.verdict {
         Verdict::Deny(r) => r,
-        Verdict::Allow => match forward(&gate, &peer, req, &decision, rid, started).await {
+        Verdict::Allow => match forward(&gate, &live, &peer, req, &decision, rid, started).await {
             Ok(resp) => return Ok(resp),
             Err(r) => r,
         },
     };
-    Ok(finish_refusal(&gate, &peer, Some(rid), started, &refusal))
+    Ok(finish_refusal(
+        &gate,
+        &live,
+        &peer,
+        Some(rid),
+        started,
+        &refusal,
+    ))
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -223,12 +258,13 @@ fn truncate(s: &str, max: usize) -> String {
 
 fn finish_refusal(
     gate: &Gate,
+    live: &Live,
     peer: &Peer,
     rid: Option<u64>,
     started: Instant,
     r: &Refusal,
 ) -> Response<Body> {
-    let resp = pages::refusal(r, &gate.site);
+    let resp = pages::refusal(r, &live.site);
     let ingress = peer.ingress.as_str();
     gate.metrics
         .requests
@@ -255,6 +291,7 @@ fn finish_refusal(
 
 async fn forward(
     gate: &Arc<Gate>,
+    live: &Live,
     peer: &Peer,
     req: Request<Incoming>,
     d: &Decision,
@@ -277,7 +314,7 @@ async fn forward(
         .with_label_values(&[ingress])
         .observe(started.elapsed().as_secs_f64());
     let fwd = Forwarded {
-        site: &gate.site.id,
+        site: &live.site.id,
         physician: &who.physician.id,
         terminal: &who.terminal.name,
         patient: target.patient.as_deref(),
@@ -287,7 +324,7 @@ async fn forward(
         client_ip: peer.addr.ip().to_string(),
     };
     let upstream_started = Instant::now();
-    let resp = gate
+    let resp = live
         .forwarder
         .forward(req, &target.path_and_query(), &fwd)
         .await;
