@@ -41,6 +41,7 @@ pub mod config;
 pub mod consent;
 pub mod decision;
 pub mod demo;
+pub mod firewall;
 pub mod forward;
 pub mod identity;
 pub mod init;

@@ -1,0 +1,637 @@
+//! `seibo-gate firewall`: an nftables ruleset for the gateway host, derived from the same
+//! config the gateway runs with (art 12.4, 12.5), so the host firewall and the gateway's own
+//! allow-lists cannot drift apart.
+//!
+//! What the ruleset allows, and nothing else (every base chain's policy is `drop`):
+//!
+//! * **input**: replies to established connections; loopback; the IPv6 neighbour-discovery
+//!   messages without which IPv6 does not work at all; each listener's TCP port from that
+//!   listener's `allow` networks only (IPv4 and IPv6 in separate sets; a listener bound to one
+//!   address is opened on that address only; a listener on `[::]` serves both families); the
+//!   metrics port from its scrape network (see below).
+//! * **output**: replies; loopback; neighbour discovery; TCP to the upstream EMR's port inside
+//!   `upstream.private` only; DNS (port 53, UDP and TCP) only when the upstream is named by a
+//!   host name rather than an address.
+//! * **forward**: nothing. The gateway is a proxy, never a router.
+//!
+//! The metrics scrape network: the config has no key for it, so it is derived from
+//! `[metrics] listen`. On loopback nothing is opened (Prometheus runs on the host or scrapes
+//! through a tunnel). On a specific address, the port is opened to that address's own /24
+//! (IPv4) or /64 (IPv6): put the endpoint on the monitoring network, next to Prometheus. An
+//! unspecified address (`0.0.0.0`, `[::]`) is refused: it would expose the metrics on every
+//! interface and no scrape network can be derived from it.
+//!
+//! Not opened, on purpose (the ruleset's header says so too): remote management (SSH), time
+//! synchronisation (NTP), DHCP. Add the rules your site needs to the printed ruleset before
+//! loading it: in nftables a packet dropped by any base chain is dropped, so an `accept` in
+//! another table cannot re-open what this one drops.
+//!
+//! Load with `nft -f FILE`; the ruleset first deletes its own table, so loading it again
+//! replaces the previous version atomically and touches no other table.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
+
+use crate::config::{canonical_ip, Config};
+
+/// The nftables table the ruleset owns.
+pub const TABLE: &str = "seibo_gate";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error(
+        "metrics.listen {0} is an unspecified address: bind the metrics endpoint to loopback or to one address on the monitoring network, so the firewall can open it to that network only"
+    )]
+    MetricsUnspecified(SocketAddr),
+}
+
+/// IPv4 and IPv6 networks, each normalised (host bits cleared), without networks contained in
+/// another, sorted. `any` is true when the family's whole address space is allowed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Families {
+    v4: Vec<Ipv4Network>,
+    v6: Vec<Ipv6Network>,
+}
+
+impl Families {
+    fn v4_any(&self) -> bool {
+        self.v4.iter().any(|n| n.prefix() == 0)
+    }
+    fn v6_any(&self) -> bool {
+        self.v6.iter().any(|n| n.prefix() == 0)
+    }
+}
+
+fn split(nets: &[IpNetwork]) -> Families {
+    let mut v4 = Vec::new();
+    let mut v6 = Vec::new();
+    for n in nets {
+        match n {
+            IpNetwork::V4(n) => v4.push(*n),
+            IpNetwork::V6(n) => {
+                // `::ffff:a.b.c.d/p` (p >= 96) is an IPv4 network in IPv6 clothing: the packet
+                // on the wire is IPv4, so it belongs in the IPv4 set.
+                match n.network().to_ipv4_mapped() {
+                    Some(v4addr) if n.prefix() >= 96 => {
+                        if let Ok(m) = Ipv4Network::new(v4addr, n.prefix() - 96) {
+                            v4.push(m);
+                        }
+                    }
+                    _ => v6.push(*n),
+                }
+            }
+        }
+    }
+    let mut v4: Vec<Ipv4Network> = v4
+        .into_iter()
+        .filter_map(|n| Ipv4Network::new(n.network(), n.prefix()).ok())
+        .collect();
+    let mut v6: Vec<Ipv6Network> = v6
+        .into_iter()
+        .filter_map(|n| Ipv6Network::new(n.network(), n.prefix()).ok())
+        .collect();
+    v4.sort_by_key(|n| (n.prefix(), n.network()));
+    v6.sort_by_key(|n| (n.prefix(), n.network()));
+    let mut keep4: Vec<Ipv4Network> = Vec::new();
+    for n in v4 {
+        if !keep4.iter().any(|k| k.contains(n.network())) {
+            keep4.push(n);
+        }
+    }
+    let mut keep6: Vec<Ipv6Network> = Vec::new();
+    for n in v6 {
+        if !keep6.iter().any(|k| k.contains(n.network())) {
+            keep6.push(n);
+        }
+    }
+    keep4.sort_by_key(|n| n.network());
+    keep6.sort_by_key(|n| n.network());
+    Families {
+        v4: keep4,
+        v6: keep6,
+    }
+}
+
+/// Text safe inside an nftables `#` comment: names come from the config and must not be able
+/// to end the comment line and smuggle in a rule.
+fn comment_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || " _-.:/@()[]".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(80)
+        .collect()
+}
+
+fn set_block(out: &mut String, name: &str, ty: &str, elements: &[String]) {
+    let _ = writeln!(out, "\tset {name} {{");
+    let _ = writeln!(out, "\t\ttype {ty}");
+    let _ = writeln!(out, "\t\tflags interval");
+    let _ = writeln!(out, "\t\tauto-merge");
+    let _ = writeln!(out, "\t\telements = {{ {} }}", elements.join(", "));
+    let _ = writeln!(out, "\t}}");
+    out.push('\n');
+}
+
+/// Which families a socket bound to `ip` receives: a specific address only its own family;
+/// `0.0.0.0` IPv4 only; `[::]` both (Linux dual-stack sockets, `bindv6only=0`).
+fn families_of(ip: IpAddr) -> (bool, bool) {
+    match ip {
+        IpAddr::V4(_) => (true, false),
+        IpAddr::V6(v6) if v6.is_unspecified() => (true, true),
+        IpAddr::V6(_) => (false, true),
+    }
+}
+
+/// The printed nftables ruleset for this site. See the module documentation for what it opens.
+pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
+    let mut sets = String::new();
+    let mut input = String::new();
+    let mut output = String::new();
+
+    // ---- Listeners (art 12.4): each port open to its allow-list only.
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        let name = comment_safe(&l.name);
+        let port = l.listen.port();
+        let ip = canonical_ip(l.listen.ip());
+        if ip.is_loopback() {
+            let _ = writeln!(
+                input,
+                "\t# listener {name:?} ({}) is on loopback: covered by the loopback rule",
+                l.listen
+            );
+            continue;
+        }
+        let (want4, want6) = families_of(ip);
+        let allow = split(&l.allow);
+        let _ = writeln!(
+            input,
+            "\t# listener {name:?} on {}: its allow-list only",
+            l.listen
+        );
+        if want4 {
+            let daddr = match ip {
+                IpAddr::V4(a) if !a.is_unspecified() => format!("ip daddr {a} "),
+                _ => String::new(),
+            };
+            if allow.v4_any() {
+                let _ = writeln!(input, "\t{daddr}meta nfproto ipv4 tcp dport {port} accept");
+            } else if allow.v4.is_empty() {
+                let _ = writeln!(input, "\t# no IPv4 source is allowed: IPv4 stays closed");
+            } else {
+                let set = format!("listener{i}_v4");
+                let elems: Vec<String> = allow.v4.iter().map(|n| n.to_string()).collect();
+                set_block(&mut sets, &set, "ipv4_addr", &elems);
+                let _ = writeln!(input, "\t{daddr}ip saddr @{set} tcp dport {port} accept");
+            }
+        }
+        if want6 {
+            let daddr = match ip {
+                IpAddr::V6(a) if !a.is_unspecified() => format!("ip6 daddr {a} "),
+                _ => String::new(),
+            };
+            if allow.v6_any() {
+                let _ = writeln!(input, "\t{daddr}meta nfproto ipv6 tcp dport {port} accept");
+            } else if allow.v6.is_empty() {
+                let _ = writeln!(input, "\t# no IPv6 source is allowed: IPv6 stays closed");
+            } else {
+                let set = format!("listener{i}_v6");
+                let elems: Vec<String> = allow.v6.iter().map(|n| n.to_string()).collect();
+                set_block(&mut sets, &set, "ipv6_addr", &elems);
+                let _ = writeln!(input, "\t{daddr}ip6 saddr @{set} tcp dport {port} accept");
+            }
+        }
+    }
+
+    // ---- Metrics: loopback, or the endpoint's own /24 or /64.
+    match cfg.metrics {
+        None => {
+            let _ = writeln!(input, "\t# no metrics listener configured");
+        }
+        Some(m) => {
+            let ip = canonical_ip(m.ip());
+            let port = m.port();
+            if ip.is_loopback() {
+                let _ = writeln!(
+                    input,
+                    "\t# metrics on {m} (loopback): covered by the loopback rule"
+                );
+            } else if ip.is_unspecified() {
+                return Err(FirewallError::MetricsUnspecified(m));
+            } else {
+                match ip {
+                    IpAddr::V4(a) => {
+                        let net = Ipv4Network::new(a, 24)
+                            .and_then(|n| Ipv4Network::new(n.network(), 24))
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|_| format!("{a}/32"));
+                        let _ =
+                            writeln!(input, "\t# metrics on {m}: scrapes from its own /24 only");
+                        let _ = writeln!(
+                            input,
+                            "\tip daddr {a} ip saddr {net} tcp dport {port} accept"
+                        );
+                    }
+                    IpAddr::V6(a) => {
+                        let net = Ipv6Network::new(a, 64)
+                            .and_then(|n| Ipv6Network::new(n.network(), 64))
+                            .map(|n| n.to_string())
+                            .unwrap_or_else(|_| format!("{a}/128"));
+                        let _ =
+                            writeln!(input, "\t# metrics on {m}: scrapes from its own /64 only");
+                        let _ = writeln!(
+                            input,
+                            "\tip6 daddr {a} ip6 saddr {net} tcp dport {port} accept"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    // ---- Egress (art 12.5, 12.6): the upstream EMR in the private segment, and DNS if named.
+    let up = &cfg.upstream;
+    let private = split(&up.private);
+    let _ = writeln!(
+        output,
+        "\t# the upstream EMR {}: port {} inside upstream.private only",
+        comment_safe(up.authority.as_str()),
+        up.port
+    );
+    if !private.v4.is_empty() {
+        if private.v4_any() {
+            let _ = writeln!(output, "\tmeta nfproto ipv4 tcp dport {} accept", up.port);
+        } else {
+            let elems: Vec<String> = private.v4.iter().map(|n| n.to_string()).collect();
+            set_block(&mut sets, "upstream_v4", "ipv4_addr", &elems);
+            let _ = writeln!(
+                output,
+                "\tip daddr @upstream_v4 tcp dport {} accept",
+                up.port
+            );
+        }
+    }
+    if !private.v6.is_empty() {
+        if private.v6_any() {
+            let _ = writeln!(output, "\tmeta nfproto ipv6 tcp dport {} accept", up.port);
+        } else {
+            let elems: Vec<String> = private.v6.iter().map(|n| n.to_string()).collect();
+            set_block(&mut sets, "upstream_v6", "ipv6_addr", &elems);
+            let _ = writeln!(
+                output,
+                "\tip6 daddr @upstream_v6 tcp dport {} accept",
+                up.port
+            );
+        }
+    }
+    if up.host.parse::<IpAddr>().is_err() {
+        let _ = writeln!(
+            output,
+            "\t# the upstream is a host name ({}): DNS lookups",
+            comment_safe(&up.host)
+        );
+        output.push_str("\tudp dport 53 accept\n\ttcp dport 53 accept\n");
+    } else {
+        let _ = writeln!(
+            output,
+            "\t# the upstream is an address: no DNS is needed, none is allowed"
+        );
+    }
+
+    // ---- Assemble.
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "#!/usr/sbin/nft -f\n\
+         # nftables ruleset for seibo-gate site {:?}, derived from {}\n\
+         # by `seibo-gate firewall` (art 12.4, 12.5). Load: nft -f FILE. Check: nft -c -f FILE.\n\
+         #\n\
+         # Every chain's policy is drop. NOT opened here: remote management (SSH), NTP, DHCP.\n\
+         # If the host needs them, add rules to the chains below before loading: a packet\n\
+         # dropped by this table is dropped, whatever other tables accept.\n",
+        comment_safe(&cfg.site.id),
+        comment_safe(&cfg.path.display().to_string()),
+    );
+    // Create-then-delete makes a reload replace the table atomically, first load included.
+    let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}\n");
+    let _ = writeln!(out, "table inet {TABLE} {{");
+    out.push_str(&sets);
+    out.push_str(
+        "\tchain input {\n\
+         \t\ttype filter hook input priority filter; policy drop;\n\
+         \t\tct state established,related accept\n\
+         \t\tct state invalid drop\n\
+         \t\tiif \"lo\" accept\n\
+         \t\t# IPv6 cannot work without neighbour discovery\n\
+         \t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept\n\
+         \t\ticmpv6 type mld-listener-query accept\n",
+    );
+    for line in input.lines() {
+        let _ = writeln!(out, "\t{line}");
+    }
+    out.push_str(
+        "\t\tlimit rate 10/minute burst 5 packets log prefix \"seibo_gate input drop: \" level info\n\
+         \t\tcounter\n\
+         \t}\n\n",
+    );
+    out.push_str(
+        "\tchain forward {\n\
+         \t\t# the gateway is a proxy, never a router\n\
+         \t\ttype filter hook forward priority filter; policy drop;\n\
+         \t}\n\n",
+    );
+    out.push_str(
+        "\tchain output {\n\
+         \t\ttype filter hook output priority filter; policy drop;\n\
+         \t\tct state established,related accept\n\
+         \t\tct state invalid drop\n\
+         \t\toif \"lo\" accept\n\
+         \t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report } accept\n",
+    );
+    for line in output.lines() {
+        let _ = writeln!(out, "\t{line}");
+    }
+    out.push_str(
+        "\t\tlimit rate 10/minute burst 5 packets log prefix \"seibo_gate output drop: \" level info\n\
+         \t\tcounter\n\
+         \t}\n\
+         }\n",
+    );
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(listeners: &str, upstream: &str, private: &str, metrics: Option<&str>) -> Config {
+        let metrics = metrics
+            .map(|m| format!("[metrics]\nlisten = \"{m}\"\n"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"
+[site]
+id = "test-site"
+
+[ca]
+cert = "ca.crt"
+key = "ca.key"
+
+{listeners}
+
+[upstream]
+url = "{upstream}"
+private = [{private}]
+
+{metrics}
+
+[[route]]
+path = "/patients/{{patient}}/{{category}}/**"
+"#
+        );
+        match Config::parse(Path::new("/etc/seibo-gate/gate.toml"), &text) {
+            Ok(c) => c,
+            Err(e) => panic!("test config invalid: {e}\n{text}"),
+        }
+    }
+
+    fn listener(name: &str, listen: &str, allow: &[&str]) -> String {
+        let allow = allow
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!(
+            "[[listener]]\nname = {name:?}\nlisten = {listen:?}\nallow = [{allow}]\ncert = \"s.crt\"\nkey = \"s.key\"\n"
+        )
+    }
+
+    fn rules(c: &Config) -> String {
+        match ruleset(c) {
+            Ok(r) => r,
+            Err(e) => panic!("ruleset: {e}"),
+        }
+    }
+
+    /// Art 12.4: each listener's port is open to its own allow-list only, IPv4 and IPv6 in
+    /// separate sets, on the listener's own address.
+    #[test]
+    fn listener_port_open_to_its_allow_list_only() {
+        let c = config(
+            &listener(
+                "internet",
+                "[::]:443",
+                &["198.51.100.0/24", "203.0.113.7/32", "2001:db8:10::/48"],
+            ),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        );
+        let r = rules(&c);
+        assert!(r.contains("set listener0_v4 {"), "{r}");
+        assert!(
+            r.contains("elements = { 198.51.100.0/24, 203.0.113.7/32 }"),
+            "{r}"
+        );
+        assert!(r.contains("set listener0_v6 {"), "{r}");
+        assert!(r.contains("elements = { 2001:db8:10::/48 }"), "{r}");
+        assert!(
+            r.contains("ip saddr @listener0_v4 tcp dport 443 accept"),
+            "{r}"
+        );
+        assert!(
+            r.contains("ip6 saddr @listener0_v6 tcp dport 443 accept"),
+            "{r}"
+        );
+        assert!(r.contains("policy drop;"));
+        assert_eq!(r.matches("policy drop;").count(), 3, "{r}");
+        assert!(r.contains("ct state established,related accept"));
+        assert!(r.contains("iif \"lo\" accept"));
+        assert!(r.contains("oif \"lo\" accept"));
+    }
+
+    /// Art 12.4: a listener bound to one IPv4 address is opened on that address, for IPv4 only.
+    #[test]
+    fn listener_on_one_address_opens_that_address_and_family_only() {
+        let c = config(
+            &listener("clinics", "192.0.2.10:8443", &["198.51.100.0/24", "::/0"]),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        );
+        let r = rules(&c);
+        assert!(
+            r.contains("ip daddr 192.0.2.10 ip saddr @listener0_v4 tcp dport 8443 accept"),
+            "{r}"
+        );
+        assert!(!r.contains("listener0_v6"), "{r}");
+        assert!(!r.contains("ip6 saddr"), "{r}");
+    }
+
+    /// Art 12.4: allow-all is written without a set; overlapping and host-bit networks are
+    /// normalised so nftables accepts the set.
+    #[test]
+    fn allow_all_and_overlapping_networks() {
+        let c = config(
+            &format!(
+                "{}\n{}",
+                listener("open", "0.0.0.0:443", &["0.0.0.0/0"]),
+                listener(
+                    "narrow",
+                    "0.0.0.0:8443",
+                    &["10.1.2.3/8", "10.9.0.0/16", "::ffff:192.0.2.0/120"]
+                )
+            ),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        );
+        let r = rules(&c);
+        assert!(r.contains("meta nfproto ipv4 tcp dport 443 accept"), "{r}");
+        assert!(!r.contains("listener0_v4"), "{r}");
+        assert!(r.contains("elements = { 10.0.0.0/8, 192.0.2.0/24 }"), "{r}");
+        assert!(
+            r.contains("ip saddr @listener1_v4 tcp dport 8443 accept"),
+            "{r}"
+        );
+    }
+
+    /// Art 12.4: a listener with only IPv4 sources stays closed to IPv6.
+    #[test]
+    fn family_without_sources_stays_closed() {
+        let c = config(
+            &listener("v4only", "[::]:443", &["198.51.100.0/24"]),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        );
+        let r = rules(&c);
+        assert!(r.contains("no IPv6 source is allowed"), "{r}");
+        assert!(!r.contains("ip6 saddr"), "{r}");
+    }
+
+    /// Art 12.4: the metrics port is open from loopback only when bound to loopback, else from
+    /// its own /24 (or /64); an unspecified address is refused.
+    #[test]
+    fn metrics_scrape_network() {
+        let l = listener("internet", "0.0.0.0:443", &["0.0.0.0/0"]);
+        let lo = rules(&config(
+            &l,
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            Some("127.0.0.1:9464"),
+        ));
+        assert!(!lo.contains("dport 9464"), "{lo}");
+        assert!(lo.contains("metrics on 127.0.0.1:9464 (loopback)"), "{lo}");
+
+        let v4 = rules(&config(
+            &l,
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            Some("10.30.0.2:9464"),
+        ));
+        assert!(
+            v4.contains("ip daddr 10.30.0.2 ip saddr 10.30.0.0/24 tcp dport 9464 accept"),
+            "{v4}"
+        );
+
+        let v6 = rules(&config(
+            &l,
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            Some("[2001:db8:30::2]:9464"),
+        ));
+        assert!(
+            v6.contains(
+                "ip6 daddr 2001:db8:30::2 ip6 saddr 2001:db8:30::/64 tcp dport 9464 accept"
+            ),
+            "{v6}"
+        );
+
+        let any = config(
+            &l,
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            Some("0.0.0.0:9464"),
+        );
+        assert!(matches!(
+            ruleset(&any),
+            Err(FirewallError::MetricsUnspecified(_))
+        ));
+    }
+
+    /// Art 12.5, 12.6: egress only to the private segment on the upstream port; DNS only for a
+    /// named upstream.
+    #[test]
+    fn egress_to_the_private_segment_and_dns_only_when_named() {
+        let l = listener("internet", "0.0.0.0:443", &["0.0.0.0/0"]);
+        let by_ip = rules(&config(
+            &l,
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\", \"fd00:20::/64\"",
+            None,
+        ));
+        assert!(by_ip.contains("set upstream_v4 {"), "{by_ip}");
+        assert!(by_ip.contains("elements = { 10.20.0.0/24 }"), "{by_ip}");
+        assert!(
+            by_ip.contains("ip daddr @upstream_v4 tcp dport 8080 accept"),
+            "{by_ip}"
+        );
+        assert!(
+            by_ip.contains("ip6 daddr @upstream_v6 tcp dport 8080 accept"),
+            "{by_ip}"
+        );
+        assert!(!by_ip.contains("dport 53"), "{by_ip}");
+
+        let named = rules(&config(
+            &l,
+            "http://emr.seiyo.internal",
+            "\"10.20.0.0/24\"",
+            None,
+        ));
+        assert!(
+            named.contains("ip daddr @upstream_v4 tcp dport 80 accept"),
+            "{named}"
+        );
+        assert!(named.contains("udp dport 53 accept"), "{named}");
+        assert!(named.contains("tcp dport 53 accept"), "{named}");
+    }
+
+    /// Names from the config cannot break out of a comment and add a rule.
+    #[test]
+    fn names_cannot_inject_rules() {
+        let c = config(
+            &listener(
+                "x\ntcp dport 22 accept\n#",
+                "0.0.0.0:443",
+                &["198.51.100.0/24"],
+            ),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        );
+        let r = rules(&c);
+        assert!(!r.lines().any(|l| l.trim() == "tcp dport 22 accept"), "{r}");
+    }
+
+    /// Loading twice replaces the table: the ruleset deletes its own table first.
+    #[test]
+    fn reload_replaces_only_its_own_table() {
+        let c = config(
+            &listener("internet", "0.0.0.0:443", &["0.0.0.0/0"]),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        );
+        let r = rules(&c);
+        assert!(r.contains("table inet seibo_gate\ndelete table inet seibo_gate\n"));
+        assert!(!r.contains("flush ruleset"));
+    }
+}
