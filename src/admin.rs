@@ -17,6 +17,7 @@ use crate::audit::{AuditLog, RequestRecord};
 use crate::clock::{self, SharedClock};
 use crate::metrics::Metrics;
 use crate::model::{Consent, ConsentBy, Physician, SuspendReason, Terminal};
+use crate::session::Sessions;
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 
@@ -30,6 +31,14 @@ pub enum AdminRequest {
         id: String,
         name: String,
         site: Option<String>,
+        /// Argon2id hash of the initial password (hashed by the CLI; never sent in clear).
+        #[serde(default)]
+        password_hash: Option<String>,
+    },
+    /// Resets the password to a new one-time one and ends the physician's sessions.
+    PhysicianPasswd {
+        id: String,
+        password_hash: String,
     },
     PhysicianGet {
         id: String,
@@ -78,6 +87,7 @@ impl AdminRequest {
         match self {
             AdminRequest::PhysicianAdd { .. } => "physician-add",
             AdminRequest::PhysicianGet { .. } => "physician-get",
+            AdminRequest::PhysicianPasswd { .. } => "physician-passwd",
             AdminRequest::PhysicianSuspend { .. } => "physician-suspend",
             AdminRequest::PhysicianResume { .. } => "physician-resume",
             AdminRequest::PhysicianDelete { .. } => "physician-delete",
@@ -130,6 +140,8 @@ pub struct Admin {
     pub metrics: Option<Metrics>,
     /// Where the request came from, for the audit (`admin-socket` or `cli`).
     pub origin: &'static str,
+    /// The running gateway's sign-in sessions, ended by suspension, revocation and resets.
+    pub sessions: Option<Arc<Sessions>>,
 }
 
 fn json<T: Serialize>(v: &T) -> serde_json::Value {
@@ -148,6 +160,7 @@ impl Admin {
                 | AdminRequest::ConsentShow { .. }
         );
         let (physician, patient, note) = subject(&req);
+        // Never let a password hash reach the audit or a log.
         let resp = match self.apply(req) {
             Ok(r) => r,
             Err(e) => AdminResponse::err(e.to_string()),
@@ -180,6 +193,13 @@ impl Admin {
         resp
     }
 
+    fn end_sessions(&self, pred: impl Fn(&crate::session::Session) -> bool) -> usize {
+        self.sessions
+            .as_ref()
+            .map(|s| s.end_where(pred))
+            .unwrap_or(0)
+    }
+
     fn apply(&self, req: AdminRequest) -> Result<AdminResponse, StoreError> {
         let s = &self.store;
         let today = self.clock.today();
@@ -189,7 +209,12 @@ impl Admin {
             }
         };
         Ok(match req {
-            AdminRequest::PhysicianAdd { id, name, site } => {
+            AdminRequest::PhysicianAdd {
+                id,
+                name,
+                site,
+                password_hash,
+            } => {
                 if !valid_id(&id) {
                     return Ok(AdminResponse::err(format!(
                         "physician id {id:?}: use 1-64 letters, digits, '-' or '_'"
@@ -201,6 +226,10 @@ impl Admin {
                     site: site.unwrap_or_else(|| self.site.clone()),
                     suspended: None,
                     registered: clock::rfc3339(self.clock.now()),
+                    must_change_password: password_hash.is_some(),
+                    password_hash,
+                    failed_logins: 0,
+                    locked_until: None,
                 };
                 s.add_physician(&p)?;
                 AdminResponse::ok(format!("physician {} registered", p.id), json(&p))
@@ -209,8 +238,22 @@ impl Admin {
                 Some(p) => AdminResponse::ok(format!("physician {id}"), json(&p)),
                 None => AdminResponse::err(format!("no physician {id:?}")),
             },
+            AdminRequest::PhysicianPasswd { id, password_hash } => {
+                let p = s.update_physician(&id, |p| {
+                    p.password_hash = Some(password_hash.clone());
+                    p.must_change_password = true;
+                    p.failed_logins = 0;
+                    p.locked_until = None;
+                })?;
+                let ended = self.end_sessions(|x| x.physician == id);
+                AdminResponse::ok(
+                    format!("password of physician {id} reset; {ended} session(s) ended"),
+                    json(&p.id),
+                )
+            }
             AdminRequest::PhysicianSuspend { id, reason } => {
                 let p = s.suspend_physician(&id, reason)?;
+                self.end_sessions(|x| x.physician == id);
                 AdminResponse::ok(
                     format!("physician {id} suspended ({})", reason.as_str()),
                     json(&p),
@@ -222,6 +265,7 @@ impl Admin {
             }
             AdminRequest::PhysicianDelete { id } => {
                 let terminals = s.delete_physician(&id)?;
+                self.end_sessions(|x| x.physician == id);
                 AdminResponse::ok(
                     format!(
                         "physician {id} deregistered with {} terminal(s)",
@@ -246,6 +290,8 @@ impl Admin {
             }
             AdminRequest::TerminalRevoke { name } => {
                 let t = s.revoke_terminal(&name)?;
+                let fp = t.fingerprint.clone();
+                self.end_sessions(|x| x.terminal == fp);
                 AdminResponse::ok(format!("terminal {name} revoked"), json(&t))
             }
             AdminRequest::TerminalList {} => {
@@ -348,6 +394,7 @@ impl Admin {
 fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, String) {
     match req {
         AdminRequest::PhysicianAdd { id, .. }
+        | AdminRequest::PhysicianPasswd { id, .. }
         | AdminRequest::PhysicianResume { id }
         | AdminRequest::PhysicianDelete { id }
         | AdminRequest::PhysicianGet { id } => (Some(id.clone()), None, String::new()),

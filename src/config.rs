@@ -45,6 +45,10 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    policy: RawPolicy,
     #[serde(default, rename = "route")]
     routes: Vec<RouteSpec>,
 }
@@ -79,11 +83,37 @@ struct RawCa {
     terminal_days: Option<u32>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    session_lifetime_secs: Option<u64>,
+    #[serde(default)]
+    max_failures: Option<u32>,
+    #[serde(default)]
+    lockout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    block_downloads: Option<bool>,
+    #[serde(default)]
+    blank_print: Option<bool>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
     listen: String,
     #[serde(default)]
     allow: Option<Vec<String>>,
@@ -142,6 +172,8 @@ pub struct Config {
     /// Prometheus scrape endpoint; loopback by default.
     pub metrics: Option<SocketAddr>,
     pub limits: Limits,
+    pub auth: Auth,
+    pub policy: Policy,
     pub routes: RouteTable,
     /// The routes as written, for tools that print them.
     pub route_specs: Vec<RouteSpec>,
@@ -164,10 +196,41 @@ pub struct CaPaths {
     pub terminal_days: u32,
 }
 
+/// The password factor and sessions (art 6.3, 13.1).
+#[derive(Debug, Clone)]
+pub struct Auth {
+    /// `required` in production; `off` only for a test bench (terminal credential alone).
+    pub password_required: bool,
+    pub idle_timeout: Duration,
+    pub session_lifetime: Duration,
+    /// Wrong passwords in a row before the account is locked.
+    pub max_failures: u32,
+    pub lockout: Duration,
+}
+
+/// What the gateway does to EMR responses for art 13.2.5 (no printing or saving).
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Refuse responses that would download a file (`Content-Disposition: attachment`).
+    pub block_downloads: bool,
+    /// Add an `@media print` style sheet that blanks HTML pages.
+    pub blank_print: bool,
+}
+
+/// Who may connect to a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// Physicians' registered terminals from outside (art 6.2).
+    Terminal,
+    /// The site's own in-hospital EMR system, which asserts the physician (art 6.1).
+    SiteSystem,
+}
+
 /// A mutual-TLS listener (art 12.1, 12.3).
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub name: String,
+    pub kind: ListenerKind,
     pub listen: SocketAddr,
     /// Source addresses allowed to connect; others are closed before the handshake (art 12.4).
     pub allow: Vec<IpNetwork>,
@@ -369,8 +432,24 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
             if listeners.iter().any(|x: &Listener| x.listen == listen) {
                 problems.push(format!("{key}.listen: {listen} is used twice"));
             }
+            let kind = match l.kind.as_deref() {
+                None | Some("terminal") => ListenerKind::Terminal,
+                Some("site-system") => ListenerKind::SiteSystem,
+                Some(other) => {
+                    problems.push(format!(
+                        "{key}.kind: {other:?} must be \"terminal\" or \"site-system\""
+                    ));
+                    ListenerKind::Terminal
+                }
+            };
+            if kind == ListenerKind::SiteSystem && l.allow.is_none() {
+                problems.push(format!(
+                    "{key}.allow: a site-system listener needs the in-hospital network's CIDRs (art 6.1)"
+                ));
+            }
             listeners.push(Listener {
                 name: l.name.unwrap_or_else(|| format!("mtls-{i}")),
+                kind,
                 listen,
                 allow,
                 cert: resolve(base, &l.cert),
@@ -412,6 +491,34 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         problems.push("limits.max_connections: must be at least 1".into());
     }
 
+    let auth = Auth {
+        password_required: match raw.auth.password.as_deref() {
+            None | Some("required") => true,
+            Some("off") => false,
+            Some(other) => {
+                problems.push(format!(
+                    "auth.password: {other:?} must be \"required\" or \"off\""
+                ));
+                true
+            }
+        },
+        idle_timeout: Duration::from_secs(raw.auth.idle_timeout_secs.unwrap_or(15 * 60)),
+        session_lifetime: Duration::from_secs(raw.auth.session_lifetime_secs.unwrap_or(12 * 3600)),
+        max_failures: raw.auth.max_failures.unwrap_or(5),
+        lockout: Duration::from_secs(raw.auth.lockout_secs.unwrap_or(15 * 60)),
+    };
+    if auth.idle_timeout.is_zero() || auth.session_lifetime.is_zero() {
+        problems
+            .push("auth: idle_timeout_secs and session_lifetime_secs must be at least 1".into());
+    }
+    if auth.max_failures == 0 {
+        problems.push("auth.max_failures: must be at least 1".into());
+    }
+    let policy = Policy {
+        block_downloads: raw.policy.block_downloads.unwrap_or(true),
+        blank_print: raw.policy.blank_print.unwrap_or(true),
+    };
+
     if raw.routes.is_empty() {
         problems.push(
             "route: no [[route]] is configured, every request would be refused (art 8.2)".into(),
@@ -436,6 +543,8 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         upstream: upstream?,
         metrics,
         limits,
+        auth,
+        policy,
         routes: routes?,
         route_specs: raw.routes,
     })

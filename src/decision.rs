@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use crate::consent::{self, ConsentRefusal, Window};
 use crate::identity::{self, IdentityRefusal, Who};
 use crate::route::{RouteError, RouteTable, Target};
+use crate::session::SessionRefusal;
 use crate::store::Store;
 
 /// What the gateway will do with a request, and everything learnt on the way (a refusal's
@@ -30,7 +31,7 @@ pub enum Verdict {
 }
 
 impl Decision {
-    fn deny(r: Refusal, who: Option<Who>, target: Option<Target>) -> Decision {
+    pub fn deny(r: Refusal, who: Option<Who>, target: Option<Target>) -> Decision {
         Decision {
             verdict: Verdict::Deny(r),
             who,
@@ -60,6 +61,18 @@ pub enum Refusal {
     UpstreamUnreachable,
     #[error("the EMR did not answer in time")]
     UpstreamTimeout,
+    /// No valid sign-in session (art 6.3, 13.1).
+    #[error("{0}")]
+    Session(SessionRefusal),
+    /// The one-time password has not been changed yet.
+    #[error("the password must be changed first")]
+    PasswordChangeRequired,
+    /// The EMR's response would save a file (art 13.2.5).
+    #[error("downloads are blocked")]
+    DownloadBlocked,
+    /// A request on the site-system listener that cannot be trusted (art 6.1).
+    #[error("site system refused: {0}")]
+    SiteSystem(&'static str),
 }
 
 impl Refusal {
@@ -73,12 +86,21 @@ impl Refusal {
             Refusal::AuditUnavailable => "audit-unavailable",
             Refusal::UpstreamUnreachable => "upstream-unreachable",
             Refusal::UpstreamTimeout => "upstream-timeout",
+            Refusal::Session(r) => r.reason(),
+            Refusal::PasswordChangeRequired => "password-change-required",
+            Refusal::DownloadBlocked => "download-blocked",
+            Refusal::SiteSystem(r) => r,
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Refusal::Identity(_) | Refusal::Consent(_) => StatusCode::FORBIDDEN,
+            Refusal::Identity(_)
+            | Refusal::Consent(_)
+            | Refusal::PasswordChangeRequired
+            | Refusal::DownloadBlocked
+            | Refusal::SiteSystem(_) => StatusCode::FORBIDDEN,
+            Refusal::Session(_) => StatusCode::UNAUTHORIZED,
             Refusal::Route(RouteError::NoRoute) => StatusCode::NOT_FOUND,
             Refusal::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
             Refusal::Route(_) => StatusCode::BAD_REQUEST,
@@ -91,25 +113,28 @@ impl Refusal {
     }
 }
 
-/// Decides on one request from a terminal with the given key fingerprint: identity first (a
-/// refused terminal learns nothing about routes or patients), then the target, then the
-/// patient's consent.
-pub fn decide(
+/// Identity stage: the terminal with this key fingerprint, and its active physician.
+pub fn identify(store: &Store, fingerprint: &str, now: OffsetDateTime) -> Result<Who, Refusal> {
+    match identity::resolve(store, fingerprint, now) {
+        Ok(Ok(who)) => Ok(who),
+        Ok(Err(r)) => Err(Refusal::Identity(r)),
+        Err(e) => {
+            tracing::error!(error = %e, "registry read failed");
+            Err(Refusal::StoreUnavailable)
+        }
+    }
+}
+
+/// Route and consent stages for an identified physician: the target, then the patient's
+/// consent, default deny.
+pub fn authorize(
     store: &Store,
     routes: &RouteTable,
-    fingerprint: &str,
+    who: Who,
     method: &http::Method,
     path_and_query: &str,
     now: OffsetDateTime,
 ) -> Decision {
-    let who = match identity::resolve(store, fingerprint, now) {
-        Ok(Ok(who)) => who,
-        Ok(Err(r)) => return Decision::deny(Refusal::Identity(r), None, None),
-        Err(e) => {
-            tracing::error!(error = %e, "registry read failed");
-            return Decision::deny(Refusal::StoreUnavailable, None, None);
-        }
-    };
     let target = match routes.resolve(method, path_and_query) {
         Ok(t) => t,
         Err(r) => return Decision::deny(Refusal::Route(r), Some(who), None),
@@ -139,5 +164,21 @@ pub fn decide(
             window: Some(window),
         },
         Err(r) => Decision::deny(Refusal::Consent(r), Some(who), Some(target)),
+    }
+}
+
+/// Decides on one request from a terminal with the given key fingerprint: identity first (a
+/// refused terminal learns nothing about routes or patients), then route and consent.
+pub fn decide(
+    store: &Store,
+    routes: &RouteTable,
+    fingerprint: &str,
+    method: &http::Method,
+    path_and_query: &str,
+    now: OffsetDateTime,
+) -> Decision {
+    match identify(store, fingerprint, now) {
+        Ok(who) => authorize(store, routes, who, method, path_and_query, now),
+        Err(r) => Decision::deny(r, None, None),
     }
 }

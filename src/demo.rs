@@ -156,9 +156,19 @@ fn free_port() -> std::io::Result<SocketAddr> {
     l.local_addr()
 }
 
+/// What `setup` made.
+#[derive(Debug, Clone)]
+pub struct DemoSite {
+    pub config: Config,
+    /// Where demo-pc.crt, .key and .p12 are.
+    pub terminals: PathBuf,
+    /// dr-saiyo's password.
+    pub password: String,
+}
+
 /// A demo site in `dir`: init, a sample EMR, one physician with one terminal, one consented
-/// and one not-consented patient. Returns the config and the terminal's files.
-pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<(Config, PathBuf)> {
+/// and one not-consented patient.
+pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
     let listen = free_port()?;
     let mut o = InitOptions::new(&dir.join("site"));
     o.site = "demo-site".into();
@@ -178,6 +188,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<(Config, PathB
         clock: clock.clone(),
         metrics: None,
         origin: "cli",
+        sessions: None,
     };
     let run = |r: AdminRequest| {
         let admin = admin.clone();
@@ -190,15 +201,24 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<(Config, PathB
             }
         }
     };
+    let password = crate::auth::generate_password();
     run(AdminRequest::PhysicianAdd {
         id: "dr-saiyo".into(),
         name: "西予 一郎".into(),
         site: None,
+        password_hash: Some(crate::auth::hash_password(&password)?),
     })
     .await?;
+    // The demo's password is shown on screen: no forced change at first sign-in.
+    store.update_physician("dr-saiyo", |p| p.must_change_password = false)?;
     let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
     let tdir = dir.join("terminals");
     let issued = ca.issue_client(ClientKind::Terminal, "西予 一郎", "demo-pc", &tdir, 30)?;
+    crate::pki::write_new_file(
+        &tdir.join("demo-pc.p12.password"),
+        issued.p12_password.as_bytes(),
+        0o600,
+    )?;
     run(AdminRequest::TerminalRegister {
         terminal: Terminal {
             name: "demo-pc".into(),
@@ -208,6 +228,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<(Config, PathB
             not_after: crate::clock::rfc3339(issued.info.not_after),
             revoked: false,
             registered: crate::clock::rfc3339(clock.now()),
+            kind: crate::model::TerminalKind::Terminal,
         },
     })
     .await?;
@@ -222,7 +243,11 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<(Config, PathB
     audit.close().await?;
     store.flush()?;
     drop(store);
-    Ok((cfg, tdir))
+    Ok(DemoSite {
+        config: cfg,
+        terminals: tdir,
+        password,
+    })
 }
 
 /// `seibo-gate demo`: runs until Ctrl-C.
@@ -234,7 +259,11 @@ pub async fn run() -> anyhow::Result<()> {
     let emr_listener = TcpListener::bind("127.0.0.1:0").await?;
     let emr = emr_listener.local_addr()?;
     let emr_task = tokio::spawn(serve_sample_emr(emr_listener, shutdown.clone()));
-    let (cfg, tdir) = setup(dir.path(), emr).await?;
+    let DemoSite {
+        config: cfg,
+        terminals: tdir,
+        password,
+    } = setup(dir.path(), emr).await?;
     let listen = cfg
         .listeners
         .first()
@@ -243,16 +272,20 @@ pub async fn run() -> anyhow::Result<()> {
     let ca = cfg.ca.cert.clone();
     let config_path = cfg.path.clone();
     let on_ready = |ready: &crate::server::Ready| {
+        let jar = tdir.join("cookies.txt");
         let curl = format!(
-            "curl --cacert {} --cert {} --key {}",
+            "curl --cacert {} --cert {} --key {} -b {}",
             ca.display(),
             tdir.join("demo-pc.crt").display(),
-            tdir.join("demo-pc.key").display()
+            tdir.join("demo-pc.key").display(),
+            jar.display()
         );
         let base = format!("https://localhost:{}", listen.port());
         println!(
             "\nseibo-gate demo is running (sample EMR on http://{emr}, gateway on {base}).\n\
              Site directory: {}\n\n\
+             # 0. Sign in (second factor: physician dr-saiyo, password {password}); the session cookie goes to the jar\n\
+             {curl} -c {jar} -d id=dr-saiyo -d password={password} {base}/.seibo/login\n\n\
              # 1. Allowed: patient P001 consented, physician dr-saiyo on registered terminal demo-pc\n\
              {curl} {base}/patients/P001/labs\n\n\
              # 2. Refused (403, Japanese then English): patient P002 has no consent\n\
@@ -267,6 +300,7 @@ pub async fn run() -> anyhow::Result<()> {
              # 6. Withdraw P001's consent while serving, then retry 1.\n\
              seibo-gate consent withdraw --config {cfg} --patient P001 --form-ref 様式7-demo\n\n\
              Metrics: {}\n\
+             A browser works too: import {p12} (password in {p12pw}), open {base}/patients/P001/labs.\n\
              Press Ctrl-C to stop.",
             config_path.parent().unwrap_or(Path::new(".")).display(),
             ca.display(),
@@ -275,6 +309,9 @@ pub async fn run() -> anyhow::Result<()> {
                 .map(|m| format!("curl http://{m}/metrics"))
                 .unwrap_or_else(|| "off".into()),
             cfg = config_path.display(),
+            jar = jar.display(),
+            p12 = tdir.join("demo-pc.p12").display(),
+            p12pw = tdir.join("demo-pc.p12.password").display(),
         );
     };
     let serve = crate::server::serve(cfg.clone(), Arc::new(SystemClock), &trigger, on_ready);

@@ -84,6 +84,8 @@ pub struct Forwarder {
     client: Client<HttpConnector<PrivateResolver>, Body>,
     upstream: Arc<Upstream>,
     base: Arc<str>,
+    /// Ask the EMR for uncompressed bodies (so the print guard can be appended to HTML).
+    identity_encoding: bool,
 }
 
 /// Identity headers for the EMR.
@@ -143,6 +145,25 @@ pub fn strip_identity(h: &mut HeaderMap) {
     }
 }
 
+/// The gateway's session cookie is the gateway's: the EMR never sees it.
+fn strip_session_cookie(h: &mut HeaderMap) {
+    let cookies: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !c.starts_with(crate::session::COOKIE))
+        .map(str::to_string)
+        .collect();
+    h.remove(header::COOKIE);
+    if !cookies.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+            h.insert(header::COOKIE, v);
+        }
+    }
+}
+
 fn put(h: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         h.insert(HeaderName::from_static(name), v);
@@ -150,7 +171,7 @@ fn put(h: &mut HeaderMap, name: &'static str, value: &str) {
 }
 
 impl Forwarder {
-    pub fn new(upstream: &Upstream) -> Forwarder {
+    pub fn new(upstream: &Upstream, identity_encoding: bool) -> Forwarder {
         let mut http = HttpConnector::new_with_resolver(PrivateResolver {
             private: Arc::new(upstream.private.clone()),
         });
@@ -165,6 +186,7 @@ impl Forwarder {
             client,
             base: Arc::from(upstream.base_url()),
             upstream: Arc::new(upstream.clone()),
+            identity_encoding,
         }
     }
 
@@ -184,6 +206,10 @@ impl Forwarder {
         let h = req.headers_mut();
         strip_hop_by_hop(h);
         strip_identity(h);
+        strip_session_cookie(h);
+        if self.identity_encoding {
+            h.remove(header::ACCEPT_ENCODING);
+        }
         if let Ok(v) = HeaderValue::from_str(self.upstream.authority.as_str()) {
             h.insert(header::HOST, v);
         }

@@ -4,7 +4,7 @@
 
 use time::OffsetDateTime;
 
-use crate::model::{Physician, Terminal};
+use crate::model::{Physician, Terminal, TerminalKind};
 use crate::store::{Store, StoreError};
 
 /// A registered terminal in the hands of an active physician.
@@ -50,6 +50,11 @@ pub fn resolve(
     let Some(terminal) = store.terminal_by_fingerprint(fingerprint)? else {
         return Ok(Err(IdentityRefusal::UnknownTerminal));
     };
+    if terminal.kind != TerminalKind::Terminal {
+        // A site system's certificate is no terminal: it asserts physicians only on the
+        // in-hospital listener.
+        return Ok(Err(IdentityRefusal::UnknownTerminal));
+    }
     if terminal.revoked {
         return Ok(Err(IdentityRefusal::TerminalRevoked));
     }
@@ -68,6 +73,49 @@ pub fn resolve(
     if physician.suspended.is_some() {
         return Ok(Err(IdentityRefusal::PhysicianSuspended));
     }
+    Ok(Ok(Who {
+        terminal,
+        physician,
+    }))
+}
+
+/// Header in which a trusted site system names the physician (art 6.1). It is stripped from
+/// every other client's requests (see [`crate::forward::strip_identity`]).
+pub const SITE_PHYSICIAN_HEADER: &str = "x-seibo-site-physician";
+
+/// Art 6.1: a registered site system (the hospital's own EMR network) asserts the physician;
+/// no terminal or physician registration is needed, but a registered physician who is
+/// suspended stays refused. Errors are reason codes.
+pub fn resolve_site_system(
+    store: &Store,
+    fingerprint: &str,
+    asserted: Option<&str>,
+    site: &str,
+) -> Result<Result<Who, &'static str>, StoreError> {
+    let Some(terminal) = store.terminal_by_fingerprint(fingerprint)? else {
+        return Ok(Err("site-system-unknown"));
+    };
+    if terminal.kind != TerminalKind::SiteSystem || terminal.revoked {
+        return Ok(Err("site-system-unknown"));
+    }
+    let Some(id) = asserted.filter(|id| crate::admin::valid_id(id)) else {
+        return Ok(Err("site-physician-missing"));
+    };
+    let physician = match store.physician(id)? {
+        Some(p) if p.suspended.is_some() => return Ok(Err("physician-suspended")),
+        Some(p) => p,
+        None => Physician {
+            id: id.to_string(),
+            name: id.to_string(),
+            site: site.to_string(),
+            suspended: None,
+            registered: String::new(),
+            password_hash: None,
+            must_change_password: false,
+            failed_logins: 0,
+            locked_until: None,
+        },
+    };
     Ok(Ok(Who {
         terminal,
         physician,

@@ -172,6 +172,33 @@ connect_timeout_ms = 3000
 response_timeout_ms = 30000
 
 {metrics}
+[auth]
+# Second factor (art 6.3, 13.1): the physician's ID and password, after the terminal's
+# certificate. "off" only for a test bench.
+password = "required"
+# Sessions end after this much inactivity, and in any case after the lifetime.
+idle_timeout_secs = 900
+session_lifetime_secs = 43200
+# Wrong passwords in a row before the account is locked, and for how long.
+max_failures = 5
+lockout_secs = 900
+
+[policy]
+# Art 13.2.5: refuse EMR responses that would save a file (Content-Disposition: attachment),
+# and blank HTML pages when printed.
+block_downloads = true
+blank_print = true
+
+# An in-hospital listener for the site's own EMR system (art 6.1): it presents a certificate
+# from `seibo-gate site-system add` and names the physician in X-Seibo-Site-Physician.
+# [[listener]]
+# name = "in-hospital"
+# kind = "site-system"
+# listen = "10.20.0.2:8444"
+# allow = ["10.20.0.0/16"]
+# cert = "tls/server.crt"
+# key = "tls/server.key"
+
 [limits]
 handshake_timeout_ms = 10000
 header_read_timeout_ms = 15000

@@ -36,6 +36,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod consent;
@@ -53,6 +54,8 @@ pub mod pki;
 pub mod route;
 pub mod server;
 pub mod service;
+pub mod session;
 pub mod shutdown;
+pub mod signin;
 pub mod store;
 pub mod tls;

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{in_networks, Limits, Listener};
+use crate::config::{in_networks, Limits, Listener, ListenerKind};
 use crate::service::{self, Gate, Ingress, Peer};
 use crate::shutdown::Shutdown;
 use crate::tls;
@@ -74,6 +74,7 @@ impl MtlsListener {
             let name = name.clone();
             let handshake_timeout = self.limits.handshake_timeout;
             let header_timeout = self.limits.header_read_timeout;
+            let kind = self.config.kind;
             tokio::spawn(async move {
                 let _slot = slot;
                 let tls =
@@ -94,12 +95,19 @@ impl MtlsListener {
                     return;
                 };
                 count_handshake(&gate, &name, "ok");
+                let ingress = match kind {
+                    ListenerKind::Terminal => Ingress::Mtls,
+                    ListenerKind::SiteSystem => Ingress::Site,
+                };
                 let peer = Arc::new(Peer {
-                    ingress: Ingress::Mtls,
+                    ingress,
                     addr,
                     credential: cert.into(),
                 });
-                let conns = gate.metrics.connections.with_label_values(&["mtls"]);
+                let conns = gate
+                    .metrics
+                    .connections
+                    .with_label_values(&[ingress.as_str()]);
                 conns.inc();
                 let svc_gate = gate.clone();
                 let svc =

@@ -15,7 +15,7 @@ use seibo_gate::audit::{self, AuditLog, QueryFilter};
 use seibo_gate::clock::{self, Clock, SharedClock, SystemClock};
 use seibo_gate::config::Config;
 use seibo_gate::init::{self, InitOptions};
-use seibo_gate::model::{ConsentBy, SuspendReason, Terminal};
+use seibo_gate::model::{ConsentBy, SuspendReason, Terminal, TerminalKind};
 use seibo_gate::pki::{Ca, ClientKind};
 use seibo_gate::store::Store;
 
@@ -84,6 +84,18 @@ enum Command {
         #[command(flatten)]
         cfg: ConfigArg,
     },
+    /// The site's own in-hospital EMR systems, trusted to assert the physician (art 6.1).
+    SiteSystem {
+        #[command(subcommand)]
+        cmd: SiteSystemCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
+    /// Print an nftables ruleset derived from the config (art 12.4, 12.5).
+    Firewall {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Patient data deletion on request (art 11, form 8).
     Patient {
         #[command(subcommand)]
@@ -113,6 +125,7 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum PhysicianCmd {
+    /// Register a physician; prints a one-time initial password to change at first sign-in.
     Add {
         #[arg(long)]
         id: String,
@@ -120,6 +133,16 @@ enum PhysicianCmd {
         name: String,
         #[arg(long)]
         site: Option<String>,
+        /// Read the initial password from standard input (first line) instead.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Reset the password to a new one-time one; ends the physician's sessions.
+    Passwd {
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        password_stdin: bool,
     },
     Suspend {
         #[arg(long)]
@@ -160,6 +183,21 @@ enum TerminalCmd {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SiteSystemCmd {
+    /// Issue a site-system client certificate (NAME.crt, NAME.key, NAME.p12) and register it.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    Revoke {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -333,8 +371,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Physician { cmd, cfg } => {
             let c = load(&cfg)?;
             let (req, json) = match cmd {
-                PhysicianCmd::Add { id, name, site } => {
-                    (AdminRequest::PhysicianAdd { id, name, site }, false)
+                PhysicianCmd::Add {
+                    id,
+                    name,
+                    site,
+                    password_stdin,
+                } => {
+                    let (password, shown) = initial_password(password_stdin)?;
+                    let r = admin_call(
+                        &c,
+                        AdminRequest::PhysicianAdd {
+                            id,
+                            name,
+                            site,
+                            password_hash: Some(seibo_gate::auth::hash_password(&password)?),
+                        },
+                    )
+                    .await?;
+                    if r.ok && shown {
+                        println!("{}", r.message);
+                        println!("initial password (shown once; to be changed at first sign-in): {password}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    return Ok(report(r, false));
+                }
+                PhysicianCmd::Passwd { id, password_stdin } => {
+                    let (password, shown) = initial_password(password_stdin)?;
+                    let r = admin_call(
+                        &c,
+                        AdminRequest::PhysicianPasswd {
+                            id,
+                            password_hash: seibo_gate::auth::hash_password(&password)?,
+                        },
+                    )
+                    .await?;
+                    if r.ok && shown {
+                        println!("{}", r.message);
+                        println!("new one-time password (shown once): {password}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    return Ok(report(r, false));
                 }
                 PhysicianCmd::Suspend { id, reason } => {
                     (AdminRequest::PhysicianSuspend { id, reason }, false)
@@ -358,7 +434,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     physician,
                     name,
                     out,
-                } => terminal_add(&c, &physician, &name, &out).await,
+                } => terminal_add(&c, TerminalKind::Terminal, &physician, &name, &out).await,
                 TerminalCmd::Revoke { name } => Ok(report(
                     admin_call(&c, AdminRequest::TerminalRevoke { name }).await?,
                     false,
@@ -372,6 +448,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(report(r, json))
                 }
             }
+        }
+        Command::SiteSystem { cmd, cfg } => {
+            let c = load(&cfg)?;
+            match cmd {
+                SiteSystemCmd::Add { name, out } => {
+                    terminal_add(&c, TerminalKind::SiteSystem, "", &name, &out).await
+                }
+                SiteSystemCmd::Revoke { name } => Ok(report(
+                    admin_call(&c, AdminRequest::TerminalRevoke { name }).await?,
+                    false,
+                )),
+            }
+        }
+        Command::Firewall { cfg } => {
+            let c = load(&cfg)?;
+            print!("{}", seibo_gate::firewall::ruleset(&c)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Consent { cmd, cfg } => {
             let c = load(&cfg)?;
@@ -562,6 +655,7 @@ async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<AdminResp
         clock,
         metrics: None,
         origin: "cli",
+        sessions: None,
     };
     let r = a.execute(req).await;
     audit.close().await?;
@@ -569,33 +663,50 @@ async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<AdminResp
     Ok(r)
 }
 
+/// The initial password: generated and shown, or read from standard input.
+fn initial_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
+    if !from_stdin {
+        return Ok((seibo_gate::auth::generate_password(), true));
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let p = line.trim_end_matches(['\r', '\n']).to_string();
+    if p.chars().count() < 10 {
+        bail!("the password read from standard input is shorter than 10 characters");
+    }
+    Ok((p, false))
+}
+
 async fn terminal_add(
     cfg: &Config,
+    kind: TerminalKind,
     physician: &str,
     name: &str,
     out: &Path,
 ) -> anyhow::Result<ExitCode> {
-    // The physician must exist before a credential is issued.
-    let r = admin_call(
-        cfg,
-        AdminRequest::PhysicianGet {
-            id: physician.to_string(),
-        },
-    )
-    .await?;
-    if !r.ok {
-        eprintln!("seibo-gate: {}", r.message);
-        return Ok(ExitCode::FAILURE);
-    }
-    let physician_name = r.data["name"].as_str().unwrap_or(physician).to_string();
+    let (cert_kind, cn) = match kind {
+        TerminalKind::Terminal => {
+            // The physician must exist before a credential is issued.
+            let r = admin_call(
+                cfg,
+                AdminRequest::PhysicianGet {
+                    id: physician.to_string(),
+                },
+            )
+            .await?;
+            if !r.ok {
+                eprintln!("seibo-gate: {}", r.message);
+                return Ok(ExitCode::FAILURE);
+            }
+            (
+                ClientKind::Terminal,
+                r.data["name"].as_str().unwrap_or(physician).to_string(),
+            )
+        }
+        TerminalKind::SiteSystem => (ClientKind::SiteSystem, format!("{name} (site system)")),
+    };
     let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
-    let issued = ca.issue_client(
-        ClientKind::Terminal,
-        &physician_name,
-        name,
-        out,
-        cfg.ca.terminal_days,
-    )?;
+    let issued = ca.issue_client(cert_kind, &cn, name, out, cfg.ca.terminal_days)?;
     let terminal = Terminal {
         name: name.to_string(),
         physician: physician.to_string(),
@@ -604,6 +715,7 @@ async fn terminal_add(
         not_after: clock::rfc3339(issued.info.not_after),
         revoked: false,
         registered: clock::rfc3339(SystemClock.now()),
+        kind,
     };
     let r = admin_call(cfg, AdminRequest::TerminalRegister { terminal }).await?;
     if !r.ok {

@@ -34,6 +34,12 @@ pub struct Metrics {
     /// can fire 30 days ahead. Set at start and on every reload ([`Metrics::set_cert_expiry`]).
     pub cert_expiry: IntGaugeVec,
     pub build_info: IntGaugeVec,
+    /// Sign-in attempts by result (ok, failed, locked, locked-now).
+    pub signins: IntCounterVec,
+    /// Accounts locked after repeated wrong passwords.
+    pub lockouts: IntCounter,
+    /// Open sign-in sessions.
+    pub sessions: IntGauge,
     /// Configuration reloads (SIGHUP) by result.
     pub reloads: IntCounterVec,
     pub up: IntGauge,
@@ -131,6 +137,15 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let signins = IntCounterVec::new(
+            Opts::new("signin_attempts_total", "Sign-in attempts by result."),
+            &["result"],
+        )?;
+        let lockouts = IntCounter::new(
+            "signin_lockouts_total",
+            "Accounts locked after repeated wrong passwords.",
+        )?;
+        let sessions = IntGauge::new("sessions", "Open sign-in sessions.")?;
         let up = IntGauge::new("up", "1 while the gateway is serving.")?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -148,6 +163,9 @@ impl Metrics {
             Box::new(build_info.clone()),
             Box::new(up.clone()),
             Box::new(reloads.clone()),
+            Box::new(signins.clone()),
+            Box::new(lockouts.clone()),
+            Box::new(sessions.clone()),
         ] {
             registry.register(c)?;
         }
@@ -170,6 +188,9 @@ impl Metrics {
             cert_expiry,
             build_info,
             reloads,
+            signins,
+            lockouts,
+            sessions,
             up,
         })
     }

@@ -131,6 +131,30 @@ pub struct Physician {
     pub suspended: Option<SuspendReason>,
     /// Registration time, RFC 3339 (Japan time).
     pub registered: String,
+    /// Argon2id hash (PHC string) of the password (art 6.3); `None` until one is set.
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// True while the password is the one-time initial (or reset) one: it must be changed at
+    /// the next sign-in.
+    #[serde(default)]
+    pub must_change_password: bool,
+    /// Wrong passwords in a row (reset by a successful sign-in).
+    #[serde(default)]
+    pub failed_logins: u32,
+    /// Locked after too many wrong passwords, until this time (RFC 3339).
+    #[serde(default)]
+    pub locked_until: Option<String>,
+}
+
+/// What a client certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TerminalKind {
+    /// A physician's registered PC or tablet (art 6.2).
+    #[default]
+    Terminal,
+    /// The site's own in-hospital EMR system, trusted to assert the physician (art 6.1).
+    SiteSystem,
 }
 
 /// A registered terminal (art 6.2, 12.7): the PC or tablet a physician uses.
@@ -145,6 +169,9 @@ pub struct Terminal {
     pub not_after: String,
     pub revoked: bool,
     pub registered: String,
+    /// Terminal or site system; older records are terminals.
+    #[serde(default)]
+    pub kind: TerminalKind,
 }
 
 /// Who gave consent (art 8.1).

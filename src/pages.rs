@@ -42,7 +42,10 @@ struct Text {
     title_en: &'static str,
     body_ja: &'static str,
     body_en: &'static str,
+    extra: &'static str,
 }
+
+const SIGN_IN_LINK: &str = r#"<p><a href="/.seibo/login">サインイン / Sign in</a></p>"#;
 
 fn text(r: &Refusal) -> Text {
     match r {
@@ -54,12 +57,14 @@ fn text(r: &Refusal) -> Text {
                     title_en: "This terminal cannot use Seibo Net",
                     body_ja: "この端末は登録されていないか、登録が取り消されたか、証明書の有効期限が切れています。端末の登録（様式3）について下記の窓口にお問い合わせください。",
                     body_en: "This terminal is not registered, its registration was revoked, or its certificate has expired. Please contact the office below about registering the terminal (form 3).",
+                    extra: "",
                 },
                 UnknownPhysician | PhysicianSuspended => Text {
                     title_ja: "利用医の登録が有効ではありません",
                     title_en: "Your user registration is not active",
                     body_ja: "この端末に登録された利用医の利用が停止されているか、登録が抹消されています。下記の窓口にお問い合わせください。",
                     body_en: "The physician registered to this terminal is suspended or deregistered. Please contact the office below.",
+                    extra: "",
                 },
             }
         }
@@ -68,42 +73,77 @@ fn text(r: &Refusal) -> Text {
             title_en: "This patient's records cannot be viewed",
             body_ja: "この患者さんについては、閲覧に必要な同意が登録されていないか、同意が撤回されたか、閲覧期間が終了しています。同意書（様式6）の手続きについて下記の窓口にお問い合わせください。",
             body_en: "For this patient, no consent is registered, the consent was withdrawn, or the viewing period has ended. Please contact the office below about the consent form (form 6).",
+            extra: "",
         },
         Refusal::Route(RouteError::NoRoute) => Text {
             title_ja: "このページはせい坊ネットの閲覧範囲外です",
             title_en: "This page is not part of what Seibo Net shares",
             body_ja: "要求されたページは、せい坊ネットで閲覧できる診療情報（基本情報、病名、処方歴、検査歴、医師記録、経過表、サマリ、レポート・画像、他職種記録）に該当しません。",
             body_en: "The page you asked for is not one of the record kinds Seibo Net shares (basic information, diagnoses, prescriptions, tests, physician notes, flowsheets, summaries, reports and images, other professions' records).",
+            extra: "",
         },
         Refusal::Route(RouteError::MethodNotAllowed) => Text {
             title_ja: "この操作はできません",
             title_en: "This action is not allowed",
             body_ja: "せい坊ネットでは診療情報の閲覧のみができます。",
             body_en: "Seibo Net allows viewing records only.",
+            extra: "",
         },
         Refusal::Route(_) => Text {
             title_ja: "要求の形式が正しくありません",
             title_en: "The request is malformed",
             body_ja: "アドレス（URL）に使用できない文字や形式が含まれています。ブラウザのアドレス欄を確認してください。",
             body_en: "The address (URL) contains characters or a form that cannot be used. Please check the address.",
+            extra: "",
         },
         Refusal::StoreUnavailable | Refusal::AuditUnavailable => Text {
             title_ja: "ただいま利用できません",
             title_en: "Seibo Net is temporarily unavailable",
             body_ja: "閲覧記録を安全に保存できないため、一時的に閲覧を停止しています。しばらくしてから再度お試しください。続く場合は下記の窓口にご連絡ください。",
             body_en: "Access records cannot be stored safely, so viewing is stopped for now. Please try again later; if this continues, contact the office below.",
+            extra: "",
         },
         Refusal::UpstreamUnreachable => Text {
             title_ja: "電子カルテに接続できません",
             title_en: "The EMR cannot be reached",
             body_ja: "電子カルテシステムが応答していません。しばらくしてから再度お試しください。続く場合は下記の窓口にご連絡ください。",
             body_en: "The EMR system is not responding. Please try again later; if this continues, contact the office below.",
+            extra: "",
+        },
+        Refusal::Session(_) => Text {
+            title_ja: "サインインが必要です",
+            title_en: "Please sign in",
+            body_ja: "せい坊ネットを利用するには、IDとパスワードでサインインしてください。一定時間操作がない場合は自動的にサインアウトされます。",
+            body_en: "Please sign in with your ID and password to use Seibo Net. You are signed out automatically after a period without activity.",
+            extra: SIGN_IN_LINK,
+        },
+        Refusal::PasswordChangeRequired => Text {
+            title_ja: "パスワードの変更が必要です",
+            title_en: "Please change your password",
+            body_ja: "初回のパスワード（または再発行されたパスワード）は、利用前に変更してください。",
+            body_en: "The initial (or reset) password must be changed before use.",
+            extra: r#"<p><a href="/.seibo/password">パスワード変更 / Change password</a></p>"#,
+        },
+        Refusal::DownloadBlocked => Text {
+            title_ja: "ファイルの保存はできません",
+            title_en: "Files cannot be downloaded",
+            body_ja: "せい坊ネットの運用規程により、表示した診療情報を保存することはできません（第13条）。",
+            body_en: "Under the Seibo Net rules, viewed records must not be saved (article 13).",
+            extra: "",
+        },
+        Refusal::SiteSystem(_) => Text {
+            title_ja: "院内システムからの要求を受け付けられません",
+            title_en: "The in-hospital system's request was refused",
+            body_ja: "院内の電子カルテシステムが登録されていないか、利用医の指定がありません。システム管理者にご連絡ください。",
+            body_en: "The in-hospital EMR system is not registered, or it did not name the physician. Please contact the system administrator.",
+            extra: "",
         },
         Refusal::UpstreamTimeout => Text {
             title_ja: "電子カルテの応答がありません",
             title_en: "The EMR did not answer in time",
             body_ja: "電子カルテシステムの応答が時間内にありませんでした。しばらくしてから再度お試しください。",
             body_en: "The EMR system did not answer in time. Please try again later.",
+            extra: "",
         },
     }
 }
@@ -130,10 +170,32 @@ pub fn protect(headers: &mut http::HeaderMap) {
     );
 }
 
-/// The page for a refusal, with its status.
-pub fn refusal(r: &Refusal, site: &Site) -> Response<Body> {
-    let t = text(r);
-    let status = r.status();
+/// A page of the gateway's own: Japanese first, English second, no external assets, blank
+/// when printed. `body_ja` and `body_en` are HTML (callers escape what they interpolate).
+pub struct Page<'a> {
+    pub status: StatusCode,
+    pub title_ja: &'a str,
+    pub title_en: &'a str,
+    pub body_ja: &'a str,
+    pub body_en: &'a str,
+    /// Extra HTML after the texts (forms, links); already escaped.
+    pub extra: &'a str,
+    /// Reason code shown small at the bottom (refusals), or empty.
+    pub reason: &'a str,
+}
+
+/// Renders a page with the site's contact.
+pub fn page(p: &Page<'_>, site: &Site) -> Response<Body> {
+    let status_line = if p.status.is_success() || p.status.is_redirection() {
+        String::new()
+    } else {
+        format!("<p class=\"status\">{}</p>\n", p.status.as_u16())
+    };
+    let reason = if p.reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ・ 理由 / reason: {}", escape(p.reason))
+    };
     let html = format!(
         r#"<!DOCTYPE html>
 <html lang="ja">
@@ -148,36 +210,39 @@ h1 {{ font-size: 1.35rem; margin: 0 0 .3rem; }}
 h2 {{ font-size: 1.05rem; margin: 1.6rem 0 .3rem; color: #44525f; }}
 .status {{ color: #8a1c1c; font-weight: bold; }}
 .contact {{ margin-top: 1.6rem; padding: 1rem; background: #eef3f8; border-radius: 6px; }}
+label {{ display: block; margin: .8rem 0 .2rem; }}
+input[type=text], input[type=password] {{ width: 100%; box-sizing: border-box; padding: .5rem; font-size: 1rem; }}
+button {{ margin-top: 1rem; padding: .5rem 1.4rem; font-size: 1rem; }}
+table {{ border-collapse: collapse; }} th, td {{ text-align: left; padding: .2rem .8rem .2rem 0; }}
 small {{ color: #66737f; }}
 @media print {{ body {{ display: none; }} }}
 </style>
 </head>
 <body>
 <main>
-<p class="status">{code}</p>
-<h1>{title_ja}</h1>
+{status_line}<h1>{title_ja}</h1>
 <p>{body_ja}</p>
 <h2 lang="en">{title_en}</h2>
 <p lang="en">{body_en}</p>
+{extra}
 <div class="contact">
 <p>お問い合わせ / Contact: {contact}</p>
-<p><small>{site} ・ せい坊ネット / Seibo Net ・ 理由 / reason: {reason}</small></p>
+<p><small>{site} ・ せい坊ネット / Seibo Net{reason}</small></p>
 </div>
 </main>
 </body>
 </html>
 "#,
-        title_ja = t.title_ja,
-        title_en = t.title_en,
-        body_ja = t.body_ja,
-        body_en = t.body_en,
-        code = status.as_u16(),
+        title_ja = p.title_ja,
+        title_en = p.title_en,
+        body_ja = p.body_ja,
+        body_en = p.body_en,
+        extra = p.extra,
         contact = escape(&site.contact),
         site = escape(&site.name),
-        reason = r.reason(),
     );
     let mut resp = Response::new(full(html));
-    *resp.status_mut() = status;
+    *resp.status_mut() = p.status;
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -185,9 +250,40 @@ small {{ color: #66737f; }}
     );
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'"),
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
     );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     protect(h);
+    resp
+}
+
+/// The page for a refusal, with its status.
+pub fn refusal(r: &Refusal, site: &Site) -> Response<Body> {
+    let t = text(r);
+    page(
+        &Page {
+            status: r.status(),
+            title_ja: t.title_ja,
+            title_en: t.title_en,
+            body_ja: t.body_ja,
+            body_en: t.body_en,
+            extra: t.extra,
+            reason: r.reason(),
+        },
+        site,
+    )
+}
+
+/// A redirect of the gateway's own (303 See Other), marked no-store.
+pub fn redirect(location: &str) -> Response<Body> {
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    protect(resp.headers_mut());
     resp
 }
 

@@ -128,6 +128,7 @@ pub async fn serve(
         clock: clock.clone(),
         metrics: Some(metrics.clone()),
         origin: "admin-socket",
+        sessions: Some(gate.sessions.clone()),
     });
 
     let ready = Ready {
@@ -162,6 +163,7 @@ pub async fn serve(
         admin.clone(),
         trigger.subscribe(),
     ));
+    tasks.spawn(sweep_sessions(gate.clone(), trigger.subscribe()));
     tasks.spawn(purge_daily(
         admin.clone(),
         cfg.purge_interval,
@@ -336,6 +338,20 @@ async fn watchdog(mut shutdown: Shutdown) {
     loop {
         tokio::select! {
             _ = tick.tick() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// Drops ended sessions and reports how many are open.
+async fn sweep_sessions(gate: Arc<Gate>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let open = gate.sessions.sweep();
+                gate.metrics.sessions.set(i64::try_from(open).unwrap_or(i64::MAX));
+            }
             _ = shutdown.recv() => return,
         }
     }

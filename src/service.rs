@@ -1,8 +1,9 @@
 //! The request path, in one place:
 //!
 //! ```text
-//! listener (TLS, allow-list) → peer identity → decision (identity, route, consent)
-//!   → audit (durable before forwarding) → forward (private EMR) → outcome audit
+//! listener (TLS, allow-list) → peer identity → [own pages /.seibo/] → session
+//!   → decision (route, consent) → audit (durable before forwarding)
+//!   → forward (private EMR) → response policy → outcome audit
 //! ```
 //!
 //! Every request ends in exactly one `request` audit line and, once its response body is done
@@ -18,27 +19,34 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::audit::{AuditLog, Outcome, RequestRecord};
 use crate::clock::{self, SharedClock};
-use crate::config::{Config, Site};
+use crate::config::{Auth, Config, Policy, Site};
 use crate::decision::{self, Decision, Refusal, Verdict};
 use crate::forward::{ForwardError, Forwarded, Forwarder};
+use crate::identity::{self, Who};
 use crate::metrics::Metrics;
 use crate::pages::{self, Body, BodyError};
 use crate::pki::CertInfo;
 use crate::route::{RouteError, RouteTable};
+use crate::session::Sessions;
+use crate::signin;
 use crate::store::Store;
 
 /// How a request reached the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingress {
+    /// Mutual TLS from a registered terminal.
     Mtls,
+    /// A registered terminal's WireGuard tunnel.
     WireGuard,
+    /// The site's own in-hospital EMR system (art 6.1).
+    Site,
 }
 
 impl Ingress {
@@ -46,6 +54,7 @@ impl Ingress {
         match self {
             Ingress::Mtls => "mtls",
             Ingress::WireGuard => "wireguard",
+            Ingress::Site => "site",
         }
     }
 }
@@ -84,6 +93,8 @@ impl From<CertInfo> for Credential {
 #[derive(Debug)]
 pub struct Gate {
     pub store: Store,
+    /// Sign-in sessions (art 6.3, 13.1).
+    pub sessions: Arc<Sessions>,
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub clock: SharedClock,
@@ -97,6 +108,8 @@ pub struct Live {
     pub site: Site,
     pub routes: RouteTable,
     pub forwarder: Forwarder,
+    pub auth: Auth,
+    pub policy: Policy,
 }
 
 impl Live {
@@ -104,7 +117,9 @@ impl Live {
         Live {
             site: cfg.site.clone(),
             routes: cfg.routes.clone(),
-            forwarder: Forwarder::new(&cfg.upstream),
+            forwarder: Forwarder::new(&cfg.upstream, cfg.policy.blank_print),
+            auth: cfg.auth.clone(),
+            policy: cfg.policy.clone(),
         }
     }
 }
@@ -119,6 +134,10 @@ impl Gate {
     ) -> Gate {
         Gate {
             store,
+            sessions: Arc::new(Sessions::new(
+                cfg.auth.idle_timeout,
+                cfg.auth.session_lifetime,
+            )),
             audit,
             metrics,
             clock,
@@ -138,6 +157,33 @@ impl Gate {
     }
 }
 
+/// What the request path decided to do, and everything learnt on the way.
+struct Step {
+    decision: Decision,
+    /// Audit reason when it is not the verdict's own (the gateway's pages: sign-in results).
+    reason: Option<&'static str>,
+    action: Action,
+}
+
+enum Action {
+    /// Forward the checked request to the EMR.
+    Forward(Request<Incoming>),
+    /// Answer with the gateway's own page.
+    Respond(Response<Body>),
+    /// Answer with the refusal page of the verdict.
+    Refuse,
+}
+
+impl Step {
+    fn refuse(r: Refusal, who: Option<Who>) -> Step {
+        Step {
+            decision: Decision::deny(r, who, None),
+            reason: None,
+            action: Action::Refuse,
+        }
+    }
+}
+
 /// Serves one request. Never fails: every problem becomes a page.
 pub async fn handle(
     gate: Arc<Gate>,
@@ -153,55 +199,38 @@ pub async fn handle(
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
+    let wants_html = accepts_html(req.headers());
 
-    // HTTP/1 absolute-form (`GET http://other/...`) is refused: the check and the forward must
-    // see one and the same origin-form target. HTTP/2 always carries :authority; it is ignored.
-    let decision = if req.version() < http::Version::HTTP_2 && req.uri().scheme().is_some() {
-        Decision {
-            verdict: Verdict::Deny(Refusal::Route(RouteError::BadTarget("absolute-form"))),
-            who: None,
-            target: None,
-            window: None,
-        }
-    } else {
-        decision::decide(
-            &gate.store,
-            &live.routes,
-            &peer.credential.fingerprint,
-            &method,
-            &raw_target,
-            now,
-        )
-    };
-
+    let step = plan(&gate, &live, &peer, req, &raw_target, now).await;
+    let d = &step.decision;
+    let reason = step.reason.unwrap_or(match &d.verdict {
+        Verdict::Allow => "allowed",
+        Verdict::Deny(r) => r.reason(),
+    });
     let record = RequestRecord {
         time: clock::rfc3339(now),
         site: live.site.id.clone(),
         ingress: peer.ingress.as_str().to_string(),
         client: peer.addr.to_string(),
-        terminal: decision.who.as_ref().map(|w| w.terminal.name.clone()),
-        physician: decision.who.as_ref().map(|w| w.physician.id.clone()),
+        terminal: d.who.as_ref().map(|w| w.terminal.name.clone()),
+        physician: d.who.as_ref().map(|w| w.physician.id.clone()),
         method: method.as_str().to_string(),
-        path: decision
+        path: d
             .target
             .as_ref()
             .map(|t| t.path_and_query())
             .unwrap_or_else(|| truncate(&raw_target, 2048)),
-        patient: decision.target.as_ref().and_then(|t| t.patient.clone()),
-        category: decision
+        patient: d.target.as_ref().and_then(|t| t.patient.clone()),
+        category: d
             .target
             .as_ref()
             .and_then(|t| t.category.map(|c| c.as_str().to_string())),
-        decision: match &decision.verdict {
+        decision: match &d.verdict {
             Verdict::Allow => "allow",
             Verdict::Deny(_) => "deny",
         }
         .to_string(),
-        reason: match &decision.verdict {
-            Verdict::Allow => "allowed",
-            Verdict::Deny(r) => r.reason(),
-        }
-        .to_string(),
+        reason: reason.to_string(),
         serial: peer.credential.serial.clone(),
         cn: peer.credential.cn.clone(),
     };
@@ -213,13 +242,15 @@ pub async fn handle(
         Err(e) => {
             tracing::error!(error = %e, "audit write failed: refusing the request");
             gate.metrics.audit_failures.inc();
-            return Ok(finish_refusal(
+            let resp = pages::refusal(&Refusal::AuditUnavailable, &live.site);
+            return Ok(finish(
                 &gate,
-                &live,
                 &peer,
                 None,
                 started,
-                &Refusal::AuditUnavailable,
+                "deny",
+                "audit-unavailable",
+                resp,
             ));
         }
     };
@@ -228,21 +259,159 @@ pub async fn handle(
         .audit_write_seconds
         .observe(audit_started.elapsed().as_secs_f64());
 
-    let refusal = match decision.verdict {
-        Verdict::Deny(r) => r,
-        Verdict::Allow => match forward(&gate, &live, &peer, req, &decision, rid, started).await {
-            Ok(resp) => return Ok(resp),
-            Err(r) => r,
-        },
+    let Step {
+        decision, action, ..
+    } = step;
+    let resp = match (action, &decision.verdict) {
+        (Action::Respond(resp), Verdict::Allow) => {
+            return Ok(finish(
+                &gate,
+                &peer,
+                Some(rid),
+                started,
+                "allow",
+                reason,
+                resp,
+            ))
+        }
+        (Action::Respond(resp), Verdict::Deny(_)) => resp,
+        (Action::Forward(req), Verdict::Allow) => {
+            match forward(&gate, &live, &peer, req, &decision, rid, started).await {
+                Ok(resp) => return Ok(resp),
+                Err(r) => {
+                    let resp = pages::refusal(&r, &live.site);
+                    return Ok(finish(
+                        &gate,
+                        &peer,
+                        Some(rid),
+                        started,
+                        "deny",
+                        r.reason(),
+                        resp,
+                    ));
+                }
+            }
+        }
+        (_, Verdict::Deny(r)) => refusal_response(r, &live, wants_html, &method, &raw_target),
+        // Refuse with an Allow verdict cannot be built; answer as a store failure if it were.
+        (Action::Refuse, Verdict::Allow) => pages::refusal(&Refusal::StoreUnavailable, &live.site),
     };
-    Ok(finish_refusal(
+    Ok(finish(
         &gate,
-        &live,
         &peer,
         Some(rid),
         started,
-        &refusal,
+        "deny",
+        reason,
+        resp,
     ))
+}
+
+/// Identity, the gateway's own pages, the session, then route and consent.
+async fn plan(
+    gate: &Gate,
+    live: &Live,
+    peer: &Peer,
+    req: Request<Incoming>,
+    raw_target: &str,
+    now: time::OffsetDateTime,
+) -> Step {
+    // HTTP/1 absolute-form (`GET http://other/...`) is refused: the check and the forward must
+    // see one and the same origin-form target. HTTP/2 always carries :authority; it is ignored.
+    if req.version() < http::Version::HTTP_2 && req.uri().scheme().is_some() {
+        return Step::refuse(Refusal::Route(RouteError::BadTarget("absolute-form")), None);
+    }
+    let who = match peer.ingress {
+        Ingress::Site => {
+            let asserted = req
+                .headers()
+                .get(identity::SITE_PHYSICIAN_HEADER)
+                .and_then(|v| v.to_str().ok());
+            match identity::resolve_site_system(
+                &gate.store,
+                &peer.credential.fingerprint,
+                asserted,
+                &live.site.id,
+            ) {
+                Ok(Ok(who)) => who,
+                Ok(Err(r)) => return Step::refuse(Refusal::SiteSystem(r), None),
+                Err(e) => {
+                    tracing::error!(error = %e, "registry read failed");
+                    return Step::refuse(Refusal::StoreUnavailable, None);
+                }
+            }
+        }
+        Ingress::Mtls | Ingress::WireGuard => {
+            match decision::identify(&gate.store, &peer.credential.fingerprint, now) {
+                Ok(who) => who,
+                Err(r) => return Step::refuse(r, None),
+            }
+        }
+    };
+
+    if signin::is_own_path(raw_target) {
+        let page = signin::handle(gate, live, peer, &who, req, raw_target, now).await;
+        return Step {
+            decision: Decision {
+                verdict: page.verdict,
+                who: Some(who),
+                target: None,
+                window: None,
+            },
+            reason: Some(page.reason),
+            action: Action::Respond(page.response),
+        };
+    }
+
+    if live.auth.password_required && peer.ingress != Ingress::Site {
+        if let Err(r) = signin::check_session(gate, &who, peer, req.headers()) {
+            return Step::refuse(r, Some(who));
+        }
+    }
+
+    let decision = decision::authorize(
+        &gate.store,
+        &live.routes,
+        who,
+        req.method(),
+        raw_target,
+        now,
+    );
+    let action = match decision.verdict {
+        Verdict::Allow => Action::Forward(req),
+        Verdict::Deny(_) => Action::Refuse,
+    };
+    Step {
+        decision,
+        reason: None,
+        action,
+    }
+}
+
+/// True when the client asks for a page (a browser), not data.
+fn accepts_html(h: &http::HeaderMap) -> bool {
+    h.get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// A refusal's response: a browser without a session is sent to the sign-in page.
+fn refusal_response(
+    r: &Refusal,
+    live: &Live,
+    wants_html: bool,
+    method: &http::Method,
+    raw_target: &str,
+) -> Response<Body> {
+    match r {
+        Refusal::Session(_) if wants_html && method == http::Method::GET => {
+            pages::redirect(&signin::login_url(raw_target))
+        }
+        Refusal::PasswordChangeRequired if wants_html && method == http::Method::GET => {
+            pages::redirect(signin::PASSWORD_PATH)
+        }
+        _ => pages::refusal(r, &live.site),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -256,19 +425,20 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
-fn finish_refusal(
+/// Counts and audits the outcome of a response the gateway answers itself.
+fn finish(
     gate: &Gate,
-    live: &Live,
     peer: &Peer,
     rid: Option<u64>,
     started: Instant,
-    r: &Refusal,
+    decision: &str,
+    reason: &str,
+    resp: Response<Body>,
 ) -> Response<Body> {
-    let resp = pages::refusal(r, &live.site);
     let ingress = peer.ingress.as_str();
     gate.metrics
         .requests
-        .with_label_values(&[ingress, "deny", r.reason()])
+        .with_label_values(&[ingress, decision, reason])
         .inc();
     let elapsed = started.elapsed();
     gate.metrics
@@ -285,7 +455,9 @@ fn finish_refusal(
             },
         );
     }
-    tracing::info!(client = %peer.addr, reason = r.reason(), status = resp.status().as_u16(), "refused");
+    if decision == "deny" {
+        tracing::info!(client = %peer.addr, reason, status = resp.status().as_u16(), "refused");
+    }
     resp
 }
 
@@ -348,22 +520,57 @@ async fn forward(
             return Err(refusal);
         }
     };
+    // Art 13.2.5: no saving of displayed records.
+    if live.policy.block_downloads && is_attachment(resp.headers()) {
+        return Err(Refusal::DownloadBlocked);
+    }
+    let print_guard = live.policy.blank_print && is_plain_html(resp.headers());
     gate.metrics
         .requests
         .with_label_values(&[ingress, "allow", "allowed"])
         .inc();
     let status = resp.status().as_u16();
-    Ok(resp.map(|body| {
-        AuditedBody {
-            inner: body,
-            audit: gate.audit.clone(),
-            rid,
-            status,
-            bytes: 0,
-            started,
-        }
-        .boxed()
-    }))
+    let (mut parts, body) = resp.into_parts();
+    if print_guard {
+        // The length changes: let hyper frame the body.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let body = AuditedBody {
+        inner: body,
+        audit: gate.audit.clone(),
+        rid,
+        status,
+        bytes: 0,
+        started,
+        trailer: print_guard.then_some(PRINT_GUARD),
+    };
+    Ok(Response::from_parts(parts, body.boxed()))
+}
+
+/// Appended to HTML pages: browsers apply a `<style>` wherever it stands, so printing shows
+/// a blank page (art 13.2.5). A page's own CSP may forbid inline styles; see the README.
+pub const PRINT_GUARD: &[u8] = b"<style media=\"print\">html,body{display:none!important}</style>";
+
+fn is_attachment(h: &http::HeaderMap) -> bool {
+    h.get(header::CONTENT_DISPOSITION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("attachment")
+        })
+}
+
+/// HTML that is not compressed (appending to a compressed stream would corrupt it).
+fn is_plain_html(h: &http::HeaderMap) -> bool {
+    let html = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/html"));
+    let encoded = h
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v != HeaderValue::from_static("identity"));
+    html && !encoded
 }
 
 /// The EMR's response body, counted; its outcome line is written when it ends or is dropped.
@@ -374,6 +581,8 @@ struct AuditedBody {
     status: u16,
     bytes: u64,
     started: Instant,
+    /// Bytes appended after the EMR's body (the print guard), sent once.
+    trailer: Option<&'static [u8]>,
 }
 
 impl HttpBody for AuditedBody {
@@ -393,17 +602,27 @@ impl HttpBody for AuditedBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => match this.trailer.take() {
+                Some(t) => {
+                    this.bytes += t.len() as u64;
+                    Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(t)))))
+                }
+                None => Poll::Ready(None),
+            },
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.trailer.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        if self.trailer.is_some() {
+            SizeHint::default()
+        } else {
+            self.inner.size_hint()
+        }
     }
 }
 

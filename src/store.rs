@@ -18,7 +18,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use time::Date;
 
 use crate::consent;
-use crate::model::{Consent, Physician, SuspendReason, Terminal, Withdrawal};
+use crate::model::{Consent, Physician, SuspendReason, Terminal, TerminalKind, Withdrawal};
 
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -127,7 +127,8 @@ impl Store {
         self.flush()
     }
 
-    fn update_physician(
+    /// Applies `f` to a physician atomically and flushes.
+    pub fn update_physician(
         &self,
         id: &str,
         f: impl Fn(&mut Physician),
@@ -200,7 +201,7 @@ impl Store {
     // ---- terminals (art 6.2, 12.7) ----
 
     pub fn add_terminal(&self, t: &Terminal) -> Result<(), StoreError> {
-        if self.physician(&t.physician)?.is_none() {
+        if t.kind == TerminalKind::Terminal && self.physician(&t.physician)?.is_none() {
             return Err(StoreError::NotFound(format!(
                 "no physician {:?}",
                 t.physician
@@ -371,6 +372,10 @@ mod tests {
             site: "s".into(),
             suspended: None,
             registered: "2026-01-01T00:00:00+09:00".into(),
+            password_hash: None,
+            must_change_password: false,
+            failed_logins: 0,
+            locked_until: None,
         }
     }
 
@@ -383,6 +388,7 @@ mod tests {
             not_after: "2030-01-01T00:00:00+09:00".into(),
             revoked: false,
             registered: "2026-01-01T00:00:00+09:00".into(),
+            kind: crate::model::TerminalKind::Terminal,
         }
     }
 

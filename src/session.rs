@@ -1,0 +1,265 @@
+//! Sign-in sessions: a random 256-bit token in a `Secure; HttpOnly; SameSite=Strict` cookie,
+//! kept server-side (in memory, sharded so that no one lock serialises requests), bound to the
+//! terminal that signed in, with an idle timeout and an absolute lifetime. A restart signs
+//! everyone out, which is the safe direction.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use time::OffsetDateTime;
+
+/// Cookie name (the `__Host-` prefix makes browsers insist on Secure, Path=/ and no Domain).
+pub const COOKIE: &str = "__Host-seibo_session";
+
+const SHARDS: usize = 32;
+
+/// One signed-in physician on one terminal.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub physician: String,
+    /// The terminal credential (fingerprint) that signed in; the cookie works nowhere else.
+    pub terminal: String,
+    pub created: Instant,
+    pub last_seen: Instant,
+    /// Wall-clock end of the absolute lifetime (shown to the physician).
+    pub expires_at: OffsetDateTime,
+    /// True until a one-time password has been changed.
+    pub must_change_password: bool,
+}
+
+/// Why a cookie does not open a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRefusal {
+    #[error("not signed in")]
+    Missing,
+    #[error("the session has ended")]
+    Expired,
+    #[error("the session belongs to another terminal")]
+    WrongTerminal,
+}
+
+impl SessionRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            SessionRefusal::Missing => "no-session",
+            SessionRefusal::Expired => "session-expired",
+            SessionRefusal::WrongTerminal => "session-wrong-terminal",
+        }
+    }
+}
+
+/// The server-side session table.
+#[derive(Debug)]
+pub struct Sessions {
+    shards: Vec<Mutex<HashMap<[u8; 32], Session>>>,
+    pub idle: Duration,
+    pub lifetime: Duration,
+}
+
+/// Tokens are stored by their SHA-256, so a memory dump does not hand out live cookies.
+fn key(token: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut k = [0u8; 32];
+    k.copy_from_slice(d.as_ref());
+    k
+}
+
+impl Sessions {
+    pub fn new(idle: Duration, lifetime: Duration) -> Sessions {
+        Sessions {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            idle,
+            lifetime,
+        }
+    }
+
+    fn shard(&self, k: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Session>> {
+        &self.shards[k[0] as usize % SHARDS]
+    }
+
+    fn with_shard<R>(
+        &self,
+        k: &[u8; 32],
+        f: impl FnOnce(&mut HashMap<[u8; 32], Session>) -> R,
+    ) -> R {
+        let mut guard = match self.shard(k).lock() {
+            Ok(g) => g,
+            // A panic while holding the lock cannot leave a half-written session behind
+            // (inserts and removes are single operations): keep going.
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Opens a session and returns its token (64 hex characters = 256 bits).
+    pub fn create(
+        &self,
+        physician: &str,
+        terminal: &str,
+        must_change_password: bool,
+    ) -> (String, Session) {
+        let token = hex::encode(rand::rng().random::<[u8; 32]>());
+        let now = Instant::now();
+        let s = Session {
+            physician: physician.to_string(),
+            terminal: terminal.to_string(),
+            created: now,
+            last_seen: now,
+            expires_at: OffsetDateTime::now_utc()
+                + time::Duration::try_from(self.lifetime).unwrap_or(time::Duration::HOUR),
+            must_change_password,
+        };
+        let k = key(&token);
+        self.with_shard(&k, |m| m.insert(k, s.clone()));
+        (token, s)
+    }
+
+    /// Checks a token presented by `terminal` and refreshes its idle timer.
+    pub fn check(&self, token: &str, terminal: &str) -> Result<Session, SessionRefusal> {
+        let k = key(token);
+        let (idle, lifetime) = (self.idle, self.lifetime);
+        self.with_shard(&k, |m| {
+            let Some(s) = m.get_mut(&k) else {
+                return Err(SessionRefusal::Missing);
+            };
+            let now = Instant::now();
+            if now.duration_since(s.last_seen) > idle || now.duration_since(s.created) > lifetime {
+                m.remove(&k);
+                return Err(SessionRefusal::Expired);
+            }
+            if s.terminal != terminal {
+                // Replayed from another terminal: the stolen cookie is burnt for both.
+                m.remove(&k);
+                return Err(SessionRefusal::WrongTerminal);
+            }
+            s.last_seen = now;
+            Ok(s.clone())
+        })
+    }
+
+    pub fn password_changed(&self, token: &str) {
+        let k = key(token);
+        self.with_shard(&k, |m| {
+            if let Some(s) = m.get_mut(&k) {
+                s.must_change_password = false;
+            }
+        });
+    }
+
+    pub fn end(&self, token: &str) {
+        let k = key(token);
+        self.with_shard(&k, |m| m.remove(&k));
+    }
+
+    /// Ends every session matching `pred` (suspension, revocation, password reset).
+    pub fn end_where(&self, pred: impl Fn(&Session) -> bool) -> usize {
+        let mut n = 0;
+        for shard in &self.shards {
+            let mut g = match shard.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let before = g.len();
+            g.retain(|_, s| !pred(s));
+            n += before - g.len();
+        }
+        n
+    }
+
+    /// Drops expired sessions (called periodically) and returns how many are open.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let (idle, lifetime) = (self.idle, self.lifetime);
+        let mut open = 0;
+        for shard in &self.shards {
+            let mut g = match shard.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            g.retain(|_, s| {
+                now.duration_since(s.last_seen) <= idle && now.duration_since(s.created) <= lifetime
+            });
+            open += g.len();
+        }
+        open
+    }
+}
+
+/// The session token from a `Cookie` header, if any.
+pub fn token_from_cookies(headers: &http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// `Set-Cookie` for a new session.
+pub fn set_cookie(token: &str) -> String {
+    format!("{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict")
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_cookie() -> String {
+    format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn art_13_1_session_is_bound_to_its_terminal() {
+        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let (t, _) = s.create("dr1", "fp-a", false);
+        assert_eq!(t.len(), 64);
+        assert!(s.check(&t, "fp-a").is_ok());
+        assert_eq!(
+            s.check(&t, "fp-b").unwrap_err(),
+            SessionRefusal::WrongTerminal
+        );
+        // The replayed cookie is burnt for the original terminal too.
+        assert_eq!(s.check(&t, "fp-a").unwrap_err(), SessionRefusal::Missing);
+    }
+
+    #[test]
+    fn art_13_1_idle_timeout_ends_the_session() {
+        let s = Sessions::new(Duration::from_millis(30), Duration::from_secs(3600));
+        let (t, _) = s.create("dr1", "fp", false);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(s.check(&t, "fp").unwrap_err(), SessionRefusal::Expired);
+    }
+
+    #[test]
+    fn end_where_ends_a_physicians_sessions() {
+        let s = Sessions::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let (a, _) = s.create("dr1", "fp1", false);
+        let (b, _) = s.create("dr2", "fp2", false);
+        assert_eq!(s.end_where(|x| x.physician == "dr1"), 1);
+        assert!(s.check(&a, "fp1").is_err());
+        assert!(s.check(&b, "fp2").is_ok());
+        assert_eq!(s.sweep(), 1);
+    }
+
+    #[test]
+    fn cookie_parsing_takes_only_our_well_formed_token() {
+        let mut h = http::HeaderMap::new();
+        let tok = "a".repeat(64);
+        h.insert(
+            http::header::COOKIE,
+            format!("x=1; {COOKIE}={tok}; y=2").parse().unwrap(),
+        );
+        assert_eq!(token_from_cookies(&h), Some(tok));
+        h.insert(
+            http::header::COOKIE,
+            format!("{COOKIE}=zz").parse().unwrap(),
+        );
+        assert_eq!(token_from_cookies(&h), None);
+    }
+}

@@ -1,0 +1,559 @@
+//! The gateway's own pages under `/.seibo/`: sign-in, password change, sign-out and "who am
+//! I" (art 6.3, 13.1). The terminal's credential is the first factor (checked before any of
+//! this runs); the physician's ID and password are the second. The physician must be the one
+//! the terminal is registered to. Every attempt is audited by the request path.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use time::OffsetDateTime;
+
+use crate::auth;
+use crate::clock;
+use crate::decision::{Refusal, Verdict};
+use crate::identity::Who;
+use crate::pages::{self, escape, Body, Page};
+use crate::route::RouteError;
+use crate::service::{Gate, Live, Peer};
+use crate::session::{self, SessionRefusal};
+
+pub const PREFIX: &str = "/.seibo/";
+pub const LOGIN_PATH: &str = "/.seibo/login";
+pub const PASSWORD_PATH: &str = "/.seibo/password";
+pub const LOGOUT_PATH: &str = "/.seibo/logout";
+pub const WHOAMI_PATH: &str = "/.seibo/whoami";
+
+/// Largest form body accepted.
+const MAX_FORM: usize = 8 * 1024;
+
+/// A page of the gateway's own, with what the audit records of it.
+pub struct OwnPage {
+    pub verdict: Verdict,
+    pub reason: &'static str,
+    pub response: Response<Body>,
+}
+
+/// True for the reserved prefix (never forwarded to the EMR).
+pub fn is_own_path(raw_target: &str) -> bool {
+    raw_target == "/.seibo" || raw_target.starts_with(PREFIX) || raw_target.starts_with("/.seibo?")
+}
+
+/// The sign-in page that returns to `next` afterwards.
+pub fn login_url(next: &str) -> String {
+    let q: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("next", next)
+        .finish();
+    format!("{LOGIN_PATH}?{q}")
+}
+
+/// A local path to return to after sign-in; anything else becomes the "who am I" page.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && !is_own_path(n)
+                && !n.chars().any(|c| c.is_control()) =>
+        {
+            n.to_string()
+        }
+        _ => WHOAMI_PATH.to_string(),
+    }
+}
+
+/// Checks the request's session: present, of this terminal, of this physician, and not
+/// waiting for a password change.
+pub fn check_session(
+    gate: &Gate,
+    who: &Who,
+    peer: &Peer,
+    headers: &http::HeaderMap,
+) -> Result<session::Session, Refusal> {
+    let token =
+        session::token_from_cookies(headers).ok_or(Refusal::Session(SessionRefusal::Missing))?;
+    let s = gate
+        .sessions
+        .check(&token, &peer.credential.fingerprint)
+        .map_err(Refusal::Session)?;
+    if s.physician != who.physician.id {
+        gate.sessions.end(&token);
+        return Err(Refusal::Session(SessionRefusal::Missing));
+    }
+    if s.must_change_password {
+        return Err(Refusal::PasswordChangeRequired);
+    }
+    Ok(s)
+}
+
+fn query_param(raw_target: &str, key: &str) -> Option<String> {
+    let q = raw_target.split_once('?')?.1;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
+}
+
+async fn read_form(req: Request<Incoming>) -> Option<Vec<(String, String)>> {
+    let body = Limited::new(req.into_body(), MAX_FORM)
+        .collect()
+        .await
+        .ok()?;
+    let bytes: Bytes = body.to_bytes();
+    Some(
+        form_urlencoded::parse(&bytes)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect(),
+    )
+}
+
+fn field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    form.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// A cross-site POST carries another Origin: refuse it (the cookie is SameSite=Strict too).
+fn same_origin(req: &Request<Incoming>) -> bool {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return true;
+    };
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
+    host.is_some_and(|h| origin.eq_ignore_ascii_case(&format!("https://{h}")))
+}
+
+fn own(verdict: Verdict, reason: &'static str, response: Response<Body>) -> OwnPage {
+    OwnPage {
+        verdict,
+        reason,
+        response,
+    }
+}
+
+fn allow(reason: &'static str, response: Response<Body>) -> OwnPage {
+    own(Verdict::Allow, reason, response)
+}
+
+fn deny(r: Refusal, reason: &'static str, response: Response<Body>) -> OwnPage {
+    own(Verdict::Deny(r), reason, response)
+}
+
+fn with_cookie(mut resp: Response<Body>, cookie: &str) -> Response<Body> {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+fn login_form(
+    live: &Live,
+    status: StatusCode,
+    notice_ja: &str,
+    notice_en: &str,
+    next: &str,
+) -> Response<Body> {
+    let extra = format!(
+        r#"<form method="post" action="{LOGIN_PATH}" autocomplete="off">
+<input type="hidden" name="next" value="{next}">
+<label for="id">利用者ID / ID</label><input type="text" id="id" name="id" required autofocus>
+<label for="password">パスワード / Password</label><input type="password" id="password" name="password" required>
+<button type="submit">サインイン / Sign in</button>
+</form>"#,
+        next = escape(next)
+    );
+    pages::page(
+        &Page {
+            status,
+            title_ja: "せい坊ネット サインイン",
+            title_en: "Seibo Net sign-in",
+            body_ja: notice_ja,
+            body_en: notice_en,
+            extra: &extra,
+            reason: "",
+        },
+        &live.site,
+    )
+}
+
+fn password_form(
+    live: &Live,
+    status: StatusCode,
+    notice_ja: &str,
+    notice_en: &str,
+) -> Response<Body> {
+    let extra = format!(
+        r#"<form method="post" action="{PASSWORD_PATH}" autocomplete="off">
+<label for="current">現在のパスワード / Current password</label><input type="password" id="current" name="current" required autofocus>
+<label for="new">新しいパスワード / New password</label><input type="password" id="new" name="new" required minlength="10">
+<button type="submit">変更する / Change</button>
+</form>"#
+    );
+    pages::page(
+        &Page {
+            status,
+            title_ja: "パスワードの変更",
+            title_en: "Change your password",
+            body_ja: notice_ja,
+            body_en: notice_en,
+            extra: &extra,
+            reason: "",
+        },
+        &live.site,
+    )
+}
+
+/// Serves a `/.seibo/` request for an identified terminal.
+pub async fn handle(
+    gate: &Gate,
+    live: &Live,
+    peer: &Peer,
+    who: &Who,
+    req: Request<Incoming>,
+    raw_target: &str,
+    now: OffsetDateTime,
+) -> OwnPage {
+    let path = raw_target.split('?').next().unwrap_or(raw_target);
+    let method = req.method().clone();
+    if method == Method::POST && !same_origin(&req) {
+        return deny(
+            Refusal::Route(RouteError::BadTarget("cross-origin-form")),
+            "cross-origin-form",
+            pages::refusal(
+                &Refusal::Route(RouteError::BadTarget("cross-origin-form")),
+                &live.site,
+            ),
+        );
+    }
+    match (method, path) {
+        (Method::GET, LOGIN_PATH) => {
+            let next = safe_next(query_param(raw_target, "next").as_deref());
+            let (ja, en) = if query_param(raw_target, "signed_out").is_some() {
+                ("サインアウトしました。", "You have signed out.")
+            } else {
+                (
+                    "登録された端末から、利用者IDとパスワードでサインインしてください。",
+                    "Sign in with your user ID and password, from your registered terminal.",
+                )
+            };
+            allow("signin-page", login_form(live, StatusCode::OK, ja, en, &next))
+        }
+        (Method::POST, LOGIN_PATH) => login(gate, live, peer, who, req, now).await,
+        (Method::GET, PASSWORD_PATH) => match session_token(gate, peer, who, req.headers()) {
+            Some(_) => allow(
+                "password-page",
+                password_form(
+                    live,
+                    StatusCode::OK,
+                    "10文字以上で、英小文字・英大文字・数字・記号のうち2種類以上を含めてください。",
+                    "At least 10 characters, mixing two or more of lower case, upper case, digits and symbols.",
+                ),
+            ),
+            None => deny(
+                Refusal::Session(SessionRefusal::Missing),
+                "no-session",
+                pages::redirect(&login_url(PASSWORD_PATH)),
+            ),
+        },
+        (Method::POST, PASSWORD_PATH) => change_password(gate, live, peer, who, req).await,
+        (Method::POST, LOGOUT_PATH) => {
+            if let Some(t) = session::token_from_cookies(req.headers()) {
+                gate.sessions.end(&t);
+            }
+            allow(
+                "signout",
+                with_cookie(
+                    pages::redirect(&format!("{LOGIN_PATH}?signed_out=1")),
+                    &session::clear_cookie(),
+                ),
+            )
+        }
+        (Method::GET, WHOAMI_PATH) => whoami(gate, live, peer, who, &req),
+        _ => deny(
+            Refusal::Route(RouteError::NoRoute),
+            "no-route",
+            pages::refusal(&Refusal::Route(RouteError::NoRoute), &live.site),
+        ),
+    }
+}
+
+/// The session token, if it is a valid session of this terminal and physician (a pending
+/// password change is fine here).
+fn session_token(gate: &Gate, peer: &Peer, who: &Who, headers: &http::HeaderMap) -> Option<String> {
+    let token = session::token_from_cookies(headers)?;
+    let s = gate
+        .sessions
+        .check(&token, &peer.credential.fingerprint)
+        .ok()?;
+    (s.physician == who.physician.id).then_some(token)
+}
+
+async fn verify_blocking(password: String, hash: Option<String>) -> bool {
+    let Some(hash) = hash else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+        .await
+        .unwrap_or(false)
+}
+
+async fn login(
+    gate: &Gate,
+    live: &Live,
+    peer: &Peer,
+    who: &Who,
+    req: Request<Incoming>,
+    now: OffsetDateTime,
+) -> OwnPage {
+    let metrics = &gate.metrics;
+    if !live.auth.password_required {
+        return allow("signin-not-required", pages::redirect(WHOAMI_PATH));
+    }
+    let Some(form) = read_form(req).await else {
+        return deny(
+            Refusal::Route(RouteError::BadTarget("bad-form")),
+            "bad-form",
+            pages::refusal(
+                &Refusal::Route(RouteError::BadTarget("bad-form")),
+                &live.site,
+            ),
+        );
+    };
+    let next = safe_next(field(&form, "next"));
+    let id = field(&form, "id").unwrap_or("").trim().to_string();
+    let password = field(&form, "password").unwrap_or("").to_string();
+    let mut p = who.physician.clone();
+
+    if let Some(until) = auth::locked_until(&p, now) {
+        metrics.signins.with_label_values(&["locked"]).inc();
+        let msg_ja = format!(
+            "パスワードの誤りが続いたため、このアカウントは {} までロックされています。",
+            escape(&clock::rfc3339(until))
+        );
+        let msg_en = "This account is locked after repeated wrong passwords. Please wait, or contact the office below.";
+        return deny(
+            Refusal::Session(SessionRefusal::Missing),
+            "login-locked",
+            login_form(live, StatusCode::FORBIDDEN, &msg_ja, msg_en, &next),
+        );
+    }
+    // The physician signing in must be the one the terminal is registered to.
+    let ok = id == p.id && verify_blocking(password, p.password_hash.clone()).await;
+    if !ok {
+        let lockout = time::Duration::try_from(live.auth.lockout).unwrap_or(time::Duration::MINUTE);
+        let locked = auth::record_failure(&mut p, now, live.auth.max_failures, lockout);
+        let saved = gate.store.update_physician(&p.id, |x| {
+            x.failed_logins = p.failed_logins;
+            x.locked_until = p.locked_until.clone();
+        });
+        if let Err(e) = saved {
+            tracing::error!(error = %e, "could not record a failed sign-in");
+        }
+        metrics
+            .signins
+            .with_label_values(&[if locked { "locked-now" } else { "failed" }])
+            .inc();
+        if locked {
+            metrics.lockouts.inc();
+        }
+        return deny(
+            Refusal::Session(SessionRefusal::Missing),
+            if locked { "login-locked-now" } else { "login-failed" },
+            login_form(
+                live,
+                StatusCode::UNAUTHORIZED,
+                "利用者IDまたはパスワードが正しくありません。5回続けて誤るとしばらくロックされます。",
+                "The user ID or password is wrong. After 5 wrong attempts in a row the account is locked for a while.",
+                &next,
+            ),
+        );
+    }
+    if p.failed_logins != 0 || p.locked_until.is_some() {
+        auth::record_success(&mut p);
+        if let Err(e) = gate.store.update_physician(&p.id, auth::record_success) {
+            tracing::error!(error = %e, "could not reset the failure count");
+        }
+    }
+    metrics.signins.with_label_values(&["ok"]).inc();
+    let (token, s) =
+        gate.sessions
+            .create(&p.id, &peer.credential.fingerprint, p.must_change_password);
+    let to = if s.must_change_password {
+        PASSWORD_PATH.to_string()
+    } else {
+        next
+    };
+    allow(
+        "login-ok",
+        with_cookie(pages::redirect(&to), &session::set_cookie(&token)),
+    )
+}
+
+async fn change_password(
+    gate: &Gate,
+    live: &Live,
+    peer: &Peer,
+    who: &Who,
+    req: Request<Incoming>,
+) -> OwnPage {
+    let Some(token) = session_token(gate, peer, who, req.headers()) else {
+        return deny(
+            Refusal::Session(SessionRefusal::Missing),
+            "no-session",
+            pages::redirect(&login_url(PASSWORD_PATH)),
+        );
+    };
+    let Some(form) = read_form(req).await else {
+        return deny(
+            Refusal::Route(RouteError::BadTarget("bad-form")),
+            "bad-form",
+            pages::refusal(
+                &Refusal::Route(RouteError::BadTarget("bad-form")),
+                &live.site,
+            ),
+        );
+    };
+    let current = field(&form, "current").unwrap_or("").to_string();
+    let new = field(&form, "new").unwrap_or("").to_string();
+    let p = &who.physician;
+    let failed = |ja: &str, en: &str| {
+        deny(
+            Refusal::PasswordChangeRequired,
+            "password-change-failed",
+            password_form(live, StatusCode::BAD_REQUEST, ja, &escape(en)),
+        )
+    };
+    if !verify_blocking(current.clone(), p.password_hash.clone()).await {
+        return failed(
+            "現在のパスワードが正しくありません。",
+            "The current password is wrong.",
+        );
+    }
+    if let Err(why) = auth::password_policy(&p.id, &current, &new) {
+        return failed("新しいパスワードが条件を満たしていません。", why);
+    }
+    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&new)).await {
+        Ok(Ok(h)) => h,
+        _ => {
+            return failed(
+                "パスワードを保存できませんでした。",
+                "The password could not be stored.",
+            )
+        }
+    };
+    let saved = gate.store.update_physician(&p.id, |x| {
+        x.password_hash = Some(hash.clone());
+        x.must_change_password = false;
+    });
+    if let Err(e) = saved {
+        tracing::error!(error = %e, "could not store a new password");
+        return failed(
+            "パスワードを保存できませんでした。",
+            "The password could not be stored.",
+        );
+    }
+    gate.sessions.password_changed(&token);
+    allow("password-changed", pages::redirect(WHOAMI_PATH))
+}
+
+fn whoami(gate: &Gate, live: &Live, peer: &Peer, who: &Who, req: &Request<Incoming>) -> OwnPage {
+    let session = if live.auth.password_required {
+        match check_session(gate, who, peer, req.headers()) {
+            Ok(s) => Some(s),
+            Err(r) => {
+                let resp = match r {
+                    Refusal::PasswordChangeRequired => pages::redirect(PASSWORD_PATH),
+                    _ => pages::redirect(&login_url(WHOAMI_PATH)),
+                };
+                let reason = r.reason();
+                return deny(r, reason, resp);
+            }
+        }
+    } else {
+        None
+    };
+    let expires = session
+        .as_ref()
+        .map(|s| clock::rfc3339(s.expires_at))
+        .unwrap_or_else(|| "—".into());
+    let idle = live.auth.idle_timeout.as_secs() / 60;
+    let extra = format!(
+        r#"<table>
+<tr><th>利用医 / Physician</th><td>{name} ({id})</td></tr>
+<tr><th>端末 / Terminal</th><td>{terminal}</td></tr>
+<tr><th>接続 / Connection</th><td>{ingress}</td></tr>
+<tr><th>セッション期限 / Session ends</th><td>{expires}（{idle}分間操作がない場合も終了 / also after {idle} min idle）</td></tr>
+</table>
+<form method="post" action="{LOGOUT_PATH}"><button type="submit">サインアウト / Sign out</button></form>"#,
+        name = escape(&who.physician.name),
+        id = escape(&who.physician.id),
+        terminal = escape(&who.terminal.name),
+        ingress = peer.ingress.as_str(),
+        expires = escape(&expires),
+    );
+    allow(
+        "whoami",
+        pages::page(
+            &Page {
+                status: StatusCode::OK,
+                title_ja: "サインイン中です",
+                title_en: "You are signed in",
+                body_ja: "表示した診療情報の印刷・保存はできません（運用規程 第13条）。",
+                body_en: "Viewed records must not be printed or saved (rules, article 13).",
+                extra: &extra,
+                reason: "",
+            },
+            &live.site,
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_must_stay_on_the_gateway() {
+        assert_eq!(
+            safe_next(Some("/patients/P1/labs?x=1")),
+            "/patients/P1/labs?x=1"
+        );
+        for bad in [
+            "//evil.example/",
+            "https://evil.example/",
+            "/\\evil",
+            "/.seibo/login",
+            "x",
+        ] {
+            assert_eq!(safe_next(Some(bad)), WHOAMI_PATH, "{bad}");
+        }
+        assert_eq!(safe_next(None), WHOAMI_PATH);
+    }
+
+    #[test]
+    fn own_paths_are_reserved() {
+        assert!(is_own_path("/.seibo/login"));
+        assert!(is_own_path("/.seibo"));
+        assert!(!is_own_path("/.seibox"));
+        assert!(!is_own_path("/patients/P1/labs"));
+    }
+
+    #[test]
+    fn login_url_round_trips_next() {
+        let u = login_url("/patients/P001/labs?a=1&b=2");
+        assert_eq!(
+            query_param(&u, "next").as_deref(),
+            Some("/patients/P001/labs?a=1&b=2")
+        );
+    }
+}
