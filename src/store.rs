@@ -327,6 +327,13 @@ impl Store {
     /// Records an allowed view: `last_view` becomes `today` (art 8.3 extension). Atomic against
     /// a concurrent withdrawal or deletion: a removed consent stays removed.
     pub fn touch_consent(&self, patient: &str, today: Date) -> Result<(), StoreError> {
+        // Most views are not the first of the day: a read is enough for them (no write, no
+        // contention on the key).
+        if let Some(c) = self.consent(patient)? {
+            if c.last_view == Some(today) || c.withdrawn.is_some() {
+                return Ok(());
+            }
+        }
         self.consents.fetch_and_update(patient, |old| {
             let old = old?;
             match serde_json::from_slice::<Consent>(old) {
