@@ -330,7 +330,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
          \t\tiif \"lo\" accept\n\
          \t\t# IPv6 cannot work without neighbour discovery\n\
          \t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept\n\
-         \t\ticmpv6 type mld-listener-query accept\n",
+         \t\ticmpv6 type mld-listener-query ip6 saddr fe80::/10 accept\n",
     );
     for line in input.lines() {
         let _ = writeln!(out, "\t{line}");
