@@ -115,6 +115,9 @@ fn rendered_metrics() -> String {
         .with_label_values(&["internet"])
         .set(1_900_000_000);
     m.reloads.with_label_values(&["ok"]).inc();
+    m.signins.with_label_values(&["failed"]).inc();
+    m.lockouts.inc();
+    m.sessions.set(2);
     m.up.set(1);
     m.render()
 }
@@ -389,8 +392,8 @@ fn promtool_check_rules(promtool: &Path, file: &Path) {
     );
 }
 
-/// Art 12.8: the alert rules (gateway down, error ratio, refusal spike, audit write failures,
-/// EMR unreachable, certificate expiring within 30 days) pass `promtool check rules`, and their
+/// Art 12.8: the alert rules (gateway down, error ratio, refusal spike, repeated sign-in
+/// failures, audit write failures, EMR unreachable, certificate expiring within 30 days) pass `promtool check rules`, and their
 /// unit tests (`dashboards/alerts.test.yml`) pass `promtool test rules`.
 #[test]
 fn alert_rules_pass_promtool() {
@@ -404,6 +407,7 @@ fn alert_rules_pass_promtool() {
         "SeiboGateAuditWriteFailures",
         "SeiboGateUpstreamUnreachable",
         "SeiboGateCertificateExpiringSoon",
+        "SeiboGateRepeatedSignInFailures",
     ] {
         assert!(
             yaml.contains(&format!("- alert: {alert}\n")),
@@ -489,6 +493,9 @@ fn dashboards_and_alerts_name_only_exported_metrics() {
         "seibo_gate_upstream_errors_total",
         "seibo_gate_consent_events_total",
         "seibo_gate_certificate_expiry_timestamp_seconds",
+        "seibo_gate_signin_attempts_total",
+        "seibo_gate_signin_lockouts_total",
+        "seibo_gate_sessions",
         "seibo_gate_up",
     ] {
         assert!(
