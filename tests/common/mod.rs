@@ -1,0 +1,924 @@
+//! Shared harness for the integration tests: the real `seibo-gate` binary serving a site made
+//! by `seibo-gate init` in a fresh temporary directory, a real HTTP upstream playing the EMR
+//! (the binary's own `sample-emr`, or a recording server inside the test), the admin CLI, a
+//! rustls client (ring only) that keeps one keep-alive connection, and `curl`.
+//!
+//! Every wait is bounded in time; all traffic goes to 127.0.0.1.
+
+#![allow(dead_code)] // each test crate uses a different part of the harness
+
+use std::io::Read;
+use std::net::TcpStream as StdTcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_seibo-gate");
+
+/// Longest wait for a process to come up or go down.
+pub const START_LIMIT: Duration = Duration::from_secs(15);
+/// Longest wait for one HTTP exchange.
+pub const REQUEST_LIMIT: Duration = Duration::from_secs(20);
+
+/// A free loopback port (bind port 0, read it, drop the socket).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// True once `127.0.0.1:port` accepts a TCP connection (bounded by `limit`).
+pub fn wait_for_tcp(port: u16, limit: Duration) -> bool {
+    let start = Instant::now();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    while start.elapsed() < limit {
+        if StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Today's calendar date in Japan (UTC+9), as the gateway counts days.
+pub fn today_jst() -> time::Date {
+    let jst = time::UtcOffset::from_hms(9, 0, 0).expect("+09:00");
+    time::OffsetDateTime::now_utc().to_offset(jst).date()
+}
+
+/// `YYYY-MM-DD`.
+pub fn ymd(d: time::Date) -> String {
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// Sends SIGTERM to a process (the gateway stops gracefully on it).
+fn sigterm(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Waits (bounded) for a child to exit; kills it with SIGKILL when the time is up.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+// ---------------------------------------------------------------------------------------------
+// The EMR
+
+/// The binary's sample EMR (`seibo-gate sample-emr`) as a child process.
+pub struct SampleEmr {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl SampleEmr {
+    pub fn start() -> SampleEmr {
+        let port = free_port();
+        let child = Command::new(BIN)
+            .args(["sample-emr", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sample-emr");
+        let mut emr = SampleEmr {
+            port,
+            child: Some(child),
+        };
+        assert!(
+            wait_for_tcp(port, START_LIMIT),
+            "sample EMR did not listen on 127.0.0.1:{port} within {START_LIMIT:?}"
+        );
+        if let Some(c) = emr.child.as_mut() {
+            assert!(
+                matches!(c.try_wait(), Ok(None)),
+                "sample EMR exited at start"
+            );
+        }
+        emr
+    }
+
+    /// Stops the EMR (SIGKILL) and waits until its port refuses connections.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for SampleEmr {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What the recording EMR received for one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// The request target exactly as it arrived (origin-form).
+    pub target: String,
+    /// Lower-case names, in arrival order (repeated headers appear repeatedly).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    /// Every value of a header.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The single value of a header (panics when it is absent or repeated).
+    pub fn one(&self, name: &str) -> &str {
+        let v = self.all(name);
+        assert_eq!(v.len(), 1, "header {name} in {:?}", self.headers);
+        v[0]
+    }
+}
+
+/// An in-test upstream that records exactly what the gateway sent it and answers 200 with
+/// `recording EMR saw <target>`. Runs on its own thread and runtime.
+pub struct RecordingEmr {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RecordingEmr {
+    pub fn start() -> RecordingEmr {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind EMR");
+        std_listener.set_nonblocking(true).expect("nonblocking");
+        let port = std_listener.local_addr().expect("addr").port();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let seen2 = seen.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("EMR runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(std_listener).expect("tokio listener");
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = &mut stop_rx => return,
+                    };
+                    let Ok((stream, _)) = accepted else { continue };
+                    let seen = seen2.clone();
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(
+                            move |req: hyper::Request<hyper::body::Incoming>| {
+                                let seen = seen.clone();
+                                async move {
+                                    let target = req
+                                        .uri()
+                                        .path_and_query()
+                                        .map(|p| p.as_str().to_string())
+                                        .unwrap_or_default();
+                                    let headers = req
+                                        .headers()
+                                        .iter()
+                                        .map(|(k, v)| {
+                                            (
+                                                k.as_str().to_string(),
+                                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                                            )
+                                        })
+                                        .collect();
+                                    let body = format!("recording EMR saw {target}\n");
+                                    if let Ok(mut s) = seen.lock() {
+                                        s.push(Seen {
+                                            method: req.method().to_string(),
+                                            target,
+                                            headers,
+                                        });
+                                    }
+                                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                        Full::new(Bytes::from(body)),
+                                    ))
+                                }
+                            },
+                        );
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        RecordingEmr {
+            port,
+            seen,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Everything received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    pub fn clear(&self) {
+        if let Ok(mut s) = self.seen.lock() {
+            s.clear();
+        }
+    }
+}
+
+impl Drop for RecordingEmr {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The gateway
+
+/// A terminal's credential files, as written by `terminal add`.
+#[derive(Debug, Clone)]
+pub struct Terminal {
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A site made by `seibo-gate init` in a temporary directory, optionally serving.
+pub struct Gate {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Gate {
+    /// `seibo-gate init` for site `test-site` with the EMR at `127.0.0.1:emr_port`.
+    pub fn init(emr_port: u16) -> Gate {
+        Gate::init_site("test-site", emr_port)
+    }
+
+    pub fn init_site(site: &str, emr_port: u16) -> Gate {
+        let dir = tempfile::Builder::new()
+            .prefix("seibo-gate-it-")
+            .tempdir()
+            .expect("tempdir");
+        let port = free_port();
+        let out = Command::new(BIN)
+            .arg("init")
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--site", site])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--upstream", &format!("http://127.0.0.1:{emr_port}")])
+            .args(["--private", "127.0.0.0/8"])
+            .output()
+            .expect("run init");
+        assert!(out.status.success(), "init failed: {}", show(&out));
+        let config = dir.path().join("gate.toml");
+        // `init` always writes the metrics endpoint on 127.0.0.1:9464; tests run in parallel,
+        // so each site gets a port of its own.
+        let text = std::fs::read_to_string(&config).expect("read gate.toml");
+        let text = text.replace(
+            "listen = \"127.0.0.1:9464\"",
+            &format!("listen = \"127.0.0.1:{}\"", free_port()),
+        );
+        std::fs::write(&config, text).expect("write gate.toml");
+        Gate {
+            dir,
+            config,
+            port,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Test-bench mode (`[auth] password = "off"`): the terminal credential alone lets a
+    /// physician through, without the sign-in (art 13.1 second factor). For tests that prove
+    /// the other rules and speak to the EMR directly; call before `start`.
+    pub fn terminal_credential_only(&self) {
+        let text = std::fs::read_to_string(&self.config).expect("read gate.toml");
+        assert!(
+            text.contains("password = \"required\""),
+            "gate.toml written by init has no [auth] password = \"required\""
+        );
+        std::fs::write(
+            &self.config,
+            text.replacen("password = \"required\"", "password = \"off\"", 1),
+        )
+        .expect("write gate.toml");
+        let out = self.cli(&["check-config"]);
+        assert!(out.status.success(), "bench config: {}", show(&out));
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca/terminal-ca.crt")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.path("state/admin.sock")
+    }
+
+    pub fn audit_dir(&self) -> PathBuf {
+        self.path("state/audit")
+    }
+
+    fn log_path(&self, n: u32) -> PathBuf {
+        self.path(&format!("serve-{n}.log"))
+    }
+
+    /// The gateway's log of its latest run (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path(self.starts)).unwrap_or_default()
+    }
+
+    /// Spawns `seibo-gate serve` without waiting.
+    pub fn spawn(&mut self) -> &mut Child {
+        assert!(self.child.is_none(), "gateway already running");
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
+        let log2 = log.try_clone().expect("log file");
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("SEIBO_GATE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .expect("spawn serve");
+        self.child.insert(child)
+    }
+
+    /// `seibo-gate serve`, waiting (bounded) until the TLS port and the admin socket answer.
+    pub fn start(&mut self) {
+        self.spawn();
+        let start = Instant::now();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    self.child = None;
+                    panic!("serve exited at start ({status}):\n{}", self.log());
+                }
+            }
+            let tcp = StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+            let admin = tcp && self.admin_answers();
+            if tcp && admin {
+                return;
+            }
+            assert!(
+                start.elapsed() < START_LIMIT,
+                "serve did not come up within {START_LIMIT:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// True when a gateway answers a read-only request on the admin socket.
+    fn admin_answers(&self) -> bool {
+        use std::io::Write;
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(self.admin_socket()) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        if s.write_all(b"{\"op\":\"physician-list\"}\n").is_err()
+            || s.shutdown(std::net::Shutdown::Write).is_err()
+        {
+            return false;
+        }
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).is_ok() && resp.contains("\"ok\":true")
+    }
+
+    /// Waits (bounded) for a spawned `serve` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        wait_exit(&mut c, limit)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and a bounded wait for the graceful stop; true when it stopped by itself.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        sigterm(c.id());
+        wait_exit(&mut c, START_LIMIT).is_some_and(|s| s.success())
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Runs `seibo-gate ARGS --config D/gate.toml`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run seibo-gate")
+    }
+
+    /// Runs the CLI and asserts it succeeded; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "seibo-gate {args:?} failed: {}",
+            show(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn add_physician(&self, id: &str) {
+        self.ok(&[
+            "physician",
+            "add",
+            "--id",
+            id,
+            "--name",
+            &format!("Dr {id}"),
+        ]);
+    }
+
+    /// `terminal add` into D/terms; the files it wrote.
+    pub fn add_terminal(&self, physician: &str, name: &str) -> Terminal {
+        let out = self.path("terms");
+        self.ok(&[
+            "terminal",
+            "add",
+            "--physician",
+            physician,
+            "--name",
+            name,
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ]);
+        let t = Terminal {
+            name: name.to_string(),
+            cert: out.join(format!("{name}.crt")),
+            key: out.join(format!("{name}.key")),
+        };
+        assert!(t.cert.exists() && t.key.exists(), "terminal files {t:?}");
+        t
+    }
+
+    /// Consent by the patient, published on `published`.
+    pub fn grant(&self, patient: &str, published: time::Date) {
+        self.ok(&[
+            "consent",
+            "grant",
+            "--patient",
+            patient,
+            "--by",
+            "patient",
+            "--published",
+            &ymd(published),
+            "--form-ref",
+            &format!("F6-{patient}"),
+        ]);
+    }
+
+    pub fn withdraw(&self, patient: &str) {
+        self.ok(&[
+            "consent",
+            "withdraw",
+            "--patient",
+            patient,
+            "--form-ref",
+            &format!("F7-{patient}"),
+        ]);
+    }
+
+    /// `audit query --json`, one JSON value per line.
+    pub fn audit_rows(&self) -> Vec<serde_json::Value> {
+        self.ok(&["audit", "query", "--json"])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("audit query line is JSON"))
+            .collect()
+    }
+
+    /// Audit rows of client requests (not admin changes).
+    pub fn request_rows(&self) -> Vec<serde_json::Value> {
+        self.audit_rows()
+            .into_iter()
+            .filter(|r| r["ingress"] == "mtls")
+            .collect()
+    }
+
+    /// Polls (bounded) until `n` client request rows all carry their outcome status.
+    pub fn request_rows_settled(&self, n: usize) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let rows = self.request_rows();
+            if rows.len() >= n && rows.iter().all(|r| r["status"].is_u64()) {
+                return rows;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "audit rows did not settle: want {n} with status, have {rows:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A rustls client config presenting `t`.
+    pub fn client(&self, t: &Terminal) -> Arc<ClientConfig> {
+        client_config(&self.ca(), Some(t))
+    }
+
+    /// `curl` a path on this gateway with terminal `t` (`--path-as-is`: no client-side
+    /// normalisation). Extra arguments go before the URL.
+    pub fn curl(&self, t: Option<&Terminal>, path: &str, extra: &[&str]) -> CurlReply {
+        curl(self.port, &self.ca(), t, path, extra)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- seibo-gate serve log ({}) ---\n{}",
+                self.dir.path().display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// A process output for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "{}\nstdout: {}\nstderr: {}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// curl
+
+/// What curl got.
+#[derive(Debug)]
+pub struct CurlReply {
+    /// curl's exit code.
+    pub exit: i32,
+    /// The HTTP status, when a response arrived.
+    pub status: Option<u16>,
+    pub headers: String,
+    pub body: String,
+    pub stderr: String,
+}
+
+/// Asserts curl is installed (these tests never skip).
+pub fn require_curl() {
+    let v = Command::new("curl").arg("--version").output();
+    assert!(
+        v.is_ok_and(|o| o.status.success()),
+        "curl must be installed to run the integration tests"
+    );
+}
+
+pub fn curl(port: u16, ca: &Path, t: Option<&Terminal>, path: &str, extra: &[&str]) -> CurlReply {
+    require_curl();
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-i", "--path-as-is", "--max-time", "20"])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg("--cacert")
+        .arg(ca);
+    if let Some(t) = t {
+        c.arg("--cert").arg(&t.cert).arg("--key").arg(&t.key);
+    }
+    c.args(extra).arg(format!("https://localhost:{port}{path}"));
+    let out = c.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = match text.split_once("\r\n\r\n") {
+        Some((h, b)) => (h.to_string(), b.to_string()),
+        None => (text.clone(), String::new()),
+    };
+    let status = head
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("HTTP/"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok());
+    CurlReply {
+        exit: out.status.code().unwrap_or(-1),
+        status,
+        headers: head.to_ascii_lowercase(),
+        body,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The rustls client
+
+/// Client config (ring provider only) trusting `ca`, presenting `terminal` when given.
+pub fn client_config(ca: &Path, terminal: Option<&Terminal>) -> Arc<ClientConfig> {
+    client_config_with_roots(ca, terminal)
+}
+
+fn client_config_with_roots(ca: &Path, terminal: Option<&Terminal>) -> Arc<ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for c in seibo_gate::pki::load_certs(ca).expect("CA certificate") {
+        roots.add(c).expect("add root");
+    }
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let mut cfg = match terminal {
+        Some(t) => builder
+            .with_client_auth_cert(
+                seibo_gate::pki::load_certs(&t.cert).expect("terminal cert"),
+                seibo_gate::pki::load_key(&t.key).expect("terminal key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// TCP + TLS to the gateway on 127.0.0.1, server name `localhost`.
+pub async fn tls_connect(
+    port: u16,
+    cfg: Arc<ClientConfig>,
+) -> anyhow::Result<TlsStream<TcpStream>> {
+    let tcp = tokio::time::timeout(REQUEST_LIMIT, TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .context("TCP connect timed out")??;
+    let name = ServerName::try_from("localhost").context("server name")?;
+    let tls = tokio::time::timeout(REQUEST_LIMIT, TlsConnector::from(cfg).connect(name, tcp))
+        .await
+        .context("TLS handshake timed out")?
+        .context("TLS handshake")?;
+    Ok(tls)
+}
+
+/// One HTTP response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection over mutual TLS: every request on it uses the same
+/// TCP connection (a request on a connection the server closed is an error, never a retry).
+pub struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    driver: Option<tokio::task::JoinHandle<hyper::Result<()>>>,
+    port: u16,
+}
+
+impl Conn {
+    pub async fn open(port: u16, cfg: Arc<ClientConfig>) -> anyhow::Result<Conn> {
+        let tls = tls_connect(port, cfg).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .context("HTTP/1.1 handshake")?;
+        let driver = tokio::spawn(conn);
+        Ok(Conn {
+            sender,
+            driver: Some(driver),
+            port,
+        })
+    }
+
+    /// Why the connection ended (the TLS alert, for instance), once its driver has stopped.
+    async fn ended(&mut self) -> String {
+        let Some(d) = self.driver.take() else {
+            return String::new();
+        };
+        match tokio::time::timeout(Duration::from_secs(2), d).await {
+            Ok(Ok(Err(e))) => {
+                let mut msg = format!(" (connection: {e}");
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                msg.push(')');
+                msg
+            }
+            _ => String::new(),
+        }
+    }
+
+    pub async fn get(&mut self, target: &str) -> anyhow::Result<Reply> {
+        self.get_with(target, &[]).await
+    }
+
+    /// GET `target` (sent as written) with extra request headers.
+    pub async fn get_with(
+        &mut self,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> anyhow::Result<Reply> {
+        let ready = tokio::time::timeout(REQUEST_LIMIT, self.sender.ready())
+            .await
+            .context("connection not ready in time")?;
+        if let Err(e) = ready {
+            let why = self.ended().await;
+            bail!("connection closed: {e}{why}");
+        }
+        let mut b = http::Request::get(target)
+            .header(http::header::HOST, format!("localhost:{}", self.port));
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Empty::new()).context("build request")?;
+        let resp = tokio::time::timeout(REQUEST_LIMIT, self.sender.send_request(req))
+            .await
+            .context("response timed out")?;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let why = self.ended().await;
+                bail!("request failed: {e}{why}");
+            }
+        };
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(REQUEST_LIMIT, body.collect())
+            .await
+            .context("body timed out")?
+            .context("body failed")?
+            .to_bytes();
+        Ok(Reply {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Some(d) = self.driver.take() {
+            d.abort();
+        }
+    }
+}
+
+/// Opens a connection and sends one GET: the whole exchange, or why it failed.
+pub async fn get_once(port: u16, cfg: Arc<ClientConfig>, target: &str) -> anyhow::Result<Reply> {
+    let mut c = Conn::open(port, cfg).await?;
+    c.get(target).await
+}
+
+/// How the server ends a TLS connection that sends nothing: the handshake (or, with TLS 1.3,
+/// the first read after it, where the client certificate's verdict arrives) fails with the
+/// server's alert. Returns that error text; `Err` when the server accepted the client (kept
+/// the connection open for `wait`).
+pub async fn refusal_at_handshake(
+    port: u16,
+    cfg: Arc<ClientConfig>,
+    wait: Duration,
+) -> anyhow::Result<String> {
+    let mut tls = match tls_connect(port, cfg).await {
+        Ok(t) => t,
+        Err(e) => return Ok(format!("{e:#}")),
+    };
+    let mut buf = [0u8; 1024];
+    match tokio::time::timeout(wait, tls.read(&mut buf)).await {
+        Err(_) => bail!("the server kept the connection open: the client was accepted"),
+        Ok(Ok(0)) => bail!("the server closed the connection without an alert"),
+        Ok(Ok(n)) => bail!("the server sent {n} bytes of application data"),
+        Ok(Err(e)) => Ok(e.to_string()),
+    }
+}
+
+/// Writes `request` raw over mutual TLS and reads until the server closes (send
+/// `Connection: close`); returns the status and the whole response text.
+pub async fn raw_request(
+    port: u16,
+    cfg: Arc<ClientConfig>,
+    request: &[u8],
+) -> anyhow::Result<(u16, String)> {
+    let mut tls = tls_connect(port, cfg).await?;
+    tls.write_all(request).await?;
+    tls.flush().await?;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(REQUEST_LIMIT, async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match tls.read(&mut chunk).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                // A peer closing without close_notify after the response is fine here.
+                Err(e) if !buf.is_empty() => {
+                    let _ = e;
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .context("raw response timed out")?;
+    read?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no HTTP status line in {text:?}"))?;
+    Ok((status, text))
+}
+
+/// Reads the whole of a file as bytes (helper for tamper tests).
+pub fn read_bytes(p: &Path) -> Vec<u8> {
+    let mut f = std::fs::File::open(p).expect("open");
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).expect("read");
+    v
+}
+
+/// Fails unless `cond` holds within `limit` (polled every 50 ms).
+pub fn eventually(
+    limit: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what}: not within {limit:?}")
+}

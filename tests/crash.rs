@@ -1,0 +1,129 @@
+//! Durability under `kill -9` (art 12.8: every access recorded; art 3, 6.2: the registries
+//! survive): the gateway is killed while allowed requests are running; after a restart on the
+//! same directory the store opens, the audit chain verifies, every answered request has its
+//! allowed audit record, and the registry still holds the physician.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Client tasks running the load.
+const CLIENTS: usize = 4;
+/// Upper bounds of the load: time and requests.
+const LOAD_LIMIT: Duration = Duration::from_secs(5);
+const MAX_REQUESTS: usize = 2000;
+/// Kill once this many requests were answered (or after KILL_AFTER, whichever is first).
+const KILL_AT_ANSWERS: usize = 400;
+const KILL_AFTER: Duration = Duration::from_secs(3);
+
+/// Art 12.8: a request answered with 200 has a durable allowed audit record, even when the
+/// gateway is killed with SIGKILL right after; the restarted gateway verifies the chain, opens
+/// the registry (art 3, 6.2) and serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn art_12_8_kill_9_under_load_loses_no_audited_request() {
+    let emr = SampleEmr::start();
+    let mut gate = Gate::init(emr.port);
+    gate.terminal_credential_only();
+    gate.start();
+    gate.add_physician("dr1");
+    let pc1 = gate.add_terminal("dr1", "pc1");
+    gate.grant("P001", today_jst());
+    let cfg = gate.client(&pc1);
+
+    let answered = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let (answered, sent, cfg) = (answered.clone(), sent.clone(), cfg.clone());
+        let port = gate.port;
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut conn) = Conn::open(port, cfg).await else {
+                return;
+            };
+            let path = format!("/patients/P001/{}", ["labs", "notes", "images", "basic"][i]);
+            while started.elapsed() < LOAD_LIMIT
+                && sent.fetch_add(1, Ordering::SeqCst) < MAX_REQUESTS
+            {
+                match conn.get(&path).await {
+                    Ok(r) if r.status == 200 => {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(r) => panic!("unexpected answer under load: {r:?}"),
+                    // The gateway was killed: this connection is gone.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+
+    // Let the load run, then SIGKILL the gateway in the middle of it.
+    while answered.load(Ordering::SeqCst) < KILL_AT_ANSWERS && started.elapsed() < KILL_AFTER {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.kill9();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("client task ends after the kill")
+            .expect("client task did not panic");
+    }
+    let answered = answered.load(Ordering::SeqCst);
+    assert!(answered > 0, "the load produced no answered request");
+    eprintln!(
+        "killed after {:?}: {answered} answered of {} sent",
+        started.elapsed(),
+        sent.load(Ordering::SeqCst).min(MAX_REQUESTS)
+    );
+
+    // Before any restart: the chain as the crash left it verifies, and every 200 is there.
+    let v = gate.cli(&["audit", "verify"]);
+    assert!(v.status.success(), "verify after kill -9: {}", show(&v));
+    let allowed = gate
+        .audit_rows()
+        .iter()
+        .filter(|r| r["ingress"] == "mtls" && r["patient"] == "P001" && r["decision"] == "allow")
+        .count();
+    assert!(
+        allowed >= answered,
+        "{answered} requests were answered 200 but only {allowed} allowed records are in the audit"
+    );
+
+    // Restart on the same directory: store and audit open, the gateway serves.
+    gate.start();
+    let r = get_once(gate.port, gate.client(&pc1), "/patients/P001/labs")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "after restart: {r:?}");
+    let v = gate.cli(&["audit", "verify"]);
+    assert!(v.status.success(), "verify after restart: {}", show(&v));
+
+    // The registry survived.
+    let list: serde_json::Value =
+        serde_json::from_str(&gate.ok(&["physician", "list", "--json"])).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "dr1" && p["suspended"].is_null()),
+        "physician dr1 lost: {list}"
+    );
+    let terms: serde_json::Value =
+        serde_json::from_str(&gate.ok(&["terminal", "list", "--json"])).unwrap();
+    assert!(
+        terms.as_array().unwrap().iter().any(|t| t["name"] == "pc1"),
+        "terminal pc1 lost: {terms}"
+    );
+    gate.ok(&["consent", "show", "--patient", "P001", "--json"]);
+
+    // A graceful stop now leaves a chain that verifies.
+    assert!(gate.stop(), "graceful stop:\n{}", gate.log());
+    let v = gate.cli(&["audit", "verify"]);
+    assert!(v.status.success(), "verify after stop: {}", show(&v));
+}
