@@ -259,6 +259,15 @@ small {{ color: #66737f; }}
     resp
 }
 
+/// The reason code a refusal page shows. Every consent refusal shows the same one, so that the
+/// page never tells whether the patient has a consent record (the audit keeps the precise one).
+fn page_reason(r: &Refusal) -> &'static str {
+    match r {
+        Refusal::Consent(_) => "consent",
+        _ => r.reason(),
+    }
+}
+
 /// The page for a refusal, with its status.
 pub fn refusal(r: &Refusal, site: &Site) -> Response<Body> {
     let t = text(r);
@@ -270,7 +279,7 @@ pub fn refusal(r: &Refusal, site: &Site) -> Response<Body> {
             body_ja: t.body_ja,
             body_en: t.body_en,
             extra: t.extra,
-            reason: r.reason(),
+            reason: page_reason(r),
         },
         site,
     )
