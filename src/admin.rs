@@ -484,6 +484,10 @@ async fn serve_one(stream: UnixStream, admin: &Admin) -> std::io::Result<()> {
     let n = BufReader::new(r.take(MAX_REQUEST as u64 + 1))
         .read_until(b'\n', &mut line)
         .await?;
+    if n == 0 {
+        // A connection that only probed the socket (readiness checks): nothing to answer.
+        return Ok(());
+    }
     let resp = if n > MAX_REQUEST {
         AdminResponse::err("request too long")
     } else {

@@ -52,6 +52,9 @@ enum Command {
         /// Private-segment network (repeatable); default: the upstream's address.
         #[arg(long = "private")]
         private: Vec<String>,
+        /// Prometheus scrape endpoint, or "off".
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: String,
     },
     /// Validate a config file; names the bad key and exits 64 when invalid.
     CheckConfig {
@@ -331,8 +334,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             upstream,
             private,
+            metrics,
         } => {
             let mut o = InitOptions::new(&dir);
+            o.metrics = match metrics.as_str() {
+                "off" => None,
+                m => Some(
+                    m.parse()
+                        .map_err(|e| anyhow!("--metrics {m:?}: not ADDR:PORT or \"off\": {e}"))?,
+                ),
+            };
             o.site = site;
             o.listen = listen;
             o.upstream = upstream;
