@@ -459,6 +459,11 @@ impl Gate {
         wait_exit(&mut c, START_LIMIT).is_some_and(|s| s.success())
     }
 
+    /// The running gateway's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn running(&mut self) -> bool {
         self.child
             .as_mut()
