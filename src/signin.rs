@@ -112,7 +112,17 @@ fn field<'a>(form: &'a [(String, String)], key: &str) -> Option<&'a str> {
 }
 
 /// A cross-site POST carries another Origin: refuse it (the cookie is SameSite=Strict too).
-fn same_origin(req: &Request<Incoming>) -> bool {
+/// Browsers send `Origin: null` for the gateway's own forms, because its pages are
+/// `Referrer-Policy: no-referrer`; their Fetch metadata (`Sec-Fetch-Site: same-origin`) is what
+/// tells such a post from a cross-site one. Clients without either (curl) are not browsers.
+fn same_origin<B>(req: &Request<B>) -> bool {
+    let fetch_site = req
+        .headers()
+        .get("sec-fetch-site")
+        .map(|v| v.as_bytes() == b"same-origin");
+    if fetch_site == Some(false) {
+        return false;
+    }
     let Some(origin) = req
         .headers()
         .get(header::ORIGIN)
@@ -120,6 +130,9 @@ fn same_origin(req: &Request<Incoming>) -> bool {
     else {
         return true;
     };
+    if origin == "null" {
+        return fetch_site == Some(true);
+    }
     let host = req
         .uri()
         .authority()
@@ -538,6 +551,40 @@ mod tests {
             assert_eq!(safe_next(Some(bad)), WHOAMI_PATH, "{bad}");
         }
         assert_eq!(safe_next(None), WHOAMI_PATH);
+    }
+
+    /// A real browser posts the sign-in form with `Origin: null` (the page is
+    /// `Referrer-Policy: no-referrer`) and `Sec-Fetch-Site: same-origin`.
+    #[test]
+    fn forms_from_the_gateways_own_pages_are_same_origin() {
+        let post = |headers: &[(&str, &str)]| {
+            let mut b = Request::post("/.seibo/login").header(header::HOST, "localhost:8443");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            same_origin(&b.body(()).unwrap())
+        };
+        assert!(post(&[]));
+        assert!(post(&[
+            ("origin", "null"),
+            ("sec-fetch-site", "same-origin")
+        ]));
+        assert!(post(&[("origin", "https://localhost:8443")]));
+        assert!(post(&[
+            ("origin", "https://localhost:8443"),
+            ("sec-fetch-site", "same-origin")
+        ]));
+        assert!(!post(&[("origin", "null")]));
+        assert!(!post(&[("origin", "https://evil.example")]));
+        assert!(!post(&[
+            ("origin", "null"),
+            ("sec-fetch-site", "cross-site")
+        ]));
+        assert!(!post(&[("sec-fetch-site", "same-site")]));
+        assert!(!post(&[
+            ("origin", "https://evil.example"),
+            ("sec-fetch-site", "same-origin")
+        ]));
     }
 
     #[test]
