@@ -79,6 +79,18 @@ pub fn resolve(
     }))
 }
 
+/// For the audit of a refused request: the terminal registered under this fingerprint and its
+/// physician id, when there is one (a revoked terminal, a suspended physician).
+pub fn describe(store: &Store, fingerprint: &str) -> (Option<String>, Option<String>) {
+    match store.terminal_by_fingerprint(fingerprint) {
+        Ok(Some(t)) => {
+            let physician = (!t.physician.is_empty()).then_some(t.physician);
+            (Some(t.name), physician)
+        }
+        _ => (None, None),
+    }
+}
+
 /// Header in which a trusted site system names the physician (art 6.1). It is stripped from
 /// every other client's requests (see [`crate::forward::strip_identity`]).
 pub const SITE_PHYSICIAN_HEADER: &str = "x-seibo-site-physician";

@@ -207,13 +207,26 @@ pub async fn handle(
         Verdict::Allow => "allowed",
         Verdict::Deny(r) => r.reason(),
     });
+    // A refused identity is still named in the audit as far as the registry knows it.
+    let (terminal, physician) = match (&d.who, &d.verdict) {
+        (Some(w), _) => (Some(w.terminal.name.clone()), Some(w.physician.id.clone())),
+        (None, Verdict::Deny(Refusal::Identity(_))) => {
+            identity::describe(&gate.store, &peer.credential.fingerprint)
+        }
+        // A site system asserts physicians; the certificate's registered owner is not one.
+        (None, Verdict::Deny(Refusal::SiteSystem(_))) => (
+            identity::describe(&gate.store, &peer.credential.fingerprint).0,
+            None,
+        ),
+        (None, _) => (None, None),
+    };
     let record = RequestRecord {
         time: clock::rfc3339(now),
         site: live.site.id.clone(),
         ingress: peer.ingress.as_str().to_string(),
         client: peer.addr.to_string(),
-        terminal: d.who.as_ref().map(|w| w.terminal.name.clone()),
-        physician: d.who.as_ref().map(|w| w.physician.id.clone()),
+        terminal,
+        physician,
         method: method.as_str().to_string(),
         path: d
             .target

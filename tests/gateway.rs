@@ -202,6 +202,9 @@ async fn art_12_7_revoked_terminal_refused_on_open_keepalive_connection() {
     let rows = f.gate.request_rows_settled(3);
     assert_eq!(rows[1]["reason"], "terminal-revoked", "{rows:#?}");
     assert_eq!(rows[1]["decision"], "deny");
+    // The refused request still names the revoked terminal and its physician.
+    assert_eq!(rows[1]["terminal"], "pc1", "{rows:#?}");
+    assert!(rows[1]["physician"].is_string(), "{rows:#?}");
 }
 
 /// Art 4: a suspended physician is refused at the next request, also on an open connection;
