@@ -17,6 +17,8 @@
 //!
 //! * [`listener`]: accept, source allow-list, TLS handshake, HTTP/1.1 + HTTP/2 serving.
 //! * [`tls`]: the mutual-TLS server configuration and the peer's certificate identity.
+//! * [`wireguard`]: the WireGuard ingress: one UDP socket, boringtun per peer, smoltcp TCP →
+//!   streams that carry the peer's identity; only the gateway's tunnel address and ports answer.
 //! * [`service`]: the request path above, in one function.
 //! * [`identity`]: fingerprint → registered terminal → active physician.
 //! * [`route`]: path normalisation and the route table (URL → patient + record category).
@@ -59,3 +61,4 @@ pub mod shutdown;
 pub mod signin;
 pub mod store;
 pub mod tls;
+pub mod wireguard;

@@ -1,0 +1,549 @@
+//! The WireGuard side: the UDP socket, the registered peers (one boringtun `Tunn` each), the
+//! receive task (identify, decrypt, filter), the egress task (route, encrypt, send) and the timer
+//! task.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::filter::{self, Verdict};
+use super::stack::{self, StackShared};
+use super::{WgConfig, WgError, WgPeer, WgStats, WgStream};
+
+/// Handshake initiations accepted per second before boringtun asks for cookies (each initiation
+/// is counted twice: once by our check before the key lookup, once inside `decapsulate`).
+const HANDSHAKE_RATE_LIMIT: u64 = 200;
+/// Kernel buffers of the UDP socket: a dropped datagram costs smoltcp a 1 s retransmission
+/// timeout, so let bursts queue (capped by `net.core.rmem_max` / `wmem_max`).
+const UDP_BUFFER: usize = 4 << 20;
+/// Largest datagram we read; WireGuard over a 1420-byte MTU needs 1452 bytes.
+const MAX_DATAGRAM: usize = 65535;
+/// Decrypted packets waiting for the stack (backpressure onto the UDP socket beyond this).
+const INBOUND_QUEUE: usize = 1024;
+/// Batches of outgoing packets waiting for encryption.
+const EGRESS_QUEUE: usize = 64;
+/// Accepted streams waiting for the application.
+const ACCEPT_QUEUE: usize = 256;
+/// How long a removed peer's session is kept, only to carry the RSTs of its connections.
+const RETIRE_FOR: Duration = Duration::from_secs(5);
+/// WireGuard's reject-after time: a peer with an older session is not "up".
+const SESSION_LIFETIME: Duration = Duration::from_secs(180);
+
+/// A registered peer and its tunnel state.
+pub(crate) struct PeerSlot {
+    pub(crate) peer: WgPeer,
+    /// Our 24-bit index for this peer; the top 24 bits of every receiver index sent to us.
+    index: u32,
+    /// Shared with the slot that replaces this one when only the peer's name changes.
+    tunn: Arc<Mutex<Tunn>>,
+    /// Where the peer last sent an authenticated datagram from (WireGuard roaming).
+    endpoint: Arc<Mutex<Option<SocketAddr>>>,
+}
+
+/// The current peers, looked up three ways; replaced whole by `set_peers`.
+#[derive(Default)]
+pub(crate) struct PeerTable {
+    by_key: HashMap<[u8; 32], Arc<PeerSlot>>,
+    by_index: HashMap<u32, Arc<PeerSlot>>,
+    pub(crate) by_ip: HashMap<Ipv4Addr, Arc<PeerSlot>>,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    handshakes: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_bytes: AtomicU64,
+    pub(crate) connections_accepted: AtomicU64,
+    dropped_unknown_key: AtomicU64,
+    dropped_unknown_index: AtomicU64,
+    dropped_wrong_source: AtomicU64,
+    dropped_wrong_destination: AtomicU64,
+    dropped_invalid: AtomicU64,
+    pub(crate) dropped_connections: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// State shared by the tasks and the handle.
+pub(crate) struct Shared {
+    secret: StaticSecret,
+    pub(crate) public: PublicKey,
+    pub(crate) local_addr: SocketAddr,
+    address: Ipv4Addr,
+    ports: Vec<u16>,
+    udp: Arc<UdpSocket>,
+    /// One limiter for every peer: handshake initiations are counted before we know the peer.
+    rate_limiter: Arc<RateLimiter>,
+    peers: RwLock<Arc<PeerTable>>,
+    /// Removed peers whose sessions still carry their connections' RSTs, with the removal time.
+    retiring: Mutex<Vec<(Instant, Arc<PeerSlot>)>>,
+    pub(crate) stack: Arc<StackShared>,
+    pub(crate) counters: Counters,
+}
+
+impl Shared {
+    pub(crate) fn peers(&self) -> Arc<PeerTable> {
+        read(&self.peers).clone()
+    }
+}
+
+/// The tunnel's tasks, aborted when the last handle goes.
+pub(crate) struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// A poisoned lock only means another task panicked mid-update; the data is still usable
+/// (counters, tables replaced whole), so carry on rather than cascade the panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn start(
+    cfg: WgConfig,
+    peers: Vec<WgPeer>,
+) -> Result<(Arc<Shared>, Tasks, mpsc::Receiver<WgStream>), WgError> {
+    if cfg.ports.is_empty() {
+        return Err(WgError::NoPorts);
+    }
+    let udp = bind_udp(cfg.listen).map_err(|source| WgError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let local_addr = udp.local_addr().map_err(|source| WgError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+    let secret = StaticSecret::from(cfg.private_key);
+    let public = PublicKey::from(&secret);
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (egress_tx, egress_rx) = mpsc::channel(EGRESS_QUEUE);
+    let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_QUEUE);
+    let shared = Arc::new(Shared {
+        rate_limiter: Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT)),
+        secret,
+        public,
+        local_addr,
+        address: cfg.address,
+        ports: cfg.ports.clone(),
+        udp: Arc::new(udp),
+        peers: RwLock::new(Arc::new(PeerTable::default())),
+        retiring: Mutex::new(Vec::new()),
+        stack: Arc::new(StackShared::new(cfg.address, &cfg.ports)),
+        counters: Counters::default(),
+    });
+    set_peers(&shared, peers);
+    tracing::info!(listen = %local_addr, address = %cfg.address, ports = ?cfg.ports, "WireGuard ingress up");
+    let tasks = Tasks(vec![
+        tokio::spawn(receive_task(shared.clone(), inbound_tx)),
+        tokio::spawn(egress_task(shared.clone(), egress_rx)),
+        tokio::spawn(timer_task(shared.clone())),
+        tokio::spawn(stack::run(shared.clone(), inbound_rx, egress_tx, accept_tx)),
+    ]);
+    Ok((shared, tasks, accept_rx))
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at rmem_max / wmem_max.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    tracing::debug!(
+        recv_buffer = socket.recv_buffer_size().unwrap_or(0),
+        send_buffer = socket.send_buffer_size().unwrap_or(0),
+        "WireGuard UDP socket buffers"
+    );
+    UdpSocket::from_std(socket.into())
+}
+
+/// Installs a new peer set; see [`super::WgHandle::set_peers`].
+pub(crate) fn set_peers(shared: &Shared, peers: Vec<WgPeer>) {
+    // The stack's lock is held across the swap, so no connection can be accepted under an
+    // identity that is being removed (the stack reads the table under the same lock).
+    let mut stack = lock(&shared.stack.inner);
+    let old = shared.peers();
+    let mut table = PeerTable::default();
+    for peer in peers {
+        if table.by_key.contains_key(&peer.public_key) || table.by_ip.contains_key(&peer.tunnel_ip)
+        {
+            tracing::warn!(peer = %peer.name, "WireGuard peer repeats a key or tunnel address; ignored");
+            continue;
+        }
+        // A peer kept with the same key and address keeps its session and index.
+        let slot = match old.by_key.get(&peer.public_key) {
+            Some(slot) if slot.peer == peer => slot.clone(),
+            Some(slot) if slot.peer.tunnel_ip == peer.tunnel_ip => Arc::new(PeerSlot {
+                peer,
+                index: slot.index,
+                tunn: slot.tunn.clone(),
+                endpoint: slot.endpoint.clone(),
+            }),
+            _ => {
+                let index = fresh_index(&old, &table);
+                Arc::new(PeerSlot {
+                    tunn: Arc::new(Mutex::new(new_tunn(shared, &peer.public_key, index))),
+                    peer,
+                    index,
+                    endpoint: Arc::new(Mutex::new(None)),
+                })
+            }
+        };
+        table.by_key.insert(slot.peer.public_key, slot.clone());
+        table.by_index.insert(slot.index, slot.clone());
+        table.by_ip.insert(slot.peer.tunnel_ip, slot);
+    }
+    let kept: HashSet<([u8; 32], Ipv4Addr)> = table
+        .by_key
+        .values()
+        .map(|s| (s.peer.public_key, s.peer.tunnel_ip))
+        .collect();
+    let removed: Vec<Arc<PeerSlot>> = old
+        .by_key
+        .values()
+        .filter(|s| !kept.contains(&(s.peer.public_key, s.peer.tunnel_ip)))
+        .cloned()
+        .collect();
+    *write(&shared.peers) = Arc::new(table);
+    if !removed.is_empty() {
+        let now = Instant::now();
+        let mut retiring = lock(&shared.retiring);
+        retiring.retain(|(at, _)| now.duration_since(*at) < RETIRE_FOR);
+        retiring.extend(removed.iter().map(|s| (now, s.clone())));
+        for slot in &removed {
+            tracing::info!(peer = %slot.peer.name, "WireGuard peer removed; its connections are reset");
+        }
+        stack.reset_connections(|key, ip| !kept.contains(&(*key, ip)));
+    }
+    drop(stack);
+    shared.stack.wake.notify_one();
+}
+
+fn new_tunn(shared: &Shared, peer_key: &[u8; 32], index: u32) -> Tunn {
+    Tunn::new(
+        shared.secret.clone(),
+        PublicKey::from(*peer_key),
+        None,
+        None,
+        index,
+        Some(shared.rate_limiter.clone()),
+    )
+}
+
+/// A 24-bit index used by no current or retiring peer.
+fn fresh_index(old: &PeerTable, new: &PeerTable) -> u32 {
+    loop {
+        let candidate = rand::random::<u32>() & 0x00ff_ffff;
+        if !old.by_index.contains_key(&candidate) && !new.by_index.contains_key(&candidate) {
+            return candidate;
+        }
+    }
+}
+
+pub(crate) fn stats(shared: &Shared) -> WgStats {
+    let c = &shared.counters;
+    let table = shared.peers();
+    let peers_up = table
+        .by_key
+        .values()
+        .filter(|s| matches!(lock(&s.tunn).stats().0, Some(age) if age < SESSION_LIFETIME))
+        .count();
+    WgStats {
+        handshakes: c.handshakes.load(Ordering::Relaxed),
+        peers: table.by_key.len(),
+        peers_up,
+        rx_bytes: c.rx_bytes.load(Ordering::Relaxed),
+        tx_bytes: c.tx_bytes.load(Ordering::Relaxed),
+        connections_accepted: c.connections_accepted.load(Ordering::Relaxed),
+        connections_open: lock(&shared.stack.inner).open_connections(),
+        dropped_unknown_key: c.dropped_unknown_key.load(Ordering::Relaxed),
+        dropped_unknown_index: c.dropped_unknown_index.load(Ordering::Relaxed),
+        dropped_wrong_source: c.dropped_wrong_source.load(Ordering::Relaxed),
+        dropped_wrong_destination: c.dropped_wrong_destination.load(Ordering::Relaxed),
+        dropped_invalid: c.dropped_invalid.load(Ordering::Relaxed),
+        dropped_connections: c.dropped_connections.load(Ordering::Relaxed),
+    }
+}
+
+/// Datagrams to send once no lock is held.
+type Replies = Vec<(Vec<u8>, SocketAddr)>;
+
+/// Reads datagrams, finds their peer, decrypts, filters, and passes TCP packets to the stack.
+async fn receive_task(shared: Arc<Shared>, inbound: mpsc::Sender<Vec<u8>>) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut replies: Replies = Vec::new();
+    loop {
+        let (n, from) = match shared.udp.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here on some systems; never fatal.
+                tracing::debug!(error = %e, "WireGuard UDP receive error");
+                continue;
+            }
+        };
+        let delivered = handle_datagram(&shared, &buf[..n], from, &mut replies);
+        for (datagram, to) in replies.drain(..) {
+            send(&shared, &datagram, to).await;
+        }
+        if let Some(packet) = delivered {
+            if inbound.send(packet).await.is_err() {
+                return; // the stack is gone: shutting down
+            }
+        }
+    }
+}
+
+async fn send(shared: &Shared, datagram: &[u8], to: SocketAddr) {
+    match shared.udp.send_to(datagram, to).await {
+        Ok(n) => {
+            shared.counters.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Err(e) => tracing::debug!(error = %e, %to, "WireGuard UDP send error"),
+    }
+}
+
+/// One datagram: returns the decrypted packet for the stack, if any, and queues replies.
+fn handle_datagram(
+    shared: &Shared,
+    datagram: &[u8],
+    from: SocketAddr,
+    replies: &mut Replies,
+) -> Option<Vec<u8>> {
+    let c = &shared.counters;
+    let table = shared.peers();
+    let slot = match Tunn::parse_incoming_packet(datagram) {
+        Err(_) => {
+            bump(&c.dropped_invalid);
+            return None;
+        }
+        Ok(Packet::HandshakeInit(_)) => {
+            let mut cookie = [0u8; 64];
+            let init = match shared.rate_limiter.verify_packet(Some(from.ip()), datagram, &mut cookie)
+            {
+                Ok(Packet::HandshakeInit(init)) => init,
+                Err(TunnResult::WriteToNetwork(reply)) => {
+                    // Under load: a cookie reply, as WireGuard does, before any key lookup.
+                    replies.push((reply.to_vec(), from));
+                    return None;
+                }
+                _ => {
+                    bump(&c.dropped_invalid);
+                    return None;
+                }
+            };
+            let key = match parse_handshake_anon(&shared.secret, &shared.public, &init) {
+                Ok(half) => half.peer_static_public,
+                Err(_) => {
+                    bump(&c.dropped_invalid);
+                    return None;
+                }
+            };
+            match table.by_key.get(&key) {
+                Some(slot) => slot.clone(),
+                None => {
+                    bump(&c.dropped_unknown_key);
+                    tracing::debug!(%from, "WireGuard handshake from an unregistered key dropped");
+                    return None;
+                }
+            }
+        }
+        Ok(packet) => {
+            let receiver = match packet {
+                Packet::HandshakeResponse(p) => p.receiver_idx,
+                Packet::PacketCookieReply(p) => p.receiver_idx,
+                Packet::PacketData(p) => p.receiver_idx,
+                Packet::HandshakeInit(_) => return None,
+            };
+            match table.by_index.get(&(receiver >> 8)) {
+                Some(slot) => slot.clone(),
+                None => {
+                    bump(&c.dropped_unknown_index);
+                    return None;
+                }
+            }
+        }
+    };
+    decapsulate(shared, &slot, datagram, from, replies)
+}
+
+/// Runs one authenticated-so-far datagram through the peer's `Tunn`.
+fn decapsulate(
+    shared: &Shared,
+    slot: &PeerSlot,
+    datagram: &[u8],
+    from: SocketAddr,
+    replies: &mut Replies,
+) -> Option<Vec<u8>> {
+    let c = &shared.counters;
+    // boringtun's rule: dst ≥ src + 32 and ≥ 148 bytes, or it panics.
+    let mut out = vec![0u8; (datagram.len() + 32).max(148)];
+    let is_init = datagram.first() == Some(&1);
+    let mut tunn = lock(&slot.tunn);
+    let delivered = match tunn.decapsulate(Some(from.ip()), datagram, &mut out) {
+        TunnResult::Done => None,
+        TunnResult::Err(e) => {
+            match e {
+                // Replays and stale sessions happen on any real network.
+                WireGuardError::DuplicateCounter | WireGuardError::NoCurrentSession => {}
+                _ => tracing::debug!(peer = %slot.peer.name, error = ?e, "WireGuard datagram refused"),
+            }
+            bump(&c.dropped_invalid);
+            return None;
+        }
+        TunnResult::WriteToNetwork(reply) => {
+            replies.push((reply.to_vec(), from));
+            // Flush packets queued while the handshake was in progress.
+            let mut flush = vec![0u8; MAX_DATAGRAM + 32];
+            while let TunnResult::WriteToNetwork(queued) = tunn.decapsulate(None, &[], &mut flush) {
+                replies.push((queued.to_vec(), from));
+            }
+            if is_init {
+                bump(&c.handshakes);
+                tracing::debug!(peer = %slot.peer.name, %from, "WireGuard handshake");
+            }
+            None
+        }
+        TunnResult::WriteToTunnelV4(packet, _) => {
+            let len = packet.len();
+            match filter::inspect(packet, slot.peer.tunnel_ip, shared.address, &shared.ports) {
+                Verdict::Deliver => {
+                    out.truncate(len);
+                    Some(out)
+                }
+                Verdict::DropWrongSource => {
+                    bump(&c.dropped_wrong_source);
+                    None
+                }
+                Verdict::DropWrongDestination => {
+                    bump(&c.dropped_wrong_destination);
+                    None
+                }
+                Verdict::DropMalformed => {
+                    bump(&c.dropped_invalid);
+                    None
+                }
+            }
+        }
+        TunnResult::WriteToTunnelV6(..) => {
+            bump(&c.dropped_wrong_destination);
+            None
+        }
+    };
+    drop(tunn);
+    // Only a datagram that authenticated reaches here: follow the peer if it roamed.
+    *lock(&slot.endpoint) = Some(from);
+    c.rx_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+    delivered
+}
+
+/// Encrypts the stack's outgoing packets and sends them to their peer.
+async fn egress_task(shared: Arc<Shared>, mut egress: mpsc::Receiver<Vec<Vec<u8>>>) {
+    let mut out = vec![0u8; MAX_DATAGRAM + 32];
+    while let Some(batch) = egress.recv().await {
+        let table = shared.peers();
+        for packet in batch {
+            let Some(slot) = route(&shared, &table, &packet) else {
+                continue;
+            };
+            let Some(to) = *lock(&slot.endpoint) else {
+                continue;
+            };
+            let len = {
+                let mut tunn = lock(&slot.tunn);
+                match tunn.encapsulate(&packet, &mut out) {
+                    TunnResult::WriteToNetwork(d) => Some(d.len()),
+                    TunnResult::Err(e) => {
+                        tracing::debug!(peer = %slot.peer.name, error = ?e, "WireGuard encapsulate failed");
+                        None
+                    }
+                    _ => None,
+                }
+            };
+            // boringtun writes its output at the start of `out`.
+            if let Some(len) = len {
+                send(&shared, &out[..len], to).await;
+            }
+        }
+    }
+}
+
+/// The peer an outgoing packet goes to: a current peer by tunnel address, else a removed one
+/// (whose connections' RSTs are still leaving).
+fn route(shared: &Shared, table: &PeerTable, packet: &[u8]) -> Option<Arc<PeerSlot>> {
+    let dst = filter::destination(packet)?;
+    if let Some(slot) = table.by_ip.get(&dst) {
+        return Some(slot.clone());
+    }
+    lock(&shared.retiring)
+        .iter()
+        .rev()
+        .find(|(_, s)| s.peer.tunnel_ip == dst)
+        .map(|(_, s)| s.clone())
+}
+
+/// WireGuard's timers (rekey, keepalive, expiry) every 250 ms; the rate limiter every second.
+async fn timer_task(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut out = vec![0u8; MAX_DATAGRAM + 32];
+    let mut last_reset = Instant::now();
+    loop {
+        tick.tick().await;
+        if last_reset.elapsed() >= Duration::from_secs(1) {
+            shared.rate_limiter.reset_count();
+            last_reset = Instant::now();
+            let now = Instant::now();
+            lock(&shared.retiring).retain(|(at, _)| now.duration_since(*at) < RETIRE_FOR);
+        }
+        let table = shared.peers();
+        let mut replies: Replies = Vec::new();
+        for slot in table.by_key.values() {
+            let mut tunn = lock(&slot.tunn);
+            match tunn.update_timers(&mut out) {
+                TunnResult::WriteToNetwork(d) => {
+                    if let Some(to) = *lock(&slot.endpoint) {
+                        replies.push((d.to_vec(), to));
+                    }
+                }
+                // Normal on a server: the peer went quiet and its session expired.
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                TunnResult::Err(e) => {
+                    tracing::debug!(peer = %slot.peer.name, error = ?e, "WireGuard timer error")
+                }
+                _ => {}
+            }
+        }
+        for (d, to) in replies {
+            send(&shared, &d, to).await;
+        }
+    }
+}
+
