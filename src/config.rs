@@ -149,6 +149,16 @@ struct RawLimits {
     header_read_timeout_ms: Option<u64>,
     #[serde(default)]
     max_connections: Option<usize>,
+    #[serde(default)]
+    max_connections_per_terminal: Option<usize>,
+    #[serde(default)]
+    idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    max_header_bytes: Option<usize>,
+    #[serde(default)]
+    max_headers: Option<usize>,
+    #[serde(default)]
+    max_body_bytes: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,8 +280,21 @@ impl Upstream {
 #[derive(Debug, Clone)]
 pub struct Limits {
     pub handshake_timeout: Duration,
+    /// HTTP/1: the whole request head must arrive within this (slowloris); it also bounds the
+    /// wait for the next request on a kept-alive connection.
     pub header_read_timeout: Duration,
+    /// Open client connections across all listeners.
     pub max_connections: usize,
+    /// Open connections of one terminal credential (certificate fingerprint); more get 429.
+    pub max_connections_per_terminal: usize,
+    /// A connection with no request in flight and no bytes moving for this long is closed.
+    pub idle_timeout: Duration,
+    /// Request head size: HTTP/1 request line and headers, HTTP/2 header list (431 beyond).
+    pub max_header_bytes: usize,
+    /// Number of request header fields (431 beyond).
+    pub max_headers: usize,
+    /// Request body size where a route sets no `max_body_bytes` (413 beyond).
+    pub max_body_bytes: u64,
 }
 
 /// True when `ip` lies inside one of `nets`.
@@ -480,6 +503,11 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
             raw.limits.header_read_timeout_ms.unwrap_or(15_000),
         ),
         max_connections: raw.limits.max_connections.unwrap_or(10_000),
+        max_connections_per_terminal: raw.limits.max_connections_per_terminal.unwrap_or(32),
+        idle_timeout: Duration::from_millis(raw.limits.idle_timeout_ms.unwrap_or(60_000)),
+        max_header_bytes: raw.limits.max_header_bytes.unwrap_or(64 * 1024),
+        max_headers: raw.limits.max_headers.unwrap_or(100),
+        max_body_bytes: raw.limits.max_body_bytes.unwrap_or(1024 * 1024),
     };
     if limits.handshake_timeout.is_zero() {
         problems.push("limits.handshake_timeout_ms: must be at least 1".into());
@@ -489,6 +517,25 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
     }
     if limits.max_connections == 0 {
         problems.push("limits.max_connections: must be at least 1".into());
+    }
+    if limits.max_connections_per_terminal == 0 {
+        problems.push("limits.max_connections_per_terminal: must be at least 1".into());
+    }
+    if limits.idle_timeout.is_zero() {
+        problems.push("limits.idle_timeout_ms: must be at least 1".into());
+    }
+    // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+    if !(8192..=1024 * 1024).contains(&limits.max_header_bytes) {
+        problems.push(format!(
+            "limits.max_header_bytes: {} must be between 8192 and 1048576",
+            limits.max_header_bytes
+        ));
+    }
+    if !(1..=1000).contains(&limits.max_headers) {
+        problems.push(format!(
+            "limits.max_headers: {} must be between 1 and 1000",
+            limits.max_headers
+        ));
     }
 
     let auth = Auth {
