@@ -73,6 +73,19 @@ pub enum Refusal {
     /// A request on the site-system listener that cannot be trusted (art 6.1).
     #[error("site system refused: {0}")]
     SiteSystem(&'static str),
+    /// The request's framing or headers are ambiguous (e.g. `Transfer-Encoding` from a
+    /// client): answer 400, never forward.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// The request body is larger than the route allows.
+    #[error("the request body is too large")]
+    BodyTooLarge,
+    /// Too many request header fields.
+    #[error("too many request headers")]
+    HeadersTooLarge,
+    /// This terminal already has as many connections open as it may.
+    #[error("too many connections from this terminal")]
+    TooManyConnections,
 }
 
 impl Refusal {
@@ -90,6 +103,10 @@ impl Refusal {
             Refusal::PasswordChangeRequired => "password-change-required",
             Refusal::DownloadBlocked => "download-blocked",
             Refusal::SiteSystem(r) => r,
+            Refusal::BadRequest(r) => r,
+            Refusal::BodyTooLarge => "body-too-large",
+            Refusal::HeadersTooLarge => "headers-too-large",
+            Refusal::TooManyConnections => "too-many-connections",
         }
     }
 
@@ -103,7 +120,10 @@ impl Refusal {
             Refusal::Session(_) => StatusCode::UNAUTHORIZED,
             Refusal::Route(RouteError::NoRoute) => StatusCode::NOT_FOUND,
             Refusal::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::Route(_) => StatusCode::BAD_REQUEST,
+            Refusal::Route(_) | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Refusal::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             Refusal::StoreUnavailable | Refusal::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

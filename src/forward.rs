@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -35,6 +35,9 @@ pub enum ForwardError {
     Timeout(std::time::Duration),
     #[error("bad request to the EMR: {0}")]
     Request(String),
+    /// The client's request body outgrew the route's limit while it was being forwarded.
+    #[error("the request body is larger than the route allows")]
+    BodyTooLarge,
 }
 
 /// Resolves the upstream's name and keeps only addresses inside the private segment.
@@ -197,6 +200,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
         path_and_query: &str,
         id: &Forwarded<'_>,
+        max_body: u64,
     ) -> Result<Response<Incoming>, ForwardError> {
         let uri: Uri = format!("{}{}", self.base, path_and_query)
             .parse()
@@ -231,13 +235,18 @@ impl Forwarder {
         put(h, "x-forwarded-for", &id.client_ip);
         put(h, "x-forwarded-proto", "https");
 
-        let req = req.map(|b| b.map_err(|e| Box::new(e) as pages::BodyError).boxed());
+        // A streamed body (no Content-Length; HTTP/2) is cut off at the route's limit.
+        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+        let req = req.map(|b| Limited::new(b, limit).boxed());
         let timeout = self.upstream.response_timeout;
         let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(e)) => {
                 let mut msg = e.to_string();
                 let mut src = std::error::Error::source(&e);
+                if is_length_limit(&e) {
+                    return Err(ForwardError::BodyTooLarge);
+                }
                 while let Some(s) = src {
                     msg.push_str(": ");
                     msg.push_str(&s.to_string());
@@ -278,4 +287,17 @@ impl Forwarder {
             h.insert(header::LOCATION, v);
         }
     }
+}
+
+/// True when a client error was caused by the request body's length limit.
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    for _ in 0..16 {
+        let Some(err) = cur else { return false };
+        if err.is::<LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

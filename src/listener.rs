@@ -2,18 +2,33 @@
 //! allow-list (art 12.4: anything else is closed before the handshake), complete the mutual-TLS
 //! handshake (art 12.1, 12.3) within a time limit, and serve HTTP/1.1 or HTTP/2 on it with the
 //! one request service, the peer's certificate as the connection's identity.
+//!
+//! Limits applied here (all from `[limits]`): the handshake timeout, the request-head size and
+//! field count and the HTTP/1 head read timeout (slowloris) via hyper, the idle timeout (no
+//! byte moved for `idle_timeout`: closed gracefully), connections in total (closed at accept)
+//! and per terminal credential (answered with a 429 page, then closed).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{in_networks, Limits, Listener, ListenerKind};
+use crate::decision::Refusal;
+use crate::pages;
 use crate::service::{self, Gate, Ingress, Peer};
 use crate::shutdown::Shutdown;
 use crate::tls;
@@ -74,6 +89,7 @@ impl MtlsListener {
             let name = name.clone();
             let handshake_timeout = self.limits.handshake_timeout;
             let header_timeout = self.limits.header_read_timeout;
+            let gate_limits = self.limits.clone();
             let kind = self.config.kind;
             tokio::spawn(async move {
                 let _slot = slot;
@@ -95,6 +111,19 @@ impl MtlsListener {
                     return;
                 };
                 count_handshake(&gate, &name, "ok");
+                let limits = &gate_limits;
+                let Some(_terminal_slot) = gate
+                    .terminal_conns
+                    .try_open(&cert.fingerprint, limits.max_connections_per_terminal)
+                else {
+                    gate.metrics
+                        .refused_connections
+                        .with_label_values(&[&name, "terminal-connection-limit"])
+                        .inc();
+                    tracing::warn!(client = %addr, listener = %name, "terminal connection limit reached: answered 429 and closed");
+                    refuse_connection(&gate, tls, limits).await;
+                    return;
+                };
                 let ingress = match kind {
                     ListenerKind::Terminal => Ingress::Mtls,
                     ListenerKind::SiteSystem => Ingress::Site,
@@ -112,24 +141,25 @@ impl MtlsListener {
                 let svc_gate = gate.clone();
                 let svc =
                     service_fn(move |req| service::handle(svc_gate.clone(), peer.clone(), req));
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(header_timeout)
-                    .max_buf_size(64 * 1024);
-                builder
-                    .http2()
-                    .timer(TokioTimer::new())
-                    .max_concurrent_streams(100)
-                    .max_header_list_size(64 * 1024);
-                let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                let builder = http_builder(limits, header_timeout);
+                let io = Tracked::new(tls);
+                let activity = io.activity();
+                let conn = builder.serve_connection(TokioIo::new(io), svc);
                 tokio::pin!(conn);
+                let idle = limits.idle_timeout;
                 let result = tokio::select! {
                     r = conn.as_mut() => r,
                     _ = conn_shutdown.recv() => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
+                    }
+                    _ = activity.idle_for(idle) => {
+                        tracing::debug!(client = %addr, "idle connection closed");
+                        conn.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(idle, conn.as_mut()).await {
+                            Ok(r) => r,
+                            Err(_) => Ok(()),
+                        }
                     }
                 };
                 if let Err(e) = result {
@@ -170,5 +200,206 @@ fn handshake_failure(e: &std::io::Error) -> &'static str {
         Some(rustls::Error::PeerIncompatible(_)) => "incompatible",
         Some(_) => "protocol",
         None => "io",
+    }
+}
+
+/// The HTTP/1.1 + HTTP/2 server settings every client connection gets.
+fn http_builder(limits: &Limits, header_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Answers every request of a connection beyond its terminal's limit with the 429 page and
+/// closes it (after the first answer for HTTP/1, within the head read timeout in any case).
+async fn refuse_connection<I>(gate: &Arc<Gate>, io: I, limits: &Limits)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let site = gate.live().site.clone();
+    let svc = service_fn(move |_req| {
+        let mut resp = pages::refusal(&Refusal::TooManyConnections, &site);
+        resp.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        async move { Ok::<_, Infallible>(resp) }
+    });
+    let mut builder = http_builder(limits, limits.header_read_timeout);
+    builder.http1().keep_alive(false);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let bound = limits.header_read_timeout;
+    if tokio::time::timeout(bound, conn.as_mut()).await.is_err() {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+    }
+}
+
+/// Open connections per terminal credential (certificate fingerprint), across all listeners.
+#[derive(Debug, Default)]
+pub struct TerminalConns {
+    open: Mutex<HashMap<String, usize>>,
+}
+
+/// One counted connection; dropping it gives the slot back.
+#[derive(Debug)]
+pub struct TerminalSlot<'a> {
+    conns: &'a TerminalConns,
+    fingerprint: String,
+}
+
+impl TerminalConns {
+    /// Counts a new connection of `fingerprint`, or `None` when it already has `max` open.
+    pub fn try_open(&self, fingerprint: &str, max: usize) -> Option<TerminalSlot<'_>> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(fingerprint.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(TerminalSlot {
+            conns: self,
+            fingerprint: fingerprint.to_string(),
+        })
+    }
+
+    /// Connections `fingerprint` has open now.
+    pub fn open(&self, fingerprint: &str) -> usize {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(fingerprint).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for TerminalSlot<'_> {
+    fn drop(&mut self) {
+        let mut open = self
+            .conns
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.fingerprint) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.fingerprint);
+            }
+        }
+    }
+}
+
+/// When a connection last moved a byte either way.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let now = self.start.elapsed();
+        now.saturating_sub(Duration::from_millis(self.last.load(Ordering::Relaxed)))
+    }
+
+    /// Resolves once no byte has moved for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        let tick = (limit / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+        loop {
+            let idle = self.idle();
+            if idle >= limit {
+                return;
+            }
+            tokio::time::sleep((limit - idle).min(tick)).await;
+        }
+    }
+}
+
+/// A stream that records its last read or write.
+struct Tracked<T> {
+    inner: T,
+    activity: Activity,
+}
+
+impl<T> Tracked<T> {
+    fn new(inner: T) -> Tracked<T> {
+        Tracked {
+            inner,
+            activity: Activity {
+                start: Instant::now(),
+                last: Arc::new(AtomicU64::new(0)),
+            },
+        }
+    }
+
+    fn activity(&self) -> Activity {
+        self.activity.clone()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -89,7 +89,7 @@ fn text(r: &Refusal) -> Text {
             body_en: "Seibo Net allows viewing records only.",
             extra: "",
         },
-        Refusal::Route(_) => Text {
+        Refusal::Route(_) | Refusal::BadRequest(_) => Text {
             title_ja: "要求の形式が正しくありません",
             title_en: "The request is malformed",
             body_ja: "アドレス（URL）に使用できない文字や形式が含まれています。ブラウザのアドレス欄を確認してください。",
@@ -136,6 +136,27 @@ fn text(r: &Refusal) -> Text {
             title_en: "The in-hospital system's request was refused",
             body_ja: "院内の電子カルテシステムが登録されていないか、利用医の指定がありません。システム管理者にご連絡ください。",
             body_en: "The in-hospital EMR system is not registered, or it did not name the physician. Please contact the system administrator.",
+            extra: "",
+        },
+        Refusal::BodyTooLarge => Text {
+            title_ja: "送信するデータが大きすぎます",
+            title_en: "The request is too large",
+            body_ja: "送信しようとしたデータが、このページで受け付けられる大きさを超えています。",
+            body_en: "The data you tried to send is larger than this page accepts.",
+            extra: "",
+        },
+        Refusal::HeadersTooLarge => Text {
+            title_ja: "要求のヘッダーが多すぎます",
+            title_en: "The request has too many headers",
+            body_ja: "ブラウザが送信したヘッダー（Cookie など）が多すぎるか大きすぎます。ブラウザを再起動するか、下記の窓口にお問い合わせください。",
+            body_en: "Your browser sent too many or too large headers (cookies, for instance). Please restart the browser, or contact the office below.",
+            extra: "",
+        },
+        Refusal::TooManyConnections => Text {
+            title_ja: "この端末からの接続が多すぎます",
+            title_en: "Too many connections from this terminal",
+            body_ja: "この端末から同時に開かれている接続が上限を超えています。不要なタブやウィンドウを閉じて、しばらくしてから再度お試しください。",
+            body_en: "This terminal has more connections open at once than allowed. Please close unneeded tabs or windows and try again shortly.",
             extra: "",
         },
         Refusal::UpstreamTimeout => Text {

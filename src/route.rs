@@ -97,6 +97,10 @@ pub struct RouteSpec {
     /// Allowed methods; default ["GET", "HEAD"].
     #[serde(default)]
     pub methods: Option<Vec<String>>,
+    /// Largest request body accepted on this route (413 beyond); default `[limits]
+    /// max_body_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// A configuration problem with one route. Every message names the route by its
@@ -207,6 +211,8 @@ pub struct Target {
     pub category: Option<Category>,
     /// Index of the matched route in the table.
     pub route: usize,
+    /// The matched route's own request body limit, if it sets one.
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Target {
@@ -246,6 +252,7 @@ struct Route {
     category: Option<Category>,
     patient_query: Option<String>,
     methods: Vec<http::Method>,
+    max_body_bytes: Option<u64>,
 }
 
 impl Route {
@@ -407,6 +414,7 @@ impl RouteTable {
                         category: spec.category,
                         patient_query: spec.patient_query.clone(),
                         methods,
+                        max_body_bytes: spec.max_body_bytes,
                     });
                 }
             }
@@ -470,6 +478,7 @@ impl RouteTable {
                 patient,
                 category,
                 route: index,
+                max_body_bytes: route.max_body_bytes,
             });
         }
         Err(if path_matched {
@@ -830,6 +839,7 @@ mod tests {
             patient_query: None,
             no_patient: false,
             methods: None,
+            max_body_bytes: None,
         }
     }
 

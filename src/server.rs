@@ -42,6 +42,9 @@ pub enum ServeError {
     Admin(#[from] admin::AdminSocketError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// A private key file others may read: `serve` refuses to start.
+    #[error("{0}")]
+    KeyMode(String),
     #[error("state directory {path}: {source}")]
     StateDir {
         path: String,
@@ -72,6 +75,49 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Private key files must not be open to others. A listener key may be group-readable (the
+/// README's `chgrp seibo-gate` + `chmod 0640`, for a root-owned key the service reads through
+/// its group): that is logged as a warning. World bits, or group write, refuse the start. The
+/// terminal CA key is `terminal add`'s alone (root): any group or world bit refuses the start;
+/// a CA key kept offline (absent) or unreadable to this user is fine.
+pub fn check_key_modes(cfg: &Config) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut problems = Vec::new();
+    for l in &cfg.listeners {
+        // A missing key is reported by the TLS setup with its own message.
+        let Ok(m) = std::fs::metadata(&l.key) else {
+            continue;
+        };
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o027 != 0 {
+            problems.push(format!(
+                "listener {}: private key {} has mode {mode:04o}: others may read or change it; chmod 0600 (or 0640 with group seibo-gate)",
+                l.name,
+                l.key.display()
+            ));
+        } else if mode & 0o040 != 0 {
+            tracing::warn!(listener = %l.name, key = %l.key.display(), mode = format!("{mode:04o}"), "private key is group-readable: make sure the group is the service's own");
+        }
+    }
+    if let Ok(m) = std::fs::metadata(&cfg.ca.key) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            problems.push(format!(
+                "terminal CA private key {} has mode {mode:04o}: it must be readable by root alone; chmod 0600",
+                cfg.ca.key.display()
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ServeError::KeyMode(format!(
+            "refusing to start: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
 /// Runs the gateway until `shutdown` fires. `on_ready` is called once every socket is bound.
 pub async fn serve(
     cfg: Config,
@@ -79,6 +125,7 @@ pub async fn serve(
     trigger: &Trigger,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), ServeError> {
+    check_key_modes(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir.join("registry"))?;
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;

@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 
 use crate::audit::{AuditLog, Outcome, RequestRecord};
 use crate::clock::{self, SharedClock};
-use crate::config::{Auth, Config, Policy, Site};
+use crate::config::{Auth, Config, Limits, Policy, Site};
 use crate::decision::{self, Decision, Refusal, Verdict};
 use crate::forward::{ForwardError, Forwarded, Forwarder};
 use crate::identity::{self, Who};
@@ -98,6 +98,8 @@ pub struct Gate {
     pub audit: AuditLog,
     pub metrics: Metrics,
     pub clock: SharedClock,
+    /// Open connections per terminal credential (`[limits] max_connections_per_terminal`).
+    pub terminal_conns: crate::listener::TerminalConns,
     /// What `SIGHUP` reloads: swapped atomically, read once per request.
     live: ArcSwap<Live>,
 }
@@ -110,6 +112,8 @@ pub struct Live {
     pub forwarder: Forwarder,
     pub auth: Auth,
     pub policy: Policy,
+    /// Request limits checked per request (header count, body size).
+    pub limits: Limits,
 }
 
 impl Live {
@@ -120,6 +124,7 @@ impl Live {
             forwarder: Forwarder::new(&cfg.upstream, cfg.policy.blank_print),
             auth: cfg.auth.clone(),
             policy: cfg.policy.clone(),
+            limits: cfg.limits.clone(),
         }
     }
 }
@@ -141,6 +146,7 @@ impl Gate {
             audit,
             metrics,
             clock,
+            terminal_conns: Default::default(),
             live: ArcSwap::from_pointee(Live::new(cfg)),
         }
     }
@@ -334,6 +340,9 @@ async fn plan(
     if req.version() < http::Version::HTTP_2 && req.uri().scheme().is_some() {
         return Step::refuse(Refusal::Route(RouteError::BadTarget("absolute-form")), None);
     }
+    if let Some(r) = framing_refusal(&req, &live.limits) {
+        return Step::refuse(r, None);
+    }
     let who = match peer.ingress {
         Ingress::Site => {
             let asserted = req
@@ -390,6 +399,16 @@ async fn plan(
         raw_target,
         now,
     );
+    if let (Verdict::Allow, Some(t)) = (&decision.verdict, &decision.target) {
+        let limit = t.max_body_bytes.unwrap_or(live.limits.max_body_bytes);
+        if content_length(req.headers()).is_some_and(|n| n > limit) {
+            return Step {
+                decision: Decision::deny(Refusal::BodyTooLarge, decision.who, decision.target),
+                reason: None,
+                action: Action::Refuse,
+            };
+        }
+    }
     let action = match decision.verdict {
         Verdict::Allow => Action::Forward(req),
         Verdict::Deny(_) => Action::Refuse,
@@ -399,6 +418,32 @@ async fn plan(
         reason: None,
         action,
     }
+}
+
+/// Requests whose framing or head the gateway will not pass on, whatever their target.
+///
+/// HTTP/1 `Transfer-Encoding` from a client is refused: hyper accepts `Content-Length` together
+/// with `Transfer-Encoding: chunked` (dropping the length), and a viewing gateway has no need
+/// for chunked uploads (browsers send a length), so no request whose framing two parsers
+/// could read differently is ever forwarded. Header count is checked here for HTTP/2 (hyper
+/// enforces it for HTTP/1 while parsing).
+fn framing_refusal(req: &Request<Incoming>, limits: &Limits) -> Option<Refusal> {
+    if req.version() < http::Version::HTTP_2
+        && req.headers().contains_key(header::TRANSFER_ENCODING)
+    {
+        return Some(Refusal::BadRequest("transfer-encoding"));
+    }
+    if req.headers().len() > limits.max_headers {
+        return Some(Refusal::HeadersTooLarge);
+    }
+    None
+}
+
+/// The request's declared body length (hyper has already refused conflicting values).
+fn content_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// True when the client asks for a page (a browser), not data.
@@ -511,7 +556,12 @@ async fn forward(
     let upstream_started = Instant::now();
     let resp = live
         .forwarder
-        .forward(req, &target.path_and_query(), &fwd)
+        .forward(
+            req,
+            &target.path_and_query(),
+            &fwd,
+            target.max_body_bytes.unwrap_or(live.limits.max_body_bytes),
+        )
         .await;
     gate.metrics
         .upstream_seconds
@@ -521,6 +571,8 @@ async fn forward(
         Err(e) => {
             tracing::warn!(error = %e, "upstream failed");
             let (kind, refusal) = match e {
+                // The client's streamed body outgrew the route's limit: not the EMR's fault.
+                ForwardError::BodyTooLarge => return Err(Refusal::BodyTooLarge),
                 ForwardError::Timeout(_) => ("timeout", Refusal::UpstreamTimeout),
                 ForwardError::Connect(_) | ForwardError::Request(_) => {
                     ("connect", Refusal::UpstreamUnreachable)
