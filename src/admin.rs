@@ -142,6 +142,8 @@ pub struct Admin {
     pub origin: &'static str,
     /// The running gateway's sign-in sessions, ended by suspension, revocation and resets.
     pub sessions: Option<Arc<Sessions>>,
+    /// Woken when terminals change, so the WireGuard ingress reloads its peers at once.
+    pub terminals_changed: Option<Arc<tokio::sync::Notify>>,
 }
 
 fn json<T: Serialize>(v: &T) -> serde_json::Value {
@@ -160,11 +162,22 @@ impl Admin {
                 | AdminRequest::ConsentShow { .. }
         );
         let (physician, patient, note) = subject(&req);
+        let touches_terminals = matches!(
+            req,
+            AdminRequest::TerminalRegister { .. }
+                | AdminRequest::TerminalRevoke { .. }
+                | AdminRequest::PhysicianDelete { .. }
+        );
         // Never let a password hash reach the audit or a log.
         let resp = match self.apply(req) {
             Ok(r) => r,
             Err(e) => AdminResponse::err(e.to_string()),
         };
+        if touches_terminals && resp.ok {
+            if let Some(n) = &self.terminals_changed {
+                n.notify_one();
+            }
+        }
         if mutates && resp.ok {
             let now = self.clock.now();
             let rec = RequestRecord {

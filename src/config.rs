@@ -48,6 +48,8 @@ struct RawConfig {
     #[serde(default)]
     auth: RawAuth,
     #[serde(default)]
+    wireguard: Option<RawWireGuard>,
+    #[serde(default)]
     policy: RawPolicy,
     #[serde(default, rename = "route")]
     routes: Vec<RouteSpec>,
@@ -96,6 +98,26 @@ struct RawAuth {
     max_failures: Option<u32>,
     #[serde(default)]
     lockout_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWireGuard {
+    #[serde(default)]
+    enabled: Option<bool>,
+    listen: String,
+    private_key: PathBuf,
+    address: String,
+    pool: String,
+    endpoint: String,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    https_port: Option<u16>,
+    #[serde(default)]
+    http: Option<bool>,
+    #[serde(default)]
+    keepalive_secs: Option<u16>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -184,6 +206,8 @@ pub struct Config {
     pub limits: Limits,
     pub auth: Auth,
     pub policy: Policy,
+    /// The WireGuard ingress (art 12.2), when enabled.
+    pub wireguard: Option<WireGuard>,
     pub routes: RouteTable,
     /// The routes as written, for tools that print them.
     pub route_specs: Vec<RouteSpec>,
@@ -216,6 +240,30 @@ pub struct Auth {
     /// Wrong passwords in a row before the account is locked.
     pub max_failures: u32,
     pub lockout: Duration,
+}
+
+/// The userspace WireGuard ingress (art 12.2): terminals reach the gateway's own HTTPS
+/// service at `address` inside the tunnel, never the LAN behind it.
+#[derive(Debug, Clone)]
+pub struct WireGuard {
+    /// The UDP socket.
+    pub listen: SocketAddr,
+    /// File holding the gateway's private key (base64, mode 0600).
+    pub private_key: PathBuf,
+    /// The gateway's address inside the tunnel.
+    pub address: std::net::Ipv4Addr,
+    /// Terminals' tunnel addresses are allocated from here.
+    pub pool: ipnetwork::Ipv4Network,
+    /// `HOST:PORT` written into terminals' configurations.
+    pub endpoint: String,
+    /// Server certificate for HTTPS inside the tunnel (SAN: `address`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub https_port: u16,
+    /// Plain HTTP on port 80 inside the tunnel (off by default: sign-in cookies need HTTPS).
+    pub http: bool,
+    /// PersistentKeepalive written into terminals' configurations.
+    pub keepalive_secs: u16,
 }
 
 /// What the gateway does to EMR responses for art 13.2.5 (no printing or saving).
@@ -561,6 +609,10 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
     if auth.max_failures == 0 {
         problems.push("auth.max_failures: must be at least 1".into());
     }
+    let wireguard = raw
+        .wireguard
+        .filter(|w| w.enabled.unwrap_or(true))
+        .and_then(|w| validate_wireguard(w, base, problems));
     let policy = Policy {
         block_downloads: raw.policy.block_downloads.unwrap_or(true),
         blank_print: raw.policy.blank_print.unwrap_or(true),
@@ -592,8 +644,88 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         limits,
         auth,
         policy,
+        wireguard,
         routes: routes?,
         route_specs: raw.routes,
+    })
+}
+
+fn validate_wireguard(
+    w: RawWireGuard,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<WireGuard> {
+    let n = problems.len();
+    let listen = w
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| {
+            problems.push(format!(
+                "wireguard.listen: {:?} is not ADDR:PORT: {e}",
+                w.listen
+            ))
+        })
+        .ok();
+    let address = w
+        .address
+        .parse::<std::net::Ipv4Addr>()
+        .map_err(|e| {
+            problems.push(format!(
+                "wireguard.address: {:?} is not an IPv4 address: {e}",
+                w.address
+            ))
+        })
+        .ok();
+    let pool = w
+        .pool
+        .parse::<ipnetwork::Ipv4Network>()
+        .map_err(|e| {
+            problems.push(format!(
+                "wireguard.pool: {:?} is not an IPv4 CIDR: {e}",
+                w.pool
+            ))
+        })
+        .ok();
+    if let (Some(a), Some(p)) = (address, pool) {
+        if !p.contains(a) {
+            problems.push(format!(
+                "wireguard.address: {a} is outside wireguard.pool {p}"
+            ));
+        }
+        if p.prefix() > 30 {
+            problems.push(format!(
+                "wireguard.pool: {p} leaves no addresses for terminals"
+            ));
+        }
+    }
+    if w.endpoint
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .is_none()
+    {
+        problems.push(format!(
+            "wireguard.endpoint: {:?} must be HOST:PORT (what terminals connect to)",
+            w.endpoint
+        ));
+    }
+    let https_port = w.https_port.unwrap_or(443);
+    if https_port == 0 || https_port == 80 {
+        problems.push(format!("wireguard.https_port: {https_port} is not usable"));
+    }
+    if problems.len() != n {
+        return None;
+    }
+    Some(WireGuard {
+        listen: listen?,
+        private_key: resolve(base, &w.private_key),
+        address: address?,
+        pool: pool?,
+        endpoint: w.endpoint,
+        cert: resolve(base, &w.cert),
+        key: resolve(base, &w.key),
+        https_port,
+        http: w.http.unwrap_or(false),
+        keepalive_secs: w.keepalive_secs.unwrap_or(25),
     })
 }
 

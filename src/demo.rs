@@ -189,6 +189,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
         metrics: None,
         origin: "cli",
         sessions: None,
+        terminals_changed: None,
     };
     let run = |r: AdminRequest| {
         let admin = admin.clone();
@@ -229,6 +230,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
             revoked: false,
             registered: crate::clock::rfc3339(clock.now()),
             kind: crate::model::TerminalKind::Terminal,
+            tunnel_ip: None,
         },
     })
     .await?;

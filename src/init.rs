@@ -35,6 +35,8 @@ pub struct InitOptions {
     pub private: Vec<String>,
     /// Where the metrics listener binds (loopback by default).
     pub metrics: Option<SocketAddr>,
+    /// Enables the WireGuard ingress on this UDP address (art 12.2).
+    pub wireguard: Option<SocketAddr>,
 }
 
 impl InitOptions {
@@ -46,11 +48,75 @@ impl InitOptions {
             upstream: "http://127.0.0.1:8080".into(),
             private: Vec::new(),
             metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            wireguard: None,
         }
     }
 }
 
 pub const CONFIG_FILE: &str = "gate.toml";
+
+/// The gateway's address inside the tunnel, and the pool terminals get theirs from.
+pub const TUNNEL_ADDRESS: &str = "10.77.0.1";
+pub const TUNNEL_POOL: &str = "10.77.0.0/24";
+
+/// Writes the gateway's WireGuard key and its in-tunnel server certificate; returns the
+/// config section.
+fn wireguard_section(o: &InitOptions, ca: &Ca, addr: SocketAddr) -> Result<String, InitError> {
+    let dir = o.dir.join("wireguard");
+    std::fs::create_dir_all(&dir).map_err(|source| InitError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let (private, public) = crate::wireguard::generate_keypair();
+    pki::write_new_file(
+        &dir.join("gateway.key"),
+        format!("{}\n", crate::wireguard::key_to_base64(&private)).as_bytes(),
+        0o600,
+    )?;
+    let tls_dir = o.dir.join("tls");
+    ca.issue_server(
+        &[TUNNEL_ADDRESS.to_string()],
+        &tls_dir.join("tunnel.crt"),
+        &tls_dir.join("tunnel.key"),
+    )?;
+    let host = if addr.ip().is_unspecified() {
+        std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "gateway.example.jp".to_string())
+    } else {
+        addr.ip().to_string()
+    };
+    let endpoint = if host.contains(':') {
+        format!("[{host}]:{}", addr.port())
+    } else {
+        format!("{host}:{}", addr.port())
+    };
+    Ok(format!(
+        r#"[wireguard]
+# Userspace WireGuard ingress (art 12.2): no kernel module, no TUN device, no root.
+# Gateway public key: {public}
+listen = {listen}
+private_key = "wireguard/gateway.key"
+# The gateway's own address inside the tunnel; only its HTTPS port answers there.
+address = "{TUNNEL_ADDRESS}"
+# Terminals' tunnel addresses are allocated from this pool by `terminal add --wireguard`.
+pool = "{TUNNEL_POOL}"
+# What terminals' .conf files name as Endpoint: the address they reach this gateway at.
+endpoint = {endpoint}
+cert = "tls/tunnel.crt"
+key = "tls/tunnel.key"
+https_port = 443
+# Plain HTTP on port 80 inside the tunnel (sign-in cookies need HTTPS: keep it off).
+http = false
+keepalive_secs = 25
+"#,
+        public = crate::wireguard::key_to_base64(&public),
+        listen = toml_str(&addr.to_string()),
+        endpoint = toml_str(&endpoint),
+    ))
+}
 
 fn toml_str(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -121,6 +187,13 @@ pub fn init(o: &InitOptions) -> Result<PathBuf, InitError> {
         &tls_dir.join("server.key"),
     )?;
 
+    let wireguard = match o.wireguard {
+        Some(addr) => wireguard_section(o, &ca, addr)?,
+        None => {
+            "# [wireguard]\n# Enable with `seibo-gate init --wireguard ADDR:PORT` (art 12.2).\n"
+                .to_string()
+        }
+    };
     let private_list = private
         .iter()
         .map(|p| toml_str(p))
@@ -172,6 +245,7 @@ connect_timeout_ms = 3000
 response_timeout_ms = 30000
 
 {metrics}
+{wireguard}
 [auth]
 # Second factor (art 6.3, 13.1): the physician's ID and password, after the terminal's
 # certificate. "off" only for a test bench.
@@ -240,6 +314,26 @@ mod tests {
         assert_eq!(cfg.routes.len(), 2);
         assert!(cfg.ca.key.exists());
         assert!(matches!(init(&o), Err(InitError::Exists(_))));
+    }
+
+    /// Art 12.2: `init --wireguard` writes an enabled, valid section with a fresh key.
+    #[test]
+    fn art_12_2_init_with_wireguard_writes_key_and_section() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = InitOptions::new(&dir.path().join("site"));
+        o.wireguard = Some("127.0.0.1:51820".parse().unwrap());
+        let cfg = Config::load(&init(&o).unwrap()).unwrap();
+        let wg = cfg.wireguard.expect("wireguard enabled");
+        assert_eq!(wg.address.to_string(), TUNNEL_ADDRESS);
+        assert_eq!(wg.endpoint, "127.0.0.1:51820");
+        let key = std::fs::read_to_string(&wg.private_key).unwrap();
+        assert!(crate::wireguard::key_from_base64(key.trim()).is_ok());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&wg.private_key)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

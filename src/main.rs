@@ -55,6 +55,9 @@ enum Command {
         /// Prometheus scrape endpoint, or "off".
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics: String,
+        /// Enable the WireGuard ingress on this UDP address (art 12.2).
+        #[arg(long)]
+        wireguard: Option<SocketAddr>,
     },
     /// Validate a config file; names the bad key and exits 64 when invalid.
     CheckConfig {
@@ -170,7 +173,8 @@ enum PhysicianCmd {
 
 #[derive(Subcommand, Debug)]
 enum TerminalCmd {
-    /// Issue a client certificate (NAME.crt, NAME.key, NAME.p12) and register the terminal.
+    /// Issue a client certificate (NAME.crt, NAME.key, NAME.p12) and register the terminal;
+    /// with --wireguard, a WireGuard key pair and NAME.conf for the official clients instead.
     Add {
         #[arg(long)]
         physician: String,
@@ -178,6 +182,8 @@ enum TerminalCmd {
         name: String,
         #[arg(long)]
         out: PathBuf,
+        #[arg(long)]
+        wireguard: bool,
     },
     Revoke {
         #[arg(long)]
@@ -335,8 +341,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             upstream,
             private,
             metrics,
+            wireguard,
         } => {
             let mut o = InitOptions::new(&dir);
+            o.wireguard = wireguard;
             o.metrics = match metrics.as_str() {
                 "off" => None,
                 m => Some(
@@ -445,7 +453,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     physician,
                     name,
                     out,
+                    wireguard: false,
                 } => terminal_add(&c, TerminalKind::Terminal, &physician, &name, &out).await,
+                TerminalCmd::Add {
+                    physician,
+                    name,
+                    out,
+                    wireguard: true,
+                } => terminal_add_wireguard(&c, &physician, &name, &out).await,
                 TerminalCmd::Revoke { name } => Ok(report(
                     admin_call(&c, AdminRequest::TerminalRevoke { name }).await?,
                     false,
@@ -667,6 +682,7 @@ async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<AdminResp
         metrics: None,
         origin: "cli",
         sessions: None,
+        terminals_changed: None,
     };
     let r = a.execute(req).await;
     audit.close().await?;
@@ -727,6 +743,7 @@ async fn terminal_add(
         revoked: false,
         registered: clock::rfc3339(SystemClock.now()),
         kind,
+        tunnel_ip: None,
     };
     let r = admin_call(cfg, AdminRequest::TerminalRegister { terminal }).await?;
     if !r.ok {
@@ -743,5 +760,104 @@ async fn terminal_add(
     println!("PKCS#12:     {}", issued.p12_path.display());
     println!("PKCS#12 password (shown once): {}", issued.p12_password);
     println!("fingerprint: {}", issued.info.fingerprint);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `terminal add --wireguard`: a key pair, a tunnel address from the pool, and a wg-quick
+/// configuration that the official WireGuard clients import as is (art 12.2).
+async fn terminal_add_wireguard(
+    cfg: &Config,
+    physician: &str,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    use seibo_gate::wireguard;
+    let wg = cfg.wireguard.as_ref().ok_or_else(|| {
+        anyhow!("the WireGuard ingress is not enabled: add a [wireguard] section (seibo-gate init --wireguard ADDR:PORT writes one)")
+    })?;
+    if !seibo_gate::pki::valid_name(name) {
+        bail!("terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)");
+    }
+    let r = admin_call(
+        cfg,
+        AdminRequest::PhysicianGet {
+            id: physician.to_string(),
+        },
+    )
+    .await?;
+    if !r.ok {
+        eprintln!("seibo-gate: {}", r.message);
+        return Ok(ExitCode::FAILURE);
+    }
+    let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
+    let terminals: Vec<Terminal> = serde_json::from_value(r.data).unwrap_or_default();
+    let used: std::collections::HashSet<std::net::Ipv4Addr> =
+        terminals.iter().filter_map(|t| t.tunnel_ip).collect();
+    let ip = wg
+        .pool
+        .iter()
+        .filter(|ip| *ip != wg.pool.network() && *ip != wg.pool.broadcast() && *ip != wg.address)
+        .find(|ip| !used.contains(ip))
+        .ok_or_else(|| anyhow!("wireguard.pool {} has no free address left", wg.pool))?;
+    let gateway_key = std::fs::read_to_string(&wg.private_key)
+        .with_context(|| format!("reading {}", wg.private_key.display()))?;
+    let gateway_public = wireguard::public_key_of(&wireguard::key_from_base64(gateway_key.trim())?);
+    let (private, public) = wireguard::generate_keypair();
+    let now = SystemClock.now();
+    let conf = format!(
+        "# Seibo Net terminal {name} of physician {physician}, issued {issued} by site {site}.\n\
+         # Import into the WireGuard client; then open https://{gw}/ in the browser.\n\
+         [Interface]\n\
+         PrivateKey = {private}\n\
+         Address = {ip}/32\n\
+         \n\
+         [Peer]\n\
+         PublicKey = {public_gw}\n\
+         Endpoint = {endpoint}\n\
+         AllowedIPs = {gw}/32\n\
+         PersistentKeepalive = {keepalive}\n",
+        issued = clock::rfc3339(now),
+        site = cfg.site.id,
+        gw = wg.address,
+        private = wireguard::key_to_base64(&private),
+        public_gw = wireguard::key_to_base64(&gateway_public),
+        endpoint = wg.endpoint,
+        keepalive = wg.keepalive_secs,
+    );
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(out)
+            .with_context(|| format!("creating {}", out.display()))?;
+    }
+    let conf_path = out.join(format!("{name}.conf"));
+    seibo_gate::pki::write_new_file(&conf_path, conf.as_bytes(), 0o600)?;
+    let days = i64::from(cfg.ca.terminal_days);
+    let terminal = Terminal {
+        name: name.to_string(),
+        physician: physician.to_string(),
+        fingerprint: seibo_gate::model::wireguard_fingerprint(&wireguard::key_to_base64(&public)),
+        serial: String::new(),
+        not_after: clock::rfc3339(now + time::Duration::days(days)),
+        revoked: false,
+        registered: clock::rfc3339(now),
+        kind: TerminalKind::Terminal,
+        tunnel_ip: Some(ip),
+    };
+    let r = admin_call(cfg, AdminRequest::TerminalRegister { terminal }).await?;
+    if !r.ok {
+        let _ = std::fs::remove_file(&conf_path);
+        eprintln!("seibo-gate: {}", r.message);
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}", r.message);
+    println!("WireGuard configuration: {}", conf_path.display());
+    println!(
+        "tunnel address: {ip}; the physician opens https://{}/",
+        wg.address
+    );
+    println!("public key: {}", wireguard::key_to_base64(&public));
     Ok(ExitCode::SUCCESS)
 }

@@ -172,6 +172,14 @@ pub struct Terminal {
     /// Terminal or site system; older records are terminals.
     #[serde(default)]
     pub kind: TerminalKind,
+    /// For a WireGuard terminal (fingerprint `wg:<public key>`): its one tunnel address.
+    #[serde(default)]
+    pub tunnel_ip: Option<std::net::Ipv4Addr>,
+}
+
+/// Registry key of a WireGuard terminal: `wg:` + its public key in base64.
+pub fn wireguard_fingerprint(public_key_b64: &str) -> String {
+    format!("wg:{public_key_b64}")
 }
 
 /// Who gave consent (art 8.1).

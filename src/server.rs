@@ -168,6 +168,7 @@ pub async fn serve(
         metrics.clone(),
         clock.clone(),
     ));
+    let terminals_changed = Arc::new(tokio::sync::Notify::new());
     let admin = Arc::new(Admin {
         store: store.clone(),
         audit: audit.clone(),
@@ -176,6 +177,7 @@ pub async fn serve(
         metrics: Some(metrics.clone()),
         origin: "admin-socket",
         sessions: Some(gate.sessions.clone()),
+        terminals_changed: Some(terminals_changed.clone()),
     });
 
     let ready = Ready {

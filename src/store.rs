@@ -207,6 +207,13 @@ impl Store {
                 t.physician
             )));
         }
+        if let Some(ip) = t.tunnel_ip {
+            if self.terminals()?.iter().any(|x| x.tunnel_ip == Some(ip)) {
+                return Err(StoreError::Conflict(format!(
+                    "tunnel address {ip} is already given to another terminal"
+                )));
+            }
+        }
         if self
             .terminals
             .compare_and_swap(&t.name, None as Option<&[u8]>, Some(encode(t)))?
@@ -396,6 +403,7 @@ mod tests {
             revoked: false,
             registered: "2026-01-01T00:00:00+09:00".into(),
             kind: crate::model::TerminalKind::Terminal,
+            tunnel_ip: None,
         }
     }
 

@@ -74,6 +74,26 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
+/// Server-authenticated TLS inside the WireGuard tunnel: the terminal is already identified
+/// by its tunnel key, and the browser gets a secure origin (so `Secure` cookies work).
+pub fn tunnel_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = pki::load_certs(cert)?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCert {
+            path: cert.display().to_string(),
+        });
+    }
+    let key = pki::load_key(key)?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4 * 1024);
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    Ok(Arc::new(cfg))
+}
+
 /// The verified client certificate's identity (the terminal's fingerprint and the details
 /// kept for the audit).
 pub fn peer_identity(certs: Option<&[CertificateDer<'_>]>) -> Option<CertInfo> {

@@ -80,8 +80,14 @@ mod tests {
         let tcp = 6;
         let cases = [
             (packet(PEER, OWN, tcp, 443), Verdict::Deliver),
-            (packet(Ipv4Addr::new(10, 77, 0, 3), OWN, tcp, 443), Verdict::DropWrongSource),
-            (packet(PEER, Ipv4Addr::new(192, 168, 1, 10), tcp, 443), Verdict::DropWrongDestination),
+            (
+                packet(Ipv4Addr::new(10, 77, 0, 3), OWN, tcp, 443),
+                Verdict::DropWrongSource,
+            ),
+            (
+                packet(PEER, Ipv4Addr::new(192, 168, 1, 10), tcp, 443),
+                Verdict::DropWrongDestination,
+            ),
             (packet(PEER, OWN, tcp, 22), Verdict::DropWrongDestination),
             (packet(PEER, OWN, 17, 443), Verdict::DropWrongDestination),
             (packet(PEER, OWN, 1, 0), Verdict::DropWrongDestination),
@@ -100,10 +106,16 @@ mod tests {
         for len in 0..whole.len() {
             assert_ne!(inspect(&whole[..len], PEER, OWN, &[443]), Verdict::Deliver);
         }
-        assert_eq!(inspect(&[0xff; 60], PEER, OWN, &[443]), Verdict::DropMalformed);
+        assert_eq!(
+            inspect(&[0xff; 60], PEER, OWN, &[443]),
+            Verdict::DropMalformed
+        );
         let mut v6 = vec![0u8; 60];
         v6[0] = 0x60;
-        assert_eq!(inspect(&v6, PEER, OWN, &[443]), Verdict::DropWrongDestination);
+        assert_eq!(
+            inspect(&v6, PEER, OWN, &[443]),
+            Verdict::DropWrongDestination
+        );
     }
 
     #[test]

@@ -203,7 +203,10 @@ mod tests {
     #[test]
     fn keys_round_trip_through_base64() {
         let (private, public) = generate_keypair();
-        assert_eq!(key_from_base64(&key_to_base64(&private)).ok(), Some(private));
+        assert_eq!(
+            key_from_base64(&key_to_base64(&private)).ok(),
+            Some(private)
+        );
         assert_eq!(key_to_base64(&public).len(), 44);
         assert_eq!(public_key_of(&private), public);
         assert!(key_from_base64("AAAA").is_err());
@@ -279,18 +282,24 @@ mod loopback_tests {
         sock.connect(handle.local_addr()).await.expect("connect");
 
         let (stranger_private, _) = generate_keypair();
-        sock.send(&initiation(stranger_private, server_public)).await.expect("send");
+        sock.send(&initiation(stranger_private, server_public))
+            .await
+            .expect("send");
         assert_eq!(reply(&sock).await, None, "an unknown key got an answer");
         assert_eq!(handle.stats().dropped_unknown_key, 1);
 
-        sock.send(&initiation(alice_private, server_public)).await.expect("send");
+        sock.send(&initiation(alice_private, server_public))
+            .await
+            .expect("send");
         let response = reply(&sock).await.expect("no handshake response");
         assert_eq!((response.len(), response[0]), (92, 2));
         assert_eq!(handle.stats().handshakes, 1);
 
         // Revoked: the same key now gets silence.
         handle.set_peers(Vec::new());
-        sock.send(&initiation(alice_private, server_public)).await.expect("send");
+        sock.send(&initiation(alice_private, server_public))
+            .await
+            .expect("send");
         assert_eq!(reply(&sock).await, None, "a removed key got an answer");
         assert_eq!(handle.stats().peers, 0);
     }
@@ -319,7 +328,10 @@ mod loopback_tests {
         }
         assert_eq!(reply(&sock).await, None);
         let stats = handle.stats();
-        assert!(stats.dropped_invalid + stats.dropped_unknown_index > 1000, "{stats:?}");
+        assert!(
+            stats.dropped_invalid + stats.dropped_unknown_index > 1000,
+            "{stats:?}"
+        );
         assert_eq!(stats.handshakes, 0);
     }
 }

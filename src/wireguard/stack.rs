@@ -126,7 +126,10 @@ impl Stack {
     }
 
     pub(crate) fn open_connections(&self) -> usize {
-        self.conns.values().filter(|c| c.released_at.is_none()).count()
+        self.conns
+            .values()
+            .filter(|c| c.released_at.is_none())
+            .count()
     }
 
     /// Aborts (RST) the connections whose peer `removed(key, ip)` says is gone.
@@ -140,10 +143,16 @@ impl Stack {
     }
 
     /// Runs the stack over the queued inbound packets, then egress and housekeeping.
-    fn poll(&mut self, stack: &Arc<StackShared>, table: &PeerTable, counters: &Counters) -> Outcome {
+    fn poll(
+        &mut self,
+        stack: &Arc<StackShared>,
+        table: &PeerTable,
+        counters: &Counters,
+    ) -> Outcome {
         let now = Instant::now();
         while !self.device.rx.is_empty() {
-            self.iface.poll_ingress_single(now, &mut self.device, &mut self.sockets);
+            self.iface
+                .poll_ingress_single(now, &mut self.device, &mut self.sockets);
             // A listener that took a SYN is no longer listening: keep the backlog full so the
             // next SYN (possibly in this very batch) finds one.
             self.refill_backlog();
@@ -151,7 +160,8 @@ impl Stack {
         let accepted = self.promote(stack, table, counters);
         while self.device.tx.len() < TX_BATCH {
             if let smoltcp::iface::PollResult::None =
-                self.iface.poll_egress(now, &mut self.device, &mut self.sockets)
+                self.iface
+                    .poll_egress(now, &mut self.device, &mut self.sockets)
             {
                 break;
             }
@@ -195,7 +205,10 @@ impl Stack {
                     None => return, // full: SYNs beyond this are reset
                 };
                 let socket = self.sockets.get_mut::<tcp::Socket>(handle);
-                if socket.listen((IpAddress::Ipv4(self.address), port)).is_err() {
+                if socket
+                    .listen((IpAddress::Ipv4(self.address), port))
+                    .is_err()
+                {
                     // Cannot happen for a closed socket and a non-zero port; drop it anyway.
                     self.sockets.remove(handle);
                     return;
@@ -457,11 +470,17 @@ pub(crate) async fn run(
         for stream in outcome.accepted {
             match accept.try_send(stream) {
                 Ok(()) => {
-                    shared.counters.connections_accepted.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .connections_accepted
+                        .fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
                     // The application is not keeping up (or is gone): refuse, don't queue.
-                    shared.counters.dropped_connections.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .counters
+                        .dropped_connections
+                        .fetch_add(1, Ordering::Relaxed);
                     e.into_inner().reset_on_drop();
                 }
             }

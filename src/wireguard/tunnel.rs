@@ -324,7 +324,10 @@ async fn receive_task(shared: Arc<Shared>, inbound: mpsc::Sender<Vec<u8>>) {
 async fn send(shared: &Shared, datagram: &[u8], to: SocketAddr) {
     match shared.udp.send_to(datagram, to).await {
         Ok(n) => {
-            shared.counters.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            shared
+                .counters
+                .tx_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
         }
         Err(e) => tracing::debug!(error = %e, %to, "WireGuard UDP send error"),
     }
@@ -346,19 +349,22 @@ fn handle_datagram(
         }
         Ok(Packet::HandshakeInit(_)) => {
             let mut cookie = [0u8; 64];
-            let init = match shared.rate_limiter.verify_packet(Some(from.ip()), datagram, &mut cookie)
-            {
-                Ok(Packet::HandshakeInit(init)) => init,
-                Err(TunnResult::WriteToNetwork(reply)) => {
-                    // Under load: a cookie reply, as WireGuard does, before any key lookup.
-                    replies.push((reply.to_vec(), from));
-                    return None;
-                }
-                _ => {
-                    bump(&c.dropped_invalid);
-                    return None;
-                }
-            };
+            let init =
+                match shared
+                    .rate_limiter
+                    .verify_packet(Some(from.ip()), datagram, &mut cookie)
+                {
+                    Ok(Packet::HandshakeInit(init)) => init,
+                    Err(TunnResult::WriteToNetwork(reply)) => {
+                        // Under load: a cookie reply, as WireGuard does, before any key lookup.
+                        replies.push((reply.to_vec(), from));
+                        return None;
+                    }
+                    _ => {
+                        bump(&c.dropped_invalid);
+                        return None;
+                    }
+                };
             let key = match parse_handshake_anon(&shared.secret, &shared.public, &init) {
                 Ok(half) => half.peer_static_public,
                 Err(_) => {
@@ -413,7 +419,9 @@ fn decapsulate(
             match e {
                 // Replays and stale sessions happen on any real network.
                 WireGuardError::DuplicateCounter | WireGuardError::NoCurrentSession => {}
-                _ => tracing::debug!(peer = %slot.peer.name, error = ?e, "WireGuard datagram refused"),
+                _ => {
+                    tracing::debug!(peer = %slot.peer.name, error = ?e, "WireGuard datagram refused")
+                }
             }
             bump(&c.dropped_invalid);
             return None;
@@ -460,7 +468,8 @@ fn decapsulate(
     drop(tunn);
     // Only a datagram that authenticated reaches here: follow the peer if it roamed.
     *lock(&slot.endpoint) = Some(from);
-    c.rx_bytes.fetch_add(datagram.len() as u64, Ordering::Relaxed);
+    c.rx_bytes
+        .fetch_add(datagram.len() as u64, Ordering::Relaxed);
     delivered
 }
 
@@ -546,4 +555,3 @@ async fn timer_task(shared: Arc<Shared>) {
         }
     }
 }
-
