@@ -61,4 +61,5 @@ pub mod shutdown;
 pub mod signin;
 pub mod store;
 pub mod tls;
+pub mod tunnel;
 pub mod wireguard;

@@ -85,10 +85,9 @@ impl MtlsListener {
             let _ = stream.set_nodelay(true);
             let acceptor = TlsAcceptor::from(self.tls.load_full());
             let gate = gate.clone();
-            let mut conn_shutdown = shutdown.clone();
+            let conn_shutdown = shutdown.clone();
             let name = name.clone();
             let handshake_timeout = self.limits.handshake_timeout;
-            let header_timeout = self.limits.header_read_timeout;
             let gate_limits = self.limits.clone();
             let kind = self.config.kind;
             tokio::spawn(async move {
@@ -111,61 +110,16 @@ impl MtlsListener {
                     return;
                 };
                 count_handshake(&gate, &name, "ok");
-                let limits = &gate_limits;
-                let Some(_terminal_slot) = gate
-                    .terminal_conns
-                    .try_open(&cert.fingerprint, limits.max_connections_per_terminal)
-                else {
-                    gate.metrics
-                        .refused_connections
-                        .with_label_values(&[&name, "terminal-connection-limit"])
-                        .inc();
-                    tracing::warn!(client = %addr, listener = %name, "terminal connection limit reached: answered 429 and closed");
-                    refuse_connection(&gate, tls, limits).await;
-                    return;
-                };
                 let ingress = match kind {
                     ListenerKind::Terminal => Ingress::Mtls,
                     ListenerKind::SiteSystem => Ingress::Site,
                 };
-                let peer = Arc::new(Peer {
+                let peer = Peer {
                     ingress,
                     addr,
                     credential: cert.into(),
-                });
-                let conns = gate
-                    .metrics
-                    .connections
-                    .with_label_values(&[ingress.as_str()]);
-                conns.inc();
-                let svc_gate = gate.clone();
-                let svc =
-                    service_fn(move |req| service::handle(svc_gate.clone(), peer.clone(), req));
-                let builder = http_builder(limits, header_timeout);
-                let io = Tracked::new(tls);
-                let activity = io.activity();
-                let conn = builder.serve_connection(TokioIo::new(io), svc);
-                tokio::pin!(conn);
-                let idle = limits.idle_timeout;
-                let result = tokio::select! {
-                    r = conn.as_mut() => r,
-                    _ = conn_shutdown.recv() => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                    _ = activity.idle_for(idle) => {
-                        tracing::debug!(client = %addr, "idle connection closed");
-                        conn.as_mut().graceful_shutdown();
-                        match tokio::time::timeout(idle, conn.as_mut()).await {
-                            Ok(r) => r,
-                            Err(_) => Ok(()),
-                        }
-                    }
                 };
-                if let Err(e) = result {
-                    tracing::debug!(client = %addr, error = %e, "connection ended with an error");
-                }
-                conns.dec();
+                serve_peer(gate, peer, tls, &gate_limits, &name, conn_shutdown).await;
             });
         }
     }
@@ -201,6 +155,67 @@ fn handshake_failure(e: &std::io::Error) -> &'static str {
         Some(_) => "protocol",
         None => "io",
     }
+}
+
+/// Serves one identified client connection (mutual TLS, or a WireGuard tunnel stream) with
+/// the one request service: the per-terminal connection limit, the connection gauge, the
+/// idle timeout and graceful shutdown are the same for every ingress.
+pub async fn serve_peer<I>(
+    gate: Arc<Gate>,
+    peer: Peer,
+    io: I,
+    limits: &Limits,
+    listener: &str,
+    mut shutdown: Shutdown,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = peer.addr;
+    let Some(_terminal_slot) = gate.terminal_conns.try_open(
+        &peer.credential.fingerprint,
+        limits.max_connections_per_terminal,
+    ) else {
+        gate.metrics
+            .refused_connections
+            .with_label_values(&[listener, "terminal-connection-limit"])
+            .inc();
+        tracing::warn!(client = %addr, listener, "terminal connection limit reached: answered 429 and closed");
+        refuse_connection(&gate, io, limits).await;
+        return;
+    };
+    let conns = gate
+        .metrics
+        .connections
+        .with_label_values(&[peer.ingress.as_str()]);
+    conns.inc();
+    let peer = Arc::new(peer);
+    let svc_gate = gate.clone();
+    let svc = service_fn(move |req| service::handle(svc_gate.clone(), peer.clone(), req));
+    let builder = http_builder(limits, limits.header_read_timeout);
+    let io = Tracked::new(io);
+    let activity = io.activity();
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = limits.idle_timeout;
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.recv() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = activity.idle_for(idle) => {
+            tracing::debug!(client = %addr, "idle connection closed");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(idle, conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %addr, error = %e, "connection ended with an error");
+    }
+    conns.dec();
 }
 
 /// The HTTP/1.1 + HTTP/2 server settings every client connection gets.

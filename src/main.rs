@@ -293,7 +293,16 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("seibo-gate: {e:#}");
+            // Each cause once: our error types already name their source in their message.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("seibo-gate: {msg}");
             if e.downcast_ref::<seibo_gate::config::ConfigError>()
                 .is_some()
             {

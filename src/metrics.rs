@@ -40,6 +40,13 @@ pub struct Metrics {
     pub lockouts: IntCounter,
     /// Open sign-in sessions.
     pub sessions: IntGauge,
+    /// WireGuard ingress (art 12.2): completed handshakes, peers, bytes, dropped packets.
+    pub wg_handshakes: IntCounter,
+    pub wg_peers: IntGauge,
+    pub wg_peers_up: IntGauge,
+    pub wg_rx_bytes: IntCounter,
+    pub wg_tx_bytes: IntCounter,
+    pub wg_dropped: IntCounterVec,
     /// Configuration reloads (SIGHUP) by result.
     pub reloads: IntCounterVec,
     pub up: IntGauge,
@@ -146,6 +153,28 @@ impl Metrics {
             "Accounts locked after repeated wrong passwords.",
         )?;
         let sessions = IntGauge::new("sessions", "Open sign-in sessions.")?;
+        let wg_handshakes = IntCounter::new(
+            "wireguard_handshakes_total",
+            "WireGuard handshakes completed with registered peers.",
+        )?;
+        let wg_peers = IntGauge::new("wireguard_peers", "Registered WireGuard peers.")?;
+        let wg_peers_up =
+            IntGauge::new("wireguard_peers_up", "WireGuard peers with a live session.")?;
+        let wg_rx_bytes = IntCounter::new(
+            "wireguard_received_bytes_total",
+            "Bytes received on the WireGuard UDP socket.",
+        )?;
+        let wg_tx_bytes = IntCounter::new(
+            "wireguard_sent_bytes_total",
+            "Bytes sent on the WireGuard UDP socket.",
+        )?;
+        let wg_dropped = IntCounterVec::new(
+            Opts::new(
+                "wireguard_dropped_packets_total",
+                "WireGuard packets dropped, by cause (unknown key, wrong source or destination, ...).",
+            ),
+            &["cause"],
+        )?;
         let up = IntGauge::new("up", "1 while the gateway is serving.")?;
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -166,6 +195,12 @@ impl Metrics {
             Box::new(signins.clone()),
             Box::new(lockouts.clone()),
             Box::new(sessions.clone()),
+            Box::new(wg_handshakes.clone()),
+            Box::new(wg_peers.clone()),
+            Box::new(wg_peers_up.clone()),
+            Box::new(wg_rx_bytes.clone()),
+            Box::new(wg_tx_bytes.clone()),
+            Box::new(wg_dropped.clone()),
         ] {
             registry.register(c)?;
         }
@@ -191,6 +226,12 @@ impl Metrics {
             signins,
             lockouts,
             sessions,
+            wg_handshakes,
+            wg_peers,
+            wg_peers_up,
+            wg_rx_bytes,
+            wg_tx_bytes,
+            wg_dropped,
             up,
         })
     }
@@ -211,6 +252,55 @@ impl Metrics {
             .with_label_values(&[listener])
             .set(info.not_after.unix_timestamp());
         Ok(())
+    }
+
+    /// Exports the tunnel's figures: counters advance by what changed since `last`.
+    pub fn observe_wireguard(
+        &self,
+        last: &crate::wireguard::WgStats,
+        now: &crate::wireguard::WgStats,
+    ) {
+        let delta = |a: u64, b: u64| b.saturating_sub(a);
+        self.wg_handshakes
+            .inc_by(delta(last.handshakes, now.handshakes));
+        self.wg_rx_bytes.inc_by(delta(last.rx_bytes, now.rx_bytes));
+        self.wg_tx_bytes.inc_by(delta(last.tx_bytes, now.tx_bytes));
+        self.wg_peers
+            .set(i64::try_from(now.peers).unwrap_or(i64::MAX));
+        self.wg_peers_up
+            .set(i64::try_from(now.peers_up).unwrap_or(i64::MAX));
+        for (cause, a, b) in [
+            (
+                "unknown-key",
+                last.dropped_unknown_key,
+                now.dropped_unknown_key,
+            ),
+            (
+                "unknown-index",
+                last.dropped_unknown_index,
+                now.dropped_unknown_index,
+            ),
+            (
+                "wrong-source",
+                last.dropped_wrong_source,
+                now.dropped_wrong_source,
+            ),
+            (
+                "wrong-destination",
+                last.dropped_wrong_destination,
+                now.dropped_wrong_destination,
+            ),
+            ("invalid", last.dropped_invalid, now.dropped_invalid),
+            (
+                "connection-refused",
+                last.dropped_connections,
+                now.dropped_connections,
+            ),
+        ] {
+            self.wg_dropped
+                .with_label_values(&[cause])
+                .inc_by(delta(a, b));
+        }
     }
 
     /// The text exposition format.

@@ -24,6 +24,7 @@ use crate::service::Gate;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::{Store, StoreError};
 use crate::tls::{self, TlsError};
+use crate::tunnel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -40,6 +41,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Admin(#[from] admin::AdminSocketError),
+    #[error("{0}")]
+    Tunnel(#[from] crate::tunnel::TunnelError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     /// A private key file others may read: `serve` refuses to start.
@@ -57,6 +60,8 @@ pub enum ServeError {
 pub struct Ready {
     pub listeners: Vec<SocketAddr>,
     pub metrics: Option<SocketAddr>,
+    /// The WireGuard UDP socket, when enabled.
+    pub wireguard: Option<SocketAddr>,
 }
 
 /// Creates the state directory with mode 0700 (and tightens an existing one).
@@ -83,20 +88,28 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), ServeError> {
 pub fn check_key_modes(cfg: &Config) -> Result<(), ServeError> {
     use std::os::unix::fs::PermissionsExt;
     let mut problems = Vec::new();
-    for l in &cfg.listeners {
+    let mut keys: Vec<(String, &std::path::Path)> = cfg
+        .listeners
+        .iter()
+        .map(|l| (format!("listener {}", l.name), l.key.as_path()))
+        .collect();
+    if let Some(wg) = &cfg.wireguard {
+        keys.push(("wireguard".into(), wg.private_key.as_path()));
+        keys.push(("wireguard (in-tunnel TLS)".into(), wg.key.as_path()));
+    }
+    for (name, key) in keys {
         // A missing key is reported by the TLS setup with its own message.
-        let Ok(m) = std::fs::metadata(&l.key) else {
+        let Ok(m) = std::fs::metadata(key) else {
             continue;
         };
         let mode = m.permissions().mode() & 0o777;
         if mode & 0o027 != 0 {
             problems.push(format!(
-                "listener {}: private key {} has mode {mode:04o}: others may read or change it; chmod 0600 (or 0640 with group seibo-gate)",
-                l.name,
-                l.key.display()
+                "{name}: private key {} has mode {mode:04o}: others may read or change it; chmod 0600 (or 0640 with group seibo-gate)",
+                key.display()
             ));
         } else if mode & 0o040 != 0 {
-            tracing::warn!(listener = %l.name, key = %l.key.display(), mode = format!("{mode:04o}"), "private key is group-readable: make sure the group is the service's own");
+            tracing::warn!(owner = %name, key = %key.display(), mode = format!("{mode:04o}"), "private key is group-readable: make sure the group is the service's own");
         }
     }
     if let Ok(m) = std::fs::metadata(&cfg.ca.key) {
@@ -169,6 +182,20 @@ pub async fn serve(
         clock.clone(),
     ));
     let terminals_changed = Arc::new(tokio::sync::Notify::new());
+
+    // The WireGuard ingress (art 12.2): bound before ready, like every other socket.
+    let tunnel = match &cfg.wireguard {
+        Some(wg) => {
+            let tls =
+                tls::tunnel_server_config(&wg.cert, &wg.key).map_err(|source| ServeError::Tls {
+                    name: "wireguard".into(),
+                    source,
+                })?;
+            let (handle, streams) = tunnel::start(wg, &store).await?;
+            Some((handle, streams, Arc::new(ArcSwap::new(tls)), wg.https_port))
+        }
+        None => None,
+    };
     let admin = Arc::new(Admin {
         store: store.clone(),
         audit: audit.clone(),
@@ -186,6 +213,7 @@ pub async fn serve(
             .filter_map(|(s, _, _)| s.local_addr().ok())
             .collect(),
         metrics: metrics_socket.as_ref().and_then(|s| s.local_addr().ok()),
+        wireguard: tunnel.as_ref().map(|(h, _, _, _)| h.local_addr()),
     };
 
     let slots = Arc::new(Semaphore::new(cfg.limits.max_connections));
@@ -212,6 +240,23 @@ pub async fn serve(
         admin.clone(),
         trigger.subscribe(),
     ));
+    if let Some((handle, streams, tls, https_port)) = tunnel {
+        tasks.spawn(tunnel::serve(
+            streams,
+            tls,
+            https_port,
+            gate.clone(),
+            cfg.limits.clone(),
+            trigger.subscribe(),
+        ));
+        tasks.spawn(tunnel::maintain(
+            handle,
+            store.clone(),
+            terminals_changed.clone(),
+            metrics.clone(),
+            trigger.subscribe(),
+        ));
+    }
     tasks.spawn(sweep_sessions(gate.clone(), trigger.subscribe()));
     tasks.spawn(purge_daily(
         admin.clone(),

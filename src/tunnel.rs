@@ -1,0 +1,161 @@
+//! The WireGuard ingress (art 12.2), beside mutual TLS: registered terminals' tunnel streams
+//! → server-authenticated TLS inside the tunnel → the one request service, with the peer's
+//! registered key as the connection's identity (checked per request like a certificate).
+//!
+//! The packet work (boringtun, smoltcp, filtering) is in [`crate::wireguard`]; this file
+//! turns the registry into peers, serves the streams, and reports the tunnel's figures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use tokio::sync::{mpsc, Notify};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Limits, WireGuard};
+use crate::listener::serve_peer;
+use crate::metrics::Metrics;
+use crate::model::{wireguard_fingerprint, TerminalKind};
+use crate::service::{Credential, Gate, Ingress, Peer};
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError};
+use crate::wireguard::{self, WgConfig, WgHandle, WgPeer, WgStats, WgStream};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("wireguard.private_key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("wireguard: {0}")]
+    Start(#[from] wireguard::WgError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// The registry's active WireGuard terminals as tunnel peers.
+pub fn peers(store: &Store) -> Result<Vec<WgPeer>, StoreError> {
+    Ok(store
+        .terminals()?
+        .into_iter()
+        .filter(|t| t.kind == TerminalKind::Terminal && !t.revoked)
+        .filter_map(|t| {
+            let key = t.fingerprint.strip_prefix("wg:")?;
+            let public_key = wireguard::key_from_base64(key).ok()?;
+            Some(WgPeer {
+                public_key,
+                tunnel_ip: t.tunnel_ip?,
+                name: t.name,
+            })
+        })
+        .collect())
+}
+
+/// Reads the gateway's key and starts the tunnel with the registry's peers.
+pub async fn start(
+    cfg: &WireGuard,
+    store: &Store,
+) -> Result<(WgHandle, mpsc::Receiver<WgStream>), TunnelError> {
+    let key_err = |message: String| TunnelError::Key {
+        path: cfg.private_key.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(&cfg.private_key).map_err(|e| key_err(e.to_string()))?;
+    let private_key =
+        wireguard::key_from_base64(text.trim()).map_err(|e| key_err(e.to_string()))?;
+    let mut ports = vec![cfg.https_port];
+    if cfg.http {
+        ports.push(80);
+    }
+    let wg = WgConfig {
+        listen: cfg.listen,
+        private_key,
+        address: cfg.address,
+        ports,
+    };
+    Ok(wireguard::start(wg, peers(store)?).await?)
+}
+
+/// Serves the tunnel's streams until shutdown.
+pub async fn serve(
+    mut streams: mpsc::Receiver<WgStream>,
+    tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    https_port: u16,
+    gate: Arc<Gate>,
+    limits: Limits,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        let stream = tokio::select! {
+            s = streams.recv() => s,
+            _ = shutdown.recv() => return,
+        };
+        let Some(stream) = stream else { return };
+        let peer = Peer {
+            ingress: Ingress::WireGuard,
+            addr: stream.remote(),
+            credential: Credential {
+                fingerprint: wireguard_fingerprint(
+                    &base64::engine::general_purpose::STANDARD.encode(stream.peer_key()),
+                ),
+                serial: None,
+                cn: Some(stream.peer_name().to_string()),
+            },
+        };
+        let gate = gate.clone();
+        let limits = limits.clone();
+        let conn_shutdown = shutdown.clone();
+        let acceptor = TlsAcceptor::from(tls.load_full());
+        tokio::spawn(async move {
+            if stream.local_port() != https_port {
+                serve_peer(gate, peer, stream, &limits, "wireguard", conn_shutdown).await;
+                return;
+            }
+            let count = |result: &str| {
+                gate.metrics
+                    .tls_handshakes
+                    .with_label_values(&["wireguard", result])
+                    .inc();
+            };
+            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    count("ok");
+                    serve_peer(gate, peer, tls, &limits, "wireguard", conn_shutdown).await;
+                }
+                Ok(Err(e)) => {
+                    count("protocol");
+                    tracing::debug!(client = %peer.addr, error = %e, "TLS handshake in the tunnel failed");
+                }
+                Err(_) => count("timeout"),
+            }
+        });
+    }
+}
+
+/// Reloads the peers when terminals change (a revocation drops the tunnel at once), and
+/// exports the tunnel's figures.
+pub async fn maintain(
+    handle: WgHandle,
+    store: Store,
+    changed: Arc<Notify>,
+    metrics: Metrics,
+    mut shutdown: Shutdown,
+) {
+    let mut last = WgStats::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = changed.notified() => match peers(&store) {
+                Ok(p) => {
+                    tracing::info!(peers = p.len(), "wireguard peers reloaded");
+                    handle.set_peers(p);
+                }
+                Err(e) => tracing::error!(error = %e, "wireguard peers could not be read"),
+            },
+            _ = tick.tick() => {
+                let now = handle.stats();
+                metrics.observe_wireguard(&last, &now);
+                last = now;
+            }
+            _ = shutdown.recv() => return,
+        }
+    }
+}
