@@ -118,6 +118,18 @@ fn rendered_metrics() -> String {
     m.signins.with_label_values(&["failed"]).inc();
     m.lockouts.inc();
     m.sessions.set(2);
+    m.observe_wireguard(
+        &seibo_gate::wireguard::WgStats::default(),
+        &seibo_gate::wireguard::WgStats {
+            handshakes: 1,
+            peers: 2,
+            peers_up: 1,
+            rx_bytes: 1000,
+            tx_bytes: 2000,
+            dropped_unknown_key: 1,
+            ..Default::default()
+        },
+    );
     m.up.set(1);
     m.render()
 }
@@ -496,6 +508,12 @@ fn dashboards_and_alerts_name_only_exported_metrics() {
         "seibo_gate_signin_attempts_total",
         "seibo_gate_signin_lockouts_total",
         "seibo_gate_sessions",
+        "seibo_gate_wireguard_peers",
+        "seibo_gate_wireguard_peers_up",
+        "seibo_gate_wireguard_handshakes_total",
+        "seibo_gate_wireguard_received_bytes_total",
+        "seibo_gate_wireguard_sent_bytes_total",
+        "seibo_gate_wireguard_dropped_packets_total",
         "seibo_gate_up",
     ] {
         assert!(
