@@ -235,10 +235,35 @@ impl Forwarder {
         put(h, "x-forwarded-for", &id.client_ip);
         put(h, "x-forwarded-proto", "https");
 
-        // A streamed body (no Content-Length; HTTP/2) is cut off at the route's limit.
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        let req = req.map(|b| Limited::new(b, limit).boxed());
         let timeout = self.upstream.response_timeout;
+        let req = if req.headers().contains_key(header::CONTENT_LENGTH)
+            || http_body::Body::is_end_stream(req.body())
+        {
+            // A declared length (checked against the limit already) is enforced by hyper;
+            // the limit stays as a backstop.
+            req.map(|b| Limited::new(b, limit).boxed())
+        } else {
+            // A body without a length (HTTP/2 streams it) is read up to the limit first, so
+            // that one over the limit is refused before anything reaches the EMR.
+            let (mut parts, body) = req.into_parts();
+            let bytes = match tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+                .await
+            {
+                Err(_) => {
+                    return Err(ForwardError::Request(
+                        "request body not received in time".into(),
+                    ))
+                }
+                Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(ForwardError::BodyTooLarge),
+                Ok(Err(e)) => return Err(ForwardError::Request(format!("request body: {e}"))),
+                Ok(Ok(c)) => c.to_bytes(),
+            };
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            Request::from_parts(parts, pages::full(bytes))
+        };
         let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
             Err(_) => return Err(ForwardError::Timeout(timeout)),
             Ok(Err(e)) => {

@@ -377,14 +377,19 @@ impl Gate {
 
     /// Spawns `seibo-gate serve` without waiting.
     pub fn spawn(&mut self) -> &mut Child {
+        let mut c = Command::new(BIN);
+        c.arg("serve").arg("--config").arg(&self.config);
+        self.spawn_command(c)
+    }
+
+    /// Spawns `command` (which must end up exec'ing `seibo-gate serve` for this site, e.g.
+    /// under `unshare`) as the gateway, its output in the serve log.
+    pub fn spawn_command(&mut self, mut command: Command) -> &mut Child {
         assert!(self.child.is_none(), "gateway already running");
         self.starts += 1;
         let log = std::fs::File::create(self.log_path(self.starts)).expect("log file");
         let log2 = log.try_clone().expect("log file");
-        let child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config)
+        let child = command
             .env("SEIBO_GATE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log)
@@ -397,6 +402,16 @@ impl Gate {
     /// `seibo-gate serve`, waiting (bounded) until the TLS port and the admin socket answer.
     pub fn start(&mut self) {
         self.spawn();
+        self.wait_ready();
+    }
+
+    /// [`Gate::spawn_command`], then waits like [`Gate::start`].
+    pub fn start_command(&mut self, command: Command) {
+        self.spawn_command(command);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
         let start = Instant::now();
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
         loop {
