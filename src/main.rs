@@ -699,6 +699,17 @@ async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<AdminResp
     Ok(r)
 }
 
+/// The physician's name when registered; otherwise says why on stderr and gives `None`
+/// (a credential is issued only to a registered physician).
+async fn registered_physician(cfg: &Config, id: &str) -> anyhow::Result<Option<String>> {
+    let r = admin_call(cfg, AdminRequest::PhysicianGet { id: id.to_string() }).await?;
+    if !r.ok {
+        eprintln!("seibo-gate: {}", r.message);
+        return Ok(None);
+    }
+    Ok(Some(r.data["name"].as_str().unwrap_or(id).to_string()))
+}
+
 /// The initial password: generated and shown, or read from standard input.
 fn initial_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     if !from_stdin {
@@ -722,22 +733,10 @@ async fn terminal_add(
 ) -> anyhow::Result<ExitCode> {
     let (cert_kind, cn) = match kind {
         TerminalKind::Terminal => {
-            // The physician must exist before a credential is issued.
-            let r = admin_call(
-                cfg,
-                AdminRequest::PhysicianGet {
-                    id: physician.to_string(),
-                },
-            )
-            .await?;
-            if !r.ok {
-                eprintln!("seibo-gate: {}", r.message);
+            let Some(physician_name) = registered_physician(cfg, physician).await? else {
                 return Ok(ExitCode::FAILURE);
-            }
-            (
-                ClientKind::Terminal,
-                r.data["name"].as_str().unwrap_or(physician).to_string(),
-            )
+            };
+            (ClientKind::Terminal, physician_name)
         }
         TerminalKind::SiteSystem => (ClientKind::SiteSystem, format!("{name} (site system)")),
     };
@@ -787,15 +786,7 @@ async fn terminal_add_wireguard(
     if !seibo_gate::pki::valid_name(name) {
         bail!("terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)");
     }
-    let r = admin_call(
-        cfg,
-        AdminRequest::PhysicianGet {
-            id: physician.to_string(),
-        },
-    )
-    .await?;
-    if !r.ok {
-        eprintln!("seibo-gate: {}", r.message);
+    if registered_physician(cfg, physician).await?.is_none() {
         return Ok(ExitCode::FAILURE);
     }
     let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
