@@ -8,7 +8,8 @@
 //!   messages without which IPv6 does not work at all; each listener's TCP port from that
 //!   listener's `allow` networks only (IPv4 and IPv6 in separate sets; a listener bound to one
 //!   address is opened on that address only; a listener on `[::]` serves both families); the
-//!   metrics port from its scrape network (see below).
+//!   metrics port from its scrape network (see below); the WireGuard UDP port (art 12.2) from
+//!   anywhere, as the gateway answers registered keys only.
 //! * **output**: replies; loopback; neighbour discovery; TCP to the upstream EMR's port inside
 //!   `upstream.private` only; DNS (port 53, UDP and TCP) only when the upstream is named by a
 //!   host name rather than an address.
@@ -205,6 +206,43 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
                 let elems: Vec<String> = allow.v6.iter().map(|n| n.to_string()).collect();
                 set_block(&mut sets, &set, "ipv6_addr", &elems);
                 let _ = writeln!(input, "\t{daddr}ip6 saddr @{set} tcp dport {port} accept");
+            }
+        }
+    }
+
+    // ---- WireGuard (art 12.2): its UDP port from anywhere; the gateway itself ignores every
+    // datagram that is not from a registered key (no answer at all).
+    if let Some(wg) = &cfg.wireguard {
+        let ip = canonical_ip(wg.listen.ip());
+        let port = wg.listen.port();
+        if ip.is_loopback() {
+            let _ = writeln!(
+                input,
+                "\t# wireguard on {} is on loopback: covered by the loopback rule",
+                wg.listen
+            );
+        } else {
+            let _ = writeln!(
+                input,
+                "\t# wireguard on {}: unknown keys get no answer from the gateway",
+                wg.listen
+            );
+            let (want4, want6) = families_of(ip);
+            match ip {
+                IpAddr::V4(a) if !a.is_unspecified() => {
+                    let _ = writeln!(input, "\tip daddr {a} udp dport {port} accept");
+                }
+                IpAddr::V6(a) if !a.is_unspecified() => {
+                    let _ = writeln!(input, "\tip6 daddr {a} udp dport {port} accept");
+                }
+                _ => {
+                    if want4 {
+                        let _ = writeln!(input, "\tmeta nfproto ipv4 udp dport {port} accept");
+                    }
+                    if want6 {
+                        let _ = writeln!(input, "\tmeta nfproto ipv6 udp dport {port} accept");
+                    }
+                }
             }
         }
     }
@@ -472,7 +510,7 @@ path = "/patients/{{patient}}/{{category}}/**"
             "{r}"
         );
         assert!(!r.contains("listener0_v6"), "{r}");
-        assert!(!r.contains("ip6 saddr"), "{r}");
+        assert!(!r.contains("ip6 saddr @listener"), "{r}");
     }
 
     /// Art 12.4: allow-all is written without a set; overlapping and host-bit networks are
@@ -514,7 +552,7 @@ path = "/patients/{{patient}}/{{category}}/**"
         );
         let r = rules(&c);
         assert!(r.contains("no IPv6 source is allowed"), "{r}");
-        assert!(!r.contains("ip6 saddr"), "{r}");
+        assert!(!r.contains("ip6 saddr @listener"), "{r}");
     }
 
     /// Art 12.4: the metrics port is open from loopback only when bound to loopback, else from
@@ -633,5 +671,48 @@ path = "/patients/{{patient}}/{{category}}/**"
         let r = rules(&c);
         assert!(r.contains("table inet seibo_gate\ndelete table inet seibo_gate\n"));
         assert!(!r.contains("flush ruleset"));
+    }
+
+    /// Art 12.2: the WireGuard UDP port is opened on its address (the gateway itself answers
+    /// registered keys only); on loopback nothing is added.
+    #[test]
+    fn art_12_2_wireguard_udp_port_is_opened() {
+        let wg = |listen: &str| {
+            format!(
+                "{}\n[wireguard]\nlisten = \"{listen}\"\nprivate_key = \"wg.key\"\naddress = \"10.77.0.1\"\npool = \"10.77.0.0/24\"\nendpoint = \"gw.example.jp:51820\"\ncert = \"t.crt\"\nkey = \"t.key\"\n",
+                listener("internet", "0.0.0.0:443", &["0.0.0.0/0"])
+            )
+        };
+        let r = rules(&config(
+            &wg("192.0.2.10:51820"),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        ));
+        assert!(
+            r.contains("ip daddr 192.0.2.10 udp dport 51820 accept"),
+            "{r}"
+        );
+        let r = rules(&config(
+            &wg("[::]:51820"),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        ));
+        assert!(
+            r.contains("meta nfproto ipv4 udp dport 51820 accept"),
+            "{r}"
+        );
+        assert!(
+            r.contains("meta nfproto ipv6 udp dport 51820 accept"),
+            "{r}"
+        );
+        let r = rules(&config(
+            &wg("127.0.0.1:51820"),
+            "http://10.20.0.5:8080",
+            "\"10.20.0.0/24\"",
+            None,
+        ));
+        assert!(!r.contains("udp dport 51820"), "{r}");
     }
 }
