@@ -174,6 +174,18 @@ impl Drop for Lab {
             terminate(child);
         }
         for ns in &self.namespaces {
+            // Anything still running in our namespace (by PID), then the namespace.
+            let pids = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", pid])
+                    .stderr(Stdio::null())
+                    .status();
+            }
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
