@@ -274,9 +274,17 @@ blank_print = true
 # key = "tls/server.key"
 
 [limits]
+# Safe defaults; docs/security.md says what each one stops.
 handshake_timeout_ms = 10000
+# Request head read (slowloris), and a connection on which nothing moves.
 header_read_timeout_ms = 15000
+idle_timeout_ms = 60000
 max_connections = 10000
+max_connections_per_terminal = 32
+# Request head size and field count (431 beyond), and body size unless a route sets its own (413).
+max_header_bytes = 65536
+max_headers = 100
+max_body_bytes = 1048576
 
 # Routes: which EMR pages may be viewed, for which patient and record category (art 8.2).
 # Anything that matches no route is refused (default deny). Tried in order.

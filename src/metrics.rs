@@ -18,7 +18,8 @@ pub struct Metrics {
     pub upstream_seconds: Histogram,
     /// TLS handshakes by result (ok, or the failure's cause).
     pub tls_handshakes: IntCounterVec,
-    /// Connections closed before the handshake because their source is not allowed.
+    /// Connections refused by cause: source not allowed or total limit (before the handshake),
+    /// per-terminal limit (after it, with a 429 page).
     pub refused_connections: IntCounterVec,
     /// Open client connections by ingress.
     pub connections: IntGaugeVec,
@@ -95,7 +96,7 @@ impl Metrics {
         let refused_connections = IntCounterVec::new(
             Opts::new(
                 "refused_connections_total",
-                "Connections closed before the handshake (source not allowed, or connection limit).",
+                "Connections refused: source not allowed or connection limit (before the handshake), or the terminal's connection limit (after it).",
             ),
             &["listener", "cause"],
         )?;
