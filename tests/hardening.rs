@@ -1106,10 +1106,10 @@ async fn connections_per_terminal_capped_with_429() {
     drop(a);
     let mut freed = false;
     for _ in 0..40 {
-        let r = get_once(s.gate.port, cfg.clone(), "/patients/P001/labs")
-            .await
-            .unwrap();
-        if r.status == 200 {
+        // Until the closed connections are gone, a new one may still meet the total limit
+        // (closed at accept) or the terminal's (429): both mean "not freed yet".
+        let r = get_once(s.gate.port, cfg.clone(), "/patients/P001/labs").await;
+        if r.is_ok_and(|r| r.status == 200) {
             freed = true;
             break;
         }
