@@ -74,6 +74,8 @@ struct RawState {
     admin_socket: Option<PathBuf>,
     #[serde(default)]
     purge_interval_secs: Option<u64>,
+    #[serde(default)]
+    audit_verify_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +200,8 @@ pub struct Config {
     pub admin_socket: PathBuf,
     /// How often `serve` checks whether the art 11 purge is due (it runs once per Japan day).
     pub purge_interval: Duration,
+    /// How often `serve` verifies the audit log's hash chain (exported as a metric).
+    pub audit_verify_interval: Duration,
     pub ca: CaPaths,
     pub listeners: Vec<Listener>,
     pub upstream: Upstream,
@@ -452,6 +456,11 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         .map(|p| resolve(base, &p))
         .unwrap_or_else(|| state_dir.join("admin.sock"));
     let purge_interval = Duration::from_secs(raw.state.purge_interval_secs.unwrap_or(3600));
+    let audit_verify_interval =
+        Duration::from_secs(raw.state.audit_verify_interval_secs.unwrap_or(3600));
+    if audit_verify_interval.is_zero() {
+        problems.push("state.audit_verify_interval_secs: must be at least 1".into());
+    }
     if purge_interval.is_zero() {
         problems.push("state.purge_interval_secs: must be at least 1".into());
     }
@@ -637,6 +646,7 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         state_dir,
         admin_socket,
         purge_interval,
+        audit_verify_interval,
         ca,
         listeners,
         upstream: upstream?,

@@ -27,6 +27,11 @@ pub struct Metrics {
     pub audit_records: IntCounter,
     pub audit_failures: IntCounter,
     pub audit_write_seconds: Histogram,
+    /// The hash chain as last verified by the gateway itself: 1 intact, 0 broken.
+    pub audit_chain_intact: IntGauge,
+    /// Records covered by the last verification, and verifications by result.
+    pub audit_chain_records: IntGauge,
+    pub audit_verifications: IntCounterVec,
     /// Upstream failures by kind (connect, timeout).
     pub upstream_errors: IntCounterVec,
     /// Consent events by kind (grant, withdraw, delete, purge).
@@ -119,6 +124,21 @@ impl Metrics {
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
         )?;
+        let audit_chain_intact = IntGauge::new(
+            "audit_chain_intact",
+            "1 when the audit log's hash chain verified at the last check, 0 when broken.",
+        )?;
+        let audit_chain_records = IntGauge::new(
+            "audit_chain_records",
+            "Records covered by the last audit chain verification.",
+        )?;
+        let audit_verifications = IntCounterVec::new(
+            Opts::new(
+                "audit_verifications_total",
+                "Audit chain verifications run by the gateway, by result.",
+            ),
+            &["result"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new("upstream_errors_total", "Upstream EMR failures by kind."),
             &["kind"],
@@ -187,6 +207,9 @@ impl Metrics {
             Box::new(audit_records.clone()),
             Box::new(audit_failures.clone()),
             Box::new(audit_write_seconds.clone()),
+            Box::new(audit_chain_intact.clone()),
+            Box::new(audit_chain_records.clone()),
+            Box::new(audit_verifications.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(consent_events.clone()),
             Box::new(cert_expiry.clone()),
@@ -219,6 +242,9 @@ impl Metrics {
             audit_records,
             audit_failures,
             audit_write_seconds,
+            audit_chain_intact,
+            audit_chain_records,
+            audit_verifications,
             upstream_errors,
             consent_events,
             cert_expiry,

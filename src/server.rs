@@ -258,6 +258,12 @@ pub async fn serve(
         ));
     }
     tasks.spawn(sweep_sessions(gate.clone(), trigger.subscribe()));
+    tasks.spawn(verify_audit(
+        cfg.state_dir.join("audit"),
+        metrics.clone(),
+        cfg.audit_verify_interval,
+        trigger.subscribe(),
+    ));
     tasks.spawn(purge_daily(
         admin.clone(),
         cfg.purge_interval,
@@ -447,6 +453,45 @@ async fn sweep_sessions(gate: Arc<Gate>, mut shutdown: Shutdown) {
                 gate.metrics.sessions.set(i64::try_from(open).unwrap_or(i64::MAX));
             }
             _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// Verifies the audit log's hash chain at start and then periodically (art 12.8), off the
+/// runtime, and exports the result so that an alert fires on tampering.
+async fn verify_audit(
+    dir: std::path::PathBuf,
+    metrics: Metrics,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || crate::audit::verify(&d)).await {
+            Ok(Ok(report)) => {
+                metrics.audit_chain_intact.set(1);
+                metrics
+                    .audit_chain_records
+                    .set(i64::try_from(report.records).unwrap_or(i64::MAX));
+                metrics
+                    .audit_verifications
+                    .with_label_values(&["intact"])
+                    .inc();
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit chain verification FAILED");
+                metrics.audit_chain_intact.set(0);
+                metrics
+                    .audit_verifications
+                    .with_label_values(&["broken"])
+                    .inc();
+            }
+            Err(e) => tracing::error!(error = %e, "audit verification task failed"),
         }
     }
 }

@@ -109,6 +109,9 @@ fn rendered_metrics() -> String {
     m.audit_records.inc();
     m.audit_failures.inc();
     m.audit_write_seconds.observe(0.0004);
+    m.audit_chain_intact.set(1);
+    m.audit_chain_records.set(10);
+    m.audit_verifications.with_label_values(&["intact"]).inc();
     m.upstream_errors.with_label_values(&["connect"]).inc();
     m.consent_events.with_label_values(&["grant"]).inc();
     m.cert_expiry
@@ -502,6 +505,9 @@ fn dashboards_and_alerts_name_only_exported_metrics() {
         "seibo_gate_audit_records_total",
         "seibo_gate_audit_failures_total",
         "seibo_gate_audit_write_duration_seconds_bucket",
+        "seibo_gate_audit_chain_intact",
+        "seibo_gate_audit_chain_records",
+        "seibo_gate_audit_verifications_total",
         "seibo_gate_upstream_errors_total",
         "seibo_gate_consent_events_total",
         "seibo_gate_certificate_expiry_timestamp_seconds",

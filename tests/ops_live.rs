@@ -231,6 +231,8 @@ fn art_12_8_live_scrape_after_every_kind_of_traffic_passes_promtool() {
         "seibo_gate_consent_events_total{kind=\"withdraw\"}",
         "seibo_gate_audit_write_duration_seconds_bucket",
         "seibo_gate_certificate_expiry_timestamp_seconds",
+        "seibo_gate_audit_chain_intact 1",
+        "seibo_gate_audit_verifications_total{result=\"intact\"}",
     ] {
         assert!(
             text.contains(needle),
@@ -262,5 +264,85 @@ fn art_12_8_live_scrape_after_every_kind_of_traffic_passes_promtool() {
     assert!(
         out.status.success() && report.trim().is_empty(),
         "promtool: {report}"
+    );
+}
+
+/// Art 12.8: the gateway verifies its own audit chain periodically; a record edited on disk
+/// while it runs turns `seibo_gate_audit_chain_intact` to 0 (the alert's input).
+#[test]
+fn art_12_8_tampering_while_serving_is_seen_by_the_periodic_chain_check() {
+    let emr = SampleEmr::start();
+    let mut g = Gate::init(emr.port);
+    g.terminal_credential_only();
+    let text = std::fs::read_to_string(&g.config).expect("gate.toml");
+    std::fs::write(
+        &g.config,
+        text.replacen("[state]\n", "[state]\naudit_verify_interval_secs = 1\n", 1),
+    )
+    .expect("write gate.toml");
+    g.start();
+    g.add_physician("dr1");
+    let t = g.add_terminal("dr1", "pc1");
+    g.grant("P001", today_jst());
+    for _ in 0..3 {
+        assert_eq!(
+            g.curl(Some(&t), "/patients/P001/labs", &[]).status,
+            Some(200)
+        );
+    }
+    let addr = metrics_addr(&g);
+    let scrape = || -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "10", &format!("http://{addr}/metrics")])
+            .output()
+            .expect("curl metrics");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let wait_for = |needle: &str| -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if scrape().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    };
+    assert!(wait_for("seibo_gate_audit_chain_intact 1"), "{}", scrape());
+
+    // Edit one byte of the second record in place (same length: the writer's appends go on).
+    let log = g.audit_dir().join("audit.log");
+    let mut bytes = std::fs::read(&log).expect("audit.log");
+    let second = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .expect("a first line")
+        + 1;
+    let at = bytes[second..]
+        .windows(6)
+        .position(|w| w == b"\"site\"")
+        .expect("a site field")
+        + second
+        + 9;
+    bytes[at] = if bytes[at] == b'x' { b'y' } else { b'x' };
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .expect("open audit.log");
+        f.seek(SeekFrom::Start(at as u64)).expect("seek");
+        f.write_all(&bytes[at..at + 1]).expect("write");
+    }
+    assert!(
+        wait_for("seibo_gate_audit_chain_intact 0"),
+        "the periodic check did not see the edit:\n{}",
+        scrape()
+    );
+    assert!(scrape().contains("seibo_gate_audit_verifications_total{result=\"broken\"}"));
+    assert!(
+        g.log().contains("audit chain verification FAILED"),
+        "{}",
+        g.log()
     );
 }
