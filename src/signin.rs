@@ -162,6 +162,13 @@ fn deny(r: Refusal, reason: &'static str, response: Response<Body>) -> OwnPage {
     own(Verdict::Deny(r), reason, response)
 }
 
+/// A malformed or cross-site form: 400 with the malformed-request page.
+fn bad_request(live: &Live, reason: &'static str) -> OwnPage {
+    let r = Refusal::Route(RouteError::BadTarget(reason));
+    let page = pages::refusal(&r, &live.site);
+    deny(r, reason, page)
+}
+
 fn with_cookie(mut resp: Response<Body>, cookie: &str) -> Response<Body> {
     if let Ok(v) = HeaderValue::from_str(cookie) {
         resp.headers_mut().insert(header::SET_COOKIE, v);
@@ -239,14 +246,7 @@ pub async fn handle(
     let path = raw_target.split('?').next().unwrap_or(raw_target);
     let method = req.method().clone();
     if method == Method::POST && !same_origin(&req) {
-        return deny(
-            Refusal::Route(RouteError::BadTarget("cross-origin-form")),
-            "cross-origin-form",
-            pages::refusal(
-                &Refusal::Route(RouteError::BadTarget("cross-origin-form")),
-                &live.site,
-            ),
-        );
+        return bad_request(live, "cross-origin-form");
     }
     match (method, path) {
         (Method::GET, LOGIN_PATH) => {
@@ -333,14 +333,7 @@ async fn login(
         return allow("signin-not-required", pages::redirect(WHOAMI_PATH));
     }
     let Some(form) = read_form(req).await else {
-        return deny(
-            Refusal::Route(RouteError::BadTarget("bad-form")),
-            "bad-form",
-            pages::refusal(
-                &Refusal::Route(RouteError::BadTarget("bad-form")),
-                &live.site,
-            ),
-        );
+        return bad_request(live, "bad-form");
     };
     let next = safe_next(field(&form, "next"));
     let id = field(&form, "id").unwrap_or("").trim().to_string();
@@ -427,14 +420,7 @@ async fn change_password(
         );
     };
     let Some(form) = read_form(req).await else {
-        return deny(
-            Refusal::Route(RouteError::BadTarget("bad-form")),
-            "bad-form",
-            pages::refusal(
-                &Refusal::Route(RouteError::BadTarget("bad-form")),
-                &live.site,
-            ),
-        );
+        return bad_request(live, "bad-form");
     };
     let current = field(&form, "current").unwrap_or("").to_string();
     let new = field(&form, "new").unwrap_or("").to_string();
