@@ -273,6 +273,8 @@ pub async fn run() -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("no listener"))?;
     let ca = cfg.ca.cert.clone();
     let config_path = cfg.path.clone();
+    // The binary as it was started (`cargo run` does not put it on PATH).
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("seibo-gate"));
     let on_ready = |ready: &crate::server::Ready| {
         let jar = tdir.join("cookies.txt");
         let curl = format!(
@@ -297,10 +299,10 @@ pub async fn run() -> anyhow::Result<()> {
              # 4. Refused at the handshake: no client certificate\n\
              curl --cacert {} {base}/patients/P001/labs\n\n\
              # 5. The audit, and its hash chain\n\
-             seibo-gate audit query --config {cfg} --json\n\
-             seibo-gate audit verify --config {cfg}\n\n\
+             {exe} audit query --config {cfg} --json\n\
+             {exe} audit verify --config {cfg}\n\n\
              # 6. Withdraw P001's consent while serving, then retry 1.\n\
-             seibo-gate consent withdraw --config {cfg} --patient P001 --form-ref 様式7-demo\n\n\
+             {exe} consent withdraw --config {cfg} --patient P001 --form-ref 様式7-demo\n\n\
              Metrics: {}\n\
              A browser works too: import {p12} (password in {p12pw}), open {base}/patients/P001/labs.\n\
              Press Ctrl-C to stop.",
@@ -311,6 +313,7 @@ pub async fn run() -> anyhow::Result<()> {
                 .map(|m| format!("curl http://{m}/metrics"))
                 .unwrap_or_else(|| "off".into()),
             cfg = config_path.display(),
+            exe = exe.display(),
             jar = jar.display(),
             p12 = tdir.join("demo-pc.p12").display(),
             p12pw = tdir.join("demo-pc.p12.password").display(),
