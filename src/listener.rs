@@ -21,6 +21,7 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -119,7 +120,8 @@ impl MtlsListener {
                     addr,
                     credential: cert.into(),
                 };
-                serve_peer(gate, peer, tls, &gate_limits, &name, conn_shutdown).await;
+                let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                serve_peer(gate, peer, tls, http2, &gate_limits, &name, conn_shutdown).await;
             });
         }
     }
@@ -164,6 +166,7 @@ pub async fn serve_peer<I>(
     gate: Arc<Gate>,
     peer: Peer,
     io: I,
+    http2: bool,
     limits: &Limits,
     listener: &str,
     mut shutdown: Shutdown,
@@ -191,13 +194,38 @@ pub async fn serve_peer<I>(
     let peer = Arc::new(peer);
     let svc_gate = gate.clone();
     let svc = service_fn(move |req| service::handle(svc_gate.clone(), peer.clone(), req));
-    let builder = http_builder(limits, limits.header_read_timeout);
-    let io = Tracked::new(io);
-    let activity = io.activity();
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    let io = TokioIo::new(Tracked::new(io));
+    let activity = io.inner().activity();
     let idle = limits.idle_timeout;
-    let result = tokio::select! {
+    // The protocol is known from ALPN: serve it directly (no version sniffing, and a smaller
+    // connection state than the auto builder's).
+    let result = if http2 {
+        let conn = http2_builder(limits).serve_connection(io, svc);
+        drive(conn, &mut shutdown, &activity, idle, addr).await
+    } else {
+        let conn = http1_builder(limits).serve_connection(io, svc);
+        drive(conn, &mut shutdown, &activity, idle, addr).await
+    };
+    if let Err(e) = result {
+        tracing::debug!(client = %addr, error = %e, "connection ended with an error");
+    }
+    conns.dec();
+}
+
+/// Runs a connection to its end: until the client closes it, shutdown (finish the request in
+/// flight), or `idle` without a byte moved (graceful close, bounded).
+async fn drive<C>(
+    conn: C,
+    shutdown: &mut Shutdown,
+    activity: &Activity,
+    idle: Duration,
+    addr: std::net::SocketAddr,
+) -> Result<(), C::Error>
+where
+    C: GracefulConnection,
+{
+    tokio::pin!(conn);
+    tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown.recv() => {
             conn.as_mut().graceful_shutdown();
@@ -211,11 +239,24 @@ pub async fn serve_peer<I>(
                 Err(_) => Ok(()),
             }
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(client = %addr, error = %e, "connection ended with an error");
     }
-    conns.dec();
+}
+
+fn http1_builder(limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers);
+    b
+}
+
+fn http2_builder(limits: &Limits) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(100)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    b
 }
 
 /// The HTTP/1.1 + HTTP/2 server settings every client connection gets.

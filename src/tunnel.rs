@@ -106,7 +106,16 @@ pub async fn serve(
         let acceptor = TlsAcceptor::from(tls.load_full());
         tokio::spawn(async move {
             if stream.local_port() != https_port {
-                serve_peer(gate, peer, stream, &limits, "wireguard", conn_shutdown).await;
+                serve_peer(
+                    gate,
+                    peer,
+                    stream,
+                    false,
+                    &limits,
+                    "wireguard",
+                    conn_shutdown,
+                )
+                .await;
                 return;
             }
             let count = |result: &str| {
@@ -118,7 +127,8 @@ pub async fn serve(
             match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
                     count("ok");
-                    serve_peer(gate, peer, tls, &limits, "wireguard", conn_shutdown).await;
+                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_peer(gate, peer, tls, http2, &limits, "wireguard", conn_shutdown).await;
                 }
                 Ok(Err(e)) => {
                     count("protocol");
