@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{show, today_jst, Gate, SampleEmr, BIN};
+use common::{today_jst, Gate, SampleEmr};
 
 /// Longest run of the whole browser script (launch, nine pages, the idle wait).
 const BROWSER_LIMIT: Duration = Duration::from_secs(180);
@@ -75,25 +75,7 @@ fn art_6_3_13_1_signin_in_a_real_browser() {
     // The physician, with a one-time password the administrator chose.
     let id = "dr-browser";
     let initial = "Saijo-Spring-2026";
-    let mut child = Command::new(BIN)
-        .args(["physician", "add", "--id", id, "--name", "西予 太郎"])
-        .arg("--password-stdin")
-        .arg("--config")
-        .arg(&gate.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn physician add");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().expect("stdin");
-        stdin
-            .write_all(format!("{initial}\n").as_bytes())
-            .expect("write password");
-    }
-    let out = child.wait_with_output().expect("physician add");
-    assert!(out.status.success(), "physician add: {}", show(&out));
+    gate.add_physician_with_password(id, "西予 太郎", initial);
 
     // The terminal: the .p12 and its password as `terminal add` printed them.
     let terms = gate.path("terms");

@@ -1227,24 +1227,7 @@ async fn no_password_session_token_or_private_key_in_logs_or_audit() {
     let initial = "Initial-Pw-7fq2x9";
     let chosen = "Chosen-Pw-k3m8v4z1";
     let wrong = "Wrong-Pw-q9w8e7r6";
-    let mut child = Command::new(BIN)
-        .args(["physician", "add", "--id", "dr1", "--name", "Dr 1"])
-        .arg("--password-stdin")
-        .arg("--config")
-        .arg(&gate.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{initial}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", show(&out));
+    gate.add_physician_with_password("dr1", "Dr 1", initial);
     let pc1 = gate.add_terminal("dr1", "pc1");
     let cfg = gate.client(&pc1);
 

@@ -11,8 +11,7 @@
 mod common;
 
 use std::convert::Infallible;
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -33,36 +32,7 @@ const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml");
 
 /// `physician add` with the initial password on standard input.
 fn add_physician_with(gate: &Gate, id: &str, password: &str) {
-    let mut child = Command::new(BIN)
-        .args([
-            "physician",
-            "add",
-            "--id",
-            id,
-            "--name",
-            &format!("Dr {id}"),
-        ])
-        .arg("--password-stdin")
-        .arg("--config")
-        .arg(&gate.config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn physician add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{password}\n").as_bytes())
-        .expect("write password");
-    let out = child.wait_with_output().expect("physician add");
-    assert!(out.status.success(), "physician add: {}", show(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        !stdout.contains(password),
-        "a password read from stdin is never echoed: {stdout}"
-    );
+    gate.add_physician_with_password(id, &format!("Dr {id}"), password);
 }
 
 /// The value after `marker` on the line that has it (`...: VALUE`).

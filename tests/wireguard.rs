@@ -133,23 +133,13 @@ impl Got {
 }
 
 fn parse_curl(out: &Output, elapsed: Duration) -> Got {
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = match text.split_once("\r\n\r\n") {
-        Some((h, b)) => (h.to_string(), b.to_string()),
-        None => (text.clone(), String::new()),
-    };
-    let status = head
-        .lines()
-        .next()
-        .filter(|l| l.starts_with("HTTP/"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok());
+    let r = common::parse_curl(out);
     Got {
-        exit: out.status.code().unwrap_or(-1),
-        status,
-        headers: head.to_ascii_lowercase(),
-        body,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        exit: r.exit,
+        status: r.status,
+        headers: r.headers,
+        body: r.body,
+        stderr: r.stderr,
         elapsed,
     }
 }

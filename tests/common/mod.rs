@@ -518,6 +518,43 @@ impl Gate {
         ]);
     }
 
+    /// `physician add --password-stdin`: registers a physician with a one-time password the
+    /// administrator chose; the password is never echoed. Its stdout.
+    pub fn add_physician_with_password(&self, id: &str, name: &str, password: &str) -> String {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .args([
+                "physician",
+                "add",
+                "--id",
+                id,
+                "--name",
+                name,
+                "--password-stdin",
+            ])
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn physician add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("write password");
+        let out = child.wait_with_output().expect("physician add");
+        assert!(out.status.success(), "physician add: {}", show(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            !stdout.contains(password),
+            "a password read from stdin is never echoed: {stdout}"
+        );
+        stdout
+    }
+
     /// `terminal add` into D/terms; the files it wrote.
     pub fn add_terminal(&self, physician: &str, name: &str) -> Terminal {
         let out = self.path("terms");
@@ -673,7 +710,11 @@ pub fn curl(port: u16, ca: &Path, t: Option<&Terminal>, path: &str, extra: &[&st
         c.arg("--cert").arg(&t.cert).arg("--key").arg(&t.key);
     }
     c.args(extra).arg(format!("https://localhost:{port}{path}"));
-    let out = c.output().expect("run curl");
+    parse_curl(&c.output().expect("run curl"))
+}
+
+/// curl's `-i` output: status, lower-cased head, body.
+pub fn parse_curl(out: &Output) -> CurlReply {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (head, body) = match text.split_once("\r\n\r\n") {
         Some((h, b)) => (h.to_string(), b.to_string()),
