@@ -22,6 +22,8 @@ pub struct Decision {
     pub target: Option<Target>,
     /// The viewable window when the request is for a consented patient.
     pub window: Option<Window>,
+    /// True for the patient's first allowed view of the day: `last_view` must move (art 8.3).
+    pub first_view_today: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,7 @@ impl Decision {
             who,
             target,
             window: None,
+            first_view_today: false,
         }
     }
 }
@@ -165,11 +168,12 @@ pub fn authorize(
             who: Some(who),
             target: Some(target),
             window: None,
+            first_view_today: false,
         };
     };
     let today = now.to_offset(crate::clock::JST).date();
     let verdict = match store.consent(patient) {
-        Ok(Some(c)) => consent::evaluate(&c, today),
+        Ok(Some(c)) => consent::evaluate(&c, today).map(|w| (w, c.last_view != Some(today))),
         Ok(None) => Err(ConsentRefusal::NoConsent),
         Err(e) => {
             tracing::error!(error = %e, "consent read failed");
@@ -177,11 +181,12 @@ pub fn authorize(
         }
     };
     match verdict {
-        Ok(window) => Decision {
+        Ok((window, first_view_today)) => Decision {
             verdict: Verdict::Allow,
             who: Some(who),
             target: Some(target),
             window: Some(window),
+            first_view_today,
         },
         Err(r) => Decision::deny(Refusal::Consent(r), Some(who), Some(target)),
     }

@@ -379,6 +379,7 @@ async fn plan(
                 who: Some(who),
                 target: None,
                 window: None,
+                first_view_today: false,
             },
             reason: Some(page.reason),
             action: Action::Respond(page.response),
@@ -531,8 +532,9 @@ async fn forward(
     let (Some(who), Some(target)) = (&d.who, &d.target) else {
         return Err(Refusal::StoreUnavailable);
     };
-    if let Some(patient) = &target.patient {
-        // Art 8.3: an allowed view moves last_view to today.
+    if let (Some(patient), true) = (&target.patient, d.first_view_today) {
+        // Art 8.3: an allowed view moves last_view to today (the decision read the consent:
+        // later views of the day need no write).
         if let Err(e) = gate.store.touch_consent(patient, gate.clock.today()) {
             tracing::error!(error = %e, "consent update failed");
             return Err(Refusal::StoreUnavailable);
