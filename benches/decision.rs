@@ -66,7 +66,7 @@ fn populate(n: usize) -> (tempfile::TempDir, Store) {
             "by": {"kind": "patient"},
             "site": "seiyo-hospital",
             "form_ref": format!("様式6-{i}"),
-            "published": Date::from_calendar_date(2026, time::Month::April, 1).unwrap(),
+            "published": "2026-04-01",
             "no_extension": false,
             "last_view": null,
             "withdrawn": null,

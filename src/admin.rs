@@ -64,6 +64,7 @@ pub enum AdminRequest {
     ConsentGrant {
         patient: String,
         by: ConsentBy,
+        #[serde(with = "crate::model::ymd")]
         published: Date,
         no_extension: bool,
         form_ref: String,
@@ -368,11 +369,11 @@ impl Admin {
                     if let serde_json::Value::Object(m) = &mut v {
                         m.insert(
                             "records_from".into(),
-                            json(&crate::consent::records_from(c.published)),
+                            json(&crate::consent::records_from(c.published).to_string()),
                         );
                         m.insert(
                             "access_until".into(),
-                            json(&crate::consent::access_until(&c)),
+                            json(&crate::consent::access_until(&c).to_string()),
                         );
                         m.insert(
                             "allowed_today".into(),

@@ -9,6 +9,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
+// Calendar dates are written `YYYY-MM-DD` (Japan dates), in the registry and on the admin socket.
+time::serde::format_description!(pub ymd, Date, "[year]-[month]-[day]");
+
 /// Record categories that article 8.2 makes viewable. Every routed EMR page is one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -202,10 +205,12 @@ pub struct Consent {
     /// Form 6 reference.
     pub form_ref: String,
     /// Publication date (公開日), Japan calendar date.
+    #[serde(with = "ymd")]
     pub published: Date,
     /// True when the patient asked not to extend automatically (art 8.3 "unless otherwise requested").
     pub no_extension: bool,
     /// Date of the last allowed view, if any.
+    #[serde(default, with = "ymd::option")]
     pub last_view: Option<Date>,
     /// Set when withdrawn (form 7): reference and date. A withdrawn consent never allows access.
     pub withdrawn: Option<Withdrawal>,
@@ -214,5 +219,6 @@ pub struct Consent {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Withdrawal {
     pub form_ref: String,
+    #[serde(with = "ymd")]
     pub date: Date,
 }
