@@ -99,7 +99,7 @@ pub struct Gate {
     pub metrics: Metrics,
     pub clock: SharedClock,
     /// Open connections per terminal credential (`[limits] max_connections_per_terminal`).
-    pub terminal_conns: crate::listener::TerminalConns,
+    pub terminal_conns: Arc<crate::listener::TerminalConns>,
     /// What `SIGHUP` reloads: swapped atomically, read once per request.
     live: ArcSwap<Live>,
 }
@@ -207,7 +207,9 @@ pub async fn handle(
         .unwrap_or_else(|| "/".to_string());
     let wants_html = accepts_html(req.headers());
 
-    let step = plan(&gate, &live, &peer, req, &raw_target, now).await;
+    // The stages that hold large futures (sign-in, the EMR call) are boxed: hyper keeps a slot
+    // the size of this future for every open connection, idle or not (issue 6).
+    let step = Box::pin(plan(&gate, &live, &peer, req, &raw_target, now)).await;
     let d = &step.decision;
     let reason = step.reason.unwrap_or(match &d.verdict {
         Verdict::Allow => "allowed",
@@ -295,7 +297,7 @@ pub async fn handle(
         }
         (Action::Respond(resp), Verdict::Deny(_)) => resp,
         (Action::Forward(req), Verdict::Allow) => {
-            match forward(&gate, &live, &peer, req, &decision, rid, started).await {
+            match Box::pin(forward(&gate, &live, &peer, req, &decision, rid, started)).await {
                 Ok(resp) => return Ok(resp),
                 Err(r) => {
                     let resp = pages::refusal(&r, &live.site);
