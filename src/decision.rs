@@ -2,14 +2,16 @@
 //! order, default deny; a refusal is a value ([`Refusal`]), not an error. Store failures are
 //! refusals too (fail closed).
 
+use std::sync::Arc;
+
 use http::StatusCode;
 use time::OffsetDateTime;
 
 use crate::consent::{self, ConsentRefusal, Window};
-use crate::identity::{self, IdentityRefusal, Who};
+use crate::identity::{self, ConnIdentity, IdentityRefusal, Who};
 use crate::route::{RouteError, RouteTable, Target};
 use crate::session::SessionRefusal;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// What the gateway will do with a request, and everything learnt on the way (a refusal's
 /// audit record names as much as is known).
@@ -17,7 +19,7 @@ use crate::store::Store;
 pub struct Decision {
     pub verdict: Verdict,
     /// The active terminal and physician, once resolved.
-    pub who: Option<Who>,
+    pub who: Option<Arc<Who>>,
     /// What the request is for, once routed: this normalised target is what is forwarded.
     pub target: Option<Target>,
     /// The viewable window when the request is for a consented patient.
@@ -33,7 +35,7 @@ pub enum Verdict {
 }
 
 impl Decision {
-    pub fn deny(r: Refusal, who: Option<Who>, target: Option<Target>) -> Decision {
+    pub fn deny(r: Refusal, who: Option<Arc<Who>>, target: Option<Target>) -> Decision {
         Decision {
             verdict: Verdict::Deny(r),
             who,
@@ -137,8 +139,28 @@ impl Refusal {
 }
 
 /// Identity stage: the terminal with this key fingerprint, and its active physician.
-pub fn identify(store: &Store, fingerprint: &str, now: OffsetDateTime) -> Result<Who, Refusal> {
-    match identity::resolve(store, fingerprint, now) {
+pub fn identify(
+    store: &Store,
+    fingerprint: &str,
+    now: OffsetDateTime,
+) -> Result<Arc<Who>, Refusal> {
+    identified(identity::resolve(store, fingerprint, now).map(|r| r.map(Arc::new)))
+}
+
+/// [`identify`] through a connection's identity cache (same answers, fewer registry reads).
+pub fn identify_cached(
+    conn: &ConnIdentity,
+    store: &Store,
+    fingerprint: &str,
+    now: OffsetDateTime,
+) -> Result<Arc<Who>, Refusal> {
+    identified(conn.resolve(store, fingerprint, now))
+}
+
+fn identified(
+    r: Result<Result<Arc<Who>, IdentityRefusal>, StoreError>,
+) -> Result<Arc<Who>, Refusal> {
+    match r {
         Ok(Ok(who)) => Ok(who),
         Ok(Err(r)) => Err(Refusal::Identity(r)),
         Err(e) => {
@@ -153,7 +175,7 @@ pub fn identify(store: &Store, fingerprint: &str, now: OffsetDateTime) -> Result
 pub fn authorize(
     store: &Store,
     routes: &RouteTable,
-    who: Who,
+    who: Arc<Who>,
     method: &http::Method,
     path_and_query: &str,
     now: OffsetDateTime,

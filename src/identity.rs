@@ -2,6 +2,8 @@
 //! → registered terminal → its physician. Checked on every request, so that a revocation or a
 //! suspension takes effect at an open connection's next request (art 4, 7, 12.7).
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use time::OffsetDateTime;
 
 use crate::model::{Physician, Terminal, TerminalKind};
@@ -47,6 +49,15 @@ pub fn resolve(
     fingerprint: &str,
     now: OffsetDateTime,
 ) -> Result<Result<Who, IdentityRefusal>, StoreError> {
+    Ok(resolve_until(store, fingerprint, now)?.map(|(who, _)| who))
+}
+
+/// [`resolve`], with the instant the terminal's certificate expires.
+fn resolve_until(
+    store: &Store,
+    fingerprint: &str,
+    now: OffsetDateTime,
+) -> Result<Result<(Who, OffsetDateTime), IdentityRefusal>, StoreError> {
     let Some(terminal) = store.terminal_by_fingerprint(fingerprint)? else {
         return Ok(Err(IdentityRefusal::UnknownTerminal));
     };
@@ -58,25 +69,77 @@ pub fn resolve(
     if terminal.revoked {
         return Ok(Err(IdentityRefusal::TerminalRevoked));
     }
-    let expired = OffsetDateTime::parse(
+    let not_after = match OffsetDateTime::parse(
         &terminal.not_after,
         &time::format_description::well_known::Rfc3339,
-    )
-    .map(|t| t < now)
-    .unwrap_or(true);
-    if expired {
-        return Ok(Err(IdentityRefusal::TerminalExpired));
-    }
+    ) {
+        Ok(t) if t >= now => t,
+        _ => return Ok(Err(IdentityRefusal::TerminalExpired)),
+    };
     let Some(physician) = store.physician(&terminal.physician)? else {
         return Ok(Err(IdentityRefusal::UnknownPhysician));
     };
     if physician.suspended.is_some() {
         return Ok(Err(IdentityRefusal::PhysicianSuspended));
     }
-    Ok(Ok(Who {
-        terminal,
-        physician,
-    }))
+    Ok(Ok((
+        Who {
+            terminal,
+            physician,
+        },
+        not_after,
+    )))
+}
+
+/// One connection's resolved identity, reused for its next requests while the registry has not
+/// changed since it was read ([`Store::generation`]): a revocation, suspension or any other
+/// registry change is seen at the connection's next request, as with no cache; the
+/// certificate's expiry is checked against the clock on every request.
+#[derive(Debug, Default)]
+pub struct ConnIdentity {
+    cached: Mutex<Option<Cached>>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    generation: u64,
+    who: Arc<Who>,
+    not_after: OffsetDateTime,
+}
+
+impl ConnIdentity {
+    /// [`resolve`] for this connection's credential.
+    pub fn resolve(
+        &self,
+        store: &Store,
+        fingerprint: &str,
+        now: OffsetDateTime,
+    ) -> Result<Result<Arc<Who>, IdentityRefusal>, StoreError> {
+        // Read before the registry: a change made while resolving leaves the entry stale.
+        let generation = store.generation();
+        {
+            let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = cached.as_ref() {
+                if c.generation == generation && c.not_after >= now {
+                    return Ok(Ok(c.who.clone()));
+                }
+            }
+        }
+        let (who, not_after) = match resolve_until(store, fingerprint, now)? {
+            Ok(x) => x,
+            Err(r) => {
+                *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                return Ok(Err(r));
+            }
+        };
+        let who = Arc::new(who);
+        *self.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(Cached {
+            generation,
+            who: who.clone(),
+            not_after,
+        });
+        Ok(Ok(who))
+    }
 }
 
 /// For the audit of a refused request: the terminal registered under this fingerprint and its

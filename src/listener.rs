@@ -30,6 +30,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::{in_networks, Limits, Listener, ListenerKind};
 use crate::decision::Refusal;
+use crate::identity::ConnIdentity;
 use crate::pages;
 use crate::service::{self, Gate, Ingress, Peer};
 use crate::shutdown::Shutdown;
@@ -231,7 +232,9 @@ where
         .with_label_values(&[peer.ingress.as_str()]);
     conns.inc();
     let peer = Arc::new(peer);
-    let svc = service_fn(move |req| service::handle(gate.clone(), peer.clone(), req));
+    let identity = Arc::new(ConnIdentity::default());
+    let svc =
+        service_fn(move |req| service::handle(gate.clone(), peer.clone(), identity.clone(), req));
     let io = TokioIo::new(Tracked::new(io));
     let activity = io.inner().activity();
     let idle = limits.idle_timeout;

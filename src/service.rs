@@ -29,7 +29,7 @@ use crate::clock::{self, SharedClock};
 use crate::config::{Auth, Config, Limits, Policy, Site};
 use crate::decision::{self, Decision, Refusal, Verdict};
 use crate::forward::{ForwardError, Forwarded, Forwarder};
-use crate::identity::{self, Who};
+use crate::identity::{self, ConnIdentity, Who};
 use crate::metrics::Metrics;
 use crate::pages::{self, Body, BodyError};
 use crate::pki::CertInfo;
@@ -181,7 +181,7 @@ enum Action {
 }
 
 impl Step {
-    fn refuse(r: Refusal, who: Option<Who>) -> Step {
+    fn refuse(r: Refusal, who: Option<Arc<Who>>) -> Step {
         Step {
             decision: Decision::deny(r, who, None),
             reason: None,
@@ -194,6 +194,7 @@ impl Step {
 pub async fn handle(
     gate: Arc<Gate>,
     peer: Arc<Peer>,
+    identity: Arc<ConnIdentity>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
@@ -209,7 +210,7 @@ pub async fn handle(
 
     // The stages that hold large futures (sign-in, the EMR call) are boxed: hyper keeps a slot
     // the size of this future for every open connection, idle or not (issue 6).
-    let step = Box::pin(plan(&gate, &live, &peer, req, &raw_target, now)).await;
+    let step = Box::pin(plan(&gate, &live, &peer, &identity, req, &raw_target, now)).await;
     let d = &step.decision;
     let reason = step.reason.unwrap_or(match &d.verdict {
         Verdict::Allow => "allowed",
@@ -333,6 +334,7 @@ async fn plan(
     gate: &Gate,
     live: &Live,
     peer: &Peer,
+    identity: &ConnIdentity,
     req: Request<Incoming>,
     raw_target: &str,
     now: time::OffsetDateTime,
@@ -357,7 +359,7 @@ async fn plan(
                 asserted,
                 &live.site.id,
             ) {
-                Ok(Ok(who)) => who,
+                Ok(Ok(who)) => Arc::new(who),
                 Ok(Err(r)) => return Step::refuse(Refusal::SiteSystem(r), None),
                 Err(e) => {
                     tracing::error!(error = %e, "registry read failed");
@@ -366,7 +368,12 @@ async fn plan(
             }
         }
         Ingress::Mtls | Ingress::WireGuard => {
-            match decision::identify(&gate.store, &peer.credential.fingerprint, now) {
+            match decision::identify_cached(
+                identity,
+                &gate.store,
+                &peer.credential.fingerprint,
+                now,
+            ) {
                 Ok(who) => who,
                 Err(r) => return Step::refuse(r, None),
             }

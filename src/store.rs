@@ -13,6 +13,8 @@
 //! and [`Store::flush`] is called by the audit batch loop's owner (the gateway) periodically.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 use time::Date;
@@ -46,6 +48,8 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: sled::Db,
+    /// Moves on every registry change (see [`Store::generation`]).
+    generation: Arc<AtomicU64>,
     physicians: sled::Tree,
     terminals: sled::Tree,
     fingerprints: sled::Tree,
@@ -96,13 +100,27 @@ impl Store {
             fingerprints: db.open_tree("fingerprints")?,
             consents: db.open_tree("consents")?,
             db,
+            generation: Arc::new(AtomicU64::new(0)),
         })
     }
 
-    /// Makes every change so far durable.
+    /// Makes every change so far durable, and moves the [`generation`](Store::generation).
+    ///
+    /// Every administrative change ends here before it is acknowledged (the request path's
+    /// `last_view` update is the only write that does not, and it changes no identity).
     pub fn flush(&self) -> Result<(), StoreError> {
+        // First: the change is already visible to readers, so a reader that sees the new
+        // generation also sees the change; a failed flush still invalidates.
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.db.flush()?;
         Ok(())
+    }
+
+    /// A number that changes whenever a registry change is acknowledged. A value derived from
+    /// the registry (a connection's resolved identity) may be reused while the generation it
+    /// was read under is still current (read the generation *before* the registry).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     // ---- physicians (art 3, 4, 6.3, 7) ----
@@ -433,6 +451,68 @@ mod tests {
         assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
         s.add_physician(&physician("d1")).unwrap();
         assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
+    }
+
+    /// Art 4, 7, 12.7: a connection's cached identity is reused only while the registry is
+    /// unchanged; a revocation, suspension, resumption or deregistration is seen at the next
+    /// request, and expiry is checked against the clock even on a cache hit.
+    #[test]
+    fn art_12_7_connection_identity_cache_sees_every_registry_change() {
+        use crate::identity::{ConnIdentity, IdentityRefusal};
+        use time::macros::datetime;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.add_physician(&physician("d1")).unwrap();
+        s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
+        let now = datetime!(2026-11-26 10:00 +9);
+        let conn = ConnIdentity::default();
+        let first = conn.resolve(&s, "aa", now).unwrap().unwrap();
+        let again = conn.resolve(&s, "aa", now).unwrap().unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "unchanged registry: reused"
+        );
+
+        // Expiry is checked on a cache hit too.
+        let later = datetime!(2030-01-01 00:00:01 +9);
+        assert_eq!(
+            conn.resolve(&s, "aa", later).unwrap().unwrap_err(),
+            IdentityRefusal::TerminalExpired
+        );
+
+        s.suspend_physician("d1", SuspendReason::Violation).unwrap();
+        assert_eq!(
+            conn.resolve(&s, "aa", now).unwrap().unwrap_err(),
+            IdentityRefusal::PhysicianSuspended
+        );
+        s.resume_physician("d1").unwrap();
+        let resumed = conn.resolve(&s, "aa", now).unwrap().unwrap();
+        assert!(
+            !std::sync::Arc::ptr_eq(&first, &resumed),
+            "re-read after a change"
+        );
+        assert!(resumed.physician.suspended.is_none());
+
+        // Any acknowledged change invalidates, also one that does not touch this terminal.
+        let before = s.generation();
+        s.grant_consent(&consent("P1")).unwrap();
+        assert_ne!(s.generation(), before);
+        let after_other = conn.resolve(&s, "aa", now).unwrap().unwrap();
+        assert!(!std::sync::Arc::ptr_eq(&resumed, &after_other));
+
+        s.revoke_terminal("pc1").unwrap();
+        assert_eq!(
+            conn.resolve(&s, "aa", now).unwrap().unwrap_err(),
+            IdentityRefusal::TerminalRevoked
+        );
+        s.add_terminal(&terminal("pc2", "d1", "bb")).unwrap();
+        let conn2 = ConnIdentity::default();
+        conn2.resolve(&s, "bb", now).unwrap().unwrap();
+        s.delete_physician("d1").unwrap();
+        assert_eq!(
+            conn2.resolve(&s, "bb", now).unwrap().unwrap_err(),
+            IdentityRefusal::UnknownTerminal
+        );
     }
 
     #[test]
