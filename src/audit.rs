@@ -16,11 +16,15 @@
 //!   "kind":…,…}`).  `hash` is always the last member.  Because the digest is
 //!   over the stored bytes, any edit (even whitespace) is detected.
 //!
-//! The anchor file `DIR/audit.head` (`{"seq":N,"hash":"…"}`) records the last
-//! durable line; it is replaced atomically (temp file, fsync, rename) by a
-//! helper thread after synced batches (coalesced: at most one update per
-//! `HEAD_MIN_INTERVAL`, always one at close), so removing lines from the tail
-//! of the log is detected as well.  A fresh log gets the anchor `seq 0` at
+//! The anchor file `DIR/audit.head` records the last durable line in two
+//! fixed-size slots, one per line (`{"seq":N,"hash":"…"}` padded with spaces to
+//! `HEAD_SLOT` bytes); the newest well-formed slot counts.  A helper thread
+//! overwrites the older slot in place and `fdatasync`s it after synced batches
+//! (coalesced: at most one update per `HEAD_MIN_INTERVAL`, always one at close):
+//! an in-place overwrite of an allocated block needs no journal commit, where a
+//! replace-by-rename forced one per update and slowed the log's own syncs, and a
+//! write torn by a crash spoils one slot only.  Removing lines from the tail of
+//! the log is therefore detected as well.  A fresh log gets the anchor `seq 0` at
 //! open; a missing anchor next to a non-empty log counts as tampering.
 //!
 //! Writes are done by one dedicated OS thread with group commit: it drains
@@ -69,7 +73,9 @@ const MAX_BATCH_BYTES: usize = 8 << 20;
 const RETRY_INTERVAL: Duration = Duration::from_millis(250);
 /// Minimum spacing of head anchor updates (the anchor lags the log by at most
 /// this plus one fsync).
-const HEAD_MIN_INTERVAL: Duration = Duration::from_millis(10);
+const HEAD_MIN_INTERVAL: Duration = Duration::from_millis(50);
+/// Size of one head anchor slot, newline included.
+const HEAD_SLOT: usize = 128;
 
 /// One request decision, as written to the log (`"kind":"request"`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -376,20 +382,36 @@ enum HeadErr {
     Invalid(String),
 }
 
+/// The newest well-formed slot of the anchor file (a slot torn by a crash is
+/// ignored while the other one is intact).
 fn read_head(dir: &Path) -> Result<Option<Head>, HeadErr> {
     let bytes = match fs::read(dir.join(HEAD_FILE)) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(HeadErr::Io(e)),
     };
-    let head: Head = serde_json::from_slice(&bytes)
-        .map_err(|e| HeadErr::Invalid(format!("{HEAD_FILE} is not valid: {e}")))?;
-    if head.hash.len() != 64 || !head.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(HeadErr::Invalid(format!(
-            "{HEAD_FILE} has a malformed hash"
-        )));
+    let mut newest: Option<Head> = None;
+    let mut fault = String::from("it is empty");
+    for slot in bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+    {
+        match serde_json::from_slice::<Head>(slot) {
+            Ok(h) if h.hash.len() == 64 && h.hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                if newest.as_ref().is_none_or(|n| h.seq > n.seq) {
+                    newest = Some(h);
+                }
+            }
+            Ok(_) => fault = "it has a malformed hash".into(),
+            Err(e) => fault = e.to_string(),
+        }
     }
-    Ok(Some(head))
+    match newest {
+        Some(h) => Ok(Some(h)),
+        None => Err(HeadErr::Invalid(format!(
+            "{HEAD_FILE} is not valid: {fault}"
+        ))),
+    }
 }
 
 /// Checks the scanned log against the head anchor: (line, seq, reason) on failure.
@@ -466,6 +488,19 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
 // Head anchor thread
 // ---------------------------------------------------------------------------
 
+/// One anchor slot: the JSON object, padded with spaces to `HEAD_SLOT` bytes.
+fn head_slot(seq: u64, hash: &[u8; 64]) -> [u8; HEAD_SLOT] {
+    let mut slot = [b' '; HEAD_SLOT];
+    let mut text = format!("{{\"seq\":{seq},\"hash\":\"").into_bytes();
+    text.extend_from_slice(hash);
+    text.extend_from_slice(b"\"}");
+    // At most 9 + 20 digits + 10 + 64 + 2 = 105 bytes.
+    slot[..text.len()].copy_from_slice(&text);
+    slot[HEAD_SLOT - 1] = b'\n';
+    slot
+}
+
+/// Creates the anchor file with both slots at `seq` (temp file, fsync, rename).
 fn write_head(dir: &Path, seq: u64, hash: &[u8; 64]) -> io::Result<()> {
     let tmp = dir.join(HEAD_TMP_FILE);
     let mut f = OpenOptions::new()
@@ -474,12 +509,39 @@ fn write_head(dir: &Path, seq: u64, hash: &[u8; 64]) -> io::Result<()> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    let mut text = format!("{{\"seq\":{seq},\"hash\":\"").into_bytes();
-    text.extend_from_slice(hash);
-    text.extend_from_slice(b"\"}\n");
-    f.write_all(&text)?;
+    let slot = head_slot(seq, hash);
+    f.write_all(&slot)?;
+    f.write_all(&slot)?;
     f.sync_data()?;
     fs::rename(&tmp, dir.join(HEAD_FILE))
+}
+
+/// The anchor file, updated in place: each update overwrites the older slot.
+struct HeadFile {
+    file: File,
+    next_slot: u64,
+}
+
+impl HeadFile {
+    fn open(dir: &Path) -> io::Result<HeadFile> {
+        // No truncation: the slot not overwritten next is the fallback.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(HEAD_FILE))?;
+        Ok(HeadFile { file, next_slot: 0 })
+    }
+
+    fn update(&mut self, seq: u64, hash: &[u8; 64]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let at = self.next_slot * HEAD_SLOT as u64;
+        self.file.write_all_at(&head_slot(seq, hash), at)?;
+        self.file.sync_data()?;
+        self.next_slot = 1 - self.next_slot;
+        Ok(())
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -517,6 +579,7 @@ impl HeadSlot {
 }
 
 fn head_thread(dir: PathBuf, slot: Arc<HeadSlot>) {
+    let mut file: Option<HeadFile> = None;
     loop {
         let (job, stop) = {
             let mut g = slot.lock();
@@ -526,8 +589,17 @@ fn head_thread(dir: PathBuf, slot: Arc<HeadSlot>) {
             (g.next.take(), g.stop)
         };
         if let Some((seq, hash)) = job {
-            if let Err(e) = write_head(&dir, seq, &hash) {
+            let written = match file.as_mut() {
+                Some(f) => f.update(seq, &hash),
+                None => HeadFile::open(&dir).and_then(|mut f| {
+                    let r = f.update(seq, &hash);
+                    file = Some(f);
+                    r
+                }),
+            };
+            if let Err(e) = written {
                 tracing::warn!(error = %e, seq, "audit: could not update {HEAD_FILE}");
+                file = None;
             }
             if !stop {
                 // Coalesce: under load, one fsynced head update per interval
@@ -1230,10 +1302,11 @@ mod tests {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
             assert_eq!(v["seq"].as_u64(), Some(i as u64 + 1));
         }
-        let head: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.join(HEAD_FILE)).unwrap()).unwrap();
-        assert_eq!(head["seq"].as_u64(), Some(3202));
-        assert_eq!(head["hash"].as_str(), Some(report.head.as_str()));
+        let Ok(Some(head)) = read_head(&dir) else {
+            panic!("no anchor")
+        };
+        assert_eq!(head.seq, 3202);
+        assert_eq!(head.hash, report.head);
 
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -1334,6 +1407,40 @@ mod tests {
         fs::remove_file(dir.join(HEAD_FILE)).unwrap();
         assert_eq!(broken_at(dir).0, 0);
         assert!(AuditLog::open(dir).is_err());
+    }
+
+    /// Art 12.8: the anchor's two slots are overwritten in turn; a slot torn by a crash is
+    /// ignored while the other is intact, and an anchor with no valid slot is an error.
+    #[test]
+    fn head_anchor_slots_survive_a_torn_update() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let h = |c: u8| [c; 64];
+        write_head(dir, 0, &ZERO_HASH).unwrap();
+        let mut f = HeadFile::open(dir).unwrap();
+        f.update(5, &h(b'a')).unwrap();
+        f.update(9, &h(b'b')).unwrap();
+        f.update(12, &h(b'c')).unwrap(); // overwrites the slot that held 5
+        let bytes = fs::read(dir.join(HEAD_FILE)).unwrap();
+        assert_eq!(bytes.len(), 2 * HEAD_SLOT);
+        let head = read_head(dir).ok().flatten().unwrap();
+        assert_eq!((head.seq, head.hash.as_bytes()), (12, &h(b'c')[..]));
+
+        // Tear the newest slot (slot 0): the other one (seq 9) counts.
+        let mut torn = bytes.clone();
+        torn[20..40].fill(0);
+        fs::write(dir.join(HEAD_FILE), &torn).unwrap();
+        assert_eq!(read_head(dir).ok().flatten().unwrap().seq, 9);
+
+        // Both slots spoiled: invalid, never "no anchor".
+        torn[HEAD_SLOT + 20..HEAD_SLOT + 40].fill(0);
+        fs::write(dir.join(HEAD_FILE), &torn).unwrap();
+        assert!(matches!(read_head(dir), Err(HeadErr::Invalid(_))));
+
+        // The single-line anchor of earlier versions still reads.
+        let old = format!("{{\"seq\":7,\"hash\":\"{}\"}}\n", "d".repeat(64));
+        fs::write(dir.join(HEAD_FILE), old).unwrap();
+        assert_eq!(read_head(dir).ok().flatten().unwrap().seq, 7);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
