@@ -1,7 +1,8 @@
 //! The audit log: request records appended per second through `AuditLog::record` from many
 //! concurrent tasks (each call resolves only once its line is written and `fdatasync`ed: the
 //! group commit), and a per-patient `audit::query` over a log of 1,000,000 request records
-//! (each followed by its outcome line, as the gateway writes them: 2,000,000 lines).
+//! (each followed by its outcome line, as the gateway writes them: 2,000,000 lines), through
+//! the sidecar index (`audit.idx`, kept by the writer as it appends) and by a full scan.
 //!
 //! `cargo bench --bench audit`. The logs are written under `target/` (a real disk: `/tmp`
 //! may be tmpfs, where `fdatasync` proves nothing). Under `cargo test` (no `--bench` argument)
@@ -173,10 +174,16 @@ fn query(c: &mut Criterion) {
         ..Default::default()
     };
     let rows = audit::query(dir.path(), &filter).unwrap();
+    assert_eq!(rows, audit::query_full_scan(dir.path(), &filter).unwrap());
+    let idx = std::fs::metadata(dir.path().join(audit::INDEX_FILE))
+        .unwrap()
+        .len();
     println!(
-        "audit query: patient P0000042 has {} records of {}",
+        "audit query: patient P0000042 has {} records of {} ({} with an outcome); index {:.1} MiB",
         rows.len(),
-        requests
+        requests,
+        rows.iter().filter(|r| r.status.is_some()).count(),
+        idx as f64 / (1u64 << 20) as f64
     );
     let mut g = c.benchmark_group("audit-query");
     g.sample_size(10)
@@ -185,6 +192,10 @@ fn query(c: &mut Criterion) {
     g.bench_function(
         BenchmarkId::new("per-patient", format!("{requests}-records")),
         |b| b.iter(|| black_box(audit::query(dir.path(), &filter).unwrap())),
+    );
+    g.bench_function(
+        BenchmarkId::new("per-patient-full-scan", format!("{requests}-records")),
+        |b| b.iter(|| black_box(audit::query_full_scan(dir.path(), &filter).unwrap())),
     );
     g.finish();
 }

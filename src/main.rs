@@ -259,7 +259,8 @@ enum PatientCmd {
 
 #[derive(Subcommand, Debug)]
 enum AuditCmd {
-    /// Records, oldest first; JSON lines with --json.
+    /// Records, oldest first; JSON lines with --json. With --patient it reads the index
+    /// (audit.idx) and the lines it names, checked against the log; otherwise the whole log.
     Query {
         #[arg(long)]
         patient: Option<String>,
@@ -272,8 +273,12 @@ enum AuditCmd {
         until: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Read the whole log, not the index.
+        #[arg(long)]
+        full_scan: bool,
     },
-    /// Check the hash chain; exits non-zero naming the first broken record.
+    /// Check the hash chain (and the index against it); exits non-zero naming the first
+    /// broken record.
     Verify,
 }
 
@@ -578,6 +583,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     since,
                     until,
                     json,
+                    full_scan,
                 } => {
                     let parse = |s: Option<String>, key: &str| -> anyhow::Result<_> {
                         s.map(|s| audit::parse_time_arg(&s).map_err(|e| anyhow!("--{key}: {e}")))
@@ -589,7 +595,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         since: parse(since, "since")?,
                         until: parse(until, "until")?,
                     };
-                    let rows = audit::query(&dir, &filter)?;
+                    let rows = if full_scan {
+                        audit::query_full_scan(&dir, &filter)?
+                    } else {
+                        audit::query(&dir, &filter)?
+                    };
                     let mut out = std::io::stdout().lock();
                     use std::io::Write;
                     for r in &rows {

@@ -32,6 +32,12 @@
 //! only then completes the waiters.  [`AuditLog::record`] therefore resolves
 //! only when the request line is on disk, and the gateway must not forward a
 //! request whose `record` failed (fail closed).
+//!
+//! Beside the log, `DIR/audit.idx` (module [`index`]) files every line under the key of its
+//! patient, so that [`query`] with a patient reads only that patient's lines (and the log
+//! beyond the index's watermark).  It is derived: kept by its own thread off the request
+//! path, checked against the log at every open and by [`verify`], and never believed where
+//! it disagrees with the log (the query then scans the whole log, with a warning).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -51,6 +57,11 @@ use time::macros::{format_description, offset};
 use time::{OffsetDateTime, UtcOffset};
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
+
+mod index;
+
+use index::LineKey;
+pub use index::{patient_key, IndexError, INDEX_FILE};
 
 /// Name of the audit log inside the audit directory.
 pub const LOG_FILE: &str = "audit.log";
@@ -156,6 +167,10 @@ pub enum VerifyError {
         #[source]
         source: io::Error,
     },
+    /// The chain is intact but the index disagrees with it (altered, or a lying disk): queries
+    /// could miss lines until the next start rebuilds it.
+    #[error("audit log intact but its index is wrong: {0}")]
+    Index(String),
 }
 
 fn seq_note(seq: &Option<u64>) -> String {
@@ -237,6 +252,8 @@ struct LineHeader<'a> {
     kind: Cow<'a, str>,
     #[serde(default)]
     rid: Option<u64>,
+    #[serde(default, borrow)]
+    patient: Option<Cow<'a, str>>,
 }
 
 enum LineFault {
@@ -246,8 +263,13 @@ enum LineFault {
     Chain { seq: u64, reason: String },
 }
 
-/// Checks one line (without `\n`) against the expected seq and previous hash.
-fn check_line(line: &[u8], expected: u64, prev: &[u8; 64]) -> Result<[u8; 64], LineFault> {
+/// Checks one line (without `\n`) against the expected seq and previous hash; returns its
+/// hash and what the index files it under.
+fn check_line(
+    line: &[u8],
+    expected: u64,
+    prev: &[u8; 64],
+) -> Result<([u8; 64], LineKey), LineFault> {
     let h: LineHeader =
         serde_json::from_slice(line).map_err(|e| LineFault::Parse(format!("invalid JSON: {e}")))?;
     let seq = h.seq;
@@ -279,15 +301,27 @@ fn check_line(line: &[u8], expected: u64, prev: &[u8; 64]) -> Result<[u8; 64], L
             "hash does not match the line content (line altered)".into()
         ));
     }
-    match h.kind.as_ref() {
-        "request" => {}
+    let key = match h.kind.as_ref() {
+        "request" => LineKey::Request(patient_key(h.patient.as_deref())),
         "outcome" => match h.rid {
-            Some(rid) if rid >= 1 && rid < seq => {}
+            Some(rid) if rid >= 1 && rid < seq => LineKey::Outcome(rid),
             _ => return Err(bad("outcome without a valid earlier rid".into())),
         },
         other => return Err(bad(format!("unknown kind {other:?}"))),
-    }
-    Ok(computed)
+    };
+    Ok((computed, key))
+}
+
+/// A good line as [`scan_log`] hands it to its caller (for the index).
+struct Scanned {
+    seq: u64,
+    /// Byte offsets of the line's start and of the next line's.
+    offset: u64,
+    end: u64,
+    key: LineKey,
+    /// Chain hashes of the previous line and of this one.
+    prev: [u8; 64],
+    hash: [u8; 64],
 }
 
 struct Scan {
@@ -313,8 +347,13 @@ enum ScanErr {
 /// Reads the whole log and checks every link.  An unterminated final segment
 /// is always ignored (a write in progress, or a torn write that was never
 /// acknowledged); with `repair`, an unparsable *final* line is reported as
-/// torn instead of being an error.
-fn scan_log(file: File, anchor_seq: u64, repair: bool) -> Result<Scan, ScanErr> {
+/// torn instead of being an error.  `on_line` sees every good line.
+fn scan_log(
+    file: File,
+    anchor_seq: u64,
+    repair: bool,
+    on_line: &mut dyn FnMut(&Scanned),
+) -> Result<Scan, ScanErr> {
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut buf = Vec::with_capacity(1024);
     let mut st = Scan {
@@ -338,7 +377,15 @@ fn scan_log(file: File, anchor_seq: u64, repair: bool) -> Result<Scan, ScanErr> 
             break;
         };
         match check_line(line, line_no, &st.last_hash) {
-            Ok(hash) => {
+            Ok((hash, key)) => {
+                on_line(&Scanned {
+                    seq: line_no,
+                    offset: st.good_len,
+                    end: st.good_len + n as u64,
+                    key,
+                    prev: st.last_hash,
+                    hash,
+                });
                 st.last_seq = line_no;
                 st.last_hash = hash;
                 st.good_len += n as u64;
@@ -468,8 +515,22 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
         path: log_path.clone(),
         source,
     };
+    // Read before the log, like the anchor: its trusted entries only describe lines already there.
+    let mut check = index::Check::open(dir).map_err(VerifyError::Index)?;
+    let mut index_fault = None;
     let file = File::open(&log_path).map_err(io)?;
-    let st = scan_log(file, head.as_ref().map_or(0, |h| h.seq), false).map_err(|e| match e {
+    let mut on_line = |l: &Scanned| {
+        if let (Some(c), None) = (check.as_mut(), &index_fault) {
+            index_fault = c.line(l).err();
+        }
+    };
+    let st = scan_log(
+        file,
+        head.as_ref().map_or(0, |h| h.seq),
+        false,
+        &mut on_line,
+    )
+    .map_err(|e| match e {
         ScanErr::Io(source) => io(source),
         ScanErr::Broken { line, seq, reason } => VerifyError::Broken { line, seq, reason },
     })?;
@@ -478,6 +539,12 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
         seq,
         reason,
     })?;
+    if let Some(fault) = index_fault {
+        return Err(VerifyError::Index(fault));
+    }
+    if let Some(c) = &check {
+        c.finish(st.last_seq).map_err(VerifyError::Index)?;
+    }
     Ok(VerifyReport {
         records: st.last_seq,
         head: String::from_utf8_lossy(&st.last_hash).into_owned(),
@@ -623,12 +690,17 @@ fn head_thread(dir: PathBuf, slot: Arc<HeadSlot>) {
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
 enum Cmd {
-    Append { body: Vec<u8>, reply: Option<Reply> },
+    Append {
+        body: Vec<u8>,
+        key: LineKey,
+        reply: Option<Reply>,
+    },
     Close(oneshot::Sender<Result<(), AuditError>>),
 }
 
 struct Entry {
     body: Vec<u8>,
+    key: LineKey,
     reply: Option<Reply>,
 }
 
@@ -646,11 +718,16 @@ struct Writer {
     /// File length after the last synced batch; anything beyond is rolled back.
     good_len: u64,
     /// Outcome lines of failed batches, retried first.
-    carry: Vec<Vec<u8>>,
+    carry: Vec<(Vec<u8>, LineKey)>,
     buf: Vec<u8>,
     shared: Arc<Shared>,
     head: Arc<HeadSlot>,
     head_thread: Option<JoinHandle<()>>,
+    /// The index thread, fed every synced batch (`None` when the index could not be opened).
+    index: Option<std::sync::mpsc::Sender<index::Batch>>,
+    index_thread: Option<JoinHandle<()>>,
+    /// Start offset (within `buf`) of each line of the batch being written.
+    starts: Vec<usize>,
 }
 
 impl Writer {
@@ -674,15 +751,19 @@ impl Writer {
             let mut entries: Vec<Entry> = self
                 .carry
                 .drain(..)
-                .map(|body| Entry { body, reply: None })
+                .map(|(body, key)| Entry {
+                    body,
+                    key,
+                    reply: None,
+                })
                 .collect();
             let mut bytes = 0usize;
             loop {
                 for cmd in cmds.drain(..) {
                     match cmd {
-                        Cmd::Append { body, reply } => {
+                        Cmd::Append { body, key, reply } => {
                             bytes += body.len();
-                            entries.push(Entry { body, reply });
+                            entries.push(Entry { body, key, reply });
                         }
                         Cmd::Close(reply) => close = Some(reply),
                     }
@@ -720,6 +801,13 @@ impl Writer {
                 tracing::error!("audit: head thread panicked");
             }
         }
+        // Closing the channel makes the index thread sync and stop.
+        self.index = None;
+        if let Some(h) = self.index_thread.take() {
+            if h.join().is_err() {
+                tracing::error!("audit: index thread panicked");
+            }
+        }
         if let Some(reply) = close {
             // The closer may have gone away; nothing else to tell.
             let _ = reply.send(result);
@@ -733,12 +821,31 @@ impl Writer {
         let first = self.next_seq;
         let mut hash = self.last_hash;
         self.buf.clear();
+        self.starts.clear();
         for (seq, e) in (first..).zip(&entries) {
+            self.starts.push(self.buf.len());
             hash = encode_line(&mut self.buf, seq, &hash, &e.body);
         }
         match self.write_batch() {
             Ok(()) => {
                 let n = entries.len() as u64;
+                if let Some(tx) = &self.index {
+                    let base = self.good_len;
+                    let batch = index::Batch {
+                        first_seq: first,
+                        lines: entries
+                            .iter()
+                            .zip(&self.starts)
+                            .map(|(e, &at)| (e.key, base + at as u64))
+                            .collect(),
+                        log_end: base + self.buf.len() as u64,
+                        hash,
+                    };
+                    if tx.send(batch).is_err() {
+                        tracing::error!("audit: index thread gone; the index stays behind");
+                        self.index = None;
+                    }
+                }
                 self.next_seq += n;
                 self.last_hash = hash;
                 self.good_len += self.buf.len() as u64;
@@ -769,7 +876,7 @@ impl Writer {
                         Some(reply) => {
                             let _ = reply.send(Err(AuditError::WriteFailed(msg.clone())));
                         }
-                        None => self.carry.push(e.body),
+                        None => self.carry.push((e.body, e.key)),
                     }
                 }
             }
@@ -846,14 +953,33 @@ impl AuditLog {
             .open(&log_path)
             .map_err(io_err(&log_path))?;
         let reader = File::open(&log_path).map_err(io_err(&log_path))?;
-        let st =
-            scan_log(reader, head.as_ref().map_or(0, |h| h.seq), true).map_err(|e| match e {
-                ScanErr::Io(source) => io_err(&log_path)(source),
-                ScanErr::Broken { line, seq, reason } => AuditError::Corrupt {
-                    line,
-                    reason: format!("{}{}", reason, seq_note(&seq)),
-                },
-            })?;
+        // The index is checked against every line of the chain scan, and repaired from the
+        // first disagreement on; without it the gateway still runs (queries scan the log).
+        let mut rebuild = index::Rebuild::open(dir)
+            .map_err(|e| {
+                tracing::warn!(error = %e, "audit: running without the index (queries scan the whole log)")
+            })
+            .ok();
+        let mut on_line = |l: &Scanned| {
+            let failed = rebuild.as_mut().and_then(|r| r.line(l).err());
+            if let Some(e) = failed {
+                tracing::warn!(error = %e, "audit: index rebuild failed; running without it");
+                rebuild = None;
+            }
+        };
+        let st = scan_log(
+            reader,
+            head.as_ref().map_or(0, |h| h.seq),
+            true,
+            &mut on_line,
+        )
+        .map_err(|e| match e {
+            ScanErr::Io(source) => io_err(&log_path)(source),
+            ScanErr::Broken { line, seq, reason } => AuditError::Corrupt {
+                line,
+                reason: format!("{}{}", reason, seq_note(&seq)),
+            },
+        })?;
         let len = file.metadata().map_err(io_err(&log_path))?.len();
         if len != st.good_len {
             let (line, reason) = st
@@ -881,6 +1007,30 @@ impl AuditLog {
             sync_dir(dir).map_err(io_err(dir))?;
         }
 
+        let index_writer = rebuild.and_then(|r| {
+            r.finish(st.last_seq, st.good_len, st.last_hash)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "audit: could not bring the index up to date; running without it")
+                })
+                .ok()
+        });
+        let (index, index_thread) = match index_writer {
+            Some(w) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let spawned = std::thread::Builder::new()
+                    .name("audit-index".into())
+                    .spawn(move || index::index_thread(w, rx));
+                match spawned {
+                    Ok(h) => (Some(tx), Some(h)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "audit: no index thread; running without the index");
+                        (None, None)
+                    }
+                }
+            }
+            None => (None, None),
+        };
+
         let shared = Arc::new(Shared {
             written: AtomicU64::new(0),
             failed: AtomicBool::new(false),
@@ -906,6 +1056,9 @@ impl AuditLog {
             shared: shared.clone(),
             head: slot.clone(),
             head_thread: Some(head_thread),
+            index,
+            index_thread,
+            starts: Vec::new(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -933,11 +1086,13 @@ impl AuditLog {
     pub async fn record(&self, rec: RequestRecord) -> Result<u64, AuditError> {
         let body = serde_json::to_vec(&BodyOut::Request(&rec))
             .map_err(|e| AuditError::Encode(e.to_string()))?;
+        let key = LineKey::Request(patient_key(rec.patient.as_deref()));
         let (tx, rx) = oneshot::channel();
         self.inner
             .tx
             .send(Cmd::Append {
                 body,
+                key,
                 reply: Some(tx),
             })
             .map_err(|_| AuditError::Closed)?;
@@ -963,7 +1118,11 @@ impl AuditLog {
         if self
             .inner
             .tx
-            .send(Cmd::Append { body, reply: None })
+            .send(Cmd::Append {
+                body,
+                key: LineKey::Outcome(rid),
+                reply: None,
+            })
             .is_err()
         {
             tracing::error!(rid, "audit: outcome after close, not recorded");
@@ -1072,27 +1231,32 @@ pub fn parse_time_arg(s: &str) -> Result<OffsetDateTime, String> {
 
 /// Lists request lines matching `filter`, in log order, joined with their
 /// outcomes.  Does not check the hash chain (use [`verify`] for that).
+///
+/// With a patient, the lines come through the index (`audit.idx`) and the log beyond its
+/// watermark; every line read is checked, and if the index is missing or disagrees with the
+/// log the whole log is scanned instead, with a warning.  Without a patient (physician or
+/// time range only) the whole log is scanned.
 pub fn query(dir: &Path, filter: &QueryFilter) -> Result<Vec<QueryRow>, AuditError> {
+    if let Some(patient) = &filter.patient {
+        match index::query(dir, filter, patient) {
+            Ok(rows) => return Ok(rows),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "audit: the index cannot answer this query; scanning the whole log instead"
+            ),
+        }
+    }
+    query_full_scan(dir, filter)
+}
+
+/// [`query`] by reading the whole log, never the index (the reference it is tested against).
+pub fn query_full_scan(dir: &Path, filter: &QueryFilter) -> Result<Vec<QueryRow>, AuditError> {
     let path = dir.join(LOG_FILE);
     let file = File::open(&path).map_err(io_err(&path))?;
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut buf = Vec::with_capacity(1024);
-    let mut rows: Vec<QueryRow> = Vec::new();
-    let mut index: HashMap<u64, usize> = HashMap::new();
+    let mut state = QueryState::new(filter);
     let mut line_no = 0u64;
-    // Exact members a matching request line must contain (serde_json escapes every `"` inside
-    // a value, so `"patient":"P1"` can only be that member): lines without them are skipped
-    // unparsed, which makes a per-patient query a byte search instead of a JSON parse per line.
-    let needles: Vec<memchr::memmem::Finder<'static>> = [
-        ("patient", &filter.patient),
-        ("physician", &filter.physician),
-    ]
-    .into_iter()
-    .filter_map(|(k, v)| {
-        let v = serde_json::to_string(v.as_ref()?).ok()?;
-        Some(memchr::memmem::Finder::new(format!("\"{k}\":{v}").as_bytes()).into_owned())
-    })
-    .collect();
     loop {
         buf.clear();
         if reader.read_until(b'\n', &mut buf).map_err(io_err(&path))? == 0 {
@@ -1102,11 +1266,73 @@ pub fn query(dir: &Path, filter: &QueryFilter) -> Result<Vec<QueryRow>, AuditErr
         let Some(line) = buf.strip_suffix(b"\n") else {
             break; // write in progress
         };
-        if !needles.is_empty() {
+        state.scan_line(line, line_no)?;
+    }
+    Ok(state.rows)
+}
+
+/// The rows found so far by a query, in log order.
+struct QueryState<'f> {
+    filter: &'f QueryFilter,
+    /// Exact members a matching request line must contain (serde_json escapes every `"`
+    /// inside a value, so `"patient":"P1"` can only be that member): lines without them are
+    /// skipped unparsed, which makes a scan a byte search instead of a JSON parse per line.
+    needles: Vec<memchr::memmem::Finder<'static>>,
+    rows: Vec<QueryRow>,
+    /// Row of each request seq, to join outcomes.
+    by_rid: HashMap<u64, usize>,
+}
+
+impl<'f> QueryState<'f> {
+    fn new(filter: &'f QueryFilter) -> Self {
+        let needles = [
+            ("patient", &filter.patient),
+            ("physician", &filter.physician),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let v = serde_json::to_string(v.as_ref()?).ok()?;
+            Some(memchr::memmem::Finder::new(format!("\"{k}\":{v}").as_bytes()).into_owned())
+        })
+        .collect();
+        QueryState {
+            filter,
+            needles,
+            rows: Vec::new(),
+            by_rid: HashMap::new(),
+        }
+    }
+
+    fn push_request(&mut self, seq: u64, request: RequestRecord) {
+        self.by_rid.insert(seq, self.rows.len());
+        self.rows.push(QueryRow {
+            seq,
+            request,
+            status: None,
+            bytes: None,
+            duration_us: None,
+        });
+    }
+
+    fn join_outcome(&mut self, o: &OutcomeLine) {
+        if let Some(row) = self.by_rid.get(&o.rid).and_then(|&i| self.rows.get_mut(i)) {
+            row.status = Some(o.status);
+            row.bytes = Some(o.bytes);
+            row.duration_us = Some(o.duration_us);
+        }
+    }
+
+    /// The next line of a sequential scan (`line_no` is 1-based, for errors).
+    fn scan_line(&mut self, line: &[u8], line_no: u64) -> Result<(), AuditError> {
+        if !self.needles.is_empty() {
             match written_kind(line) {
-                Some(b"request") if needles.iter().any(|n| n.find(line).is_none()) => continue,
-                Some(b"outcome") if outcome_rid(line).is_some_and(|r| !index.contains_key(&r)) => {
-                    continue
+                Some(b"request") if self.needles.iter().any(|n| n.find(line).is_none()) => {
+                    return Ok(())
+                }
+                Some(b"outcome")
+                    if outcome_rid(line).is_some_and(|r| !self.by_rid.contains_key(&r)) =>
+                {
+                    return Ok(())
                 }
                 _ => {}
             }
@@ -1119,28 +1345,16 @@ pub fn query(dir: &Path, filter: &QueryFilter) -> Result<Vec<QueryRow>, AuditErr
         match k.kind.as_ref() {
             "request" => {
                 let rec: RequestRecord = serde_json::from_slice(line).map_err(corrupt)?;
-                if !matches(filter, &rec).map_err(|reason| AuditError::Corrupt {
+                if matches(self.filter, &rec).map_err(|reason| AuditError::Corrupt {
                     line: line_no,
                     reason,
                 })? {
-                    continue;
+                    self.push_request(k.seq, rec);
                 }
-                index.insert(k.seq, rows.len());
-                rows.push(QueryRow {
-                    seq: k.seq,
-                    request: rec,
-                    status: None,
-                    bytes: None,
-                    duration_us: None,
-                });
             }
             "outcome" => {
                 let o: OutcomeLine = serde_json::from_slice(line).map_err(corrupt)?;
-                if let Some(row) = index.get(&o.rid).and_then(|&i| rows.get_mut(i)) {
-                    row.status = Some(o.status);
-                    row.bytes = Some(o.bytes);
-                    row.duration_us = Some(o.duration_us);
-                }
+                self.join_outcome(&o);
             }
             other => {
                 return Err(AuditError::Corrupt {
@@ -1149,8 +1363,8 @@ pub fn query(dir: &Path, filter: &QueryFilter) -> Result<Vec<QueryRow>, AuditErr
                 })
             }
         }
+        Ok(())
     }
-    Ok(rows)
 }
 
 /// The `kind` of a line as [`encode_line`] writes it (`{"seq":N,"prev":"<64 hex>","kind":"…"`),
