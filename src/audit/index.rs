@@ -55,7 +55,7 @@ const ENTRY_LEN: u64 = 16;
 /// reading the file (outcomes follow their requests within seconds).
 const RING: u64 = if cfg!(test) { 64 } else { 1 << 16 };
 /// How often the index thread makes its new entries durable and advances the watermark.
-pub(super) const SYNC_INTERVAL: Duration = Duration::from_millis(100);
+pub(super) const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 /// Entries kept in memory while the index file cannot be written (16 MiB); beyond that the
 /// index stops until the next open.
 const MAX_PENDING: usize = 1 << 20;
@@ -733,7 +733,7 @@ pub(super) fn query(
     let key = patient_key(Some(patient));
     let mut hits: Vec<(u64, u64)> = Vec::new();
     let mut last_offset = None;
-    let mut reader = BufReader::with_capacity(1 << 20, &idx);
+    let mut reader = &idx;
     reader
         .seek(SeekFrom::Start(HEADER_LEN))
         .map_err(io_err(&idx_path))?;
