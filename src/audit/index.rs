@@ -36,7 +36,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use ring::digest;
@@ -314,72 +314,139 @@ impl IndexWriter {
     }
 }
 
-/// One group-committed batch of log lines, handed from the log writer to the index thread.
-pub(super) struct Batch {
-    pub first_seq: u64,
-    /// Key and byte offset of each line.
-    pub lines: Vec<(LineKey, u64)>,
-    /// Log length and chain hash after the batch.
-    pub log_end: u64,
-    pub hash: [u8; 64],
+/// Lines handed from the log writer to the index thread, accumulated between two syncs.
+#[derive(Default)]
+struct Handoff {
+    /// Seq of `lines[0]`.
+    first_seq: u64,
+    /// Key and byte offset of each line, in log order.
+    lines: Vec<(LineKey, u64)>,
+    /// Log length and chain hash after the last line.
+    log_end: u64,
+    hash: Option<[u8; 64]>,
+    /// Lines were dropped (the index thread was not keeping up): the index stops.
+    lost: bool,
+    stop: bool,
 }
 
-/// The index thread: appends the entries of each batch, syncs them at most every
-/// [`SYNC_INTERVAL`] and then advances the watermark; a final sync when the writer closes
-/// (drops the sender).
-pub(super) fn index_thread(mut w: IndexWriter, rx: mpsc::Receiver<Batch>) {
+/// The writer's side of the index thread. The writer appends each synced batch under a mutex
+/// and wakes the index thread only when it finds the slot empty (at most once per sync
+/// interval under load): no thread handoff per batch, nothing a request waits for.
+#[derive(Default)]
+pub(super) struct IndexSlot {
+    state: Mutex<Handoff>,
+    cv: Condvar,
+}
+
+impl IndexSlot {
+    fn lock(&self) -> MutexGuard<'_, Handoff> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Lines `first_seq..` (key, offset) are durable in the log, which now ends at `log_end`
+    /// with chain hash `hash`.
+    pub(super) fn publish(
+        &self,
+        first_seq: u64,
+        lines: impl Iterator<Item = (LineKey, u64)>,
+        log_end: u64,
+        hash: [u8; 64],
+    ) {
+        let mut g = self.lock();
+        if g.lost {
+            return;
+        }
+        let was_empty = g.lines.is_empty();
+        if was_empty {
+            g.first_seq = first_seq;
+        }
+        g.lines.extend(lines);
+        if g.lines.len() > MAX_PENDING {
+            g.lines = Vec::new();
+            g.lost = true;
+        }
+        g.log_end = log_end;
+        g.hash = Some(hash);
+        drop(g);
+        if was_empty {
+            self.cv.notify_one();
+        }
+    }
+
+    /// Makes the index thread sync what it has and end.
+    pub(super) fn stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_one();
+    }
+}
+
+/// The index thread: takes what the writer published, at most every [`SYNC_INTERVAL`],
+/// appends the entries, syncs them and then advances the watermark; a final sync at stop.
+pub(super) fn index_thread(mut w: IndexWriter, slot: Arc<IndexSlot>) {
     let mut last_sync = Instant::now();
     let mut failing = false;
     let mut stopped = false;
     loop {
-        let dirty = w.latest != w.synced || !w.pending.is_empty();
-        let msg = if dirty {
-            match rx.recv_timeout(SYNC_INTERVAL.saturating_sub(last_sync.elapsed())) {
-                Ok(b) => Some(b),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        let (taken, stop) = {
+            let mut g = slot.lock();
+            // Idle: sleep until lines arrive (or, after a failed write, retry in a while).
+            while g.lines.is_empty() && !g.stop && !g.lost {
+                if failing {
+                    g = slot
+                        .cv
+                        .wait_timeout(g, SYNC_INTERVAL)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    break;
+                }
+                g = slot.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
             }
-        } else {
-            match rx.recv() {
-                Ok(b) => Some(b),
-                Err(mpsc::RecvError) => break,
+            // Let a sync interval's worth of batches gather (unless stopping).
+            let left = SYNC_INTERVAL.saturating_sub(last_sync.elapsed());
+            if !g.stop && !left.is_zero() {
+                g = slot
+                    .cv
+                    .wait_timeout_while(g, left, |h| !h.stop)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
             }
+            let taken = std::mem::take(&mut *g);
+            g.lost = taken.lost;
+            g.stop = taken.stop;
+            (taken, g.stop)
         };
-        if let Some(b) = msg {
-            if stopped {
-                continue;
-            }
-            if let Err(e) = apply(&mut w, b) {
+        if !stopped {
+            if let Err(e) = apply(&mut w, taken) {
                 tracing::error!(error = %e, path = %w.path.display(),
                     "audit: index stopped (queries scan the log beyond it; rebuilt at the next start)");
                 stopped = true;
                 w.pending.clear();
                 w.latest = w.synced;
-                continue;
             }
         }
-        if last_sync.elapsed() >= SYNC_INTERVAL {
-            last_sync = Instant::now();
-            match w.sync() {
-                Ok(()) if failing => {
-                    failing = false;
-                    tracing::info!("audit: index writes succeed again");
+        last_sync = Instant::now();
+        match w.sync() {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("audit: index writes succeed again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, path = %w.path.display(),
+                        "audit: could not write the index (retrying; queries scan the log beyond it)");
                 }
-                Ok(()) => {}
-                Err(e) => {
-                    if !failing {
-                        tracing::warn!(error = %e, path = %w.path.display(),
-                            "audit: could not write the index (retrying; queries scan the log beyond it)");
-                    }
-                    failing = true;
-                    if w.pending.len() / ENTRY_LEN as usize > MAX_PENDING {
-                        tracing::error!("audit: index stopped: too many entries waiting");
-                        stopped = true;
-                        w.pending.clear();
-                        w.latest = w.synced;
-                    }
+                failing = true;
+                if w.pending.len() / ENTRY_LEN as usize > MAX_PENDING {
+                    tracing::error!("audit: index stopped: too many entries waiting");
+                    stopped = true;
+                    w.pending.clear();
+                    w.latest = w.synced;
                 }
             }
+        }
+        if stop {
+            break;
         }
     }
     if let Err(e) = w.close() {
@@ -387,23 +454,34 @@ pub(super) fn index_thread(mut w: IndexWriter, rx: mpsc::Receiver<Batch>) {
     }
 }
 
-fn apply(w: &mut IndexWriter, b: Batch) -> io::Result<()> {
-    if b.first_seq != w.indexed + 1 {
+fn apply(w: &mut IndexWriter, h: Handoff) -> io::Result<()> {
+    if h.lost {
+        return Err(io::Error::other(
+            "the index thread fell too far behind the log",
+        ));
+    }
+    let Some(hash) = h.hash else {
+        return Ok(()); // nothing new
+    };
+    if h.lines.is_empty() {
+        return Ok(());
+    }
+    if h.first_seq != w.indexed + 1 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!(
-                "batch starts at line {} but the index ends at {}",
-                b.first_seq, w.indexed
+                "lines start at {} but the index ends at {}",
+                h.first_seq, w.indexed
             ),
         ));
     }
-    for (key, offset) in b.lines {
+    for (key, offset) in h.lines {
         w.push(key, offset)?;
     }
     w.latest = Header {
         covered: w.indexed,
-        log_end: b.log_end,
-        hash: b.hash,
+        log_end: h.log_end,
+        hash,
         sum: w.sum,
     };
     Ok(())

@@ -723,8 +723,8 @@ struct Writer {
     shared: Arc<Shared>,
     head: Arc<HeadSlot>,
     head_thread: Option<JoinHandle<()>>,
-    /// The index thread, fed every synced batch (`None` when the index could not be opened).
-    index: Option<std::sync::mpsc::Sender<index::Batch>>,
+    /// Where every synced batch goes for the index thread (`None`: no index).
+    index: Option<Arc<index::IndexSlot>>,
     index_thread: Option<JoinHandle<()>>,
     /// Start offset (within `buf`) of each line of the batch being written.
     starts: Vec<usize>,
@@ -801,8 +801,9 @@ impl Writer {
                 tracing::error!("audit: head thread panicked");
             }
         }
-        // Closing the channel makes the index thread sync and stop.
-        self.index = None;
+        if let Some(slot) = self.index.take() {
+            slot.stop();
+        }
         if let Some(h) = self.index_thread.take() {
             if h.join().is_err() {
                 tracing::error!("audit: index thread panicked");
@@ -829,22 +830,17 @@ impl Writer {
         match self.write_batch() {
             Ok(()) => {
                 let n = entries.len() as u64;
-                if let Some(tx) = &self.index {
+                if let Some(slot) = &self.index {
                     let base = self.good_len;
-                    let batch = index::Batch {
-                        first_seq: first,
-                        lines: entries
+                    slot.publish(
+                        first,
+                        entries
                             .iter()
                             .zip(&self.starts)
-                            .map(|(e, &at)| (e.key, base + at as u64))
-                            .collect(),
-                        log_end: base + self.buf.len() as u64,
+                            .map(|(e, &at)| (e.key, base + at as u64)),
+                        base + self.buf.len() as u64,
                         hash,
-                    };
-                    if tx.send(batch).is_err() {
-                        tracing::error!("audit: index thread gone; the index stays behind");
-                        self.index = None;
-                    }
+                    );
                 }
                 self.next_seq += n;
                 self.last_hash = hash;
@@ -1016,12 +1012,13 @@ impl AuditLog {
         });
         let (index, index_thread) = match index_writer {
             Some(w) => {
-                let (tx, rx) = std::sync::mpsc::channel();
+                let slot = Arc::new(index::IndexSlot::default());
+                let thread_slot = slot.clone();
                 let spawned = std::thread::Builder::new()
                     .name("audit-index".into())
-                    .spawn(move || index::index_thread(w, rx));
+                    .spawn(move || index::index_thread(w, thread_slot));
                 match spawned {
-                    Ok(h) => (Some(tx), Some(h)),
+                    Ok(h) => (Some(slot), Some(h)),
                     Err(e) => {
                         tracing::warn!(error = %e, "audit: no index thread; running without the index");
                         (None, None)
