@@ -728,6 +728,43 @@ struct Writer {
     index_thread: Option<JoinHandle<()>>,
     /// Start offset (within `buf`) of each line of the batch being written.
     starts: Vec<usize>,
+    pace: Pace,
+}
+
+/// How long a busy writer waits for more records before syncing a batch.
+const GROUP_WINDOW: Duration = Duration::from_micros(200);
+
+/// The arrival rate of records, to decide whether waiting [`GROUP_WINDOW`] before a sync
+/// gathers more records into it. Idle or light load: no wait (a lone request is synced at
+/// once). Busy: every `fdatasync` costs tens of microseconds of CPU (block layer, device
+/// notification), and without the wait a batch held ~2.5 lines at 16,000 requests/s.
+struct Pace {
+    last: std::time::Instant,
+    /// Smoothed records per second.
+    rate: f64,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            last: std::time::Instant::now(),
+            rate: 0.0,
+        }
+    }
+
+    /// Records one batch about to be committed.
+    fn batch(&mut self, records: usize) {
+        let now = std::time::Instant::now();
+        let secs = now.duration_since(self.last).as_secs_f64().max(1e-6);
+        self.last = now;
+        let instant = records as f64 / secs;
+        self.rate = 0.8 * self.rate + 0.2 * instant;
+    }
+
+    /// True when at least two more records are expected within the window.
+    fn worth_waiting(&self) -> bool {
+        self.rate * GROUP_WINDOW.as_secs_f64() >= 2.0
+    }
 }
 
 impl Writer {
@@ -758,6 +795,7 @@ impl Writer {
                 })
                 .collect();
             let mut bytes = 0usize;
+            let mut waited = false;
             loop {
                 for cmd in cmds.drain(..) {
                     match cmd {
@@ -777,10 +815,16 @@ impl Writer {
                 }
                 match rx.try_recv() {
                     Ok(c) => cmds.push(c),
+                    Err(TryRecvError::Empty) if !waited && self.pace.worth_waiting() => {
+                        // Busy: more records are due within the window; one sync for them all.
+                        waited = true;
+                        std::thread::sleep(GROUP_WINDOW);
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => disconnected = true,
                 }
             }
+            self.pace.batch(entries.len());
             self.commit(entries);
         }
         let result = if self.carry.is_empty() && !self.shared.failed.load(Ordering::Acquire) {
@@ -1056,6 +1100,7 @@ impl AuditLog {
             index,
             index_thread,
             starts: Vec::new(),
+            pace: Pace::new(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
