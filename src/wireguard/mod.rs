@@ -36,6 +36,7 @@ mod filter;
 mod stack;
 mod stream;
 mod tunnel;
+mod udp;
 
 pub use stream::WgStream;
 

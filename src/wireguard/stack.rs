@@ -51,8 +51,8 @@ const ORPHAN_LINGER: SmolDuration = SmolDuration::from_secs(30);
 const SPARE: usize = 32;
 /// Packets produced per poll before they are handed to the egress task.
 const TX_BATCH: usize = 256;
-/// Inbound packets taken per wake-up.
-const RX_BATCH: usize = 256;
+/// Inbound batches (of up to 64 packets each) taken per wake-up.
+const RX_BATCHES: usize = 8;
 /// Longest sleep of the poll loop (housekeeping of orphans).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -452,22 +452,22 @@ fn new_socket() -> tcp::Socket<'static> {
 /// The stack's task: feed inbound packets, poll, send what it produced, hand out streams.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut inbound: mpsc::Receiver<Vec<u8>>,
+    mut inbound: mpsc::Receiver<Vec<Vec<u8>>>,
     egress: mpsc::Sender<Vec<Vec<u8>>>,
     accept: mpsc::Sender<WgStream>,
 ) {
-    let mut batch = Vec::with_capacity(RX_BATCH);
+    let mut batch = Vec::with_capacity(RX_BATCHES);
     let mut sleep = Duration::ZERO;
     loop {
         tokio::select! {
-            n = inbound.recv_many(&mut batch, RX_BATCH) => if n == 0 { return },
+            n = inbound.recv_many(&mut batch, RX_BATCHES) => if n == 0 { return },
             _ = shared.stack.wake.notified() => {}
             _ = tokio::time::sleep(sleep) => {}
         }
         let table = shared.peers();
         let outcome = {
             let mut stack = lock(&shared.stack.inner);
-            stack.device.rx.extend(batch.drain(..));
+            stack.device.rx.extend(batch.drain(..).flatten());
             stack.poll(&shared.stack, &table, &shared.counters)
         };
         sleep = outcome.delay;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::filter::{self, Verdict};
 use super::stack::{self, StackShared};
+use super::udp::{Batch, Sender};
 use super::{WgConfig, WgError, WgPeer, WgStats, WgStream};
 
 /// Handshake initiations accepted per second before boringtun asks for cookies (each initiation
@@ -29,10 +30,16 @@ const HANDSHAKE_RATE_LIMIT: u64 = 200;
 const UDP_BUFFER: usize = 4 << 20;
 /// Largest datagram we read; WireGuard over a 1420-byte MTU needs 1452 bytes.
 const MAX_DATAGRAM: usize = 65535;
-/// Decrypted packets waiting for the stack (backpressure onto the UDP socket beyond this).
-const INBOUND_QUEUE: usize = 1024;
+/// Datagrams read in one go once the socket is readable (then the decrypted packets go to the
+/// stack as one batch: one wake-up of the stack task, not one per packet).
+const RX_DRAIN: usize = 64;
+/// Batches of decrypted packets waiting for the stack (backpressure onto the UDP socket beyond
+/// this): at most `INBOUND_QUEUE × RX_DRAIN` packets.
+const INBOUND_QUEUE: usize = 16;
 /// Batches of outgoing packets waiting for encryption.
 const EGRESS_QUEUE: usize = 64;
+/// Batches the egress task takes at once (sent together: longer GSO runs).
+const EGRESS_TAKE: usize = 8;
 /// Accepted streams waiting for the application.
 const ACCEPT_QUEUE: usize = 256;
 /// How long a removed peer's session is kept, only to carry the RSTs of its connections.
@@ -297,40 +304,54 @@ pub(crate) fn stats(shared: &Shared) -> WgStats {
 type Replies = Vec<(Vec<u8>, SocketAddr)>;
 
 /// Reads datagrams, finds their peer, decrypts, filters, and passes TCP packets to the stack.
-async fn receive_task(shared: Arc<Shared>, inbound: mpsc::Sender<Vec<u8>>) {
+async fn receive_task(shared: Arc<Shared>, inbound: mpsc::Sender<Vec<Vec<u8>>>) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut replies: Replies = Vec::new();
+    let mut packets: Vec<Vec<u8>> = Vec::with_capacity(RX_DRAIN);
+    let mut out = Batch::default();
+    let sender = Sender::new();
     loop {
-        let (n, from) = match shared.udp.recv_from(&mut buf).await {
-            Ok(x) => x,
-            Err(e) => {
+        // Wait until readable, then drain what the kernel holds (up to RX_DRAIN datagrams).
+        let mut next = shared.udp.recv_from(&mut buf).await;
+        let mut taken = 0;
+        loop {
+            match next {
+                Ok((n, from)) => {
+                    if let Some(packet) = handle_datagram(&shared, &buf[..n], from, &mut replies) {
+                        packets.push(packet);
+                    }
+                }
                 // ICMP errors from earlier sends surface here on some systems; never fatal.
-                tracing::debug!(error = %e, "WireGuard UDP receive error");
-                continue;
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
+                    tracing::debug!(error = %e, "WireGuard UDP receive error");
+                }
+                Err(_) => break,
             }
-        };
-        let delivered = handle_datagram(&shared, &buf[..n], from, &mut replies);
-        for (datagram, to) in replies.drain(..) {
-            send(&shared, &datagram, to).await;
+            taken += 1;
+            if taken == RX_DRAIN {
+                break;
+            }
+            next = shared.udp.try_recv_from(&mut buf);
         }
-        if let Some(packet) = delivered {
-            if inbound.send(packet).await.is_err() {
+        if !replies.is_empty() {
+            for (datagram, to) in replies.drain(..) {
+                out.push(to, &datagram);
+            }
+            send(&shared, &sender, &out).await;
+            out.clear();
+        }
+        if !packets.is_empty() {
+            let batch = std::mem::replace(&mut packets, Vec::with_capacity(RX_DRAIN));
+            if inbound.send(batch).await.is_err() {
                 return; // the stack is gone: shutting down
             }
         }
     }
 }
 
-async fn send(shared: &Shared, datagram: &[u8], to: SocketAddr) {
-    match shared.udp.send_to(datagram, to).await {
-        Ok(n) => {
-            shared
-                .counters
-                .tx_bytes
-                .fetch_add(n as u64, Ordering::Relaxed);
-        }
-        Err(e) => tracing::debug!(error = %e, %to, "WireGuard UDP send error"),
-    }
+async fn send(shared: &Shared, sender: &Sender, batch: &Batch) {
+    let n = sender.send(&shared.udp, batch).await;
+    shared.counters.tx_bytes.fetch_add(n, Ordering::Relaxed);
 }
 
 /// One datagram: returns the decrypted packet for the stack, if any, and queues replies.
@@ -473,21 +494,26 @@ fn decapsulate(
     delivered
 }
 
-/// Encrypts the stack's outgoing packets and sends them to their peer.
+/// Encrypts the stack's outgoing packets into one buffer and sends them to their peers in runs
+/// (see `udp.rs`).
 async fn egress_task(shared: Arc<Shared>, mut egress: mpsc::Receiver<Vec<Vec<u8>>>) {
-    let mut out = vec![0u8; MAX_DATAGRAM + 32];
-    while let Some(batch) = egress.recv().await {
+    let mut batches = Vec::with_capacity(EGRESS_TAKE);
+    let mut out = Batch::default();
+    let sender = Sender::new();
+    while egress.recv_many(&mut batches, EGRESS_TAKE).await > 0 {
         let table = shared.peers();
-        for packet in batch {
+        for packet in batches.drain(..).flatten() {
             let Some(slot) = route(&shared, &table, &packet) else {
                 continue;
             };
             let Some(to) = *lock(&slot.endpoint) else {
                 continue;
             };
-            let len = {
-                let mut tunn = lock(&slot.tunn);
-                match tunn.encapsulate(&packet, &mut out) {
+            let mut tunn = lock(&slot.tunn);
+            // boringtun's rule: room for the packet + 32 bytes, at least 148; it writes its
+            // output at the start of the slice it is given.
+            out.push_with(to, (packet.len() + 32).max(148), |dst| {
+                match tunn.encapsulate(&packet, dst) {
                     TunnResult::WriteToNetwork(d) => Some(d.len()),
                     TunnResult::Err(e) => {
                         tracing::debug!(peer = %slot.peer.name, error = ?e, "WireGuard encapsulate failed");
@@ -495,11 +521,11 @@ async fn egress_task(shared: Arc<Shared>, mut egress: mpsc::Receiver<Vec<Vec<u8>
                     }
                     _ => None,
                 }
-            };
-            // boringtun writes its output at the start of `out`.
-            if let Some(len) = len {
-                send(&shared, &out[..len], to).await;
-            }
+            });
+        }
+        if !out.is_empty() {
+            send(&shared, &sender, &out).await;
+            out.clear();
         }
     }
 }
@@ -524,6 +550,8 @@ async fn timer_task(shared: Arc<Shared>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = vec![0u8; MAX_DATAGRAM + 32];
     let mut last_reset = Instant::now();
+    let sender = Sender::new();
+    let mut batch = Batch::default();
     loop {
         tick.tick().await;
         if last_reset.elapsed() >= Duration::from_secs(1) {
@@ -533,13 +561,12 @@ async fn timer_task(shared: Arc<Shared>) {
             lock(&shared.retiring).retain(|(at, _)| now.duration_since(*at) < RETIRE_FOR);
         }
         let table = shared.peers();
-        let mut replies: Replies = Vec::new();
         for slot in table.by_key.values() {
             let mut tunn = lock(&slot.tunn);
             match tunn.update_timers(&mut out) {
                 TunnResult::WriteToNetwork(d) => {
                     if let Some(to) = *lock(&slot.endpoint) {
-                        replies.push((d.to_vec(), to));
+                        batch.push(to, d);
                     }
                 }
                 // Normal on a server: the peer went quiet and its session expired.
@@ -550,8 +577,9 @@ async fn timer_task(shared: Arc<Shared>) {
                 _ => {}
             }
         }
-        for (d, to) in replies {
-            send(&shared, &d, to).await;
+        if !batch.is_empty() {
+            send(&shared, &sender, &batch).await;
+            batch.clear();
         }
     }
 }
