@@ -16,11 +16,13 @@
 //!            └────────────────────────────────────┘       └──────────────────┘
 //! ```
 //!
-//! Three tasks, one lock each way: the receive task decrypts and filters; the stack task owns the
-//! smoltcp poll loop (the stack lives behind one mutex that streams also take for their reads and
-//! writes); the egress task encrypts and sends. Nothing sends UDP or hands a stream out while
-//! holding the stack's lock. Queues between tasks are bounded: a slow stack stops the receive
-//! task, which leaves datagrams in the (large) kernel socket buffer.
+//! One packet loop (`tunnel.rs`, `net_task`) does all of it in turns: drain up to 64 datagrams
+//! from the socket, decrypt and filter them, run smoltcp over them under the stack's mutex (which
+//! streams also take for their reads and writes), then encrypt what the stack produced and send
+//! it in GSO runs, one `sendmsg` per run of datagrams to one peer (`udp.rs`). A timer task drives
+//! WireGuard's timers. Nothing sends UDP or hands a stream out while holding the stack's lock.
+//! The only inbound queue is the (large) kernel socket buffer: while the loop is busy, datagrams
+//! wait there.
 //!
 //! The gateway is not a router: a decrypted packet is delivered only if its source is the peer's
 //! own tunnel address and its destination is TCP to [`WgConfig::address`] on one of

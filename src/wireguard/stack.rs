@@ -20,7 +20,7 @@ use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use tokio::io::ReadBuf;
 use tokio::sync::{mpsc, Notify};
 
-use super::tunnel::{lock, Counters, PeerTable, Shared};
+use super::tunnel::{Counters, PeerTable, Shared};
 use super::WgStream;
 
 /// WireGuard's usual tunnel MTU; MSS 1380.
@@ -49,10 +49,8 @@ const TIMEOUT: SmolDuration = SmolDuration::from_secs(60);
 const ORPHAN_LINGER: SmolDuration = SmolDuration::from_secs(30);
 /// Closed sockets kept (with their buffers) for reuse.
 const SPARE: usize = 32;
-/// Packets produced per poll before they are handed to the egress task.
+/// Packets produced per poll before the packet loop encrypts and sends them.
 const TX_BATCH: usize = 256;
-/// Inbound batches (of up to 64 packets each) taken per wake-up.
-const RX_BATCHES: usize = 8;
 /// Longest sleep of the poll loop (housekeeping of orphans).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -98,10 +96,10 @@ pub(crate) struct Stack {
 
 /// What one poll produced, to act on after the lock is released.
 pub(crate) struct Outcome {
-    tx: Vec<Vec<u8>>,
-    accepted: Vec<WgStream>,
+    pub(crate) tx: Vec<Vec<u8>>,
+    pub(crate) accepted: Vec<WgStream>,
     /// When to poll again at the latest.
-    delay: Duration,
+    pub(crate) delay: Duration,
 }
 
 impl Stack {
@@ -115,7 +113,7 @@ impl Stack {
             // One address cannot overflow the address list.
             let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(address), 32));
         });
-        // Every peer is "reachable" through the device; the egress task routes by address.
+        // Every peer is "reachable" through the device; the packet loop routes by address.
         let _ = iface.routes_mut().add_default_ipv4_route(address);
         let mut stack = Self {
             iface,
@@ -149,14 +147,16 @@ impl Stack {
         }
     }
 
-    /// Runs the stack over the queued inbound packets, then egress and housekeeping.
-    fn poll(
+    /// Runs the stack over `inbound` (drained), then egress and housekeeping.
+    pub(crate) fn poll(
         &mut self,
+        inbound: &mut Vec<Vec<u8>>,
         stack: &Arc<StackShared>,
         table: &PeerTable,
         counters: &Counters,
     ) -> Outcome {
         let now = Instant::now();
+        self.device.rx.extend(inbound.drain(..));
         while !self.device.rx.is_empty() {
             self.iface
                 .poll_ingress_single(now, &mut self.device, &mut self.sockets);
@@ -449,54 +449,30 @@ fn new_socket() -> tcp::Socket<'static> {
     socket
 }
 
-/// The stack's task: feed inbound packets, poll, send what it produced, hand out streams.
-pub(crate) async fn run(
-    shared: Arc<Shared>,
-    mut inbound: mpsc::Receiver<Vec<Vec<u8>>>,
-    egress: mpsc::Sender<Vec<Vec<u8>>>,
-    accept: mpsc::Sender<WgStream>,
-) {
-    let mut batch = Vec::with_capacity(RX_BATCHES);
-    let mut sleep = Duration::ZERO;
-    loop {
-        tokio::select! {
-            n = inbound.recv_many(&mut batch, RX_BATCHES) => if n == 0 { return },
-            _ = shared.stack.wake.notified() => {}
-            _ = tokio::time::sleep(sleep) => {}
-        }
-        let table = shared.peers();
-        let outcome = {
-            let mut stack = lock(&shared.stack.inner);
-            stack.device.rx.extend(batch.drain(..).flatten());
-            stack.poll(&shared.stack, &table, &shared.counters)
-        };
-        sleep = outcome.delay;
-        if !outcome.tx.is_empty() && egress.send(outcome.tx).await.is_err() {
-            return;
-        }
-        for stream in outcome.accepted {
-            match accept.try_send(stream) {
-                Ok(()) => {
-                    shared
-                        .counters
-                        .connections_accepted
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    // The application is not keeping up (or is gone): refuse, don't queue.
-                    shared
-                        .counters
-                        .dropped_connections
-                        .fetch_add(1, Ordering::Relaxed);
-                    e.into_inner().reset_on_drop();
-                }
+/// Hands accepted streams to the application; a full queue refuses (resets) them.
+pub(crate) fn hand_out(shared: &Shared, accepted: Vec<WgStream>, accept: &mpsc::Sender<WgStream>) {
+    for stream in accepted {
+        match accept.try_send(stream) {
+            Ok(()) => {
+                shared
+                    .counters
+                    .connections_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // The application is not keeping up (or is gone): refuse, don't queue.
+                shared
+                    .counters
+                    .dropped_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                e.into_inner().reset_on_drop();
             }
         }
     }
 }
 
-/// A smoltcp device over two packet queues: inbound packets from the receive task, outbound
-/// packets for the egress task.
+/// A smoltcp device over two packet queues: inbound packets decrypted by the packet loop,
+/// outbound packets for it to encrypt.
 #[derive(Default)]
 struct QueueDevice {
     rx: VecDeque<Vec<u8>>,

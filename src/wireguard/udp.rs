@@ -1,4 +1,4 @@
-//! Datagrams out in batches. The egress task encrypts a whole batch into one buffer; runs of
+//! Datagrams out in batches. The packet loop encrypts a whole batch into one buffer; runs of
 //! consecutive datagrams to one endpoint then leave in one `sendmsg` with UDP generic
 //! segmentation offload (Linux `UDP_SEGMENT`): the kernel cuts the buffer back into datagrams
 //! below the socket layer (in the NIC, or in software), so a run of 40 full-size datagrams costs
