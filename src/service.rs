@@ -608,8 +608,20 @@ async fn forward(
     let status = resp.status().as_u16();
     let (mut parts, body) = resp.into_parts();
     if print_guard {
-        // The length changes: let hyper frame the body.
-        parts.headers.remove(header::CONTENT_LENGTH);
+        // The length grows by the guard's: stated exactly when the EMR stated one (the body
+        // then needs no chunked framing, which costs a TLS record per chunk line), else hyper
+        // frames the body.
+        let declared = content_length(&parts.headers);
+        match declared.and_then(|n| n.checked_add(PRINT_GUARD.len() as u64)) {
+            Some(n) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            None => {
+                parts.headers.remove(header::CONTENT_LENGTH);
+            }
+        }
     }
     let body = AuditedBody {
         inner: body,
@@ -694,11 +706,22 @@ impl HttpBody for AuditedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        if self.trailer.is_some() {
-            SizeHint::default()
-        } else {
-            self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let Some(trailer) = self.trailer else {
+            return inner;
+        };
+        let extra = trailer.len() as u64;
+        let mut hint = SizeHint::new();
+        if let Some(upper) = inner.upper().and_then(|u| u.checked_add(extra)) {
+            hint.set_upper(upper);
         }
+        hint.set_lower(
+            inner
+                .lower()
+                .saturating_add(extra)
+                .min(hint.upper().unwrap_or(u64::MAX)),
+        );
+        hint
     }
 }
 

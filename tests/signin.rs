@@ -885,6 +885,12 @@ async fn art_13_2_5_print_guard_and_downloads_refused() {
     assert!(r.body.contains("EMR record"));
     assert!(r.body.contains(PRINT_GUARD), "print guard: {}", r.body);
     assert!(r.body.trim_end().ends_with("</style>"), "{}", r.body);
+    // The EMR stated its length: the gateway states the length with the guard, exactly.
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str()),
+        "content-length of the guarded page"
+    );
     assert_no_store(&r, "EMR HTML");
 
     let r = c.get("/patients/P001/labs").await;
