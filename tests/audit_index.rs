@@ -8,9 +8,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -75,43 +73,23 @@ async fn art_12_8_index_answers_like_a_full_scan_after_kill_9_and_restart() {
     gate.grant("P002", today_jst());
     let cfg = gate.client(&pc1);
 
-    let answered = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..4 {
-        let (answered, sent, cfg) = (answered.clone(), sent.clone(), cfg.clone());
-        let port = gate.port;
-        tasks.push(tokio::spawn(async move {
-            let Ok(mut conn) = Conn::open(port, cfg).await else {
-                return;
-            };
-            let mut n = 0usize;
-            while started.elapsed() < LOAD_LIMIT
-                && sent.fetch_add(1, Ordering::SeqCst) < MAX_REQUESTS
-            {
-                n += 1;
-                let patient = PATIENTS[(i + n) % PATIENTS.len()];
-                match conn.get(&format!("/patients/{patient}/labs")).await {
-                    Ok(_) => {
-                        answered.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(_) => return, // killed
-                }
-            }
-        }));
-    }
-    while answered.load(Ordering::SeqCst) < KILL_AT_ANSWERS && started.elapsed() < KILL_AFTER {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    gate.kill9();
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("client task ends after the kill")
-            .expect("client task did not panic");
-    }
-    let answered = answered.load(Ordering::SeqCst);
+    let load = KillLoad {
+        clients: 4,
+        limit: LOAD_LIMIT,
+        max_requests: MAX_REQUESTS,
+        kill_at_answers: KILL_AT_ANSWERS,
+        kill_after: KILL_AFTER,
+    };
+    // Any answer counts: P003 is refused by design.
+    let run = load_then_kill9(
+        &mut gate,
+        cfg,
+        load,
+        |i, n| format!("/patients/{}/labs", PATIENTS[(i + n) % PATIENTS.len()]),
+        |_| {},
+    )
+    .await;
+    let answered = run.answered;
     assert!(answered > 0, "the load produced no answer");
     let (covered, lines) = coverage(&gate);
     eprintln!("after kill -9: {answered} answered; index watermark {covered} of {lines} log lines");

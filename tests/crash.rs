@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -36,50 +34,32 @@ async fn art_12_8_kill_9_under_load_loses_no_audited_request() {
     gate.grant("P001", today_jst());
     let cfg = gate.client(&pc1);
 
-    let answered = Arc::new(AtomicUsize::new(0));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..CLIENTS {
-        let (answered, sent, cfg) = (answered.clone(), sent.clone(), cfg.clone());
-        let port = gate.port;
-        tasks.push(tokio::spawn(async move {
-            let Ok(mut conn) = Conn::open(port, cfg).await else {
-                return;
-            };
-            let path = format!("/patients/P001/{}", ["labs", "notes", "images", "basic"][i]);
-            while started.elapsed() < LOAD_LIMIT
-                && sent.fetch_add(1, Ordering::SeqCst) < MAX_REQUESTS
-            {
-                match conn.get(&path).await {
-                    Ok(r) if r.status == 200 => {
-                        answered.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Ok(r) => panic!("unexpected answer under load: {r:?}"),
-                    // The gateway was killed: this connection is gone.
-                    Err(_) => return,
-                }
-            }
-        }));
-    }
-
     // Let the load run, then SIGKILL the gateway in the middle of it.
-    while answered.load(Ordering::SeqCst) < KILL_AT_ANSWERS && started.elapsed() < KILL_AFTER {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    gate.kill9();
-    for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("client task ends after the kill")
-            .expect("client task did not panic");
-    }
-    let answered = answered.load(Ordering::SeqCst);
+    let load = KillLoad {
+        clients: CLIENTS,
+        limit: LOAD_LIMIT,
+        max_requests: MAX_REQUESTS,
+        kill_at_answers: KILL_AT_ANSWERS,
+        kill_after: KILL_AFTER,
+    };
+    let run = load_then_kill9(
+        &mut gate,
+        cfg,
+        load,
+        |i, _| {
+            format!(
+                "/patients/P001/{}",
+                ["labs", "notes", "images", "basic"][i % 4]
+            )
+        },
+        |r| assert_eq!(r.status, 200, "unexpected answer under load: {r:?}"),
+    )
+    .await;
+    let answered = run.answered;
     assert!(answered > 0, "the load produced no answered request");
     eprintln!(
         "killed after {:?}: {answered} answered of {} sent",
-        started.elapsed(),
-        sent.load(Ordering::SeqCst).min(MAX_REQUESTS)
+        run.elapsed, run.sent
     );
 
     // Before any restart: the chain as the crash left it verifies, and every 200 is there.

@@ -983,3 +983,83 @@ pub fn eventually(
     }
     bail!("{what}: not within {limit:?}")
 }
+
+/// Bounds of a keep-alive load that ends with `kill -9` ([`load_then_kill9`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KillLoad {
+    /// Client connections, each its own task.
+    pub clients: usize,
+    /// The load stops after this long or this many requests, whichever is first.
+    pub limit: Duration,
+    pub max_requests: usize,
+    /// The gateway is killed once this many requests were answered, or after `kill_after`.
+    pub kill_at_answers: usize,
+    pub kill_after: Duration,
+}
+
+/// What a [`load_then_kill9`] run did.
+#[derive(Debug, Clone, Copy)]
+pub struct KillLoadResult {
+    /// Requests answered (by any status) before the kill.
+    pub answered: usize,
+    /// Requests sent (at most `max_requests`).
+    pub sent: usize,
+    pub elapsed: Duration,
+}
+
+/// Runs keep-alive load from `load.clients` connections (client `i`'s `n`th request is
+/// `GET path(i, n)`; `check` sees every answer and panics on a wrong one), SIGKILLs the
+/// gateway in the middle of it, and waits (bounded) for every client to notice.
+pub async fn load_then_kill9(
+    gate: &mut Gate,
+    cfg: Arc<ClientConfig>,
+    load: KillLoad,
+    path: fn(usize, usize) -> String,
+    check: fn(&Reply),
+) -> KillLoadResult {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let answered = Arc::new(AtomicUsize::new(0));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..load.clients {
+        let (answered, sent, cfg) = (answered.clone(), sent.clone(), cfg.clone());
+        let port = gate.port;
+        tasks.push(tokio::spawn(async move {
+            let Ok(mut conn) = Conn::open(port, cfg).await else {
+                return;
+            };
+            let mut n = 0usize;
+            while started.elapsed() < load.limit
+                && sent.fetch_add(1, Ordering::SeqCst) < load.max_requests
+            {
+                n += 1;
+                match conn.get(&path(i, n)).await {
+                    Ok(r) => {
+                        check(&r);
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // The gateway was killed: this connection is gone.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    while answered.load(Ordering::SeqCst) < load.kill_at_answers
+        && started.elapsed() < load.kill_after
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.kill9();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("client task ends after the kill")
+            .expect("client task did not panic");
+    }
+    KillLoadResult {
+        answered: answered.load(Ordering::SeqCst),
+        sent: sent.load(Ordering::SeqCst).min(load.max_requests),
+        elapsed: started.elapsed(),
+    }
+}
