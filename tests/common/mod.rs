@@ -34,10 +34,31 @@ pub const START_LIMIT: Duration = Duration::from_secs(15);
 /// Longest wait for one HTTP exchange.
 pub const REQUEST_LIMIT: Duration = Duration::from_secs(20);
 
-/// A free loopback port (bind port 0, read it, drop the socket).
+/// A loopback TCP port that is free now (bound once to check, then released).
+///
+/// Taken below the kernel's ephemeral range (32768–60999 by default): a port the kernel hands
+/// out for `:0` can be given to some client's outgoing connection before the process under test
+/// binds it, which failed a CI run with "Address already in use". Ports are spread from a
+/// per-process offset and never repeated within a process.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id() % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // 7919 is prime to SPAN: successive picks walk the whole range.
+        let port = LOW + (offset + n.wrapping_mul(7919)) % SPAN;
+        let port = u16::try_from(port).expect("port below 32000");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free TCP port on 127.0.0.1 between {LOW} and {}",
+        LOW + SPAN
+    );
 }
 
 /// True once `127.0.0.1:port` accepts a TCP connection (bounded by `limit`).
