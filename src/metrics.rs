@@ -29,6 +29,8 @@ pub struct Metrics {
     pub audit_write_seconds: Histogram,
     /// The hash chain as last verified by the gateway itself: 1 intact, 0 broken.
     pub audit_chain_intact: IntGauge,
+    /// 1 when the per-patient audit index agreed with the log at the last check.
+    pub audit_index_intact: IntGauge,
     /// Records covered by the last verification, and verifications by result.
     pub audit_chain_records: IntGauge,
     pub audit_verifications: IntCounterVec,
@@ -128,6 +130,11 @@ impl Metrics {
             "audit_chain_intact",
             "1 when the audit log's hash chain verified at the last check, 0 when broken.",
         )?;
+        let audit_index_intact = IntGauge::new(
+            "audit_index_intact",
+            "1 when the audit index agreed with the log at the last check, 0 when it disagrees \
+             (per-patient queries then scan the whole log; rebuilt at the next start).",
+        )?;
         let audit_chain_records = IntGauge::new(
             "audit_chain_records",
             "Records covered by the last audit chain verification.",
@@ -208,6 +215,7 @@ impl Metrics {
             Box::new(audit_failures.clone()),
             Box::new(audit_write_seconds.clone()),
             Box::new(audit_chain_intact.clone()),
+            Box::new(audit_index_intact.clone()),
             Box::new(audit_chain_records.clone()),
             Box::new(audit_verifications.clone()),
             Box::new(upstream_errors.clone()),
@@ -243,6 +251,7 @@ impl Metrics {
             audit_failures,
             audit_write_seconds,
             audit_chain_intact,
+            audit_index_intact,
             audit_chain_records,
             audit_verifications,
             upstream_errors,

@@ -475,12 +475,24 @@ async fn verify_audit(
         match tokio::task::spawn_blocking(move || crate::audit::verify(&d)).await {
             Ok(Ok(report)) => {
                 metrics.audit_chain_intact.set(1);
+                metrics.audit_index_intact.set(1);
                 metrics
                     .audit_chain_records
                     .set(i64::try_from(report.records).unwrap_or(i64::MAX));
                 metrics
                     .audit_verifications
                     .with_label_values(&["intact"])
+                    .inc();
+            }
+            // The chain verified; only the derived index disagrees with it (altered, or a lying
+            // disk): queries fall back to scanning the log, and the next start rebuilds it.
+            Ok(Err(e @ crate::audit::VerifyError::Index(_))) => {
+                tracing::error!(error = %e, "audit index disagrees with the log");
+                metrics.audit_chain_intact.set(1);
+                metrics.audit_index_intact.set(0);
+                metrics
+                    .audit_verifications
+                    .with_label_values(&["index-wrong"])
                     .inc();
             }
             Ok(Err(e)) => {

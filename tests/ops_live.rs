@@ -267,8 +267,9 @@ fn art_12_8_live_scrape_after_every_kind_of_traffic_passes_promtool() {
     );
 }
 
-/// Art 12.8: the gateway verifies its own audit chain periodically; a record edited on disk
-/// while it runs turns `seibo_gate_audit_chain_intact` to 0 (the alert's input).
+/// Art 12.8: the gateway verifies its own audit chain periodically; an altered index entry
+/// turns `seibo_gate_audit_index_intact` to 0 with the chain still intact, and a record edited
+/// on disk while it runs turns `seibo_gate_audit_chain_intact` to 0 (the alerts' inputs).
 #[test]
 fn art_12_8_tampering_while_serving_is_seen_by_the_periodic_chain_check() {
     let emr = SampleEmr::start();
@@ -309,6 +310,38 @@ fn art_12_8_tampering_while_serving_is_seen_by_the_periodic_chain_check() {
         false
     };
     assert!(wait_for("seibo_gate_audit_chain_intact 1"), "{}", scrape());
+    assert!(wait_for("seibo_gate_audit_index_intact 1"), "{}", scrape());
+
+    // The per-patient index altered (the offset of its first trusted entry): the chain still
+    // verifies, the index check says it disagrees (its own alert's input).
+    let idx = g.audit_dir().join("audit.idx");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let covered = loop {
+        let header = std::fs::read(&idx).expect("audit.idx");
+        let covered = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        if covered >= 1 || Instant::now() > deadline {
+            break covered;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(covered >= 1, "the index covers no line yet");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&idx)
+            .expect("open audit.idx");
+        // Entry 1 (after the 128-byte header): key (8 bytes), then the line's offset.
+        f.seek(SeekFrom::Start(128 + 8)).expect("seek");
+        f.write_all(&7u64.to_le_bytes()).expect("write");
+    }
+    assert!(
+        wait_for("seibo_gate_audit_index_intact 0"),
+        "the periodic check did not see the altered index:\n{}",
+        scrape()
+    );
+    assert!(scrape().contains("seibo_gate_audit_chain_intact 1"));
+    assert!(scrape().contains("seibo_gate_audit_verifications_total{result=\"index-wrong\"}"));
 
     // Edit one byte of the second record in place (same length: the writer's appends go on).
     let log = g.audit_dir().join("audit.log");
