@@ -1,6 +1,6 @@
 //! Issue 2 acceptance tests: the real `seibo-gate` binary serving a site made by `init`, a real
 //! EMR behind it, real certificates, driven by curl and by a rustls client. Each test is named
-//! after the article of the Seibo Net rules (../shared/RULES.md) it proves.
+//! after the article of the Seibo Net rules (docs/rules.md) it proves.
 
 #![allow(clippy::unwrap_used)]
 
