@@ -2,7 +2,7 @@
 //! terminals' client certificates.
 
 use std::fmt;
-use std::fs::{self};
+use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};

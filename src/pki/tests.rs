@@ -3,7 +3,7 @@
 use super::*;
 use p12_keystore::KeyStore;
 use rcgen::{KeyPair, PublicKeyData};
-use std::fs::{self};
+use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
