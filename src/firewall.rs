@@ -35,7 +35,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
-use crate::config::{canonical_ip, Config};
+use crate::config::{canonical_ip, Config, Upstream};
 
 /// The nftables table the ruleset owns.
 pub const TABLE: &str = "seibo_gate";
@@ -150,199 +150,273 @@ fn families_of(ip: IpAddr) -> (bool, bool) {
     }
 }
 
+/// The rule lines being collected: named sets, and the `input` and `output` chains' own rules
+/// (between each chain's fixed head and tail).
+#[derive(Default)]
+struct Rules {
+    sets: String,
+    input: String,
+    output: String,
+}
+
 /// The printed nftables ruleset for this site. See the module documentation for what it opens.
 pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
-    let mut sets = String::new();
-    let mut input = String::new();
-    let mut output = String::new();
-
-    // ---- Listeners (art 12.4): each port open to its allow-list only.
+    let mut rules = Rules::default();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let name = comment_safe(&l.name);
-        let port = l.listen.port();
-        let ip = canonical_ip(l.listen.ip());
-        if ip.is_loopback() {
-            let _ = writeln!(
-                input,
-                "\t# listener {name:?} ({}) is on loopback: covered by the loopback rule",
-                l.listen
-            );
-            continue;
-        }
-        let (want4, want6) = families_of(ip);
-        let allow = split(&l.allow);
+        listener_rules(&mut rules, i, &l.name, l.listen, &l.allow);
+    }
+    if let Some(wg) = &cfg.wireguard {
+        wireguard_rules(&mut rules.input, wg.listen);
+    }
+    metrics_rules(&mut rules.input, cfg.metrics)?;
+    egress_rules(&mut rules, &cfg.upstream);
+    Ok(assemble(cfg, &rules))
+}
+
+/// Listeners (art 12.4): each port open to its allow-list only.
+fn listener_rules(
+    rules: &mut Rules,
+    i: usize,
+    name: &str,
+    listen: SocketAddr,
+    allow: &[IpNetwork],
+) {
+    let name = comment_safe(name);
+    let port = listen.port();
+    let ip = canonical_ip(listen.ip());
+    if ip.is_loopback() {
+        let _ = writeln!(
+            rules.input,
+            "\t# listener {name:?} ({listen}) is on loopback: covered by the loopback rule"
+        );
+        return;
+    }
+    let (want4, want6) = families_of(ip);
+    let allow = split(allow);
+    let _ = writeln!(
+        rules.input,
+        "\t# listener {name:?} on {listen}: its allow-list only"
+    );
+    if want4 {
+        let daddr = match ip {
+            IpAddr::V4(a) if !a.is_unspecified() => format!("ip daddr {a} "),
+            _ => String::new(),
+        };
+        let elems: Vec<String> = allow.v4.iter().map(|n| n.to_string()).collect();
+        let family = Family {
+            nf: "ipv4",
+            ip: "ip",
+            addr: "ipv4_addr",
+            name: "IPv4",
+            suffix: "v4",
+        };
+        family_listener_rule(rules, &family, i, &daddr, port, allow.v4_any(), &elems);
+    }
+    if want6 {
+        let daddr = match ip {
+            IpAddr::V6(a) if !a.is_unspecified() => format!("ip6 daddr {a} "),
+            _ => String::new(),
+        };
+        let elems: Vec<String> = allow.v6.iter().map(|n| n.to_string()).collect();
+        let family = Family {
+            nf: "ipv6",
+            ip: "ip6",
+            addr: "ipv6_addr",
+            name: "IPv6",
+            suffix: "v6",
+        };
+        family_listener_rule(rules, &family, i, &daddr, port, allow.v6_any(), &elems);
+    }
+}
+
+/// How one address family is spelled in nftables.
+struct Family {
+    nf: &'static str,
+    ip: &'static str,
+    addr: &'static str,
+    name: &'static str,
+    suffix: &'static str,
+}
+
+/// One family's rule for a listener: open to all, closed, or open to a named set.
+fn family_listener_rule(
+    rules: &mut Rules,
+    f: &Family,
+    i: usize,
+    daddr: &str,
+    port: u16,
+    any: bool,
+    elems: &[String],
+) {
+    if any {
+        let _ = writeln!(
+            rules.input,
+            "\t{daddr}meta nfproto {} tcp dport {port} accept",
+            f.nf
+        );
+    } else if elems.is_empty() {
+        let _ = writeln!(
+            rules.input,
+            "\t# no {} source is allowed: {} stays closed",
+            f.name, f.name
+        );
+    } else {
+        let set = format!("listener{i}_{}", f.suffix);
+        set_block(&mut rules.sets, &set, f.addr, elems);
+        let _ = writeln!(
+            rules.input,
+            "\t{daddr}{} saddr @{set} tcp dport {port} accept",
+            f.ip
+        );
+    }
+}
+
+/// WireGuard (art 12.2): its UDP port from anywhere; the gateway itself ignores every datagram
+/// that is not from a registered key (no answer at all).
+fn wireguard_rules(input: &mut String, listen: SocketAddr) {
+    let ip = canonical_ip(listen.ip());
+    let port = listen.port();
+    if ip.is_loopback() {
         let _ = writeln!(
             input,
-            "\t# listener {name:?} on {}: its allow-list only",
-            l.listen
+            "\t# wireguard on {listen} is on loopback: covered by the loopback rule"
         );
-        if want4 {
-            let daddr = match ip {
-                IpAddr::V4(a) if !a.is_unspecified() => format!("ip daddr {a} "),
-                _ => String::new(),
-            };
-            if allow.v4_any() {
-                let _ = writeln!(input, "\t{daddr}meta nfproto ipv4 tcp dport {port} accept");
-            } else if allow.v4.is_empty() {
-                let _ = writeln!(input, "\t# no IPv4 source is allowed: IPv4 stays closed");
-            } else {
-                let set = format!("listener{i}_v4");
-                let elems: Vec<String> = allow.v4.iter().map(|n| n.to_string()).collect();
-                set_block(&mut sets, &set, "ipv4_addr", &elems);
-                let _ = writeln!(input, "\t{daddr}ip saddr @{set} tcp dport {port} accept");
-            }
+        return;
+    }
+    let _ = writeln!(
+        input,
+        "\t# wireguard on {listen}: unknown keys get no answer from the gateway"
+    );
+    let (want4, want6) = families_of(ip);
+    match ip {
+        IpAddr::V4(a) if !a.is_unspecified() => {
+            let _ = writeln!(input, "\tip daddr {a} udp dport {port} accept");
         }
-        if want6 {
-            let daddr = match ip {
-                IpAddr::V6(a) if !a.is_unspecified() => format!("ip6 daddr {a} "),
-                _ => String::new(),
-            };
-            if allow.v6_any() {
-                let _ = writeln!(input, "\t{daddr}meta nfproto ipv6 tcp dport {port} accept");
-            } else if allow.v6.is_empty() {
-                let _ = writeln!(input, "\t# no IPv6 source is allowed: IPv6 stays closed");
-            } else {
-                let set = format!("listener{i}_v6");
-                let elems: Vec<String> = allow.v6.iter().map(|n| n.to_string()).collect();
-                set_block(&mut sets, &set, "ipv6_addr", &elems);
-                let _ = writeln!(input, "\t{daddr}ip6 saddr @{set} tcp dport {port} accept");
+        IpAddr::V6(a) if !a.is_unspecified() => {
+            let _ = writeln!(input, "\tip6 daddr {a} udp dport {port} accept");
+        }
+        _ => {
+            if want4 {
+                let _ = writeln!(input, "\tmeta nfproto ipv4 udp dport {port} accept");
+            }
+            if want6 {
+                let _ = writeln!(input, "\tmeta nfproto ipv6 udp dport {port} accept");
             }
         }
     }
+}
 
-    // ---- WireGuard (art 12.2): its UDP port from anywhere; the gateway itself ignores every
-    // datagram that is not from a registered key (no answer at all).
-    if let Some(wg) = &cfg.wireguard {
-        let ip = canonical_ip(wg.listen.ip());
-        let port = wg.listen.port();
-        if ip.is_loopback() {
+/// Metrics: loopback, or the endpoint's own /24 or /64.
+fn metrics_rules(input: &mut String, metrics: Option<SocketAddr>) -> Result<(), FirewallError> {
+    let Some(m) = metrics else {
+        let _ = writeln!(input, "\t# no metrics listener configured");
+        return Ok(());
+    };
+    let ip = canonical_ip(m.ip());
+    let port = m.port();
+    if ip.is_loopback() {
+        let _ = writeln!(
+            input,
+            "\t# metrics on {m} (loopback): covered by the loopback rule"
+        );
+        return Ok(());
+    }
+    if ip.is_unspecified() {
+        return Err(FirewallError::MetricsUnspecified(m));
+    }
+    match ip {
+        IpAddr::V4(a) => {
+            let net = Ipv4Network::new(a, 24)
+                .and_then(|n| Ipv4Network::new(n.network(), 24))
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| format!("{a}/32"));
+            let _ = writeln!(input, "\t# metrics on {m}: scrapes from its own /24 only");
             let _ = writeln!(
                 input,
-                "\t# wireguard on {} is on loopback: covered by the loopback rule",
-                wg.listen
+                "\tip daddr {a} ip saddr {net} tcp dport {port} accept"
             );
-        } else {
+        }
+        IpAddr::V6(a) => {
+            let net = Ipv6Network::new(a, 64)
+                .and_then(|n| Ipv6Network::new(n.network(), 64))
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| format!("{a}/128"));
+            let _ = writeln!(input, "\t# metrics on {m}: scrapes from its own /64 only");
             let _ = writeln!(
                 input,
-                "\t# wireguard on {}: unknown keys get no answer from the gateway",
-                wg.listen
+                "\tip6 daddr {a} ip6 saddr {net} tcp dport {port} accept"
             );
-            let (want4, want6) = families_of(ip);
-            match ip {
-                IpAddr::V4(a) if !a.is_unspecified() => {
-                    let _ = writeln!(input, "\tip daddr {a} udp dport {port} accept");
-                }
-                IpAddr::V6(a) if !a.is_unspecified() => {
-                    let _ = writeln!(input, "\tip6 daddr {a} udp dport {port} accept");
-                }
-                _ => {
-                    if want4 {
-                        let _ = writeln!(input, "\tmeta nfproto ipv4 udp dport {port} accept");
-                    }
-                    if want6 {
-                        let _ = writeln!(input, "\tmeta nfproto ipv6 udp dport {port} accept");
-                    }
-                }
-            }
         }
     }
+    Ok(())
+}
 
-    // ---- Metrics: loopback, or the endpoint's own /24 or /64.
-    match cfg.metrics {
-        None => {
-            let _ = writeln!(input, "\t# no metrics listener configured");
-        }
-        Some(m) => {
-            let ip = canonical_ip(m.ip());
-            let port = m.port();
-            if ip.is_loopback() {
-                let _ = writeln!(
-                    input,
-                    "\t# metrics on {m} (loopback): covered by the loopback rule"
-                );
-            } else if ip.is_unspecified() {
-                return Err(FirewallError::MetricsUnspecified(m));
-            } else {
-                match ip {
-                    IpAddr::V4(a) => {
-                        let net = Ipv4Network::new(a, 24)
-                            .and_then(|n| Ipv4Network::new(n.network(), 24))
-                            .map(|n| n.to_string())
-                            .unwrap_or_else(|_| format!("{a}/32"));
-                        let _ =
-                            writeln!(input, "\t# metrics on {m}: scrapes from its own /24 only");
-                        let _ = writeln!(
-                            input,
-                            "\tip daddr {a} ip saddr {net} tcp dport {port} accept"
-                        );
-                    }
-                    IpAddr::V6(a) => {
-                        let net = Ipv6Network::new(a, 64)
-                            .and_then(|n| Ipv6Network::new(n.network(), 64))
-                            .map(|n| n.to_string())
-                            .unwrap_or_else(|_| format!("{a}/128"));
-                        let _ =
-                            writeln!(input, "\t# metrics on {m}: scrapes from its own /64 only");
-                        let _ = writeln!(
-                            input,
-                            "\tip6 daddr {a} ip6 saddr {net} tcp dport {port} accept"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    // ---- Egress (art 12.5, 12.6): the upstream EMR in the private segment, and DNS if named.
-    let up = &cfg.upstream;
+/// Egress (art 12.5, 12.6): the upstream EMR in the private segment, and DNS if named.
+fn egress_rules(rules: &mut Rules, up: &Upstream) {
     let private = split(&up.private);
     let _ = writeln!(
-        output,
+        rules.output,
         "\t# the upstream EMR {}: port {} inside upstream.private only",
         comment_safe(up.authority.as_str()),
         up.port
     );
-    if !private.v4.is_empty() {
-        if private.v4_any() {
-            let _ = writeln!(output, "\tmeta nfproto ipv4 tcp dport {} accept", up.port);
-        } else {
-            let elems: Vec<String> = private.v4.iter().map(|n| n.to_string()).collect();
-            set_block(&mut sets, "upstream_v4", "ipv4_addr", &elems);
+    let v4: Vec<String> = private.v4.iter().map(|n| n.to_string()).collect();
+    let v6: Vec<String> = private.v6.iter().map(|n| n.to_string()).collect();
+    for (elems, any, nf, ip, set, ty) in [
+        (
+            &v4,
+            private.v4_any(),
+            "ipv4",
+            "ip",
+            "upstream_v4",
+            "ipv4_addr",
+        ),
+        (
+            &v6,
+            private.v6_any(),
+            "ipv6",
+            "ip6",
+            "upstream_v6",
+            "ipv6_addr",
+        ),
+    ] {
+        if elems.is_empty() {
+            continue;
+        }
+        if any {
             let _ = writeln!(
-                output,
-                "\tip daddr @upstream_v4 tcp dport {} accept",
+                rules.output,
+                "\tmeta nfproto {nf} tcp dport {} accept",
                 up.port
             );
-        }
-    }
-    if !private.v6.is_empty() {
-        if private.v6_any() {
-            let _ = writeln!(output, "\tmeta nfproto ipv6 tcp dport {} accept", up.port);
         } else {
-            let elems: Vec<String> = private.v6.iter().map(|n| n.to_string()).collect();
-            set_block(&mut sets, "upstream_v6", "ipv6_addr", &elems);
+            set_block(&mut rules.sets, set, ty, elems);
             let _ = writeln!(
-                output,
-                "\tip6 daddr @upstream_v6 tcp dport {} accept",
+                rules.output,
+                "\t{ip} daddr @{set} tcp dport {} accept",
                 up.port
             );
         }
     }
     if up.host.parse::<IpAddr>().is_err() {
         let _ = writeln!(
-            output,
+            rules.output,
             "\t# the upstream is a host name ({}): DNS lookups",
             comment_safe(&up.host)
         );
-        output.push_str("\tudp dport 53 accept\n\ttcp dport 53 accept\n");
+        rules
+            .output
+            .push_str("\tudp dport 53 accept\n\ttcp dport 53 accept\n");
     } else {
         let _ = writeln!(
-            output,
+            rules.output,
             "\t# the upstream is an address: no DNS is needed, none is allowed"
         );
     }
+}
 
-    // ---- Assemble.
+/// The whole file: header, the table with its sets and the three base chains.
+fn assemble(cfg: &Config, rules: &Rules) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -359,7 +433,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
     // Create-then-delete makes a reload replace the table atomically, first load included.
     let _ = writeln!(out, "table inet {TABLE}\ndelete table inet {TABLE}\n");
     let _ = writeln!(out, "table inet {TABLE} {{");
-    out.push_str(&sets);
+    out.push_str(&rules.sets);
     out.push_str(
         "\tchain input {\n\
          \t\ttype filter hook input priority filter; policy drop;\n\
@@ -370,7 +444,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
          \t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-advert } ip6 hoplimit 255 accept\n\
          \t\ticmpv6 type mld-listener-query ip6 saddr fe80::/10 accept\n",
     );
-    for line in input.lines() {
+    for line in rules.input.lines() {
         let _ = writeln!(out, "\t{line}");
     }
     out.push_str(
@@ -392,7 +466,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
          \t\toif \"lo\" accept\n\
          \t\ticmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, mld-listener-report, mld2-listener-report } accept\n",
     );
-    for line in output.lines() {
+    for line in rules.output.lines() {
         let _ = writeln!(out, "\t{line}");
     }
     out.push_str(
@@ -401,7 +475,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
          \t}\n\
          }\n",
     );
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
