@@ -7,8 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -18,10 +18,16 @@ use smoltcp::socket::tcp;
 use smoltcp::time::{Duration as SmolDuration, Instant};
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr};
 use tokio::io::ReadBuf;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-use super::tunnel::{Counters, PeerTable, Shared};
+use super::WgPeer;
 use super::WgStream;
+
+/// What the stack needs to know of the registered peers: who owns a tunnel address. The
+/// packet loop's peer table answers it; the stack knows nothing else of the tunnel.
+pub(crate) trait PeerLookup {
+    fn peer_at(&self, ip: Ipv4Addr) -> Option<WgPeer>;
+}
 
 /// WireGuard's usual tunnel MTU; MSS 1380.
 const MTU: usize = 1420;
@@ -64,6 +70,12 @@ const SPARE: usize = 32;
 const TX_BATCH: usize = 256;
 /// Longest sleep of the poll loop (housekeeping of orphans).
 const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// A poisoned lock only means another task panicked mid-update; the data is still usable
+/// (counters, tables replaced whole), so carry on rather than cascade the panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The stack and the signal that it has work (a stream read, wrote or closed).
 pub(crate) struct StackShared {
@@ -170,8 +182,8 @@ impl Stack {
         &mut self,
         inbound: &mut Vec<Vec<u8>>,
         stack: &Arc<StackShared>,
-        table: &PeerTable,
-        counters: &Counters,
+        table: &dyn PeerLookup,
+        dropped_connections: &AtomicU64,
     ) -> Outcome {
         let now = Instant::now();
         self.device.rx.extend(inbound.drain(..));
@@ -182,7 +194,7 @@ impl Stack {
             // next SYN (possibly in this very batch) finds one.
             self.refill_backlog();
         }
-        let accepted = self.promote(stack, table, counters);
+        let accepted = self.promote(stack, table, dropped_connections);
         while self.device.tx.len() < TX_BATCH {
             if let smoltcp::iface::PollResult::None =
                 self.iface
@@ -284,8 +296,8 @@ impl Stack {
     fn promote(
         &mut self,
         stack: &Arc<StackShared>,
-        table: &PeerTable,
-        counters: &Counters,
+        table: &dyn PeerLookup,
+        dropped_connections: &AtomicU64,
     ) -> Vec<WgStream> {
         let mut accepted = Vec::new();
         let mut i = 0;
@@ -324,7 +336,7 @@ impl Stack {
                 continue;
             };
             let IpAddress::Ipv4(remote_ip) = remote.addr;
-            let peer = table.by_ip.get(&remote_ip).map(|s| s.peer.clone());
+            let peer = table.peer_at(remote_ip);
             let held = self
                 .conns
                 .values()
@@ -332,7 +344,7 @@ impl Stack {
                 .count();
             let Some(peer) = peer.filter(|_| held < MAX_CONNECTIONS_PER_PEER) else {
                 // The peer was removed meanwhile, or holds too many connections.
-                counters.dropped_connections.fetch_add(1, Ordering::Relaxed);
+                dropped_connections.fetch_add(1, Ordering::Relaxed);
                 socket.abort();
                 self.pending.push(handle);
                 continue;
@@ -510,28 +522,6 @@ fn new_socket() -> tcp::Socket<'static> {
     socket.set_timeout(Some(TIMEOUT));
     socket.set_nagle_enabled(false);
     socket
-}
-
-/// Hands accepted streams to the application; a full queue refuses (resets) them.
-pub(crate) fn hand_out(shared: &Shared, accepted: Vec<WgStream>, accept: &mpsc::Sender<WgStream>) {
-    for stream in accepted {
-        match accept.try_send(stream) {
-            Ok(()) => {
-                shared
-                    .counters
-                    .connections_accepted
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                // The application is not keeping up (or is gone): refuse, don't queue.
-                shared
-                    .counters
-                    .dropped_connections
-                    .fetch_add(1, Ordering::Relaxed);
-                e.into_inner().reset_on_drop();
-            }
-        }
-    }
 }
 
 /// A smoltcp device over two packet queues: inbound packets decrypted by the packet loop,

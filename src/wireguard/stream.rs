@@ -8,8 +8,7 @@ use std::task::{Context, Poll};
 use smoltcp::iface::SocketHandle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::stack::StackShared;
-use super::tunnel::lock;
+use super::stack::{lock, StackShared};
 
 /// An accepted TCP connection from a registered peer. Reads and writes go straight to the
 /// connection's socket buffers in the tunnel's TCP stack.

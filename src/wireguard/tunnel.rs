@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::filter::{self, Verdict};
-use super::stack::{self, StackShared};
+use super::stack::{lock, PeerLookup, StackShared};
 use super::udp::{Batch, Sender};
 use super::{WgConfig, WgError, WgPeer, WgStats, WgStream};
 
@@ -55,6 +55,12 @@ pub(crate) struct PeerTable {
     by_key: HashMap<[u8; 32], Arc<PeerSlot>>,
     by_index: HashMap<u32, Arc<PeerSlot>>,
     pub(crate) by_ip: HashMap<Ipv4Addr, Arc<PeerSlot>>,
+}
+
+impl PeerLookup for PeerTable {
+    fn peer_at(&self, ip: Ipv4Addr) -> Option<WgPeer> {
+        self.by_ip.get(&ip).map(|s| s.peer.clone())
+    }
 }
 
 #[derive(Default)]
@@ -107,12 +113,6 @@ impl Drop for Tasks {
             t.abort();
         }
     }
-}
-
-/// A poisoned lock only means another task panicked mid-update; the data is still usable
-/// (counters, tables replaced whole), so carry on rather than cascade the panic.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -327,8 +327,12 @@ async fn net_task(shared: Arc<Shared>, accept: mpsc::Sender<WgStream>) {
             }
         }
         let table = shared.peers();
-        let outcome =
-            lock(&shared.stack.inner).poll(&mut packets, &shared.stack, &table, &shared.counters);
+        let outcome = lock(&shared.stack.inner).poll(
+            &mut packets,
+            &shared.stack,
+            table.as_ref(),
+            &shared.counters.dropped_connections,
+        );
         sleep = outcome.delay;
         for packet in &outcome.tx {
             encrypt(&shared, &table, packet, &mut out);
@@ -337,7 +341,29 @@ async fn net_task(shared: Arc<Shared>, accept: mpsc::Sender<WgStream>) {
             send(&shared, &sender, &out).await;
             out.clear();
         }
-        stack::hand_out(&shared, outcome.accepted, &accept);
+        hand_out(&shared, outcome.accepted, &accept);
+    }
+}
+
+/// Hands accepted streams to the application; a full queue refuses (resets) them.
+pub(crate) fn hand_out(shared: &Shared, accepted: Vec<WgStream>, accept: &mpsc::Sender<WgStream>) {
+    for stream in accepted {
+        match accept.try_send(stream) {
+            Ok(()) => {
+                shared
+                    .counters
+                    .connections_accepted
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // The application is not keeping up (or is gone): refuse, don't queue.
+                shared
+                    .counters
+                    .dropped_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                e.into_inner().reset_on_drop();
+            }
+        }
     }
 }
 
