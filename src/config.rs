@@ -425,16 +425,8 @@ fn parse_nets(key: &str, items: &[String], problems: &mut Vec<String>) -> Vec<Ip
     out
 }
 
-fn valid_site_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
 fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<Config> {
-    if !valid_site_id(&raw.site.id) {
+    if !crate::ids::SiteId::is_valid(&raw.site.id) {
         problems.push(format!(
             "site.id: {:?} must be 1-64 letters, digits, '-' or '_'",
             raw.site.id

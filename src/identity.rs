@@ -173,7 +173,7 @@ pub fn resolve_site_system(
     if terminal.kind != TerminalKind::SiteSystem || terminal.revoked {
         return Ok(Err("site-system-unknown"));
     }
-    let Some(id) = asserted.filter(|id| crate::admin::valid_id(id)) else {
+    let Some(id) = asserted.filter(|id| crate::ids::PhysicianId::is_valid(id)) else {
         return Ok(Err("site-physician-missing"));
     };
     let physician = match store.physician(id)? {

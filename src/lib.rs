@@ -47,6 +47,7 @@ pub mod demo;
 pub mod firewall;
 pub mod forward;
 pub mod identity;
+pub mod ids;
 pub mod init;
 pub mod listener;
 pub mod metrics;

@@ -797,7 +797,7 @@ async fn terminal_add_wireguard(
     let wg = cfg.wireguard.as_ref().ok_or_else(|| {
         anyhow!("the WireGuard ingress is not enabled: add a [wireguard] section (seibo-gate init --wireguard ADDR:PORT writes one)")
     })?;
-    if !seibo_gate::pki::valid_name(name) {
+    if !seibo_gate::ids::TerminalName::is_valid(name) {
         bail!("terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)");
     }
     if registered_physician(cfg, physician).await?.is_none() {

@@ -49,13 +49,11 @@ use std::fmt;
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
+use crate::ids::PatientId;
 use crate::model::Category;
 
 /// Maximum accepted request-target length in bytes.
 pub const MAX_TARGET_LEN: usize = 4096;
-
-/// Maximum patient id length (see [`is_valid_patient_id`]).
-const MAX_PATIENT_ID_LEN: usize = 64;
 
 /// Bytes kept literal when a decoded segment is re-encoded for the wire.
 /// `NON_ALPHANUMERIC` minus the unreserved marks and the harmless sub-delims
@@ -468,7 +466,7 @@ impl RouteTable {
                 (None, None) => None,
             };
             if let Some(p) = &patient {
-                if !is_valid_patient_id(p) {
+                if !PatientId::is_valid(p) {
                     return Err(RouteError::BadTarget("bad-patient-id"));
                 }
             }
@@ -590,18 +588,6 @@ fn compile_template(
         }
     }
     (errors.len() == before).then_some(segs)
-}
-
-/// `^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`
-pub fn is_valid_patient_id(s: &str) -> bool {
-    let b = s.as_bytes();
-    match b.first() {
-        Some(f) if f.is_ascii_alphanumeric() => {}
-        _ => return false,
-    }
-    b.len() <= MAX_PATIENT_ID_LEN
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
 }
 
 /// Checks the overall shape of the request target (before splitting).
@@ -1676,7 +1662,7 @@ mod tests {
                     assert!(!got.path.contains(bad), "{target:?} -> {fwd:?}");
                 }
                 if let Some(p) = &got.patient {
-                    assert!(is_valid_patient_id(p), "{target:?}");
+                    assert!(PatientId::is_valid(p), "{target:?}");
                 }
                 assert_eq!(
                     t.resolve(&method, &fwd).as_ref(),

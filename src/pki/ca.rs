@@ -222,7 +222,7 @@ impl Ca {
         dir: &Path,
         days: u32,
     ) -> Result<IssuedClient, PkiError> {
-        if !valid_name(name) {
+        if !crate::ids::TerminalName::is_valid(name) {
             return Err(PkiError::InvalidName(name.to_owned()));
         }
         validate_common_name(common_name)?;

@@ -128,21 +128,6 @@ pub struct CertInfo {
     pub kind: Option<ClientKind>,
 }
 
-/// Validates a name used as a file stem (terminal names):
-/// `^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$` and not containing `..`.
-pub fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    let Some(first) = bytes.first() else {
-        return false;
-    };
-    bytes.len() <= 64
-        && first.is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        && !name.contains("..")
-}
-
 fn validate_common_name(cn: &str) -> Result<(), PkiError> {
     let chars = cn.chars().count();
     if cn.trim().is_empty() || chars > MAX_CN_CHARS {
