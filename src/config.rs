@@ -282,7 +282,7 @@ pub struct WireGuard {
 pub struct Policy {
     /// Refuse responses that would download a file (`Content-Disposition: attachment`).
     pub block_downloads: bool,
-    /// Add an `@media print` style sheet that blanks HTML pages.
+    /// Add an `@media print` style sheet: printed, HTML pages show only the notice.
     pub blank_print: bool,
 }
 

@@ -267,7 +267,7 @@ lockout_secs = 900
 
 [policy]
 # Art 13.2.5: refuse EMR responses that would save a file (Content-Disposition: attachment),
-# and blank HTML pages when printed.
+# and print HTML pages as a notice only (印刷はできません / Printing is not permitted).
 block_downloads = true
 blank_print = true
 
@@ -328,8 +328,14 @@ mod tests {
         let p = init(&o).unwrap();
         let cfg = Config::load(&p).unwrap();
         assert_eq!(cfg.site.id, "seiyo-hospital");
-        assert_eq!(cfg.site.name, "seiyo-hospital", "the name defaults to the id");
-        assert_eq!(cfg.site.home, "/.seibo/whoami", "the EMR's root is not routed");
+        assert_eq!(
+            cfg.site.name, "seiyo-hospital",
+            "the name defaults to the id"
+        );
+        assert_eq!(
+            cfg.site.home, "/.seibo/whoami",
+            "the EMR's root is not routed"
+        );
         assert_eq!(cfg.routes.len(), 2);
         assert!(cfg.ca.key.exists());
         assert!(matches!(init(&o), Err(InitError::Exists(_))));

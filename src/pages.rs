@@ -459,6 +459,9 @@ mod tests {
     fn footer_shows_the_site_name() {
         let body = futures_body(refusal(&Refusal::DownloadBlocked, &site()));
         let body = String::from_utf8(body).expect("utf-8");
-        assert!(body.contains("<small>西予市民病院 ・ せい坊ネット"), "{body}");
+        assert!(
+            body.contains("<small>西予市民病院 ・ せい坊ネット"),
+            "{body}"
+        );
     }
 }

@@ -23,7 +23,9 @@ use crate::signin::{self, WHOAMI_PATH};
 /// Why `[site] home` cannot be the start page.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HomeError {
-    #[error("site.home: {0:?} must be a path on this gateway starting with '/' (e.g. \"/emr/menu\")")]
+    #[error(
+        "site.home: {0:?} must be a path on this gateway starting with '/' (e.g. \"/emr/menu\")"
+    )]
     NotAPath(String),
     #[error("site.home: {0:?} is a page of the gateway's own; only {WHOAMI_PATH:?} can be the start page")]
     OwnPage(String),
@@ -175,7 +177,9 @@ mod tests {
             let r = root_redirect(home, &Method::GET, root).expect(root);
             assert_eq!(r.status(), http::StatusCode::SEE_OTHER);
             assert_eq!(
-                r.headers().get(http::header::LOCATION).map(|v| v.as_bytes()),
+                r.headers()
+                    .get(http::header::LOCATION)
+                    .map(|v| v.as_bytes()),
                 Some(home.as_bytes())
             );
         }

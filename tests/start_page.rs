@@ -168,8 +168,7 @@ async fn art_6_3_slash_leads_to_the_start_page_and_signin_returns_there() {
     let r = c.get("/.seibo/login").await;
     assert_eq!(r.status, 200);
     assert!(
-        r.body
-            .contains(&format!("name=\"next\" value=\"{HOME}\"")),
+        r.body.contains(&format!("name=\"next\" value=\"{HOME}\"")),
         "the sign-in page without next returns to the start page: {}",
         r.body
     );
@@ -181,13 +180,22 @@ async fn art_6_3_slash_leads_to_the_start_page_and_signin_returns_there() {
             &[("id", id), ("password", initial), ("next", HOME)],
         )
         .await;
-    assert_eq!((r.status, location(&r)), (303, "/.seibo/password"), "{}", r.body);
+    assert_eq!(
+        (r.status, location(&r)),
+        (303, "/.seibo/password"),
+        "{}",
+        r.body
+    );
     assert!(c.cookie.is_some());
     let r = c
         .post("/.seibo/password", &[("current", initial), ("new", chosen)])
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
-    assert_eq!(location(&r), HOME, "after the forced change, back to the start page");
+    assert_eq!(
+        location(&r),
+        HOME,
+        "after the forced change, back to the start page"
+    );
     let r = c.get(HOME).await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body, format!("recording EMR saw {HOME}\n"));
@@ -206,7 +214,10 @@ async fn art_6_3_slash_leads_to_the_start_page_and_signin_returns_there() {
     // A later sign-in from the start page (password already changed) goes straight there.
     let mut again = Client::new(&gate, &t);
     let r = again
-        .post("/.seibo/login", &[("id", id), ("password", chosen), ("next", HOME)])
+        .post(
+            "/.seibo/login",
+            &[("id", id), ("password", chosen), ("next", HOME)],
+        )
         .await;
     assert_eq!((r.status, location(&r)), (303, HOME), "{}", r.body);
     // ... and one from the sign-in page alone (no next) too.
@@ -247,7 +258,12 @@ async fn art_6_3_start_page_defaults_to_whoami_then_the_emr_root_when_routed() {
     let mut c = Client::new(&gate, &t);
 
     let r = c.get("/").await;
-    assert_eq!((r.status, location(&r)), (303, "/.seibo/whoami"), "{}", r.body);
+    assert_eq!(
+        (r.status, location(&r)),
+        (303, "/.seibo/whoami"),
+        "{}",
+        r.body
+    );
     let r = c.get("/.seibo/whoami").await;
     assert_eq!(location(&r), "/.seibo/login?next=%2F.seibo%2Fwhoami");
     let r = c.get("/.seibo/login?next=%2F.seibo%2Fwhoami").await;
@@ -259,14 +275,23 @@ async fn art_6_3_start_page_defaults_to_whoami_then_the_emr_root_when_routed() {
     let r = c
         .post(
             "/.seibo/login",
-            &[("id", id), ("password", initial), ("next", "/.seibo/whoami")],
+            &[
+                ("id", id),
+                ("password", initial),
+                ("next", "/.seibo/whoami"),
+            ],
         )
         .await;
     assert_eq!(location(&r), "/.seibo/password", "{}", r.body);
     let r = c
         .post("/.seibo/password", &[("current", initial), ("new", chosen)])
         .await;
-    assert_eq!((r.status, location(&r)), (303, "/.seibo/whoami"), "{}", r.body);
+    assert_eq!(
+        (r.status, location(&r)),
+        (303, "/.seibo/whoami"),
+        "{}",
+        r.body
+    );
     let r = c.get("/").await;
     assert_eq!((r.status, location(&r)), (303, "/.seibo/whoami"));
     let r = c.get("/.seibo/whoami").await;
@@ -299,7 +324,13 @@ async fn art_6_3_start_page_defaults_to_whoami_then_the_emr_root_when_routed() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(r.status, 200, "/ after the reload: {}\n{}", r.body, gate.log());
+    assert_eq!(
+        r.status,
+        200,
+        "/ after the reload: {}\n{}",
+        r.body,
+        gate.log()
+    );
     assert_eq!(r.body, "recording EMR saw /\n");
     let mut again = Client::new(&gate, &t);
     let r = again
@@ -307,7 +338,11 @@ async fn art_6_3_start_page_defaults_to_whoami_then_the_emr_root_when_routed() {
         .await;
     assert_eq!((r.status, location(&r)), (303, "/"), "{}", r.body);
     let r = c.get("/.seibo/whoami").await;
-    assert!(r.body.contains("<a href=\"/\">スタートページへ"), "{}", r.body);
+    assert!(
+        r.body.contains("<a href=\"/\">スタートページへ"),
+        "{}",
+        r.body
+    );
 }
 
 /// Issue 11 item 24: a start page the route table does not allow, or one that names a patient,
@@ -321,7 +356,10 @@ fn start_page_outside_the_route_table_is_a_config_error() {
     for (home, why) in [
         ("/admin", "is not an EMR page the route table allows"),
         ("/patients/P001/basic", "names a patient"),
-        ("/static/../static/app.css", "is forwarded as \"/static/app.css\""),
+        (
+            "/static/../static/app.css",
+            "is forwarded as \"/static/app.css\"",
+        ),
         ("/.seibo/logout", "is a page of the gateway's own"),
         ("https://evil.example/", "must be a path on this gateway"),
     ] {
@@ -353,7 +391,9 @@ fn start_page_outside_the_route_table_is_a_config_error() {
 
 /// The session end shown by "who am I": `YYYY-MM-DD HH:MM (JST)` and the minutes left.
 fn shown_end(body: &str) -> (String, i64) {
-    let at = body.find(" (JST)（あと ").expect("the session end in Japan time");
+    let at = body
+        .find(" (JST)（あと ")
+        .expect("the session end in Japan time");
     let when = body[..at]
         .get(at.saturating_sub(16)..)
         .expect("date and time")
@@ -419,7 +459,10 @@ async fn art_13_1_whoami_reads_as_a_physician_reads_and_footers_name_the_site() 
                 .expect("format")
         })
         .collect();
-    assert!(expected.contains(&when), "{when} not in {expected:?}: {body}");
+    assert!(
+        expected.contains(&when),
+        "{when} not in {expected:?}: {body}"
+    );
     assert!((715..=720).contains(&left), "{left} minutes left: {body}");
     assert!(body.contains(&format!("{left} min left")), "{body}");
     assert!(
@@ -433,7 +476,9 @@ async fn art_13_1_whoami_reads_as_a_physician_reads_and_footers_name_the_site() 
         "{body}"
     );
     assert!(!body.contains("<td>mtls</td>"), "{body}");
-    assert!(body.contains(&format!("<a href=\"{HOME}\">スタートページへ / Go to the start page</a>")));
+    assert!(body.contains(&format!(
+        "<a href=\"{HOME}\">スタートページへ / Go to the start page</a>"
+    )));
     assert!(body.contains(&footer), "whoami footer: {body}");
     assert!(!body.contains("test-site ・"), "{body}");
 
