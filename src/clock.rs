@@ -50,6 +50,15 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
+/// A time as a physician reads it: Japan time to the minute, e.g. `2026-11-27 15:04 (JST)`.
+pub fn local_minutes(t: OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    match t.to_offset(JST).format(&fmt) {
+        Ok(s) => format!("{s} (JST)"),
+        Err(_) => rfc3339(t),
+    }
+}
+
 /// Parses `YYYY-MM-DD`.
 pub fn parse_date(s: &str) -> Result<Date, String> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
@@ -68,6 +77,12 @@ mod tests {
         assert_eq!(c.today(), time::macros::date!(2026 - 04 - 01));
         let c = FixedClock(datetime!(2026-03-31 14:59 UTC));
         assert_eq!(c.today(), time::macros::date!(2026 - 03 - 31));
+    }
+
+    #[test]
+    fn local_minutes_is_japan_time_without_seconds() {
+        let t = datetime!(2026-11-27 06:04:59.123456789 UTC);
+        assert_eq!(local_minutes(t), "2026-11-27 15:04 (JST)");
     }
 
     #[test]

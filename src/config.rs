@@ -63,6 +63,9 @@ struct RawSite {
     name: Option<String>,
     #[serde(default)]
     contact: Option<String>,
+    /// The start page: where `/` and sign-in lead (see [`crate::start`]).
+    #[serde(default)]
+    home: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -220,9 +223,13 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct Site {
     pub id: String,
+    /// The site's name as physicians see it in every page's footer (default: the id).
     pub name: String,
     /// Whom a refused physician should contact (shown on every refusal page).
     pub contact: String,
+    /// The start page (`[site] home`, validated by [`crate::start::resolve_home`]): where `/`
+    /// and sign-in lead.
+    pub home: String,
 }
 
 #[derive(Debug, Clone)]
@@ -275,7 +282,7 @@ pub struct WireGuard {
 pub struct Policy {
     /// Refuse responses that would download a file (`Content-Disposition: attachment`).
     pub block_downloads: bool,
-    /// Add an `@media print` style sheet that blanks HTML pages.
+    /// Add an `@media print` style sheet: printed, HTML pages show only the notice.
     pub blank_print: bool,
 }
 
@@ -432,12 +439,18 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
             raw.site.id
         ));
     }
-    let site = Site {
-        name: raw.site.name.clone().unwrap_or_else(|| raw.site.id.clone()),
+    let mut site = Site {
+        name: raw
+            .site
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| raw.site.id.clone()),
         contact: raw
             .site
             .contact
             .unwrap_or_else(|| "地域連携室 / the liaison office".to_string()),
+        home: String::new(),
         id: raw.site.id,
     };
 
@@ -631,6 +644,12 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
             None
         }
     };
+    if let Some(t) = &routes {
+        match crate::start::resolve_home(t, raw.site.home.as_deref()) {
+            Ok(home) => site.home = home,
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
 
     Some(Config {
         path: PathBuf::new(),

@@ -172,6 +172,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
     let listen = free_port()?;
     let mut o = InitOptions::new(&dir.join("site"));
     o.site = "demo-site".into();
+    o.name = Some("せい坊ネット デモ病院 / Seibo Net demo hospital".into());
     o.listen = listen;
     o.upstream = format!("http://{emr}");
     o.private = vec!["127.0.0.0/8".into()];

@@ -29,6 +29,8 @@ pub enum InitError {
 pub struct InitOptions {
     pub dir: PathBuf,
     pub site: String,
+    /// The site's name shown at the foot of every page; default: the id.
+    pub name: Option<String>,
     pub listen: SocketAddr,
     pub upstream: String,
     /// Private-segment CIDRs; default: the upstream's own address (/32 or /128).
@@ -44,6 +46,7 @@ impl InitOptions {
         InitOptions {
             dir: dir.to_path_buf(),
             site: "seiyo-hospital".into(),
+            name: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             upstream: "http://127.0.0.1:8080".into(),
             private: Vec::new(),
@@ -210,9 +213,14 @@ pub fn init(o: &InitOptions) -> Result<PathBuf, InitError> {
 [site]
 # Short id of this site: written into every audit record and sent to the EMR.
 id = {site}
-name = {site}
+# The site's name as physicians see it at the foot of every page (`init --name`).
+name = {name}
 # Shown on every refusal page: whom a physician should contact.
 contact = "地域連携室 / Liaison office"
+# The start page, where `/` and the sign-in lead: an EMR page without patient data that a
+# [[route]] below allows (the EMR's menu, say), or "/.seibo/whoami". Default: the EMR's root
+# "/" when a route allows it, else "/.seibo/whoami". `check-config` refuses any other page.
+# home = "/"
 
 [state]
 # Registries (physicians, terminals, consents) and the audit log. Mode 0700.
@@ -259,7 +267,7 @@ lockout_secs = 900
 
 [policy]
 # Art 13.2.5: refuse EMR responses that would save a file (Content-Disposition: attachment),
-# and blank HTML pages when printed.
+# and print HTML pages as a notice only (印刷はできません / Printing is not permitted).
 block_downloads = true
 blank_print = true
 
@@ -300,6 +308,7 @@ path = "/static/**"
 no_patient = true
 "#,
         site = toml_str(&o.site),
+        name = toml_str(o.name.as_deref().unwrap_or(&o.site)),
         listen = toml_str(&o.listen.to_string()),
         upstream = toml_str(&o.upstream),
     );
@@ -319,9 +328,36 @@ mod tests {
         let p = init(&o).unwrap();
         let cfg = Config::load(&p).unwrap();
         assert_eq!(cfg.site.id, "seiyo-hospital");
+        assert_eq!(
+            cfg.site.name, "seiyo-hospital",
+            "the name defaults to the id"
+        );
+        assert_eq!(
+            cfg.site.home, "/.seibo/whoami",
+            "the EMR's root is not routed"
+        );
         assert_eq!(cfg.routes.len(), 2);
         assert!(cfg.ca.key.exists());
         assert!(matches!(init(&o), Err(InitError::Exists(_))));
+    }
+
+    /// Issue 11 item 26: `init --name` is the name physicians see; the commented start page
+    /// is valid once uncommented (the root is then refused until a route allows it).
+    #[test]
+    fn init_writes_the_sites_name_and_a_commented_start_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut o = InitOptions::new(&dir.path().join("site"));
+        o.name = Some("西陽市民病院 / Seiyo \"City\" Hospital".into());
+        let p = init(&o).unwrap();
+        let cfg = Config::load(&p).unwrap();
+        assert_eq!(cfg.site.name, "西陽市民病院 / Seiyo \"City\" Hospital");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\n# home = \"/\"\n"), "{text}");
+        let home = text.replace("\n# home = \"/\"\n", "\nhome = \"/\"\n");
+        let err = Config::parse(&p, &home).unwrap_err().to_string();
+        assert!(err.contains("site.home: \"/\" is not an EMR page"), "{err}");
+        let routed = format!("{home}\n[[route]]\npath = \"/\"\nno_patient = true\n");
+        assert_eq!(Config::parse(&p, &routed).unwrap().site.home, "/");
     }
 
     /// Art 12.2: `init --wireguard` writes an enabled, valid section with a fresh key.

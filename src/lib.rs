@@ -27,6 +27,8 @@
 //! * [`forward`]: the pooled client to the EMR, restricted to the private segment.
 //! * [`audit`]: the hash-chained, append-only audit log with group commit.
 //! * [`pages`]: every page the gateway answers with (Japanese first, English second).
+//! * [`start`]: the site's start page (`[site] home`), where `/` and sign-in lead.
+//! * [`whoami`]: the "who am I" page (physician, terminal, ingress, session end).
 //! * [`store`]: the registries in sled; [`model`]: their value types.
 //! * [`admin`]: admin requests, over the gateway's Unix socket or directly.
 //! * [`config`]: TOML → validated [`config::Config`]; [`init`]: a new site's files.
@@ -60,7 +62,9 @@ pub mod service;
 pub mod session;
 pub mod shutdown;
 pub mod signin;
+pub mod start;
 pub mod store;
 pub mod tls;
 pub mod tunnel;
+pub mod whoami;
 pub mod wireguard;

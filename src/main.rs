@@ -45,6 +45,9 @@ enum Command {
         dir: PathBuf,
         #[arg(long, default_value = "seiyo-hospital")]
         site: String,
+        /// The site's name at the foot of every page (default: the id).
+        #[arg(long)]
+        name: Option<String>,
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -351,6 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init {
             dir,
             site,
+            name,
             listen,
             upstream,
             private,
@@ -367,6 +371,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
             };
             o.site = site;
+            o.name = name;
             o.listen = listen;
             o.upstream = upstream;
             o.private = private;

@@ -45,6 +45,19 @@ struct Text {
     extra: &'static str,
 }
 
+/// What a printed page says instead of the record (art 13.2: no printing of displayed
+/// records; issue 11 item 25): Japanese, then English.
+pub const PRINT_NOTICE_JA: &str = "印刷はできません（せい坊ネット運用規程 第13条第2項）";
+pub const PRINT_NOTICE_EN: &str = "Printing is not permitted (Seibo Net rules, article 13.2)";
+
+/// Appended to the EMR's HTML pages (art 13.2): when printed, the body is not rendered and the
+/// root element's `::before` shows the notice instead. A `<style>` applies wherever it stands
+/// and needs no element of the EMR's markup; the notice is CSS escapes (ASCII only), so it
+/// reads the same whatever the EMR page's charset (Shift_JIS, EUC-JP, UTF-8). A page's own
+/// CSP may forbid inline styles; see the README. `print_guard_spells_the_notice` checks the
+/// escapes against [`PRINT_NOTICE_JA`] and [`PRINT_NOTICE_EN`].
+pub const PRINT_GUARD: &[u8] = br#"<style media="print">body,frameset{display:none!important}html::before{content:"\005370\005237\00306F\003067\00304D\00307E\00305B\003093\00FF08\00305B\003044\00574A\0030CD\0030C3\0030C8\00904B\007528\00898F\007A0B\000020\007B2C13\006761\007B2C2\009805\00FF09\00000APrinting is not permitted (Seibo Net rules, article 13.2)"!important;display:block!important;visibility:visible!important;white-space:pre-line!important;margin:2cm!important;color:#000!important;font:16pt/1.8 sans-serif!important}</style>"#;
+
 const SIGN_IN_LINK: &str = r#"<p><a href="/.seibo/login">サインイン / Sign in</a></p>"#;
 
 fn text(r: &Refusal) -> Text {
@@ -191,8 +204,8 @@ pub fn protect(headers: &mut http::HeaderMap) {
     );
 }
 
-/// A page of the gateway's own: Japanese first, English second, no external assets, blank
-/// when printed. `body_ja` and `body_en` are HTML (callers escape what they interpolate).
+/// A page of the gateway's own: Japanese first, English second, no external assets; printed,
+/// it shows only the print notice (art 13.2). `body_ja` and `body_en` are HTML (callers escape what they interpolate).
 pub struct Page<'a> {
     pub status: StatusCode,
     pub title_ja: &'a str,
@@ -236,10 +249,12 @@ input[type=text], input[type=password] {{ width: 100%; box-sizing: border-box; p
 button {{ margin-top: 1rem; padding: .5rem 1.4rem; font-size: 1rem; }}
 table {{ border-collapse: collapse; }} th, td {{ text-align: left; padding: .2rem .8rem .2rem 0; }}
 small {{ color: #66737f; }}
-@media print {{ body {{ display: none; }} }}
+.print-notice {{ display: none; }}
+@media print {{ main {{ display: none !important; }} .print-notice {{ display: block !important; margin: 2cm; font-size: 16pt; line-height: 1.8; }} }}
 </style>
 </head>
 <body>
+<p class="print-notice">{print_ja}<br><span lang="en">{print_en}</span></p>
 <main>
 {status_line}<h1>{title_ja}</h1>
 <p>{body_ja}</p>
@@ -261,6 +276,8 @@ small {{ color: #66737f; }}
         extra = p.extra,
         contact = escape(&site.contact),
         site = escape(&site.name),
+        print_ja = PRINT_NOTICE_JA,
+        print_en = PRINT_NOTICE_EN,
     );
     let mut resp = Response::new(full(html));
     *resp.status_mut() = p.status;
@@ -340,6 +357,7 @@ mod tests {
             id: "s".into(),
             name: "西予市民病院".into(),
             contact: "地域連携室 <内線 123>".into(),
+            home: "/.seibo/whoami".into(),
         }
     }
 
@@ -372,5 +390,78 @@ mod tests {
         let t = text(&Refusal::Consent(ConsentRefusal::NoConsent));
         assert!(t.title_ja.contains("閲覧できません"));
         assert_eq!(escape(&site().contact), "地域連携室 &lt;内線 123&gt;");
+    }
+
+    /// Decodes the CSS escapes of a `content` string (`\XXXXXX` and one following space).
+    fn css_unescape(s: &str) -> String {
+        let mut out = String::new();
+        let mut chars = s.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            let mut hex = String::new();
+            while hex.len() < 6 && chars.peek().is_some_and(|c| c.is_ascii_hexdigit()) {
+                hex.extend(chars.next());
+            }
+            if chars.peek() == Some(&' ') {
+                chars.next();
+            }
+            out.extend(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32));
+        }
+        out
+    }
+
+    /// Art 13.2 (issue 11 item 25): the EMR page's print guard hides the body and spells the
+    /// notice, in ASCII only, so that it reads the same in any page charset.
+    #[test]
+    fn art_13_2_print_guard_spells_the_notice() {
+        let guard = std::str::from_utf8(PRINT_GUARD).expect("ascii");
+        assert!(guard.is_ascii(), "{guard}");
+        assert!(guard.starts_with("<style media=\"print\">") && guard.ends_with("</style>"));
+        assert!(guard.contains("body,frameset{display:none!important}"));
+        let content = guard
+            .split_once("content:\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(c, _)| c)
+            .expect("content string");
+        assert_eq!(
+            css_unescape(content),
+            format!("{PRINT_NOTICE_JA}\n{PRINT_NOTICE_EN}")
+        );
+    }
+
+    /// Art 13.2: the gateway's own pages print the notice and not their text.
+    #[test]
+    fn art_13_2_own_pages_print_the_notice() {
+        let body = futures_body(refusal(&Refusal::DownloadBlocked, &site()));
+        let body = String::from_utf8(body).expect("utf-8");
+        assert!(body.contains(&format!("<p class=\"print-notice\">{PRINT_NOTICE_JA}")));
+        assert!(body.contains("@media print { main { display: none !important; }"));
+    }
+
+    fn futures_body(r: Response<Body>) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            r.into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes().to_vec())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Issue 11 item 26: the footer shows the site's name, not its id.
+    #[test]
+    fn footer_shows_the_site_name() {
+        let body = futures_body(refusal(&Refusal::DownloadBlocked, &site()));
+        let body = String::from_utf8(body).expect("utf-8");
+        assert!(
+            body.contains("<small>西予市民病院 ・ せい坊ネット"),
+            "{body}"
+        );
     }
 }

@@ -181,6 +181,21 @@ enum Action {
 }
 
 impl Step {
+    /// A page of the gateway's own for an identified terminal.
+    fn own(verdict: Verdict, reason: &'static str, resp: Response<Body>, who: Arc<Who>) -> Step {
+        Step {
+            decision: Decision {
+                verdict,
+                who: Some(who),
+                target: None,
+                window: None,
+                first_view_today: false,
+            },
+            reason: Some(reason),
+            action: Action::Respond(resp),
+        }
+    }
+
     fn refuse(r: Refusal, who: Option<Arc<Who>>) -> Step {
         Step {
             decision: Decision::deny(r, who, None),
@@ -380,6 +395,10 @@ async fn plan(
         }
     };
 
+    // `/` leads to the site's start page (issue 11 item 24).
+    if let Some(resp) = crate::start::root_redirect(&live.site.home, req.method(), raw_target) {
+        return Step::own(Verdict::Allow, "start-page", resp, who);
+    }
     if signin::is_own_path(raw_target) {
         let page = signin::handle(gate, live, peer, &who, req, raw_target, now).await;
         return Step {
@@ -635,9 +654,9 @@ async fn forward(
     Ok(Response::from_parts(parts, body.boxed()))
 }
 
-/// Appended to HTML pages: browsers apply a `<style>` wherever it stands, so printing shows
-/// a blank page (art 13.2.5). A page's own CSP may forbid inline styles; see the README.
-pub const PRINT_GUARD: &[u8] = b"<style media=\"print\">html,body{display:none!important}</style>";
+/// Appended to HTML pages: printed, they show only the print notice (art 13.2.5; see
+/// [`pages::PRINT_GUARD`]).
+pub const PRINT_GUARD: &[u8] = pages::PRINT_GUARD;
 
 fn is_attachment(h: &http::HeaderMap) -> bool {
     h.get(header::CONTENT_DISPOSITION)

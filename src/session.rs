@@ -27,6 +27,9 @@ pub struct Session {
     pub expires_at: OffsetDateTime,
     /// True until a one-time password has been changed.
     pub must_change_password: bool,
+    /// The page first asked for, kept across the forced password change (a local path
+    /// already checked by the sign-in).
+    pub return_to: Option<String>,
 }
 
 /// Why a cookie does not open a session.
@@ -110,6 +113,7 @@ impl Sessions {
             expires_at: OffsetDateTime::now_utc()
                 + time::Duration::try_from(self.lifetime).unwrap_or(time::Duration::HOUR),
             must_change_password,
+            return_to: None,
         };
         let k = key(&token);
         self.with_shard(&k, |m| m.insert(k, s.clone()));
@@ -139,13 +143,24 @@ impl Sessions {
         })
     }
 
-    pub fn password_changed(&self, token: &str) {
+    /// Keeps the page to return to after the forced password change.
+    pub fn remember_return(&self, token: &str, to: &str) {
         let k = key(token);
         self.with_shard(&k, |m| {
             if let Some(s) = m.get_mut(&k) {
-                s.must_change_password = false;
+                s.return_to = Some(to.to_string());
             }
         });
+    }
+
+    /// The password was changed: the session is usable; returns the page to go back to.
+    pub fn password_changed(&self, token: &str) -> Option<String> {
+        let k = key(token);
+        self.with_shard(&k, |m| {
+            let s = m.get_mut(&k)?;
+            s.must_change_password = false;
+            s.return_to.take()
+        })
     }
 
     pub fn end(&self, token: &str) {

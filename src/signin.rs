@@ -47,19 +47,20 @@ pub fn login_url(next: &str) -> String {
     format!("{LOGIN_PATH}?{q}")
 }
 
-/// A local path to return to after sign-in; anything else becomes the "who am I" page.
-fn safe_next(next: Option<&str>) -> String {
+/// A local path to return to after sign-in (an EMR page, or "who am I"); anything else
+/// becomes the site's start page `home` (issue 11 item 24).
+fn safe_next(next: Option<&str>, home: &str) -> String {
     match next {
         Some(n)
             if n.starts_with('/')
                 && !n.starts_with("//")
                 && !n.starts_with("/\\")
-                && !is_own_path(n)
+                && (!is_own_path(n) || n == WHOAMI_PATH)
                 && !n.chars().any(|c| c.is_control()) =>
         {
             n.to_string()
         }
-        _ => WHOAMI_PATH.to_string(),
+        _ => home.to_string(),
     }
 }
 
@@ -250,7 +251,7 @@ pub async fn handle(
     }
     match (method, path) {
         (Method::GET, LOGIN_PATH) => {
-            let next = safe_next(query_param(raw_target, "next").as_deref());
+            let next = safe_next(query_param(raw_target, "next").as_deref(), &live.site.home);
             let (ja, en) = if query_param(raw_target, "signed_out").is_some() {
                 ("サインアウトしました。", "You have signed out.")
             } else {
@@ -291,7 +292,7 @@ pub async fn handle(
                 ),
             )
         }
-        (Method::GET, WHOAMI_PATH) => whoami(gate, live, peer, who, &req),
+        (Method::GET, WHOAMI_PATH) => crate::whoami::page(gate, live, peer, who, &req, now),
         _ => deny(
             Refusal::Route(RouteError::NoRoute),
             "no-route",
@@ -330,12 +331,12 @@ async fn login(
 ) -> OwnPage {
     let metrics = &gate.metrics;
     if !live.auth.password_required {
-        return allow("signin-not-required", pages::redirect(WHOAMI_PATH));
+        return allow("signin-not-required", pages::redirect(&live.site.home));
     }
     let Some(form) = read_form(req).await else {
         return bad_request(live, "bad-form");
     };
-    let next = safe_next(field(&form, "next"));
+    let next = safe_next(field(&form, "next"), &live.site.home);
     let id = field(&form, "id").unwrap_or("").trim().to_string();
     let password = field(&form, "password").unwrap_or("").to_string();
     let mut p = who.physician.clone();
@@ -395,6 +396,8 @@ async fn login(
         gate.sessions
             .create(&p.id, &peer.credential.fingerprint, p.must_change_password);
     let to = if s.must_change_password {
+        // Back to the page first asked for once the password is changed.
+        gate.sessions.remember_return(&token, &next);
         PASSWORD_PATH.to_string()
     } else {
         next
@@ -461,60 +464,11 @@ async fn change_password(
             "The password could not be stored.",
         );
     }
-    gate.sessions.password_changed(&token);
-    allow("password-changed", pages::redirect(WHOAMI_PATH))
-}
-
-fn whoami(gate: &Gate, live: &Live, peer: &Peer, who: &Who, req: &Request<Incoming>) -> OwnPage {
-    let session = if live.auth.password_required {
-        match check_session(gate, who, peer, req.headers()) {
-            Ok(s) => Some(s),
-            Err(r) => {
-                let resp = match r {
-                    Refusal::PasswordChangeRequired => pages::redirect(PASSWORD_PATH),
-                    _ => pages::redirect(&login_url(WHOAMI_PATH)),
-                };
-                let reason = r.reason();
-                return deny(r, reason, resp);
-            }
-        }
-    } else {
-        None
-    };
-    let expires = session
-        .as_ref()
-        .map(|s| clock::rfc3339(s.expires_at))
-        .unwrap_or_else(|| "—".into());
-    let idle = live.auth.idle_timeout.as_secs() / 60;
-    let extra = format!(
-        r#"<table>
-<tr><th>利用医 / Physician</th><td>{name} ({id})</td></tr>
-<tr><th>端末 / Terminal</th><td>{terminal}</td></tr>
-<tr><th>接続 / Connection</th><td>{ingress}</td></tr>
-<tr><th>セッション期限 / Session ends</th><td>{expires}（{idle}分間操作がない場合も終了 / also after {idle} min idle）</td></tr>
-</table>
-<form method="post" action="{LOGOUT_PATH}"><button type="submit">サインアウト / Sign out</button></form>"#,
-        name = escape(&who.physician.name),
-        id = escape(&who.physician.id),
-        terminal = escape(&who.terminal.name),
-        ingress = peer.ingress.as_str(),
-        expires = escape(&expires),
-    );
-    allow(
-        "whoami",
-        pages::page(
-            &Page {
-                status: StatusCode::OK,
-                title_ja: "サインイン中です",
-                title_en: "You are signed in",
-                body_ja: "表示した診療情報の印刷・保存はできません（運用規程 第13条）。",
-                body_en: "Viewed records must not be printed or saved (rules, article 13).",
-                extra: &extra,
-                reason: "",
-            },
-            &live.site,
-        ),
-    )
+    let back = gate
+        .sessions
+        .password_changed(&token)
+        .unwrap_or_else(|| live.site.home.clone());
+    allow("password-changed", pages::redirect(&back))
 }
 
 #[cfg(test)]
@@ -523,20 +477,25 @@ mod tests {
 
     #[test]
     fn next_must_stay_on_the_gateway() {
+        let home = "/portal/menu";
         assert_eq!(
-            safe_next(Some("/patients/P1/labs?x=1")),
+            safe_next(Some("/patients/P1/labs?x=1"), home),
             "/patients/P1/labs?x=1"
         );
+        assert_eq!(safe_next(Some(WHOAMI_PATH), home), WHOAMI_PATH);
         for bad in [
             "//evil.example/",
             "https://evil.example/",
             "/\\evil",
             "/.seibo/login",
+            "/.seibo/logout",
+            "/.seibo/whoami?x=1",
+            "/\u{85}",
             "x",
         ] {
-            assert_eq!(safe_next(Some(bad)), WHOAMI_PATH, "{bad}");
+            assert_eq!(safe_next(Some(bad), home), home, "{bad}");
         }
-        assert_eq!(safe_next(None), WHOAMI_PATH);
+        assert_eq!(safe_next(None, home), home);
     }
 
     /// A real browser posts the sign-in form with `Origin: null` (the page is

@@ -1,5 +1,5 @@
 //! The physician's sign-in in a real headless browser (issue 4; rules art 6.3, 8, 13.1,
-//! 13.2.5): the real gateway and the sample EMR on loopback, and `tests/browser/e2e.mjs`
+//! 13.2.5; issue 11 items 24-26: the start page, the print notice, "who am I"): the real gateway and the sample EMR on loopback, and `tests/browser/e2e.mjs`
 //! driving Debian's chromium with playwright-core. Chromium's own TLS stack presents the very
 //! `.p12` that `terminal add` wrote (imported into the browser's NSS database with pk12util,
 //! auto-selected for the gateway's origin by the profile preference).
@@ -55,9 +55,11 @@ fn printed(stdout: &str, marker: &str) -> String {
         .unwrap_or_else(|| panic!("no {marker:?} in {stdout}"))
 }
 
-/// Art 6.3, 13.1 and 8 in a real browser: sign-in page, the one-time password and its forced
-/// change, a consented patient's page, the Japanese refusal of a patient without consent, and
-/// sign-out by the idle timeout.
+/// Art 6.3, 13.1, 13.2 and 8 in a real browser: sign-in page, the one-time password and its
+/// forced change, which returns to the page first asked for (a consented patient's page);
+/// printed, that page shows only the print notice (art 13.2); "who am I" in words; `/` leads
+/// to the start page; the Japanese refusal of a patient without consent; and sign-out by the
+/// idle timeout.
 #[test]
 fn art_6_3_13_1_signin_in_a_real_browser() {
     require_tools();
@@ -119,6 +121,7 @@ fn art_6_3_13_1_signin_in_a_real_browser() {
         .env("SEIBO_PATIENT_NAME", "西予 花子")
         .env("SEIBO_ALLOWED", "/patients/P001/basic")
         .env("SEIBO_REFUSED", "/patients/P002/basic")
+        .env("SEIBO_HOME", "/.seibo/whoami")
         .env("SEIBO_IDLE_WAIT_MS", IDLE_WAIT_MS.to_string())
         .env("SEIBO_WORK", work.path().join("browser"))
         .env("SEIBO_ARTIFACTS", &artifacts)
@@ -165,6 +168,14 @@ fn art_6_3_13_1_signin_in_a_real_browser() {
         "is shown (200)",
         "the EMR was told the signed-in physician",
         "the EMR page carries the print guard",
+        "the forced password change returns to the page first asked for",
+        "printed, the EMR record is not rendered",
+        "printed, the EMR page shows 印刷はできません",
+        "printing to PDF gives a document",
+        "the session end is Japan time with the minutes left",
+        "the connection is named in words",
+        "printed, the gateway page shows the notice",
+        "opening / leads to the start page",
         "is refused (403)",
         "the refusal page says 閲覧できません",
         "after the idle timeout the physician is signed out",
@@ -173,7 +184,13 @@ fn art_6_3_13_1_signin_in_a_real_browser() {
     }
 
     // The screenshots are kept, and are PNG pictures.
-    for name in ["signin.png", "refused.png", "signed-out.png"] {
+    for name in [
+        "signin.png",
+        "print-emr.png",
+        "print-whoami.png",
+        "refused.png",
+        "signed-out.png",
+    ] {
         let p = artifacts.join(name);
         let bytes = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
         assert!(
@@ -207,6 +224,8 @@ fn art_6_3_13_1_signin_in_a_real_browser() {
         ("/patients/P001/basic", "password-change-required"),
         ("/.seibo/password", "password-changed"),
         ("/patients/P001/basic", "allowed"),
+        ("/", "start-page"),
+        ("/.seibo/whoami", "whoami"),
         ("/patients/P002/basic", "no-consent"),
         ("/patients/P001/basic", "session-expired"),
     ] {

@@ -366,12 +366,15 @@ async fn art_8_2_unmapped_route_404_and_bad_target_400() {
         "/admin/users",
         "/patients/P001/secret-notes",
         "/patients/P001",
-        "/",
     ] {
         let r = get_once(f.gate.port, cfg.clone(), path).await.unwrap();
         assert_eq!(r.status, 404, "{path}: {r:?}");
         assert!(r.body.contains("閲覧範囲外"), "{path}: {}", r.body);
     }
+    // `/` leads to the start page, never to the EMR (issue 11 item 24; tests/start_page.rs).
+    let r = get_once(f.gate.port, cfg.clone(), "/").await.unwrap();
+    assert_eq!(r.status, 303, "/: {r:?}");
+    assert_eq!(r.header("location"), Some("/.seibo/whoami"));
     let c = f.gate.curl(Some(&f.pc1), "/admin/users", &[]);
     assert_eq!(c.status, Some(404), "{c:?}");
 

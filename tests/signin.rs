@@ -192,7 +192,8 @@ impl Client {
         assert_eq!(r.header("location"), Some("/.seibo/password"));
         let r = self.change_password(initial, new).await;
         assert_eq!(r.status, 303, "password change: {}", r.body);
-        assert_eq!(r.header("location"), Some("/.seibo/whoami"));
+        // Back to the page first asked for (issue 11 item 24).
+        assert_eq!(r.header("location"), Some("/patients/P001/basic"));
     }
 }
 
@@ -504,7 +505,8 @@ async fn art_6_3_initial_password_must_be_changed() {
 
     let r = c.change_password(&initial, "Kawauso-2026!").await;
     assert_eq!(r.status, 303, "{}", r.body);
-    assert_eq!(location(&r), "/.seibo/whoami");
+    // Back to the page first asked for at sign-in (issue 11 item 24).
+    assert_eq!(location(&r), "/patients/P001/basic");
     let r = c.get("/patients/P001/basic").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let r = c.get("/.seibo/whoami").await;

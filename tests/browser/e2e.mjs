@@ -8,9 +8,10 @@
 // `profile.content_settings.exceptions.auto_select_certificate` — as on a physician's PC.
 //
 // Steps: open an EMR page → sent to the sign-in page (screenshot) → sign in with the one-time
-// password → forced password change → the consented patient's page → a non-consented patient
-// is refused with the Japanese page (screenshot) → idle past the timeout → back on the sign-in
-// page (screenshot).
+// password → forced password change → back on the page first asked for: the consented
+// patient's page → printed, it shows only the notice (screenshot) → "who am I" in words, and
+// printed → `/` leads to the start page → a non-consented patient is refused with the Japanese
+// page (screenshot) → idle past the timeout → back on the sign-in page (screenshot).
 //
 // Environment (all required):
 //   SEIBO_URL            https://localhost:PORT (the gateway; loopback only)
@@ -23,6 +24,7 @@
 //   SEIBO_PATIENT_NAME   text the consented patient's page shows
 //   SEIBO_ALLOWED        path of a consented patient's EMR page
 //   SEIBO_REFUSED        path of a non-consented patient's EMR page
+//   SEIBO_HOME           the site's start page (`[site] home`), where `/` leads
 //   SEIBO_IDLE_WAIT_MS   how long to stay idle (longer than idle_timeout_secs)
 //   SEIBO_WORK           an empty scratch directory (browser HOME and profile)
 //   SEIBO_ARTIFACTS      where screenshots are kept
@@ -159,11 +161,9 @@ async function main() {
 
   await page.fill('#current', env('SEIBO_PASSWORD'));
   await page.fill('#new', env('SEIBO_NEW_PASSWORD'));
-  await Promise.all([page.waitForURL('**/.seibo/whoami'), page.click('button[type=submit]')]);
-  const whoami = await page.locator('body').innerText();
-  check(whoami.includes(env('SEIBO_ID')), 'the "who am I" page names the physician');
-
-  // 5. The consented patient's page from the EMR.
+  // 5. Back on the page first asked for (issue 11 item 24): the consented patient's page.
+  await Promise.all([page.waitForURL(`**${allowed}`), page.click('button[type=submit]')]);
+  check(new URL(page.url()).pathname === allowed, `the forced password change returns to the page first asked for (${allowed})`);
   resp = await page.goto(origin + allowed);
   check(resp !== null && resp.status() === 200, `the consented patient's page ${allowed} is shown (200)`);
   check(new URL(page.url()).pathname === allowed, 'no redirect away from the EMR page');
@@ -173,7 +173,57 @@ async function main() {
   const guard = await page.locator('style[media=print]').count();
   check(guard >= 1, 'the EMR page carries the print guard (art 13.2.5)');
 
-  // 6. A patient without consent: the Japanese refusal page.
+  // 6. Printed (issue 11 item 25, art 13.2): the record is not rendered, the notice is.
+  await page.emulateMedia({ media: 'print' });
+  const printed = await page.evaluate(() => {
+    const root = getComputedStyle(document.documentElement);
+    const before = getComputedStyle(document.documentElement, '::before');
+    return {
+      body: getComputedStyle(document.body).display,
+      root: root.display,
+      content: before.content,
+      display: before.display,
+      visibility: before.visibility,
+    };
+  });
+  console.log(`e2e: printed EMR page: ${JSON.stringify(printed)}`);
+  check(printed.body === 'none', 'printed, the EMR record is not rendered (art 13.2)');
+  check(!(await page.locator('h1').isVisible()), "printed, the EMR page's heading is hidden");
+  check(
+    printed.root !== 'none' && printed.display === 'block' && printed.visibility === 'visible'
+      && printed.content.includes('印刷はできません') && printed.content.includes('Printing is not permitted'),
+    'printed, the EMR page shows 印刷はできません / Printing is not permitted (art 13.2)',
+  );
+  await shot('print-emr.png');
+  const pdf = await page.pdf({ format: 'A4', timeout: STEP_TIMEOUT_MS });
+  check(pdf.subarray(0, 5).toString('latin1') === '%PDF-', `printing to PDF gives a document (${pdf.length} bytes), not an error`);
+  await page.emulateMedia({ media: 'screen' });
+  check(await page.locator('h1').isVisible(), 'on screen, the EMR page is shown again');
+
+  // 7. "Who am I" (issue 11 item 26): the session end in Japan time, the ingress in words.
+  resp = await page.goto(origin + '/.seibo/whoami');
+  check(resp !== null && resp.status() === 200, 'the "who am I" page is shown (200)');
+  const whoami = await page.locator('main').innerText();
+  check(whoami.includes(env('SEIBO_ID')), 'the "who am I" page names the physician');
+  check(/\d{4}-\d{2}-\d{2} \d{2}:\d{2} \(JST\)（あと \d+ 分 \/ \d+ min left）/.test(whoami), 'the session end is Japan time with the minutes left');
+  check(!/\d{2}:\d{2}:\d{2}\.\d+\+09:00/.test(whoami), 'no RFC 3339 timestamp with fractions');
+  check(whoami.includes('端末証明書') && whoami.includes('terminal certificate (mutual TLS)'), 'the connection is named in words (端末証明書)');
+  await page.emulateMedia({ media: 'print' });
+  check(await page.locator('.print-notice').isVisible(), 'printed, the gateway page shows the notice (art 13.2)');
+  check(!(await page.locator('main').isVisible()), 'printed, the gateway page hides its text');
+  check((await page.locator('.print-notice').innerText()).includes('印刷はできません'), 'the notice says 印刷はできません');
+  await shot('print-whoami.png');
+  await page.emulateMedia({ media: 'screen' });
+  check(!(await page.locator('.print-notice').isVisible()), 'on screen, the notice is not shown');
+
+  // 8. `/` leads to the start page (issue 11 item 24), not to the 404 page.
+  resp = await page.goto(origin + '/');
+  const startPage = env('SEIBO_HOME');
+  check(new URL(page.url()).pathname === startPage, `opening / leads to the start page ${startPage} (${page.url()})`);
+  check(resp !== null && resp.status() === 200, 'the start page is shown (200), not the 404 page');
+  check(!(await page.locator('body').innerText()).includes('閲覧範囲外'), 'no "outside the viewing range" page');
+
+  // 9. A patient without consent: the Japanese refusal page.
   resp = await page.goto(origin + refused);
   check(resp !== null && resp.status() === 403, `the non-consented patient's page ${refused} is refused (403)`);
   const refusal = await page.locator('body').innerText();
@@ -181,7 +231,7 @@ async function main() {
   check(refusal.includes('お問い合わせ'), 'the refusal page says whom to contact');
   await shot('refused.png');
 
-  // 7. Idle past the timeout: the next page is the sign-in page again.
+  // 10. Idle past the timeout: the next page is the sign-in page again.
   const idle = Number(env('SEIBO_IDLE_WAIT_MS'));
   console.log(`e2e: idle for ${idle} ms`);
   await page.waitForTimeout(idle);
