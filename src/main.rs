@@ -408,7 +408,9 @@ fn load(cfg: &ConfigArg) -> anyhow::Result<Config> {
     Config::load(&cfg.config).map_err(|e| match &e {
         ConfigError::Read { source, .. } => {
             let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
-                "the config is readable by root and the service's group only: run admin commands as root".to_string()
+                "the config must be readable by whoever runs this: root for admin commands, the \
+                 service's group for serve and check-config (chgrp seibo-gate FILE && chmod 0640 FILE)"
+                    .to_string()
             } else {
                 format!(
                     "which site? name its config with --config PATH or SEIBO_GATE_CONFIG=PATH \
@@ -751,7 +753,7 @@ fn check_files(c: &Config, as_user: Option<&str>) -> anyhow::Result<()> {
         None => Principal::current()?,
     };
     filecheck::check(c, &who)?;
-    seibo_gate::server::check_key_modes(c)?;
+    seibo_gate::server::check_key_modes_for(c, Some(&who))?;
     for l in &c.listeners {
         seibo_gate::tls::server_config(&l.cert, &l.key, &c.ca.cert)
             .map_err(|e| ConfigProblem(format!("listener {}: {e}", l.name)))?;

@@ -87,6 +87,15 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), ServeError> {
 /// terminal CA key is `terminal add`'s alone (root): any group or world bit refuses the start;
 /// a CA key kept offline (absent) or unreadable to this user is fine.
 pub fn check_key_modes(cfg: &Config) -> Result<(), ServeError> {
+    check_key_modes_for(cfg, crate::filecheck::Principal::current().ok().as_ref())
+}
+
+/// [`check_key_modes`] for the service user `me` (`check-config --as USER`): a key readable
+/// through one of `me`'s groups is as intended.
+pub fn check_key_modes_for(
+    cfg: &Config,
+    me: Option<&crate::filecheck::Principal>,
+) -> Result<(), ServeError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut problems = Vec::new();
     let mut keys: Vec<(String, &std::path::Path)> = cfg
@@ -98,7 +107,6 @@ pub fn check_key_modes(cfg: &Config) -> Result<(), ServeError> {
         keys.push(("wireguard".into(), wg.private_key.as_path()));
         keys.push(("wireguard (in-tunnel TLS)".into(), wg.key.as_path()));
     }
-    let me = crate::filecheck::Principal::current().ok();
     for (name, key) in keys {
         // A missing key is reported by the TLS setup with its own message.
         let Ok(m) = std::fs::metadata(key) else {
@@ -110,7 +118,7 @@ pub fn check_key_modes(cfg: &Config) -> Result<(), ServeError> {
                 "{name}: private key {} has mode {mode:04o}: others may read or change it; chmod 0600 (or 0640 with group seibo-gate)",
                 key.display()
             ));
-        } else if mode & 0o040 != 0 && !me.as_ref().is_some_and(|p| p.in_group(m.gid())) {
+        } else if mode & 0o040 != 0 && !me.is_some_and(|p| p.in_group(m.gid())) {
             tracing::warn!(owner = %name, key = %key.display(), mode = format!("{mode:04o}"), "private key is group-readable: make sure the group is the service's own");
         }
     }
