@@ -82,8 +82,7 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
     if e.is::<UsageError>() {
         return Some(USAGE);
     }
-    if e.is::<ConfigProblem>() || e.is::<ConfigError>() || e.is::<crate::filecheck::Unreadable>()
-    {
+    if e.is::<ConfigProblem>() || e.is::<ConfigError>() || e.is::<crate::filecheck::Unreadable>() {
         return Some(CONFIG);
     }
     if e.is::<DataError>() {
@@ -150,10 +149,8 @@ mod tests {
             message: "x".into(),
         });
         assert_eq!(code_for(&cfg), CONFIG);
-        let denied = anyhow::Error::new(std::io::Error::from(
-            std::io::ErrorKind::PermissionDenied,
-        ))
-        .context("reading the key");
+        let denied = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied))
+            .context("reading the key");
         assert_eq!(code_for(&denied), NOPERM);
         let in_use = anyhow::Error::new(crate::server::ServeError::Bind {
             addr: "127.0.0.1:1".parse().expect("addr"),

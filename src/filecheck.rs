@@ -77,7 +77,10 @@ fn read(path: &Path) -> Result<String, PrincipalError> {
 fn passwd_entries(path: &Path) -> Result<Vec<(String, u32, u32)>, PrincipalError> {
     let text = read(path)?;
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let f: Vec<&str> = line.split(':').collect();
         let parsed = (f.len() >= 4)
             .then(|| Some((f[0].to_string(), f[2].parse().ok()?, f[3].parse().ok()?)))
@@ -94,7 +97,10 @@ fn passwd_entries(path: &Path) -> Result<Vec<(String, u32, u32)>, PrincipalError
 fn group_entries(path: &Path) -> Result<Vec<(String, u32, Vec<String>)>, PrincipalError> {
     let text = read(path)?;
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
         let f: Vec<&str> = line.split(':').collect();
         let parsed = (f.len() >= 3)
             .then(|| {
@@ -135,7 +141,7 @@ impl Principal {
         let groups = group_entries(group)?;
         let supplementary = groups
             .iter()
-            .filter(|(_, _, members)| members.iter().any(|m| *m == user))
+            .filter(|(_, _, members)| members.contains(&user))
             .map(|(_, g, _)| *g)
             .collect();
         let group_name = groups
@@ -176,7 +182,9 @@ impl Principal {
         let uid = field("Uid:")
             .and_then(|v| v.get(3).copied())
             .ok_or_else(malformed)?;
-        let gid = field("Gid:").and_then(|v| v.get(3).copied()).ok_or_else(malformed)?;
+        let gid = field("Gid:")
+            .and_then(|v| v.get(3).copied())
+            .ok_or_else(malformed)?;
         let groups = field("Groups:").unwrap_or_default();
         let users = passwd_entries(Path::new("/etc/passwd")).unwrap_or_default();
         let name = users
@@ -275,7 +283,12 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 fn owner(m: &Metadata) -> String {
-    format!("mode {:04o}, owner {}:{}", m.mode() & 0o7777, m.uid(), m.gid())
+    format!(
+        "mode {:04o}, owner {}:{}",
+        m.mode() & 0o7777,
+        m.uid(),
+        m.gid()
+    )
 }
 
 /// Checks everything `serve` needs for `who`; every problem at once.

@@ -76,8 +76,12 @@ enum Command {
     CheckConfig {
         /// Check file access for this user (name or uid, from /etc/passwd and /etc/group)
         /// instead of the user running the command: root checks for the service user.
-        #[arg(long = "as", value_name = "USER")]
+        #[arg(long = "as", value_name = "USER", conflicts_with = "no_files")]
         as_user: Option<String>,
+        /// Validate the config alone, not the files it names (a config written for another
+        /// machine, e.g. the examples in config/).
+        #[arg(long)]
+        no_files: bool,
         #[command(flatten)]
         cfg: ConfigArg,
     },
@@ -348,7 +352,11 @@ fn main() -> ExitCode {
         Err(e) => {
             // Help and version go to stdout with 0; every usage error is EX_USAGE (not clap's 2).
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { exit::OK });
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
         }
     };
     init_tracing(matches!(cli.command, Command::Serve { .. } | Command::Demo));
@@ -459,9 +467,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("next: seibo-gate serve --config {}", p.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { as_user, cfg } => {
+        Command::CheckConfig {
+            as_user,
+            no_files,
+            cfg,
+        } => {
             let c = load(&cfg)?;
-            check_files(&c, as_user.as_deref())?;
+            if !no_files {
+                check_files(&c, as_user.as_deref())?;
+            }
             println!(
                 "{}: ok (site {}, {} listener(s), {} route(s), upstream {})",
                 cfg.config.display(),
@@ -682,7 +696,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } => {
                     let parse = |s: Option<String>, key: &str| -> anyhow::Result<_> {
                         s.map(|s| {
-                            audit::parse_time_arg(&s).map_err(|e| UsageError(format!("--{key}: {e}")))
+                            audit::parse_time_arg(&s)
+                                .map_err(|e| UsageError(format!("--{key}: {e}")))
                         })
                         .transpose()
                         .map_err(Into::into)
@@ -761,10 +776,17 @@ fn check_files(c: &Config, as_user: Option<&str>) -> anyhow::Result<()> {
     if let Some(wg) = &c.wireguard {
         seibo_gate::tls::server_config(&wg.cert, &wg.key, &c.ca.cert)
             .map_err(|e| ConfigProblem(format!("wireguard (in-tunnel TLS): {e}")))?;
-        let key = std::fs::read_to_string(&wg.private_key)
-            .map_err(|e| ConfigProblem(format!("wireguard.private_key {}: {e}", wg.private_key.display())))?;
+        let key = std::fs::read_to_string(&wg.private_key).map_err(|e| {
+            ConfigProblem(format!(
+                "wireguard.private_key {}: {e}",
+                wg.private_key.display()
+            ))
+        })?;
         seibo_gate::wireguard::key_from_base64(key.trim()).map_err(|e| {
-            ConfigProblem(format!("wireguard.private_key {}: {e}", wg.private_key.display()))
+            ConfigProblem(format!(
+                "wireguard.private_key {}: {e}",
+                wg.private_key.display()
+            ))
         })?;
     }
     Ok(())
@@ -951,7 +973,12 @@ async fn terminal_add_wireguard(
         .iter()
         .filter(|ip| *ip != wg.pool.network() && *ip != wg.pool.broadcast() && *ip != wg.address)
         .find(|ip| !used.contains(ip))
-        .ok_or_else(|| ConfigProblem(format!("wireguard.pool {} has no free address left", wg.pool)))?;
+        .ok_or_else(|| {
+            ConfigProblem(format!(
+                "wireguard.pool {} has no free address left",
+                wg.pool
+            ))
+        })?;
     let gateway_key = std::fs::read_to_string(&wg.private_key)
         .with_context(|| format!("reading {}", wg.private_key.display()))?;
     let gateway_public = wireguard::public_key_of(&wireguard::key_from_base64(gateway_key.trim())?);
@@ -1029,14 +1056,19 @@ mod tests {
                 if matches!(id, "help" | "version") {
                     continue;
                 }
-                if arg.get_help().is_none_or(|h| h.to_string().trim().is_empty()) {
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
                     blank.push(format!("{path} --{id}"));
                 }
             }
             for sub in cmd.get_subcommands() {
                 let p = format!("{path} {}", sub.get_name());
                 if sub.get_name() != "help"
-                    && sub.get_about().is_none_or(|h| h.to_string().trim().is_empty())
+                    && sub
+                        .get_about()
+                        .is_none_or(|h| h.to_string().trim().is_empty())
                 {
                     blank.push(p.clone());
                 }

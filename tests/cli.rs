@@ -176,7 +176,11 @@ fn art_12_2_check_config_as_service_user_names_root_only_keys_until_the_readme_s
         show(&fixed)
     );
     let ca_key = std::fs::metadata(etc.join("ca/terminal-ca.key")).expect("ca key");
-    assert_eq!(ca_key.permissions().mode() & 0o777, 0o600, "CA key stays root-only");
+    assert_eq!(
+        ca_key.permissions().mode() & 0o777,
+        0o600,
+        "CA key stays root-only"
+    );
 
     // The gateway now starts as that user, and says nothing worse than INFO.
     let log_path = tmp.path().join("serve.log");
@@ -277,7 +281,11 @@ fn art_8_3_future_publication_date_refused_unless_allow_future() {
     assert!(near.status.success(), "within the grace: {}", show(&near));
 
     let text = std::fs::read_to_string(&g.config).expect("gate.toml");
-    std::fs::write(&g.config, format!("{text}\n[admin]\nfuture_grace_days = 0\n")).expect("write");
+    std::fs::write(
+        &g.config,
+        format!("{text}\n[admin]\nfuture_grace_days = 0\n"),
+    )
+    .expect("write");
     let tomorrow = grant("P003", today + time::Duration::days(1), &[]);
     assert_eq!(tomorrow.status.code(), Some(64), "{}", show(&tomorrow));
     let today_ok = grant("P003", today, &[]);
@@ -294,7 +302,9 @@ fn art_12_8_reversed_empty_or_future_audit_range_is_refused() {
     let tomorrow = ymd(today_jst() + time::Duration::days(1));
     let next_year = ymd(today_jst() + time::Duration::days(365));
     let q = |since: &str, until: &str| {
-        g.cli(&["audit", "query", "--json", "--since", since, "--until", until])
+        g.cli(&[
+            "audit", "query", "--json", "--since", since, "--until", until,
+        ])
     };
     let ok = q(&today, &tomorrow);
     assert!(ok.status.success(), "{}", show(&ok));
@@ -306,11 +316,24 @@ fn art_12_8_reversed_empty_or_future_audit_range_is_refused() {
     for (since, until, says) in [
         (&tomorrow, &today, "not before --until"),
         (&today, &today, "not before --until"),
-        (&next_year, &ymd(today_jst() + time::Duration::days(366)), "in the future"),
+        (
+            &next_year,
+            &ymd(today_jst() + time::Duration::days(366)),
+            "in the future",
+        ),
     ] {
         let out = q(since, until);
-        assert_eq!(out.status.code(), Some(64), "{since}..{until}: {}", show(&out));
-        assert!(stderr(&out).contains(says), "{since}..{until}: {}", show(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "{since}..{until}: {}",
+            show(&out)
+        );
+        assert!(
+            stderr(&out).contains(says),
+            "{since}..{until}: {}",
+            show(&out)
+        );
         assert!(out.stdout.is_empty(), "{}", show(&out));
     }
 }
@@ -327,11 +350,40 @@ fn exit_statuses_follow_sysexits_and_help_lists_them() {
     }
     let g = Gate::init(free_port());
     for args in [
-        vec!["physician", "suspend", "--id", "dr-x", "--reason", "holiday"],
+        vec![
+            "physician",
+            "suspend",
+            "--id",
+            "dr-x",
+            "--reason",
+            "holiday",
+        ],
         vec!["physician", "list", "--no-such-option"],
         vec!["physician"],
-        vec!["consent", "grant", "--patient", "P1", "--by", "cousin", "--published", "2026-01-01", "--form-ref", "F"],
-        vec!["consent", "grant", "--patient", "P1", "--by", "patient", "--published", "2026-02-30", "--form-ref", "F"],
+        vec![
+            "consent",
+            "grant",
+            "--patient",
+            "P1",
+            "--by",
+            "cousin",
+            "--published",
+            "2026-01-01",
+            "--form-ref",
+            "F",
+        ],
+        vec![
+            "consent",
+            "grant",
+            "--patient",
+            "P1",
+            "--by",
+            "patient",
+            "--published",
+            "2026-02-30",
+            "--form-ref",
+            "F",
+        ],
         vec!["audit", "query", "--since", "yesterday"],
     ] {
         let out = g.cli(&args);
@@ -357,7 +409,8 @@ fn admin_command_without_a_config_says_how_to_name_one() {
     let missing: PathBuf = tmp.path().join("gate.toml");
     for how in ["option", "env"] {
         let mut c = Command::new(BIN);
-        c.args(["physician", "list"]).env_remove("SEIBO_GATE_CONFIG");
+        c.args(["physician", "list"])
+            .env_remove("SEIBO_GATE_CONFIG");
         if how == "option" {
             c.arg("--config").arg(&missing);
         } else {
@@ -373,7 +426,10 @@ fn admin_command_without_a_config_says_how_to_name_one() {
             "/etc/seibo-gate/gate.toml",
             "seibo-gate init",
         ] {
-            assert!(err.contains(needed), "{how}: {needed:?} missing from: {err}");
+            assert!(
+                err.contains(needed),
+                "{how}: {needed:?} missing from: {err}"
+            );
         }
     }
 }

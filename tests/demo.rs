@@ -116,7 +116,11 @@ fn art_1_demo_prints_working_commands() {
         refused.find("閲覧できません") < refused.find("cannot be viewed"),
         "Japanese first: {refused}"
     );
-    shows("3. unmapped", &output_of(&after("# 3.")), &["HTTP 404", "<h1>"]);
+    shows(
+        "3. unmapped",
+        &output_of(&after("# 3.")),
+        &["HTTP 404", "<h1>"],
+    );
     let no_cert = output_of(&after("# 4."));
     shows(
         "4. no client certificate",
@@ -139,7 +143,11 @@ fn art_1_demo_prints_working_commands() {
     shows(
         "5. audit query",
         &output_of(&lines[i5 + 1]),
-        &["\"patient\":\"P001\"", "\"patient\":\"P002\"", "\"decision\":\"deny\""],
+        &[
+            "\"patient\":\"P001\"",
+            "\"patient\":\"P002\"",
+            "\"decision\":\"deny\"",
+        ],
     );
     shows(
         "5. audit verify",
