@@ -2,7 +2,8 @@
 //! concurrent tasks (each call resolves only once its line is written and `fdatasync`ed: the
 //! group commit), and a per-patient `audit::query` over a log of 1,000,000 request records
 //! (each followed by its outcome line, as the gateway writes them: 2,000,000 lines), through
-//! the sidecar index (`audit.idx`, kept by the writer as it appends) and by a full scan.
+//! the sidecar index (`audit.idx`, kept by the writer as it appends) and by a full scan, and
+//! `audit verify` of that log (hash chain, head anchor and index).
 //!
 //! `cargo bench --bench audit`. The logs are written under `target/` (a real disk: `/tmp`
 //! may be tmpfs, where `fdatasync` proves nothing). Under `cargo test` (no `--bench` argument)
@@ -117,7 +118,7 @@ fn append_throughput(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3));
     let concurrency: &[u64] = if bench_mode() {
-        &[1, 32, 256, 1024]
+        &[1, 32, 64, 256, 1024]
     } else {
         &[32]
     };
@@ -141,6 +142,12 @@ fn append_throughput(c: &mut Criterion) {
         rt.block_on(log.close()).unwrap();
     }
     g.finish();
+}
+
+/// Lines in the log (request and outcome lines), counted independently of `verify`.
+fn log_lines(dir: &Path) -> u64 {
+    let log = std::fs::read(dir.join(audit::LOG_FILE)).unwrap();
+    log.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// Generates the query log once: `requests` request lines, each followed by its outcome.
@@ -196,6 +203,20 @@ fn query(c: &mut Criterion) {
     g.bench_function(
         BenchmarkId::new("per-patient-full-scan", format!("{requests}-records")),
         |b| b.iter(|| black_box(audit::query_full_scan(dir.path(), &filter).unwrap())),
+    );
+    g.finish();
+
+    // `audit verify` over the same log: the whole hash chain, the head anchor and the index.
+    let report = audit::verify(dir.path()).unwrap();
+    assert_eq!(report.records, log_lines(dir.path()));
+    let mut g = c.benchmark_group("audit-verify");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(report.records));
+    g.bench_function(
+        BenchmarkId::new("chain-and-index", format!("{requests}-records")),
+        |b| b.iter(|| black_box(audit::verify(dir.path()).unwrap())),
     );
     g.finish();
 }

@@ -53,6 +53,16 @@ struct RawConfig {
     policy: RawPolicy,
     #[serde(default, rename = "route")]
     routes: Vec<RouteSpec>,
+    #[serde(default)]
+    admin: RawAdmin,
+}
+
+/// `[admin]`: how admin commands treat what they are given.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default)]
+    future_grace_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -218,6 +228,9 @@ pub struct Config {
     pub routes: RouteTable,
     /// The routes as written, for tools that print them.
     pub route_specs: Vec<RouteSpec>,
+    /// `[admin] future_grace_days`: how far ahead a date given to an admin command may lie
+    /// without `--allow-future` (`src/dates.rs`).
+    pub future_grace_days: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -637,6 +650,15 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
             "route: no [[route]] is configured, every request would be refused (art 8.2)".into(),
         );
     }
+    let future_grace_days = raw
+        .admin
+        .future_grace_days
+        .unwrap_or(crate::dates::DEFAULT_FUTURE_GRACE_DAYS);
+    if future_grace_days > 31 {
+        problems.push(format!(
+            "admin.future_grace_days: {future_grace_days} must be between 0 and 31"
+        ));
+    }
     let routes = match RouteTable::new(&raw.routes) {
         Ok(t) => Some(t),
         Err(errs) => {
@@ -668,6 +690,7 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         wireguard,
         routes: routes?,
         route_specs: raw.routes,
+        future_grace_days,
     })
 }
 

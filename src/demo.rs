@@ -289,16 +289,20 @@ pub async fn run() -> anyhow::Result<()> {
         println!(
             "\nseibo-gate demo is running (sample EMR on http://{emr}, gateway on {base}).\n\
              Site directory: {}\n\n\
-             # 0. Sign in (second factor: physician dr-saiyo, password {password}); the session cookie goes to the jar\n\
-             {curl} -c {jar} -d id=dr-saiyo -d password={password} {base}/.seibo/login\n\n\
-             # 1. Allowed: patient P001 consented, physician dr-saiyo on registered terminal demo-pc\n\
-             {curl} {base}/patients/P001/labs\n\n\
-             # 2. Refused (403, Japanese then English): patient P002 has no consent\n\
-             {curl} {base}/patients/P002/labs\n\n\
-             # 3. Refused (404): a page outside the route table (default deny)\n\
-             {curl} {base}/admin/users\n\n\
-             # 4. Refused at the handshake: no client certificate\n\
-             curl --cacert {} {base}/patients/P001/labs\n\n\
+             # 0. Sign in (second factor: physician dr-saiyo, password {password}); the session cookie goes to the jar.\n\
+             #    Prints the status (303) and the page it sends you to.\n\
+             {curl} -c {jar} -d id=dr-saiyo -d password={password} -sS -o /dev/null -w 'HTTP %{{http_code}} -> %{{redirect_url}}\\n' {base}/.seibo/login\n\n\
+             # 1. Allowed: patient P001 consented, physician dr-saiyo on registered terminal demo-pc.\n\
+             #    Prints the EMR's page (it lists the X-Seibo-* headers the gateway set) and HTTP 200.\n\
+             {curl} -sS -w '\\nHTTP %{{http_code}}\\n' {base}/patients/P001/labs\n\n\
+             # 2. Refused: patient P002 has no consent. Prints the page's heading, Japanese then English, and HTTP 403.\n\
+             {curl} -sS -w '\\nHTTP %{{http_code}}\\n' {base}/patients/P002/labs | grep -E '^HTTP|<h1>|<h2'\n\n\
+             # 3. Refused: a page outside the route table (default deny). Prints the heading and HTTP 404.\n\
+             {curl} -sS -w '\\nHTTP %{{http_code}}\\n' {base}/admin/users | grep -E '^HTTP|<h1>|<h2'\n\n\
+             # 4. Refused at the handshake: no client certificate. curl prints the gateway's TLS alert,\n\
+             #    \"alert certificate required\" (TLS 1.2 here: over TLS 1.3 the alert follows the handshake\n\
+             #    and curl may report only the closed connection), and no HTTP status at all.\n\
+             curl -sS --tls-max 1.2 --cacert {ca_cert} {base}/patients/P001/labs\n\n\
              # 5. The audit, and its hash chain\n\
              {exe} audit query --config {cfg} --json\n\
              {exe} audit verify --config {cfg}\n\n\
@@ -308,11 +312,11 @@ pub async fn run() -> anyhow::Result<()> {
              A browser works too: import {p12} (password in {p12pw}), open {base}/patients/P001/labs.\n\
              Press Ctrl-C to stop.",
             config_path.parent().unwrap_or(Path::new(".")).display(),
-            ca.display(),
             ready
                 .metrics
                 .map(|m| format!("curl http://{m}/metrics"))
                 .unwrap_or_else(|| "off".into()),
+            ca_cert = ca.display(),
             cfg = config_path.display(),
             exe = exe.display(),
             jar = jar.display(),

@@ -225,8 +225,8 @@ contact = "地域連携室 / Liaison office"
 [state]
 # Registries (physicians, terminals, consents) and the audit log. Mode 0700.
 dir = "state"
-# Admin commands reach the running gateway here (mode 0600).
-admin_socket = "state/admin.sock"
+# Admin commands reach the running gateway on admin.sock (mode 0600) in the state directory;
+# admin_socket = "/run/seibo-gate/admin.sock" puts it elsewhere (a directory the service writes).
 
 [ca]
 # The terminal CA: client certificates must chain to it (art 12.1).

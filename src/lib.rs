@@ -31,7 +31,10 @@
 //! * [`whoami`]: the "who am I" page (physician, terminal, ingress, session end).
 //! * [`store`]: the registries in sled; [`model`]: their value types.
 //! * [`admin`]: admin requests, over the gateway's Unix socket or directly.
-//! * [`config`]: TOML → validated [`config::Config`]; [`init`]: a new site's files.
+//! * [`config`]: TOML → validated [`config::Config`]; [`init`]: a new site's files;
+//!   [`filecheck`]: can the service user read every file the config names (`check-config`).
+//! * [`dates`]: dates typed by an admin, checked against today.
+//! * [`exit`]: the command's exit statuses (sysexits) and the error → status map.
 //! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
 //! * [`server`]: `serve` — everything wired together; [`metrics`]: Prometheus.
 //! * [`demo`]: the sample EMR and the one-command demo.
@@ -44,8 +47,11 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod consent;
+pub mod dates;
 pub mod decision;
 pub mod demo;
+pub mod exit;
+pub mod filecheck;
 pub mod firewall;
 pub mod forward;
 pub mod identity;

@@ -1,5 +1,6 @@
-//! The `seibo-gate` command line: a thin layer over the library. Exit codes: 0 success,
-//! 1 a refused or failed operation, 2 usage, 64 a bad config file.
+//! The `seibo-gate` command line: a thin layer over the library. Exit statuses follow
+//! sysexits (`seibo_gate::exit`, printed after `--help`): 0 success, 1 refused, 64 usage,
+//! 78 config, and the others for data, I/O and permission errors.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -7,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use seibo_gate::admin::{self, Admin, AdminRequest, AdminResponse};
 use seibo_gate::audit::{self, AuditLog, QueryFilter};
 use seibo_gate::clock::{self, Clock, SharedClock, SystemClock};
-use seibo_gate::config::Config;
+use seibo_gate::config::{Config, ConfigError};
+use seibo_gate::exit::{self, ConfigProblem, DataError, UsageError};
 use seibo_gate::init::{self, InitOptions};
 use seibo_gate::model::{ConsentBy, SuspendReason, Terminal, TerminalKind};
 use seibo_gate::pki::{Ca, ClientKind};
@@ -22,7 +24,13 @@ use seibo_gate::store::Store;
 const DEFAULT_CONFIG: &str = "/etc/seibo-gate/gate.toml";
 
 #[derive(Parser, Debug)]
-#[command(name = "seibo-gate", version, about = "Zero-trust gateway for the Seibo Net regional medical network", long_about = None)]
+#[command(
+    name = "seibo-gate",
+    version,
+    about = "Zero-trust gateway for the Seibo Net regional medical network",
+    long_about = None,
+    after_help = exit::HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +38,7 @@ struct Cli {
 
 #[derive(Args, Debug, Clone)]
 struct ConfigArg {
-    /// The site's config file.
+    /// The site's config file (gate.toml, as written by `seibo-gate init`).
     #[arg(long, global = true, env = "SEIBO_GATE_CONFIG", default_value = DEFAULT_CONFIG)]
     config: PathBuf,
 }
@@ -41,15 +49,19 @@ enum Command {
     Demo,
     /// Create a new site: config, terminal CA, server certificate, state directory.
     Init {
+        /// Directory to create the site in (e.g. /etc/seibo-gate); never overwritten.
         #[arg(long)]
         dir: PathBuf,
+        /// The site's id: letters, digits, '-' or '_' (shown in the audit and on pages).
         #[arg(long, default_value = "seiyo-hospital")]
         site: String,
         /// The site's name at the foot of every page (default: the id).
         #[arg(long)]
         name: Option<String>,
+        /// Address the mutual-TLS listener binds.
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
+        /// The web EMR behind the gateway: http://HOST[:PORT] in the private segment.
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         upstream: String,
         /// Private-segment network (repeatable); default: the upstream's address.
@@ -62,8 +74,17 @@ enum Command {
         #[arg(long)]
         wireguard: Option<SocketAddr>,
     },
-    /// Validate a config file; names the bad key and exits 64 when invalid.
+    /// Validate a config and check that the service's user can read every file it names;
+    /// names each bad key and file and exits 78 when something is wrong.
     CheckConfig {
+        /// Check file access for this user (name or uid, from /etc/passwd and /etc/group)
+        /// instead of the user running the command: root checks for the service user.
+        #[arg(long = "as", value_name = "USER", conflicts_with = "no_files")]
+        as_user: Option<String>,
+        /// Validate the config alone, not the files it names (a config written for another
+        /// machine, e.g. the examples in config/).
+        #[arg(long)]
+        no_files: bool,
         #[command(flatten)]
         cfg: ConfigArg,
     },
@@ -127,6 +148,7 @@ enum Command {
     /// Serve the sample EMR alone (tests and benchmarks).
     #[command(hide = true)]
     SampleEmr {
+        /// Address to serve the sample EMR on (plain HTTP).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
@@ -136,10 +158,13 @@ enum Command {
 enum PhysicianCmd {
     /// Register a physician; prints a one-time initial password to change at first sign-in.
     Add {
+        /// The physician's sign-in ID (e.g. dr-nomura).
         #[arg(long)]
         id: String,
+        /// The physician's name as shown on pages and certificates.
         #[arg(long)]
         name: String,
+        /// The physician's own site, when not this one.
         #[arg(long)]
         site: Option<String>,
         /// Read the initial password from standard input (first line) instead.
@@ -148,27 +173,37 @@ enum PhysicianCmd {
     },
     /// Reset the password to a new one-time one; ends the physician's sessions.
     Passwd {
+        /// The physician's ID.
         #[arg(long)]
         id: String,
+        /// Read the new password from standard input (first line) instead of generating one.
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Suspend a physician (art 4): refused from the next request on, sessions ended.
     Suspend {
+        /// The physician's ID.
         #[arg(long)]
         id: String,
         /// retirement | request | violation (art 4)
         #[arg(long)]
         reason: SuspendReason,
     },
+    /// Lift a suspension.
     Resume {
+        /// The physician's ID.
         #[arg(long)]
         id: String,
     },
+    /// Deregister a physician (form 9): their terminals are deleted too (art 7).
     Delete {
+        /// The physician's ID.
         #[arg(long)]
         id: String,
     },
+    /// List registered physicians and whether each is active or suspended.
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -179,20 +214,28 @@ enum TerminalCmd {
     /// Issue a client certificate (NAME.crt, NAME.key, NAME.p12) and register the terminal;
     /// with --wireguard, a WireGuard key pair and NAME.conf for the official clients instead.
     Add {
+        /// The registered physician who uses this terminal.
         #[arg(long)]
         physician: String,
+        /// The terminal's name (letters, digits, '.', '_', '-'); names the files written.
         #[arg(long)]
         name: String,
+        /// Directory to write the credential files to (created 0700).
         #[arg(long)]
         out: PathBuf,
+        /// A WireGuard terminal (art 12.2): writes NAME.conf instead of a certificate.
         #[arg(long)]
         wireguard: bool,
     },
+    /// Revoke a terminal: refused from its next request on (art 12.7).
     Revoke {
+        /// The terminal's name.
         #[arg(long)]
         name: String,
     },
+    /// List registered terminals.
     List {
+        /// One JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -202,12 +245,16 @@ enum TerminalCmd {
 enum SiteSystemCmd {
     /// Issue a site-system client certificate (NAME.crt, NAME.key, NAME.p12) and register it.
     Add {
+        /// The site system's name; names the files written.
         #[arg(long)]
         name: String,
+        /// Directory to write the credential files to (created 0700).
         #[arg(long)]
         out: PathBuf,
     },
+    /// Revoke a site system's certificate.
     Revoke {
+        /// The site system's name.
         #[arg(long)]
         name: String,
     },
@@ -217,6 +264,7 @@ enum SiteSystemCmd {
 enum ConsentCmd {
     /// Register a consent (form 6).
     Grant {
+        /// The patient's id in the EMR (as in its URLs).
         #[arg(long)]
         patient: String,
         /// patient | relative | guardian (art 8.1)
@@ -225,25 +273,35 @@ enum ConsentCmd {
         /// For a relative: e.g. "spouse", "child (1st degree)", "in-law (2nd degree)".
         #[arg(long)]
         relation: Option<String>,
-        /// Publication date YYYY-MM-DD (Japan).
+        /// Publication date YYYY-MM-DD (Japan); more than [admin] future_grace_days ahead
+        /// needs --allow-future.
         #[arg(long)]
         published: String,
+        /// Accept a publication date further in the future than the grace.
+        #[arg(long)]
+        allow_future: bool,
         /// The patient declined the automatic extension (art 8.3).
         #[arg(long)]
         no_extension: bool,
+        /// The reference of the paper consent form (form 6), e.g. 様式6-123.
         #[arg(long)]
         form_ref: String,
     },
     /// Register a withdrawal (form 7): access stops at the next request.
     Withdraw {
+        /// The patient's id.
         #[arg(long)]
         patient: String,
+        /// The reference of the withdrawal form (form 7).
         #[arg(long)]
         form_ref: String,
     },
+    /// Show a patient's consent and whether viewing is allowed today.
     Show {
+        /// The patient's id.
         #[arg(long)]
         patient: String,
+        /// Compact JSON instead of indented.
         #[arg(long)]
         json: bool,
     },
@@ -253,8 +311,10 @@ enum ConsentCmd {
 enum PatientCmd {
     /// Delete a patient's registered data (form 8); the audit history stays.
     Delete {
+        /// The patient's id.
         #[arg(long)]
         patient: String,
+        /// The reference of the deletion request (form 8).
         #[arg(long)]
         form_ref: String,
     },
@@ -265,15 +325,19 @@ enum AuditCmd {
     /// Records, oldest first; JSON lines with --json. With --patient it reads the index
     /// (audit.idx) and the lines it names, checked against the log; otherwise the whole log.
     Query {
+        /// Only this patient's records.
         #[arg(long)]
         patient: Option<String>,
+        /// Only this physician's records.
         #[arg(long)]
         physician: Option<String>,
-        /// RFC 3339 time or YYYY-MM-DD (Japan).
+        /// From this time on (inclusive): RFC 3339 time or YYYY-MM-DD (Japan).
         #[arg(long)]
         since: Option<String>,
+        /// Before this time (exclusive): RFC 3339 time or YYYY-MM-DD (Japan); after --since.
         #[arg(long)]
         until: Option<String>,
+        /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
         /// Read the whole log, not the index.
@@ -286,7 +350,18 @@ enum AuditCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; every usage error is EX_USAGE (not clap's 2).
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
     init_tracing(matches!(cli.command, Command::Serve { .. } | Command::Demo));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -295,7 +370,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("seibo-gate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::SOFTWARE);
         }
     };
     match rt.block_on(run(cli)) {
@@ -311,13 +386,7 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("seibo-gate: {msg}");
-            if e.downcast_ref::<seibo_gate::config::ConfigError>()
-                .is_some()
-            {
-                ExitCode::from(64)
-            } else {
-                ExitCode::FAILURE
-            }
+            ExitCode::from(exit::code_for(&e))
         }
     }
 }
@@ -337,8 +406,32 @@ fn init_tracing(service: bool) {
     }
 }
 
+/// A config that cannot be read, with how to point at the right one.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}\n  {hint}")]
+struct ConfigNotRead {
+    #[source]
+    source: ConfigError,
+    hint: String,
+}
+
 fn load(cfg: &ConfigArg) -> anyhow::Result<Config> {
-    Ok(Config::load(&cfg.config)?)
+    Config::load(&cfg.config).map_err(|e| match &e {
+        ConfigError::Read { source, .. } => {
+            let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
+                "the config must be readable by whoever runs this: root for admin commands, the \
+                 service's group for serve and check-config (chgrp seibo-gate FILE && chmod 0640 FILE)"
+                    .to_string()
+            } else {
+                format!(
+                    "which site? name its config with --config PATH or SEIBO_GATE_CONFIG=PATH \
+                     (default {DEFAULT_CONFIG}); `seibo-gate init --dir DIR` creates a new site"
+                )
+            };
+            anyhow::Error::new(ConfigNotRead { source: e, hint })
+        }
+        _ => e.into(),
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -365,10 +458,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             o.wireguard = wireguard;
             o.metrics = match metrics.as_str() {
                 "off" => None,
-                m => Some(
-                    m.parse()
-                        .map_err(|e| anyhow!("--metrics {m:?}: not ADDR:PORT or \"off\": {e}"))?,
-                ),
+                m => Some(m.parse().map_err(|e| {
+                    UsageError(format!("--metrics {m:?}: not ADDR:PORT or \"off\": {e}"))
+                })?),
             };
             o.site = site;
             o.name = name;
@@ -380,8 +472,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("next: seibo-gate serve --config {}", p.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { cfg } => {
+        Command::CheckConfig {
+            as_user,
+            no_files,
+            cfg,
+        } => {
             let c = load(&cfg)?;
+            if !no_files {
+                check_files(&c, as_user.as_deref())?;
+            }
             println!(
                 "{}: ok (site {}, {} listener(s), {} route(s), upstream {})",
                 cfg.config.display(),
@@ -519,6 +618,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     by,
                     relation,
                     published,
+                    allow_future,
                     no_extension,
                     form_ref,
                 } => {
@@ -526,12 +626,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         ("patient", None) => ConsentBy::Patient,
                         ("guardian", None) => ConsentBy::Guardian,
                         ("relative", Some(r)) => ConsentBy::Relative(r),
-                        ("relative", None) => bail!("--by relative needs --relation (art 8.1: blood relative within the 6th degree, spouse, or in-law within the 3rd degree)"),
-                        ("patient" | "guardian", Some(_)) => bail!("--relation is only for --by relative"),
-                        (other, _) => bail!("--by {other:?}: use patient, relative or guardian (art 8.1)"),
+                        ("relative", None) => return Err(UsageError("--by relative needs --relation (art 8.1: blood relative within the 6th degree, spouse, or in-law within the 3rd degree)".into()).into()),
+                        ("patient" | "guardian", Some(_)) => return Err(UsageError("--relation is only for --by relative".into()).into()),
+                        (other, _) => return Err(UsageError(format!("--by {other:?}: use patient, relative or guardian (art 8.1)")).into()),
                     };
-                    let published =
-                        clock::parse_date(&published).map_err(|e| anyhow!("--published: {e}"))?;
+                    let published = seibo_gate::dates::publication(
+                        &published,
+                        SystemClock.today(),
+                        c.future_grace_days,
+                        allow_future,
+                    )
+                    .map_err(UsageError)?;
                     (
                         AdminRequest::ConsentGrant {
                             patient,
@@ -595,14 +700,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     full_scan,
                 } => {
                     let parse = |s: Option<String>, key: &str| -> anyhow::Result<_> {
-                        s.map(|s| audit::parse_time_arg(&s).map_err(|e| anyhow!("--{key}: {e}")))
-                            .transpose()
+                        s.map(|s| {
+                            audit::parse_time_arg(&s)
+                                .map_err(|e| UsageError(format!("--{key}: {e}")))
+                        })
+                        .transpose()
+                        .map_err(Into::into)
                     };
+                    let (since, until) = (parse(since, "since")?, parse(until, "until")?);
+                    seibo_gate::dates::query_range(
+                        since,
+                        until,
+                        SystemClock.now(),
+                        c.future_grace_days,
+                    )
+                    .map_err(UsageError)?;
                     let filter = QueryFilter {
                         patient,
                         physician,
-                        since: parse(since, "since")?,
-                        until: parse(until, "until")?,
+                        since,
+                        until,
                     };
                     let rows = if full_scan {
                         audit::query_full_scan(&dir, &filter)?
@@ -640,6 +757,44 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// What `serve` checks before it starts, done by `check-config` (which the unit runs first):
+/// the user the service runs as (`as_user`, else the caller) can read every file the config
+/// names and owns the state, private keys are not open to others, and every certificate and
+/// key loads.
+fn check_files(c: &Config, as_user: Option<&str>) -> anyhow::Result<()> {
+    use seibo_gate::filecheck::{self, Principal, PrincipalError};
+    let who = match as_user {
+        Some(u) => Principal::named(u).map_err(|e| match e {
+            PrincipalError::UnknownUser(_) => anyhow::Error::new(UsageError(e.to_string())),
+            e => e.into(),
+        })?,
+        None => Principal::current()?,
+    };
+    filecheck::check(c, &who)?;
+    seibo_gate::server::check_key_modes_for(c, Some(&who))?;
+    for l in &c.listeners {
+        seibo_gate::tls::server_config(&l.cert, &l.key, &c.ca.cert)
+            .map_err(|e| ConfigProblem(format!("listener {}: {e}", l.name)))?;
+    }
+    if let Some(wg) = &c.wireguard {
+        seibo_gate::tls::server_config(&wg.cert, &wg.key, &c.ca.cert)
+            .map_err(|e| ConfigProblem(format!("wireguard (in-tunnel TLS): {e}")))?;
+        let key = std::fs::read_to_string(&wg.private_key).map_err(|e| {
+            ConfigProblem(format!(
+                "wireguard.private_key {}: {e}",
+                wg.private_key.display()
+            ))
+        })?;
+        seibo_gate::wireguard::key_from_base64(key.trim()).map_err(|e| {
+            ConfigProblem(format!(
+                "wireguard.private_key {}: {e}",
+                wg.private_key.display()
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 /// Prints an admin response; exit 1 when refused.
@@ -738,7 +893,10 @@ fn initial_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     std::io::stdin().read_line(&mut line)?;
     let p = line.trim_end_matches(['\r', '\n']).to_string();
     if p.chars().count() < 10 {
-        bail!("the password read from standard input is shorter than 10 characters");
+        return Err(DataError(
+            "the password read from standard input is shorter than 10 characters".into(),
+        )
+        .into());
     }
     Ok((p, false))
 }
@@ -800,10 +958,13 @@ async fn terminal_add_wireguard(
 ) -> anyhow::Result<ExitCode> {
     use seibo_gate::wireguard;
     let wg = cfg.wireguard.as_ref().ok_or_else(|| {
-        anyhow!("the WireGuard ingress is not enabled: add a [wireguard] section (seibo-gate init --wireguard ADDR:PORT writes one)")
+        ConfigProblem("the WireGuard ingress is not enabled: add a [wireguard] section (seibo-gate init --wireguard ADDR:PORT writes one)".into())
     })?;
     if !seibo_gate::ids::TerminalName::is_valid(name) {
-        bail!("terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)");
+        return Err(UsageError(format!(
+            "terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)"
+        ))
+        .into());
     }
     if registered_physician(cfg, physician).await?.is_none() {
         return Ok(ExitCode::FAILURE);
@@ -817,7 +978,12 @@ async fn terminal_add_wireguard(
         .iter()
         .filter(|ip| *ip != wg.pool.network() && *ip != wg.pool.broadcast() && *ip != wg.address)
         .find(|ip| !used.contains(ip))
-        .ok_or_else(|| anyhow!("wireguard.pool {} has no free address left", wg.pool))?;
+        .ok_or_else(|| {
+            ConfigProblem(format!(
+                "wireguard.pool {} has no free address left",
+                wg.pool
+            ))
+        })?;
     let gateway_key = std::fs::read_to_string(&wg.private_key)
         .with_context(|| format!("reading {}", wg.private_key.display()))?;
     let gateway_public = wireguard::public_key_of(&wireguard::key_from_base64(gateway_key.trim())?);
@@ -879,4 +1045,50 @@ async fn terminal_add_wireguard(
     );
     println!("public key: {}", wireguard::key_to_base64(&public));
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every subcommand and every argument, hidden ones included, explains itself in `--help`.
+    #[test]
+    fn every_subcommand_and_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, blank: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    blank.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_name() != "help"
+                    && sub
+                        .get_about()
+                        .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    blank.push(p.clone());
+                }
+                walk(sub, &p, blank);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut blank = Vec::new();
+        walk(&cmd, "seibo-gate", &mut blank);
+        assert!(blank.is_empty(), "without help text: {blank:#?}");
+        assert!(
+            cmd.get_after_help()
+                .is_some_and(|h| h.to_string().contains("78  config")),
+            "the exit statuses follow --help"
+        );
+    }
 }

@@ -82,11 +82,21 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), ServeError> {
 
 /// Private key files must not be open to others. A listener key may be group-readable (the
 /// README's `chgrp seibo-gate` + `chmod 0640`, for a root-owned key the service reads through
-/// its group): that is logged as a warning. World bits, or group write, refuse the start. The
+/// its group): that is logged as a warning unless the group is one of the service's own (the
+/// process's group or a supplementary group). World bits, or group write, refuse the start. The
 /// terminal CA key is `terminal add`'s alone (root): any group or world bit refuses the start;
 /// a CA key kept offline (absent) or unreadable to this user is fine.
 pub fn check_key_modes(cfg: &Config) -> Result<(), ServeError> {
-    use std::os::unix::fs::PermissionsExt;
+    check_key_modes_for(cfg, crate::filecheck::Principal::current().ok().as_ref())
+}
+
+/// [`check_key_modes`] for the service user `me` (`check-config --as USER`): a key readable
+/// through one of `me`'s groups is as intended.
+pub fn check_key_modes_for(
+    cfg: &Config,
+    me: Option<&crate::filecheck::Principal>,
+) -> Result<(), ServeError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut problems = Vec::new();
     let mut keys: Vec<(String, &std::path::Path)> = cfg
         .listeners
@@ -108,7 +118,7 @@ pub fn check_key_modes(cfg: &Config) -> Result<(), ServeError> {
                 "{name}: private key {} has mode {mode:04o}: others may read or change it; chmod 0600 (or 0640 with group seibo-gate)",
                 key.display()
             ));
-        } else if mode & 0o040 != 0 {
+        } else if mode & 0o040 != 0 && !me.is_some_and(|p| p.in_group(m.gid())) {
             tracing::warn!(owner = %name, key = %key.display(), mode = format!("{mode:04o}"), "private key is group-readable: make sure the group is the service's own");
         }
     }

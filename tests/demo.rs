@@ -8,19 +8,32 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_seibo-gate");
 
-/// Runs one printed command line with `sh -c`; curl's status code, or "000" without a response.
-fn status_of(line: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "{line} -s -o /dev/null -w '%{{http_code}}' --max-time 10"
-        ))
+/// Runs one printed command line exactly as printed (`sh -c`, bounded by `timeout`); its
+/// standard output and error together.
+fn output_of(line: &str) -> String {
+    let out = Command::new("timeout")
+        .args(["20", "sh", "-c", line])
         .output()
         .expect("sh");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
-/// Art 1, 8, 12.1: the demo's allowed view, its refusals, and its audit commands work as printed.
+/// Asserts that `output` holds every one of `says` (what the demo's comment promises).
+fn shows(step: &str, output: &str, says: &[&str]) {
+    for s in says {
+        assert!(
+            output.contains(s),
+            "{step}: the printed line's output lacks {s:?}:\n{output}"
+        );
+    }
+}
+
+/// Art 1, 8, 12.1: the demo's allowed view, its refusals, and its audit commands work as printed,
+/// and each printed line, run as printed, prints what its comment promises.
 #[test]
 fn art_1_demo_prints_working_commands() {
     assert!(
@@ -70,44 +83,87 @@ fn art_1_demo_prints_working_commands() {
             .iter()
             .position(|l| l.starts_with(marker))
             .unwrap_or_else(|| panic!("{marker} missing: {lines:#?}"));
-        lines[i + 1].clone()
+        lines[i + 1..]
+            .iter()
+            .find(|l| !l.starts_with('#'))
+            .cloned()
+            .unwrap_or_default()
     };
-    assert_eq!(
-        status_of(&after("# 0.")),
-        "303",
-        "sign-in redirects on success"
+    // Each line prints what it shows (issue 11 item 19): a status line, a page heading, or the
+    // TLS alert; none prints nothing.
+    shows(
+        "0. sign-in",
+        &output_of(&after("# 0.")),
+        &["HTTP 303 -> https://localhost:"],
     );
-    assert_eq!(status_of(&after("# 1.")), "200", "allowed view");
-    assert_eq!(status_of(&after("# 2.")), "403", "no consent");
-    assert_eq!(status_of(&after("# 3.")), "404", "unmapped page");
-    assert_eq!(
-        status_of(&after("# 4.")),
-        "000",
-        "no client certificate: no response"
+    shows(
+        "1. allowed",
+        &output_of(&after("# 1.")),
+        &[
+            "HTTP 200",
+            "<b>P001</b>",
+            "x-seibo-physician</th><td>dr-saiyo",
+            "x-seibo-terminal</th><td>demo-pc",
+        ],
     );
-    let verify = Command::new("sh")
-        .arg("-c")
-        .arg(
-            &lines[lines
-                .iter()
-                .position(|l| l.starts_with("# 5."))
-                .expect("# 5")
-                + 2],
-        )
-        .output()
-        .expect("audit verify");
-    assert!(verify.status.success(), "{verify:?}");
-    assert!(String::from_utf8_lossy(&verify.stdout).contains("audit log intact"));
+    let refused = output_of(&after("# 2."));
+    shows(
+        "2. no consent",
+        &refused,
+        &["HTTP 403", "閲覧できません", "cannot be viewed"],
+    );
+    assert!(
+        refused.find("閲覧できません") < refused.find("cannot be viewed"),
+        "Japanese first: {refused}"
+    );
+    shows(
+        "3. unmapped",
+        &output_of(&after("# 3.")),
+        &["HTTP 404", "<h1>"],
+    );
+    let no_cert = output_of(&after("# 4."));
+    shows(
+        "4. no client certificate",
+        &no_cert,
+        &["alert certificate required"],
+    );
+    assert!(!no_cert.contains("HTTP"), "no HTTP answer: {no_cert}");
+    for _ in 0..10 {
+        // Not once by luck: the alert is what curl sees, every time.
+        shows(
+            "4. no client certificate (again)",
+            &output_of(&after("# 4.")),
+            &["alert certificate required"],
+        );
+    }
+    let i5 = lines
+        .iter()
+        .position(|l| l.starts_with("# 5."))
+        .expect("# 5");
+    shows(
+        "5. audit query",
+        &output_of(&lines[i5 + 1]),
+        &[
+            "\"patient\":\"P001\"",
+            "\"patient\":\"P002\"",
+            "\"decision\":\"deny\"",
+        ],
+    );
+    shows(
+        "5. audit verify",
+        &output_of(&lines[i5 + 2]),
+        &["audit log intact"],
+    );
     let withdraw = Command::new("sh")
         .arg("-c")
         .arg(after("# 6."))
         .output()
         .expect("consent withdraw");
     assert!(withdraw.status.success(), "{withdraw:?}");
-    assert_eq!(
-        status_of(&after("# 1.")),
-        "403",
-        "withdrawn: refused at the next request"
+    shows(
+        "1. after the withdrawal",
+        &output_of(&after("# 1.")),
+        &["HTTP 403"],
     );
 
     // Ctrl-C stops it cleanly.

@@ -744,10 +744,10 @@ async fn art_12_7_spoofed_identity_headers_are_stripped() {
     }
 }
 
-/// Art 12.4–12.6 (configuration): `check-config` on a broken config exits 64 and names the
-/// key; on the valid one it exits 0.
+/// Art 12.4–12.6 (configuration): `check-config` on a broken config exits 78 (EX_CONFIG) and
+/// names the key; on the valid one it exits 0.
 #[test]
-fn art_12_check_config_names_bad_key_and_exits_64() {
+fn art_12_check_config_names_bad_key_and_exits_78() {
     let g = Gate::init(free_port());
     let out = g.cli(&["check-config"]);
     assert!(out.status.success(), "{}", show(&out));
@@ -775,7 +775,7 @@ fn art_12_check_config_names_bad_key_and_exits_64() {
         assert!(good.contains(from), "gate.toml lacks {from:?}");
         std::fs::write(&g.config, good.replacen(from, to, 1)).unwrap();
         let out = g.cli(&["check-config"]);
-        assert_eq!(out.status.code(), Some(64), "{to:?}: {}", show(&out));
+        assert_eq!(out.status.code(), Some(78), "{to:?}: {}", show(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(key), "{to:?}: stderr must name {key}: {err}");
     }

@@ -1166,8 +1166,8 @@ async fn connections_per_terminal_capped_with_429() {
 // Secrets
 
 /// Issue 7 (secrets at start): `serve` refuses to start when the server key is world-readable
-/// or the terminal CA key is group-readable, naming the file; a server key readable by its
-/// group (0640, the README's deployment) starts with a warning. The state directory is made
+/// or the terminal CA key is group-readable, naming the file; a server key readable by a group
+/// that is not the service's own (0640) starts with a warning. The state directory is made
 /// 0700 (also when it was looser), the audit log and the admin socket 0600.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_keys_open_to_others_and_keeps_state_private() {
@@ -1199,11 +1199,15 @@ async fn serve_refuses_keys_open_to_others_and_keeps_state_private() {
 
     chmod("ca/terminal-ca.key", 0o600);
     chmod("tls/server.key", 0o640);
+    // A group that is not the service's own (65534, nogroup): the key is readable by others'
+    // group, a warning. (Group-readable by the service's own group is the README's deployment:
+    // no warning, `cli::art_12_2_check_config_as_service_user_…`.)
+    std::os::unix::fs::chown(root.join("tls/server.key"), None, Some(65534)).unwrap();
     chmod("state", 0o755);
     gate.start();
     assert!(
         gate.log().contains("group-readable"),
-        "a warning for 0640: {}",
+        "a warning for 0640 with another group: {}",
         gate.log()
     );
     assert_eq!(mode(&gate.path("state")), 0o700);

@@ -2056,40 +2056,4 @@ mod tests {
         log.close().await.unwrap();
         assert_eq!(verify(tmp.path()).unwrap().records, 4000);
     }
-
-    /// Throughput check, not a test: `cargo test --release -- --ignored --nocapture throughput`.
-    #[tokio::test(flavor = "multi_thread")]
-    #[ignore]
-    async fn throughput() {
-        let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let log = AuditLog::open(tmp.path()).unwrap();
-        let tasks: u64 = std::env::var("AUDIT_TASKS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(64);
-        let total: u64 = 100_000;
-        let start = std::time::Instant::now();
-        let mut handles = Vec::new();
-        for t in 0..tasks {
-            let log = log.clone();
-            handles.push(tokio::spawn(async move {
-                for i in 0..total / tasks {
-                    log.record(rec(t * 1_000_000 + i)).await.unwrap();
-                }
-            }));
-        }
-        for h in handles {
-            h.await.unwrap();
-        }
-        let elapsed = start.elapsed();
-        log.close().await.unwrap();
-        let n = log.written();
-        println!(
-            "{n} records from {tasks} tasks in {elapsed:?}: {:.0} records/s",
-            n as f64 / elapsed.as_secs_f64()
-        );
-        let t = std::time::Instant::now();
-        let r = verify(tmp.path()).unwrap();
-        println!("verify {} records in {:?}", r.records, t.elapsed());
-    }
 }
