@@ -32,6 +32,7 @@
 //! * [`config`]: TOML → validated [`config::Config`]; [`init`]: a new site's files.
 //! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
 //! * [`server`]: `serve` — everything wired together; [`metrics`]: Prometheus.
+//! * [`fsmode`]: the state directory's file modes (umask 0077, nothing open to others).
 //! * [`demo`]: the sample EMR and the one-command demo.
 
 #![forbid(unsafe_code)]
@@ -46,6 +47,7 @@ pub mod decision;
 pub mod demo;
 pub mod firewall;
 pub mod forward;
+pub mod fsmode;
 pub mod identity;
 pub mod init;
 pub mod listener;

@@ -586,7 +586,9 @@ mod tests {
         assert!(s.consent("P1").unwrap().is_none());
         s.touch_consent("P1", date!(2026 - 02 - 03)).unwrap();
         assert!(s.consent("P1").unwrap().is_none());
-        assert!(s.withdraw_consent("P1", "F7b", date!(2026 - 02 - 03)).is_err());
+        assert!(s
+            .withdraw_consent("P1", "F7b", date!(2026 - 02 - 03))
+            .is_err());
         // A fresh form 6 after a withdrawal registers anew.
         s.grant_consent(&consent("P1")).unwrap();
         assert!(s.consent("P1").unwrap().unwrap().withdrawn.is_none());

@@ -24,8 +24,8 @@ use std::path::Path;
 use std::str::FromStr;
 
 use super::{
-    check_anchor, index, read_head, scan_log, HeadErr, ScanErr, Scanned, VerifyError,
-    VerifyReport, HEAD_FILE, INDEX_FILE, LOG_FILE, ZERO_HASH,
+    check_anchor, index, read_head, scan_log, HeadErr, ScanErr, Scanned, VerifyError, VerifyReport,
+    HEAD_FILE, INDEX_FILE, LOG_FILE, ZERO_HASH,
 };
 
 /// A chain head recorded outside this machine: `SEQ:HASH` (line `SEQ` has chain hash `HASH`)
