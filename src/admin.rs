@@ -544,7 +544,7 @@ impl Admin {
             let why = match &c.withdrawn {
                 Some(w) => format!("art 11: consent withdrawn (form {})", w.form_ref),
                 None => format!(
-                    "art 11: 999 days after the last view ended on {}",
+                    "art 11: access ended on {} (999 days after the last view or the publication)",
                     crate::consent::access_until(&c)
                 ),
             };
