@@ -402,7 +402,8 @@ async fn art_12_8_verify_needs_the_index_and_a_recorded_head_exposes_a_rewritten
     let dir = gate.audit_dir();
     let idx = dir.join("audit.idx");
     // Index deleted, or its header damaged: verify fails until --rebuild-index.
-    let damages: [(&str, fn(&Path)); 2] = [
+    type Damage = (&'static str, fn(&Path));
+    let damages: [Damage; 2] = [
         ("missing", |p| std::fs::remove_file(p).unwrap()),
         ("header not valid", |p| {
             let mut b = std::fs::read(p).unwrap();
