@@ -15,7 +15,7 @@
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The umask for the service and its admin commands: files 0600, directories 0700.
 pub const STATE_UMASK: u32 = 0o077;
@@ -26,33 +26,57 @@ pub fn restrict_umask() -> u32 {
     old.as_raw_mode()
 }
 
+/// What [`tighten_tree`] did.
+#[derive(Debug, Default)]
+pub struct Tightened {
+    /// Entries whose mode was changed.
+    pub changed: usize,
+    /// Entries that could not be read or changed (a read-only mount, another owner), and why.
+    pub failed: Vec<(PathBuf, io::Error)>,
+}
+
 /// Removes group and other permission bits from `dir` and everything under it (symbolic
-/// links are not followed; sockets are included). Returns how many entries were changed.
-pub fn tighten_tree(dir: &Path) -> io::Result<usize> {
-    let mut changed = 0;
+/// links are not followed; sockets are included). Best effort: an entry that cannot be
+/// changed is reported in [`Tightened::failed`] and the walk goes on (whoever then needs to
+/// write it fails with its own error, naming it).
+pub fn tighten_tree(dir: &Path) -> Tightened {
+    let mut out = Tightened::default();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(p) = stack.pop() {
         let meta = match std::fs::symlink_metadata(&p) {
             Ok(m) => m,
             // Gone meanwhile (a sled snapshot replaced): nothing to tighten.
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
+            Err(e) => {
+                out.failed.push((p, e));
+                continue;
+            }
         };
         if meta.file_type().is_symlink() {
             continue;
         }
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & !0o077 & 0o7777))?;
-            changed += 1;
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7700)) {
+                Ok(()) => out.changed += 1,
+                Err(e) => out.failed.push((p.clone(), e)),
+            }
         }
         if meta.is_dir() {
-            for entry in std::fs::read_dir(&p)? {
-                stack.push(entry?.path());
+            match std::fs::read_dir(&p) {
+                Ok(entries) => {
+                    for entry in entries {
+                        match entry {
+                            Ok(e) => stack.push(e.path()),
+                            Err(e) => out.failed.push((p.clone(), e)),
+                        }
+                    }
+                }
+                Err(e) => out.failed.push((p, e)),
             }
         }
     }
-    Ok(changed)
+    out
 }
 
 #[cfg(test)]
@@ -74,7 +98,8 @@ mod tests {
         ] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).expect("chmod");
         }
-        assert_eq!(tighten_tree(dir.path()).expect("tighten"), 4);
+        let t = tighten_tree(dir.path());
+        assert_eq!((t.changed, t.failed.len()), (4, 0), "{t:?}");
         for (p, m) in [
             (dir.path().to_path_buf(), 0o700),
             (sub.clone(), 0o700),
@@ -84,6 +109,6 @@ mod tests {
             let got = std::fs::metadata(&p).expect("stat").permissions().mode() & 0o777;
             assert_eq!(got, m, "{}", p.display());
         }
-        assert_eq!(tighten_tree(dir.path()).expect("again"), 0);
+        assert_eq!(tighten_tree(dir.path()).changed, 0);
     }
 }

@@ -78,7 +78,13 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), ServeError> {
         .map_err(err)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     // Issue 11 item 17: what an older version left open to group or others is closed too.
-    crate::fsmode::tighten_tree(dir).map_err(err)?;
+    let t = crate::fsmode::tighten_tree(dir);
+    if t.changed > 0 {
+        tracing::warn!(dir = %dir.display(), entries = t.changed, "state files were open to group or others: closed (0600/0700)");
+    }
+    for (path, e) in &t.failed {
+        tracing::warn!(path = %path.display(), error = %e, "could not close a state file to group and others");
+    }
     Ok(())
 }
 
