@@ -13,7 +13,7 @@ use time::Date;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::audit::{AuditLog, RequestRecord};
+use crate::audit::{AuditError, AuditLog, Outcome, RequestRecord};
 use crate::clock::{self, SharedClock};
 use crate::ids::{PatientId, PhysicianId};
 use crate::metrics::Metrics;
@@ -104,6 +104,17 @@ impl AdminRequest {
             AdminRequest::Purge {} => "purge",
         }
     }
+
+    /// True for requests that change the registry (audited before the change).
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            AdminRequest::PhysicianGet { .. }
+                | AdminRequest::PhysicianList {}
+                | AdminRequest::TerminalList {}
+                | AdminRequest::ConsentShow { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,60 +163,191 @@ fn json<T: Serialize>(v: &T) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
 
+/// Why an admin request was refused or failed; its status goes to the audit's outcome line.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request itself is not acceptable (checked before anything is written).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Store(StoreError),
+    /// A record could not be written: nothing more is changed (fail closed).
+    #[error("audit record could not be written (fail closed): {0}")]
+    Audit(#[from] AuditError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => AdminError::NotFound(m),
+            StoreError::Conflict(m) => AdminError::Conflict(m),
+            other => AdminError::Store(other),
+        }
+    }
+}
+
+impl AdminError {
+    /// The HTTP-like status written as the outcome of the request's audit record.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::Invalid(_) => 400,
+            AdminError::NotFound(_) => 404,
+            AdminError::Conflict(_) => 409,
+            AdminError::Store(_) => 500,
+            AdminError::Audit(_) => 503,
+        }
+    }
+
+    /// A short, stable word for the audit's `reason`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdminError::Invalid(_) => "invalid-input",
+            AdminError::NotFound(_) => "not-found",
+            AdminError::Conflict(_) => "conflict",
+            AdminError::Store(_) => "store-error",
+            AdminError::Audit(_) => "audit-unavailable",
+        }
+    }
+}
+
+/// Longest admin error message kept in an audit record.
+const AUDIT_MESSAGE_MAX: usize = 240;
+
+fn capped(msg: &str) -> String {
+    match msg.char_indices().nth(AUDIT_MESSAGE_MAX) {
+        Some((at, _)) => format!("{}…", &msg[..at]),
+        None => msg.to_string(),
+    }
+}
+
 impl Admin {
-    /// Executes one request.
+    /// Executes one request, audited (art 12.8):
+    ///
+    /// * a request that changes the registry is recorded *before* the change (decision
+    ///   `allow`: admitted and about to be applied), durably; if that record cannot be written
+    ///   nothing is changed and the request fails (fail closed). The change's result follows
+    ///   as the record's outcome line (200 applied, 404, 409, 500), also durable before the
+    ///   answer;
+    /// * a request refused for its input (checked before anything is written), and a read
+    ///   that is refused (an unknown physician or patient), is recorded with decision `deny`,
+    ///   the reason and its outcome status;
+    /// * a read that succeeds changes nothing and is not recorded.
     pub async fn execute(&self, req: AdminRequest) -> AdminResponse {
         let op = req.op();
-        let mutates = !matches!(
-            req,
-            AdminRequest::PhysicianGet { .. }
-                | AdminRequest::PhysicianList {}
-                | AdminRequest::TerminalList {}
-                | AdminRequest::ConsentShow { .. }
-        );
+        let mutates = req.mutates();
+        let started = std::time::Instant::now();
         let (physician, patient, note) = subject(&req);
+        if let Err(e) = validate(&req) {
+            return self.refused(op, physician, patient, &e, started).await;
+        }
         let touches_terminals = matches!(
             req,
             AdminRequest::TerminalRegister { .. }
                 | AdminRequest::TerminalRevoke { .. }
                 | AdminRequest::PhysicianDelete { .. }
         );
-        // Never let a password hash reach the audit or a log.
-        let resp = match self.apply(req) {
-            Ok(r) => r,
-            Err(e) => AdminResponse::err(e.to_string()),
+        let rid = if mutates {
+            let rec = self.record(op, "allow", physician.clone(), patient.clone(), note);
+            match self.audit.record(rec).await {
+                Ok(rid) => Some(rid),
+                Err(e) => {
+                    return AdminResponse::err(format!(
+                        "{op} refused and not applied: its audit record could not be written (fail closed): {e}"
+                    ))
+                }
+            }
+        } else {
+            None
         };
-        if touches_terminals && resp.ok {
+        // Never let a password hash reach the audit or a log.
+        let result = self.apply(req).await;
+        if touches_terminals && result.is_ok() {
             if let Some(n) = &self.terminals_changed {
                 n.notify_one();
             }
         }
-        if mutates && resp.ok {
-            let now = self.clock.now();
-            let rec = RequestRecord {
-                time: clock::rfc3339(now),
-                site: self.site.clone(),
-                ingress: "admin".into(),
-                client: self.origin.into(),
-                terminal: None,
-                physician,
-                method: "ADMIN".into(),
-                path: op.into(),
-                patient,
-                category: None,
-                decision: "allow".into(),
-                reason: note,
-                serial: None,
-                cn: None,
-            };
-            if let Err(e) = self.audit.record(rec).await {
-                return AdminResponse::err(format!(
-                    "{} — but its audit record could not be written: {e}",
-                    resp.message
-                ));
+        match rid {
+            Some(rid) => {
+                let status = result.as_ref().map_or_else(AdminError::status, |_| 200);
+                let outcome = self
+                    .audit
+                    .outcome_synced(rid, outcome(status, started))
+                    .await;
+                let mut resp = result.unwrap_or_else(|e| AdminResponse::err(e.to_string()));
+                if let Err(e) = outcome {
+                    resp.ok = false;
+                    resp.message = format!(
+                        "{} — but the outcome line of its audit record (seq {rid}) could not be written: {e}",
+                        resp.message
+                    );
+                }
+                resp
             }
+            None => match result {
+                Ok(r) => r,
+                Err(e) => self.refused(op, physician, patient, &e, started).await,
+            },
         }
-        resp
+    }
+
+    /// The audit record of an admin request (ingress `admin`). Ids that are not valid are
+    /// left out of the physician and patient fields (the reason says what was asked).
+    fn record(
+        &self,
+        op: &str,
+        decision: &str,
+        physician: Option<String>,
+        patient: Option<String>,
+        reason: String,
+    ) -> RequestRecord {
+        RequestRecord {
+            time: clock::rfc3339(self.clock.now()),
+            site: self.site.clone(),
+            ingress: "admin".into(),
+            client: self.origin.into(),
+            terminal: None,
+            physician: physician.filter(|p| PhysicianId::is_valid(p)),
+            method: "ADMIN".into(),
+            path: op.into(),
+            patient: patient.filter(|p| PatientId::is_valid(p)),
+            category: None,
+            decision: decision.into(),
+            reason,
+            serial: None,
+            cn: None,
+        }
+    }
+
+    /// Records a refused request (decision `deny`, the error's kind and message, its status
+    /// as the outcome) and answers with the error.
+    async fn refused(
+        &self,
+        op: &str,
+        physician: Option<String>,
+        patient: Option<String>,
+        e: &AdminError,
+        started: std::time::Instant,
+    ) -> AdminResponse {
+        let reason = format!("{}: {}", e.kind(), capped(&e.to_string()));
+        let rec = self.record(op, "deny", physician, patient, reason);
+        let written = match self.audit.record(rec).await {
+            Ok(rid) => self
+                .audit
+                .outcome_synced(rid, outcome(e.status(), started))
+                .await
+                .map(|_| ()),
+            Err(err) => Err(err),
+        };
+        match written {
+            Ok(()) => AdminResponse::err(e.to_string()),
+            Err(err) => AdminResponse::err(format!(
+                "{e} (and the refusal's audit record could not be written: {err})"
+            )),
+        }
     }
 
     fn end_sessions(&self, pred: impl Fn(&crate::session::Session) -> bool) -> usize {
@@ -215,14 +357,15 @@ impl Admin {
             .unwrap_or(0)
     }
 
-    fn apply(&self, req: AdminRequest) -> Result<AdminResponse, StoreError> {
+    fn count(&self, kind: &str, n: u64) {
+        if let Some(m) = &self.metrics {
+            m.consent_events.with_label_values(&[kind]).inc_by(n);
+        }
+    }
+
+    async fn apply(&self, req: AdminRequest) -> Result<AdminResponse, AdminError> {
         let s = &self.store;
         let today = self.clock.today();
-        let count = |kind: &str, n: u64| {
-            if let Some(m) = &self.metrics {
-                m.consent_events.with_label_values(&[kind]).inc_by(n);
-            }
-        };
         Ok(match req {
             AdminRequest::PhysicianAdd {
                 id,
@@ -230,9 +373,6 @@ impl Admin {
                 site,
                 password_hash,
             } => {
-                if let Err(e) = PhysicianId::parse(&id) {
-                    return Ok(AdminResponse::err(e.to_string()));
-                }
                 let p = Physician {
                     id,
                     name,
@@ -249,7 +389,7 @@ impl Admin {
             }
             AdminRequest::PhysicianGet { id } => match s.physician(&id)? {
                 Some(p) => AdminResponse::ok(format!("physician {id}"), json(&p)),
-                None => AdminResponse::err(format!("no physician {id:?}")),
+                None => return Err(AdminError::NotFound(format!("no physician {id:?}"))),
             },
             AdminRequest::PhysicianPasswd { id, password_hash } => {
                 let p = s.update_physician(&id, |p| {
@@ -318,16 +458,6 @@ impl Admin {
                 no_extension,
                 form_ref,
             } => {
-                if let Err(e) = PatientId::parse(&patient) {
-                    return Ok(AdminResponse::err(e.to_string()));
-                }
-                if let ConsentBy::Relative(rel) = &by {
-                    if rel.trim().is_empty() {
-                        return Ok(AdminResponse::err(
-                            "--relation is required when a relative consents (art 8.1)",
-                        ));
-                    }
-                }
                 let c = Consent {
                     patient,
                     by,
@@ -339,7 +469,7 @@ impl Admin {
                     withdrawn: None,
                 };
                 s.grant_consent(&c)?;
-                count("grant", 1);
+                self.count("grant", 1);
                 let w = crate::consent::access_until(&c);
                 AdminResponse::ok(
                     format!(
@@ -354,9 +484,11 @@ impl Admin {
             }
             AdminRequest::ConsentWithdraw { patient, form_ref } => {
                 let c = s.withdraw_consent(&patient, &form_ref, today)?;
-                count("withdraw", 1);
+                self.count("withdraw", 1);
                 AdminResponse::ok(
-                    format!("consent of patient {patient} withdrawn: access stops now"),
+                    format!(
+                        "consent of patient {patient} withdrawn: access stops now, and the registration is deleted (art 11; the withdrawal stays in the audit log)"
+                    ),
                     json(&c),
                 )
             }
@@ -379,25 +511,165 @@ impl Admin {
                     }
                     AdminResponse::ok(format!("consent of patient {patient}"), v)
                 }
-                None => AdminResponse::err(format!("no consent for patient {patient:?}")),
+                None => {
+                    return Err(AdminError::NotFound(format!(
+                        "no consent for patient {patient:?}"
+                    )))
+                }
             },
             AdminRequest::PatientDelete { patient, .. } => {
-                if s.delete_consent(&patient)? {
-                    count("delete", 1);
-                    AdminResponse::ok(
-                        format!("patient {patient}'s registered data deleted (audit history kept)"),
-                        serde_json::Value::Null,
-                    )
-                } else {
-                    AdminResponse::err(format!("no consent for patient {patient:?}"))
+                if !s.delete_consent(&patient)? {
+                    return Err(AdminError::NotFound(format!(
+                        "no consent for patient {patient:?}"
+                    )));
                 }
+                self.count("delete", 1);
+                AdminResponse::ok(
+                    format!("patient {patient}'s registered data deleted (audit history kept)"),
+                    serde_json::Value::Null,
+                )
             }
             AdminRequest::Purge {} => {
-                let purged = s.purge(today)?;
-                count("purge", purged.len() as u64);
+                let purged = self.purge(today).await?;
                 AdminResponse::ok(format!("{} patient(s) purged", purged.len()), json(&purged))
             }
         })
+    }
+
+    /// Art 11: every consent due is deleted, each after its own audit record (op
+    /// `patient-purge`, the patient, why it is due) is durable; a record that cannot be
+    /// written stops the purge there (fail closed).
+    async fn purge(&self, today: Date) -> Result<Vec<String>, AdminError> {
+        let mut purged = Vec::new();
+        for c in self.store.purge_due(today)? {
+            let why = match &c.withdrawn {
+                Some(w) => format!("art 11: consent withdrawn (form {})", w.form_ref),
+                None => format!(
+                    "art 11: access ended on {} (999 days after the last view or the publication)",
+                    crate::consent::access_until(&c)
+                ),
+            };
+            let started = std::time::Instant::now();
+            let rec = self.record("patient-purge", "allow", None, Some(c.patient.clone()), why);
+            let rid = self.audit.record(rec).await?;
+            let done = self.store.purge_if_due(&c.patient, today);
+            let status = match &done {
+                Ok(true) => 200,
+                // Viewed or granted anew since it was read: kept.
+                Ok(false) => 409,
+                Err(_) => 500,
+            };
+            self.audit
+                .outcome_synced(rid, outcome(status, started))
+                .await?;
+            if done? {
+                purged.push(c.patient);
+            }
+        }
+        if !purged.is_empty() {
+            self.count("purge", purged.len() as u64);
+        }
+        Ok(purged)
+    }
+}
+
+fn outcome(status: u16, started: std::time::Instant) -> Outcome {
+    Outcome {
+        status,
+        bytes: 0,
+        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    }
+}
+
+/// Longest form reference (form 6, 7 or 8 number) accepted.
+const FORM_REF_MAX: usize = 128;
+
+/// Checks what a request says before anything is written or changed: ids, names, form
+/// references, the relation of a consenting relative (art 8.1).
+pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
+    let physician_id = |v: &str| {
+        PhysicianId::parse(v)
+            .map(drop)
+            .map_err(|e| AdminError::Invalid(e.to_string()))
+    };
+    let patient_id = |v: &str| {
+        PatientId::parse(v)
+            .map(drop)
+            .map_err(|e| AdminError::Invalid(e.to_string()))
+    };
+    let name = |v: &str| {
+        if crate::ids::TerminalName::is_valid(v) {
+            Ok(())
+        } else {
+            Err(AdminError::Invalid(format!(
+                "terminal name {v:?}: use letters, digits, '.', '_' or '-'"
+            )))
+        }
+    };
+    let form = |v: &str| {
+        if v.trim().is_empty()
+            || v.chars().count() > FORM_REF_MAX
+            || v.chars().any(char::is_control)
+        {
+            Err(AdminError::Invalid(format!(
+                "form reference {v:?}: 1-{FORM_REF_MAX} characters, no control characters"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match req {
+        AdminRequest::PhysicianAdd { id: p, name: n, .. } => {
+            physician_id(p)?;
+            if n.trim().is_empty() || n.chars().count() > 200 || n.chars().any(char::is_control) {
+                return Err(AdminError::Invalid(format!(
+                    "physician name {n:?}: 1-200 characters, no control characters"
+                )));
+            }
+            Ok(())
+        }
+        AdminRequest::PhysicianPasswd { id: p, .. }
+        | AdminRequest::PhysicianGet { id: p }
+        | AdminRequest::PhysicianSuspend { id: p, .. }
+        | AdminRequest::PhysicianResume { id: p }
+        | AdminRequest::PhysicianDelete { id: p } => physician_id(p),
+        AdminRequest::TerminalRegister { terminal } => {
+            name(&terminal.name)?;
+            if terminal.kind == crate::model::TerminalKind::Terminal {
+                physician_id(&terminal.physician)?;
+            }
+            Ok(())
+        }
+        AdminRequest::TerminalRevoke { name: n } => name(n),
+        AdminRequest::ConsentGrant {
+            patient,
+            by,
+            form_ref,
+            ..
+        } => {
+            patient_id(patient)?;
+            form(form_ref)?;
+            if let ConsentBy::Relative(rel) = by {
+                if rel.trim().is_empty()
+                    || rel.chars().count() > 100
+                    || rel.chars().any(char::is_control)
+                {
+                    return Err(AdminError::Invalid(
+                        "--relation is required when a relative consents (art 8.1), at most 100 characters".into(),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        AdminRequest::ConsentWithdraw { patient, form_ref }
+        | AdminRequest::PatientDelete { patient, form_ref } => {
+            patient_id(patient)?;
+            form(form_ref)
+        }
+        AdminRequest::ConsentShow { patient } => patient_id(patient),
+        AdminRequest::PhysicianList {} | AdminRequest::TerminalList {} | AdminRequest::Purge {} => {
+            Ok(())
+        }
     }
 }
 
@@ -415,20 +687,38 @@ fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, String) {
         AdminRequest::TerminalRegister { terminal } => (
             Some(terminal.physician.clone()),
             None,
-            format!("terminal {}", terminal.name),
+            format!("terminal {}", capped(&terminal.name)),
         ),
-        AdminRequest::TerminalRevoke { name } => (None, None, format!("terminal {name}")),
+        AdminRequest::TerminalRevoke { name } => (None, None, format!("terminal {}", capped(name))),
         AdminRequest::ConsentGrant {
-            patient, form_ref, ..
-        }
-        | AdminRequest::ConsentWithdraw { patient, form_ref }
-        | AdminRequest::PatientDelete { patient, form_ref } => {
-            (None, Some(patient.clone()), format!("form {form_ref}"))
-        }
+            patient,
+            by,
+            form_ref,
+            ..
+        } => (
+            None,
+            Some(patient.clone()),
+            format!("form {} by {}", capped(form_ref), consent_by(by)),
+        ),
+        AdminRequest::ConsentWithdraw { patient, form_ref }
+        | AdminRequest::PatientDelete { patient, form_ref } => (
+            None,
+            Some(patient.clone()),
+            format!("form {}", capped(form_ref)),
+        ),
         AdminRequest::ConsentShow { patient } => (None, Some(patient.clone()), String::new()),
         AdminRequest::PhysicianList {} | AdminRequest::TerminalList {} | AdminRequest::Purge {} => {
             (None, None, String::new())
         }
+    }
+}
+
+/// Who consented, as the audit says it (art 8.1): `patient`, `guardian`, `relative (spouse)`.
+fn consent_by(by: &ConsentBy) -> String {
+    match by {
+        ConsentBy::Patient => "patient".into(),
+        ConsentBy::Guardian => "guardian".into(),
+        ConsentBy::Relative(r) => format!("relative ({})", capped(r)),
     }
 }
 

@@ -37,6 +37,7 @@
 //! * [`exit`]: the command's exit statuses (sysexits) and the error → status map.
 //! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
 //! * [`server`]: `serve` — everything wired together; [`metrics`]: Prometheus.
+//! * [`fsmode`]: the state directory's file modes (umask 0077, nothing open to others).
 //! * [`demo`]: the sample EMR and the one-command demo.
 
 #![forbid(unsafe_code)]
@@ -54,6 +55,7 @@ pub mod exit;
 pub mod filecheck;
 pub mod firewall;
 pub mod forward;
+pub mod fsmode;
 pub mod identity;
 pub mod ids;
 pub mod init;

@@ -92,6 +92,11 @@ enum Command {
     Serve {
         #[command(flatten)]
         cfg: ConfigArg,
+        /// Tests only: run on a clock stopped at this RFC 3339 instant. Honoured only with
+        /// SEIBO_GATE_TEST_CLOCK=fixed-clock-for-tests-only in the environment, never under
+        /// systemd.
+        #[arg(long, hide = true)]
+        test_clock: Option<String>,
     },
     /// User physicians (art 3, 4, 6.3, 7).
     Physician {
@@ -344,9 +349,21 @@ enum AuditCmd {
         #[arg(long)]
         full_scan: bool,
     },
-    /// Check the hash chain (and the index against it); exits non-zero naming the first
-    /// broken record.
-    Verify,
+    /// Check the hash chain, the head anchor and the index (which must be there); exits
+    /// non-zero naming the first broken record. The chain is not keyed: record `audit head`
+    /// elsewhere and check it here with --head (docs/security.md says what each detects).
+    Verify {
+        /// Derive the index (audit.idx) again from the log first (with the gateway stopped).
+        #[arg(long)]
+        rebuild_index: bool,
+        /// A head recorded earlier, SEQ:HASH as `audit head` prints it (or HASH alone): the
+        /// log must still contain it at that line.
+        #[arg(long, value_name = "SEQ:HASH")]
+        head: Option<audit::RecordedHead>,
+    },
+    /// Print the current head of the verified chain as SEQ:HASH, to record somewhere this
+    /// machine cannot write; `audit verify --head SEQ:HASH` checks the log still contains it.
+    Head,
 }
 
 fn main() -> ExitCode {
@@ -435,6 +452,14 @@ fn load(cfg: &ConfigArg) -> anyhow::Result<Config> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Nothing the service or an admin command creates is for group or others (issue 11
+    // item 17); `init` sets its own modes (public certificates stay readable).
+    if !matches!(
+        cli.command,
+        Command::Init { .. } | Command::SampleEmr { .. }
+    ) {
+        seibo_gate::fsmode::restrict_umask();
+    }
     match cli.command {
         Command::Demo => {
             seibo_gate::demo::run().await?;
@@ -491,10 +516,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { cfg } => {
+        Command::Serve { cfg, test_clock } => {
             let c = load(&cfg)?;
+            let clock = clock::serve_clock(test_clock.as_deref(), |k| std::env::var(k).ok())?;
             let (trigger, _) = seibo_gate::shutdown::channel();
-            let serve = seibo_gate::server::serve(c, Arc::new(SystemClock), &trigger, |_| {});
+            let serve = seibo_gate::server::serve(c, clock, &trigger, |_| {});
             tokio::pin!(serve);
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -677,20 +703,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let c = load(&cfg)?;
             let dir = c.state_dir.join("audit");
             match cmd {
-                AuditCmd::Verify => match audit::verify(&dir) {
-                    Ok(r) => {
-                        println!("audit log intact: {} records, head {}", r.records, r.head);
-                        Ok(ExitCode::SUCCESS)
+                AuditCmd::Verify {
+                    rebuild_index,
+                    head,
+                } => audit_verify(&c, &dir, rebuild_index, head),
+                AuditCmd::Head => {
+                    let opts = audit::VerifyOptions {
+                        index_optional: true,
+                        head: None,
+                    };
+                    match audit::verify_with(&dir, &opts) {
+                        Ok(r) => {
+                            println!("{}:{}", r.records, r.head);
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        Err(e) => {
+                            eprintln!("audit log BROKEN (no head to record): {e}");
+                            Ok(ExitCode::FAILURE)
+                        }
                     }
-                    Err(e @ audit::VerifyError::Index(_)) => {
-                        eprintln!("audit index WRONG (the log is the record; the index is rebuilt when the gateway next starts): {e}");
-                        Ok(ExitCode::FAILURE)
-                    }
-                    Err(e) => {
-                        eprintln!("audit log BROKEN: {e}");
-                        Ok(ExitCode::FAILURE)
-                    }
-                },
+                }
                 AuditCmd::Query {
                     patient,
                     physician,
@@ -795,6 +827,58 @@ fn check_files(c: &Config, as_user: Option<&str>) -> anyhow::Result<()> {
         })?;
     }
     Ok(())
+}
+
+/// `audit verify [--rebuild-index] [--head SEQ:HASH]`.
+fn audit_verify(
+    c: &Config,
+    dir: &Path,
+    rebuild_index: bool,
+    head: Option<audit::RecordedHead>,
+) -> anyhow::Result<ExitCode> {
+    if rebuild_index {
+        if std::os::unix::net::UnixStream::connect(&c.admin_socket).is_ok() {
+            anyhow::bail!(
+                "a gateway is running (it answers on {}): it keeps the index itself and rebuilds it at every start; stop it before --rebuild-index",
+                c.admin_socket.display()
+            );
+        }
+        match audit::rebuild_index(dir) {
+            Ok(n) => println!("audit index rebuilt from the log: {n} lines"),
+            Err(e) => {
+                eprintln!("audit index NOT rebuilt: {e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    let opts = audit::VerifyOptions {
+        index_optional: false,
+        head,
+    };
+    match audit::verify_with(dir, &opts) {
+        Ok(r) => {
+            let witnessed = head
+                .map(|h| format!("; contains the recorded head {h}"))
+                .unwrap_or_default();
+            println!(
+                "audit log intact: {} records, head {}:{}{witnessed}",
+                r.records, r.records, r.head
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ audit::VerifyError::Index(_)) => {
+            eprintln!("audit index WRONG (the log is the record; `audit verify --rebuild-index` with the gateway stopped, or its next start, derives the index again): {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e @ audit::VerifyError::HeadMismatch(_)) => {
+            eprintln!("audit log REWRITTEN: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("audit log BROKEN: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Prints an admin response; exit 1 when refused.

@@ -66,6 +66,58 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Every label value a labelled counter can take, exported at 0 from the start (a series
+/// that appears only at its first event shows "No data" on a dashboard, and `absent()` or
+/// `rate()` alerts misfire). A new label value at a call site belongs in these lists too.
+pub mod labels {
+    /// `refused_connections_total{cause}` on a TLS listener.
+    pub const REFUSED_CAUSES: &[&str] = &[
+        "source-not-allowed",
+        "connection-limit",
+        "terminal-connection-limit",
+    ];
+    /// `refused_connections_total{cause}` on the WireGuard ingress.
+    pub const WIREGUARD_REFUSED_CAUSES: &[&str] = &["terminal-connection-limit"];
+    /// `tls_handshakes_total{result}` on a TLS listener (see `listener::handshake_failure`).
+    pub const HANDSHAKE_RESULTS: &[&str] = &[
+        "ok",
+        "timeout",
+        "no-client-certificate",
+        "expired",
+        "not-yet-valid",
+        "revoked",
+        "unknown-ca",
+        "wrong-usage",
+        "bad-certificate",
+        "incompatible",
+        "protocol",
+        "io",
+    ];
+    /// `tls_handshakes_total{result}` inside the WireGuard tunnel.
+    pub const WIREGUARD_HANDSHAKE_RESULTS: &[&str] = &["ok", "protocol", "timeout"];
+    /// `connections{ingress}`.
+    pub const INGRESSES: &[&str] = &["mtls", "wireguard", "site"];
+    /// `upstream_errors_total{kind}`.
+    pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "timeout"];
+    /// `signin_attempts_total{result}`.
+    pub const SIGNIN_RESULTS: &[&str] = &["ok", "failed", "locked", "locked-now"];
+    /// `config_reloads_total{result}`.
+    pub const RELOAD_RESULTS: &[&str] = &["ok", "failed"];
+    /// `wireguard_dropped_packets_total{cause}` (see `Metrics::observe_wireguard`).
+    pub const WIREGUARD_DROP_CAUSES: &[&str] = &[
+        "unknown-key",
+        "unknown-index",
+        "wrong-source",
+        "wrong-destination",
+        "invalid",
+        "connection-refused",
+    ];
+    /// `consent_events_total{kind}`.
+    pub const CONSENT_EVENT_KINDS: &[&str] = &["grant", "withdraw", "delete", "purge"];
+    /// `audit_verifications_total{result}`.
+    pub const VERIFICATION_RESULTS: &[&str] = &["intact", "index-wrong", "broken"];
+}
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
@@ -239,6 +291,26 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Known label sets at zero (listener-labelled ones: `init_listener`, `init_wireguard`).
+        for (vec, values) in [
+            (&upstream_errors, labels::UPSTREAM_ERROR_KINDS),
+            (&signins, labels::SIGNIN_RESULTS),
+            (&reloads, labels::RELOAD_RESULTS),
+            (&wg_dropped, labels::WIREGUARD_DROP_CAUSES),
+            (&consent_events, labels::CONSENT_EVENT_KINDS),
+            (&audit_verifications, labels::VERIFICATION_RESULTS),
+        ] {
+            for v in values {
+                vec.with_label_values(&[v]).inc_by(0);
+            }
+        }
+        for ingress in labels::INGRESSES {
+            connections.with_label_values(&[ingress]).set(0);
+            // The rate of allowed views is what dashboards divide by.
+            requests
+                .with_label_values(&[ingress, "allow", "allowed"])
+                .inc_by(0);
+        }
         Ok(Metrics {
             registry,
             requests,
@@ -270,6 +342,35 @@ impl Metrics {
             wg_dropped,
             up,
         })
+    }
+
+    /// Exports a TLS listener's handshake results and refusal causes at zero.
+    pub fn init_listener(&self, listener: &str) {
+        for result in labels::HANDSHAKE_RESULTS {
+            self.tls_handshakes
+                .with_label_values(&[listener, result])
+                .inc_by(0);
+        }
+        for cause in labels::REFUSED_CAUSES {
+            self.refused_connections
+                .with_label_values(&[listener, cause])
+                .inc_by(0);
+        }
+    }
+
+    /// Exports the WireGuard ingress's handshake results and refusal causes at zero (its
+    /// listener label is `wireguard`).
+    pub fn init_wireguard(&self) {
+        for result in labels::WIREGUARD_HANDSHAKE_RESULTS {
+            self.tls_handshakes
+                .with_label_values(&["wireguard", result])
+                .inc_by(0);
+        }
+        for cause in labels::WIREGUARD_REFUSED_CAUSES {
+            self.refused_connections
+                .with_label_values(&["wireguard", cause])
+                .inc_by(0);
+        }
     }
 
     /// Records the expiry of `listener`'s server certificate, read from the first (leaf)

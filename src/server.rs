@@ -77,6 +77,14 @@ pub fn prepare_state_dir(dir: &std::path::Path) -> Result<(), ServeError> {
         .create(dir)
         .map_err(err)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    // Issue 11 item 17: what an older version left open to group or others is closed too.
+    let t = crate::fsmode::tighten_tree(dir);
+    if t.changed > 0 {
+        tracing::warn!(dir = %dir.display(), entries = t.changed, "state files were open to group or others: closed (0600/0700)");
+    }
+    for (path, e) in &t.failed {
+        tracing::warn!(path = %path.display(), error = %e, "could not close a state file to group and others");
+    }
     Ok(())
 }
 
@@ -148,6 +156,7 @@ pub async fn serve(
     trigger: &Trigger,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<(), ServeError> {
+    crate::fsmode::restrict_umask();
     check_key_modes(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
     let store = Store::open(&cfg.state_dir.join("registry"))?;
@@ -177,6 +186,7 @@ pub async fn serve(
         if let Err(e) = metrics.set_cert_expiry(&l.name, &l.cert) {
             tracing::warn!(listener = %l.name, error = %e, "certificate expiry unknown");
         }
+        metrics.init_listener(&l.name);
         bound.push((socket, l.clone(), Arc::new(ArcSwap::new(tls))));
     }
     let metrics_socket = match cfg.metrics {
@@ -207,6 +217,7 @@ pub async fn serve(
                     source,
                 })?;
             let (handle, streams) = tunnel::start(wg, &store).await?;
+            metrics.init_wireguard();
             Some((handle, streams, Arc::new(ArcSwap::new(tls)), wg.https_port))
         }
         None => None,

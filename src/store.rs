@@ -321,24 +321,30 @@ impl Store {
         self.flush()
     }
 
-    /// Withdrawal (art 9.2, form 7): from the next request on, access is refused. The record
-    /// stays, marked withdrawn, until the next purge deletes it (art 11, at most a day later).
+    /// Withdrawal (art 9.2, form 7; art 11.2 (1)): from the next request on, access is refused,
+    /// and the patient's registration is deleted at once (art 11 asks for deletion on
+    /// withdrawal, not at the next purge). Returns the deleted consent, marked withdrawn, for
+    /// the admin's answer; the withdrawal itself is kept in the audit log (the admin request's
+    /// record, with the form 7 reference), never in the registry.
+    ///
+    /// Atomic against a concurrent view: [`Store::touch_consent`] never re-creates a removed key.
     pub fn withdraw_consent(
         &self,
         patient: &str,
         form_ref: &str,
         today: Date,
     ) -> Result<Consent, StoreError> {
-        let mut c = self
-            .consent(patient)?
+        let old = self
+            .consents
+            .remove(patient)?
             .ok_or_else(|| StoreError::NotFound(format!("no consent for patient {patient:?}")))?;
+        self.flush()?;
+        let mut c: Consent = decode("consents", patient.as_bytes(), &old)?;
         c.withdrawn = Some(Withdrawal {
             form_ref: form_ref.to_string(),
             date: today,
         });
         c.last_view = None;
-        self.consents.insert(patient, encode(&c))?;
-        self.flush()?;
         Ok(c)
     }
 
@@ -372,20 +378,54 @@ impl Store {
         Ok(())
     }
 
-    /// Art 11: deletes every consent whose access has ended, and withdrawn ones. Returns the
-    /// patients purged.
-    pub fn purge(&self, today: Date) -> Result<Vec<String>, StoreError> {
-        let mut purged = Vec::new();
+    /// Art 11: the consents due for deletion today: access ended (999 days after the last view,
+    /// or after publication), or withdrawn (a registry written before withdrawals deleted at
+    /// once). Read only: [`Store::purge_if_due`] deletes them one by one.
+    pub fn purge_due(&self, today: Date) -> Result<Vec<Consent>, StoreError> {
+        let mut due = Vec::new();
         for kv in self.consents.iter() {
             let (k, v) = kv?;
             let c: Consent = decode("consents", &k, &v)?;
             if c.withdrawn.is_some() || consent::purgeable(&c, today) {
-                self.consents.remove(&k)?;
-                purged.push(c.patient);
+                due.push(c);
             }
         }
-        if !purged.is_empty() {
-            self.flush()?;
+        Ok(due)
+    }
+
+    /// Deletes one patient's consent if it is still due today (a view or a new grant since
+    /// [`Store::purge_due`] read it keeps it). True when deleted.
+    pub fn purge_if_due(&self, patient: &str, today: Date) -> Result<bool, StoreError> {
+        // Bounded retries: each failed swap means the record changed under us.
+        for _ in 0..16 {
+            let Some(old) = self.consents.get(patient)? else {
+                return Ok(false);
+            };
+            let c: Consent = decode("consents", patient.as_bytes(), &old)?;
+            if c.withdrawn.is_none() && !consent::purgeable(&c, today) {
+                return Ok(false);
+            }
+            if self
+                .consents
+                .compare_and_swap(patient, Some(old), None as Option<&[u8]>)?
+                .is_ok()
+            {
+                self.flush()?;
+                return Ok(true);
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "consent of patient {patient:?} kept changing during the purge"
+        )))
+    }
+
+    /// Art 11: deletes every consent due ([`Store::purge_due`]). Returns the patients purged.
+    pub fn purge(&self, today: Date) -> Result<Vec<String>, StoreError> {
+        let mut purged = Vec::new();
+        for c in self.purge_due(today)? {
+            if self.purge_if_due(&c.patient, today)? {
+                purged.push(c.patient);
+            }
         }
         Ok(purged)
     }
@@ -538,12 +578,17 @@ mod tests {
             s.consent("P1").unwrap().unwrap().last_view,
             Some(date!(2026 - 02 - 01))
         );
-        s.withdraw_consent("P1", "F7", date!(2026 - 02 - 02))
+        let w = s
+            .withdraw_consent("P1", "F7", date!(2026 - 02 - 02))
             .unwrap();
+        assert_eq!(w.withdrawn.map(|w| w.form_ref), Some("F7".to_string()));
+        // Art 11: the registration is gone at once; a late view does not bring it back.
+        assert!(s.consent("P1").unwrap().is_none());
         s.touch_consent("P1", date!(2026 - 02 - 03)).unwrap();
-        let c = s.consent("P1").unwrap().unwrap();
-        assert!(c.withdrawn.is_some());
-        assert_eq!(c.last_view, None);
+        assert!(s.consent("P1").unwrap().is_none());
+        assert!(s
+            .withdraw_consent("P1", "F7b", date!(2026 - 02 - 03))
+            .is_err());
         // A fresh form 6 after a withdrawal registers anew.
         s.grant_consent(&consent("P1")).unwrap();
         assert!(s.consent("P1").unwrap().unwrap().withdrawn.is_none());
@@ -557,9 +602,13 @@ mod tests {
         let mut old = consent("P2");
         old.published = date!(2020 - 01 - 01);
         s.grant_consent(&old).unwrap();
-        s.grant_consent(&consent("P3")).unwrap();
-        s.withdraw_consent("P3", "F7", date!(2026 - 03 - 01))
-            .unwrap();
+        // A withdrawn consent left by an older version (withdrawal now deletes at once).
+        let mut withdrawn = consent("P3");
+        withdrawn.withdrawn = Some(Withdrawal {
+            form_ref: "F7".into(),
+            date: date!(2026 - 03 - 01),
+        });
+        s.grant_consent(&withdrawn).unwrap();
         let mut purged = s.purge(date!(2026 - 11 - 26)).unwrap();
         purged.sort();
         assert_eq!(purged, vec!["P2".to_string(), "P3".to_string()]);

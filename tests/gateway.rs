@@ -295,10 +295,18 @@ async fn art_8_1_no_consent_refused_with_same_page_as_withdrawn() {
         "the page for a withdrawn consent must not differ from the one for no consent"
     );
 
-    // The audit keeps the precise reason.
+    // The withdrawal deleted the registration at once (art 11, issue 11 item 14): the request
+    // finds no consent; the withdrawal itself is the admin record before it.
     let rows = f.gate.request_rows_settled(2);
     assert_eq!(rows[0]["reason"], "no-consent");
-    assert_eq!(rows[1]["reason"], "consent-withdrawn");
+    assert_eq!(rows[1]["reason"], "no-consent");
+    let withdrawal = f
+        .gate
+        .audit_rows()
+        .into_iter()
+        .find(|r| r["path"] == "consent-withdraw" && r["patient"] == "P003")
+        .expect("the withdrawal is in the audit");
+    assert_eq!(withdrawal["reason"], "form F7-P003");
 }
 
 /// Art 9.2: a consent withdrawn while the gateway serves stops access at the next request,

@@ -346,7 +346,7 @@ async fn art_6_3_start_page_defaults_to_whoami_then_the_emr_root_when_routed() {
 }
 
 /// Issue 11 item 24: a start page the route table does not allow, or one that names a patient,
-/// or one not written as forwarded, is refused by `check-config` (exit 64) naming `site.home`
+/// or one not written as forwarded, is refused by `check-config` (exit 78) naming `site.home`
 /// — and `serve` does not start with it.
 #[test]
 fn start_page_outside_the_route_table_is_a_config_error() {
@@ -366,7 +366,7 @@ fn start_page_outside_the_route_table_is_a_config_error() {
         std::fs::write(&gate.config, &original).expect("write gate.toml");
         configure(&gate, &format!("home = {home:?}\n"), "");
         let out = gate.cli(&["check-config"]);
-        assert_eq!(out.status.code(), Some(64), "{home}: {}", show(&out));
+        assert_eq!(out.status.code(), Some(78), "{home}: {}", show(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("site.home: ") && stderr.contains(why),
@@ -377,7 +377,7 @@ fn start_page_outside_the_route_table_is_a_config_error() {
     gate.spawn();
     let status = gate.wait_exit(Duration::from_secs(15));
     assert!(
-        status.is_some_and(|s| s.code() == Some(64)),
+        status.is_some_and(|s| s.code() == Some(78)),
         "serve must refuse the config: {status:?}\n{}",
         gate.log()
     );

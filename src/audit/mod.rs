@@ -59,9 +59,11 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 mod index;
+mod witness;
 
 use index::LineKey;
 pub use index::{patient_key, IndexError, INDEX_FILE};
+pub use witness::{rebuild_index, verify, verify_with, RecordedHead, VerifyOptions};
 
 /// Name of the audit log inside the audit directory.
 pub const LOG_FILE: &str = "audit.log";
@@ -171,6 +173,10 @@ pub enum VerifyError {
     /// could miss lines until the next start rebuilds it.
     #[error("audit log intact but its index is wrong: {0}")]
     Index(String),
+    /// The chain is intact but does not contain a head recorded elsewhere (`audit verify
+    /// --head`): the log was rewritten (or replaced) since that head was recorded.
+    #[error("audit log does not contain the recorded head: {0}")]
+    HeadMismatch(String),
 }
 
 fn seq_note(seq: &Option<u64>) -> String {
@@ -488,67 +494,6 @@ fn check_anchor(st: &Scan, head: Option<&Head>) -> Result<(), (u64, Option<u64>,
             )),
         },
     }
-}
-
-/// Reads `DIR/audit.log` from the start and checks every link and the head
-/// anchor.  Read only; safe while a gateway is appending (the anchor is read
-/// first, and an unterminated final segment — a write in progress — is ignored).
-pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
-    let head = match read_head(dir) {
-        Ok(h) => h,
-        Err(HeadErr::Io(source)) => {
-            return Err(VerifyError::Io {
-                path: dir.join(HEAD_FILE),
-                source,
-            })
-        }
-        Err(HeadErr::Invalid(reason)) => {
-            return Err(VerifyError::Broken {
-                line: 0,
-                seq: None,
-                reason,
-            })
-        }
-    };
-    let log_path = dir.join(LOG_FILE);
-    let io = |source| VerifyError::Io {
-        path: log_path.clone(),
-        source,
-    };
-    // Read before the log, like the anchor: its trusted entries only describe lines already there.
-    let mut check = index::Check::open(dir).map_err(VerifyError::Index)?;
-    let mut index_fault = None;
-    let file = File::open(&log_path).map_err(io)?;
-    let mut on_line = |l: &Scanned| {
-        if let (Some(c), None) = (check.as_mut(), &index_fault) {
-            index_fault = c.line(l).err();
-        }
-    };
-    let st = scan_log(
-        file,
-        head.as_ref().map_or(0, |h| h.seq),
-        false,
-        &mut on_line,
-    )
-    .map_err(|e| match e {
-        ScanErr::Io(source) => io(source),
-        ScanErr::Broken { line, seq, reason } => VerifyError::Broken { line, seq, reason },
-    })?;
-    check_anchor(&st, head.as_ref()).map_err(|(line, seq, reason)| VerifyError::Broken {
-        line,
-        seq,
-        reason,
-    })?;
-    if let Some(fault) = index_fault {
-        return Err(VerifyError::Index(fault));
-    }
-    if let Some(c) = &check {
-        c.finish(st.last_seq).map_err(VerifyError::Index)?;
-    }
-    Ok(VerifyReport {
-        records: st.last_seq,
-        head: String::from_utf8_lossy(&st.last_hash).into_owned(),
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1169,6 +1114,28 @@ impl AuditLog {
         {
             tracing::error!(rid, "audit: outcome after close, not recorded");
         }
+    }
+
+    /// Appends an outcome line for request `rid` and resolves once it is synced (admin
+    /// commands answer only when their whole record, request and outcome, is on disk).
+    pub async fn outcome_synced(&self, rid: u64, outcome: Outcome) -> Result<u64, AuditError> {
+        let body = serde_json::to_vec(&BodyOut::Outcome {
+            rid,
+            status: outcome.status,
+            bytes: outcome.bytes,
+            duration_us: outcome.duration_us,
+        })
+        .map_err(|e| AuditError::Encode(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Cmd::Append {
+                body,
+                key: LineKey::Outcome(rid),
+                reply: Some(tx),
+            })
+            .map_err(|_| AuditError::Closed)?;
+        rx.await.map_err(|_| AuditError::Closed)?
     }
 
     /// Flushes everything queued and stops the writer thread.  Returns an
