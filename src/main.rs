@@ -838,10 +838,11 @@ fn audit_verify(
 ) -> anyhow::Result<ExitCode> {
     if rebuild_index {
         if std::os::unix::net::UnixStream::connect(&c.admin_socket).is_ok() {
-            anyhow::bail!(
-                "a gateway is running (it answers on {}): it keeps the index itself and rebuilds it at every start; stop it before --rebuild-index",
+            eprintln!(
+                "seibo-gate: a gateway is running (it answers on {}): it keeps the index itself and rebuilds it at every start; stop it before --rebuild-index",
                 c.admin_socket.display()
             );
+            return Ok(ExitCode::FAILURE);
         }
         match audit::rebuild_index(dir) {
             Ok(n) => println!("audit index rebuilt from the log: {n} lines"),
