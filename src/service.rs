@@ -201,11 +201,13 @@ pub async fn handle(
     let now = gate.clock.now();
     let live = gate.live();
     let method = req.method().clone();
+    // An authority-form target (`CONNECT host:443`) has no path: it is routed (and refused,
+    // `not-origin-form`) as written, never as `/`.
     let raw_target = req
         .uri()
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+        .unwrap_or_else(|| req.uri().to_string());
     // What the audit names when the target is refused before routing (issue 11 item 10).
     let received = received_target(req.version(), req.uri());
     let wants_html = accepts_html(req.headers());
