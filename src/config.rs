@@ -55,6 +55,9 @@ struct RawConfig {
     routes: Vec<RouteSpec>,
     #[serde(default)]
     admin: RawAdmin,
+    /// `[routes]`: settings for the whole route table.
+    #[serde(default, rename = "routes")]
+    route_options: RawRouteOptions,
 }
 
 /// `[admin]`: how admin commands treat what they are given.
@@ -63,6 +66,14 @@ struct RawConfig {
 struct RawAdmin {
     #[serde(default)]
     future_grace_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRouteOptions {
+    /// Query keys that name a patient (issue 11 item 5); default `patient`, `patient_id`, `pid`.
+    #[serde(default)]
+    patient_query_keys: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +180,9 @@ struct RawUpstream {
     response_timeout_ms: Option<u64>,
     #[serde(default)]
     pool_idle_per_host: Option<usize>,
+    /// The EMR's own identity headers to drop from clients' requests, beside the defaults.
+    #[serde(default)]
+    strip_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +346,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_per_host: usize,
+    /// Request headers never forwarded: the defaults plus `strip_headers` (issue 11 item 3).
+    pub strip_headers: crate::forward::StripList,
 }
 
 impl fmt::Debug for Upstream {
@@ -660,7 +676,19 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         ));
     }
     let routes = match RouteTable::new(&raw.routes) {
-        Ok(t) => Some(t),
+        Ok(t) => match &raw.route_options.patient_query_keys {
+            None => Some(t),
+            Some(keys) => match t.with_patient_query_keys(keys) {
+                Ok(t) => Some(t),
+                Err(errs) => {
+                    problems.extend(
+                        errs.into_iter()
+                            .map(|(i, e)| format!("routes.patient_query_keys[{i}]: {e}")),
+                    );
+                    None
+                }
+            },
+        },
         Err(errs) => {
             problems.extend(errs.into_iter().map(|e| format!("route: {e}")));
             None
@@ -821,6 +849,17 @@ fn validate_upstream(raw: &RawUpstream, problems: &mut Vec<String>) -> Option<Up
             ));
         }
     }
+    let strip_headers =
+        match crate::forward::StripList::with_extra(raw.strip_headers.as_deref().unwrap_or(&[])) {
+            Ok(l) => l,
+            Err(errs) => {
+                problems.extend(
+                    errs.into_iter()
+                        .map(|(i, e)| format!("upstream.strip_headers[{i}]: {e}")),
+                );
+                crate::forward::StripList::default()
+            }
+        };
     Some(Upstream {
         authority,
         host,
@@ -829,6 +868,7 @@ fn validate_upstream(raw: &RawUpstream, problems: &mut Vec<String>) -> Option<Up
         connect_timeout: Duration::from_millis(raw.connect_timeout_ms.unwrap_or(3_000)),
         response_timeout: Duration::from_millis(raw.response_timeout_ms.unwrap_or(30_000)),
         pool_idle_per_host: raw.pool_idle_per_host.unwrap_or(256),
+        strip_headers,
     })
 }
 

@@ -24,6 +24,12 @@ use ipnetwork::IpNetwork;
 use crate::config::{in_networks, Upstream};
 use crate::pages::{self, Body};
 
+mod aliases;
+
+pub use aliases::{
+    canonical_name, StripHeaderError, StripList, DEFAULT_STRIP_HEADERS, EMR_FINGERPRINT_HEADERS,
+};
+
 /// Headers the gateway sets for the EMR; any copy sent by a client is removed first.
 pub const IDENTITY_PREFIX: &str = "x-seibo-";
 
@@ -38,6 +44,26 @@ pub enum ForwardError {
     /// The client's request body outgrew the route's limit while it was being forwarded.
     #[error("the request body is larger than the route allows")]
     BodyTooLarge,
+    /// A request body on a method that carries none ([`carries_no_body`]).
+    #[error("a request body on a method that carries none")]
+    BodyNotAllowed,
+}
+
+/// Methods whose requests carry no body (RFC 9110: GET, HEAD, DELETE, OPTIONS and TRACE
+/// content has no defined semantics, CONNECT's none at all). An EMR that does not read such a
+/// body would take it for the next request on the pooled connection: a declared body is
+/// refused before routing (`service`), an HTTP/2 body without a length here, and none is
+/// ever forwarded.
+pub fn carries_no_body(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::DELETE
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::CONNECT
+    )
 }
 
 /// Resolves the upstream's name and keeps only addresses inside the private segment.
@@ -128,24 +154,12 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     h.remove(header::PROXY_AUTHORIZATION);
 }
 
-/// Removes every header a client could use to pose as someone (ours, and the usual proxy ones).
+/// Removes every header a client could use to pose as someone, or to change the URL or method
+/// the EMR acts on: the default list ([`DEFAULT_STRIP_HEADERS`]) in any spelling (`_` and `.`
+/// read as `-`, any case). The forwarder uses the site's list (`[upstream] strip_headers`
+/// added to the defaults).
 pub fn strip_identity(h: &mut HeaderMap) {
-    let spoofable: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| {
-            let k = k.as_str();
-            k.starts_with(IDENTITY_PREFIX)
-                || k.starts_with("x-forwarded-")
-                || k == "forwarded"
-                || k == "x-real-ip"
-                || k == "x-client-cert"
-                || k == "ssl-client-cert"
-        })
-        .cloned()
-        .collect();
-    for k in spoofable {
-        h.remove(k);
-    }
+    StripList::default().strip(h);
 }
 
 /// The gateway's session cookie is the gateway's: the EMR never sees it.
@@ -209,7 +223,7 @@ impl Forwarder {
         *req.version_mut() = http::Version::HTTP_11;
         let h = req.headers_mut();
         strip_hop_by_hop(h);
-        strip_identity(h);
+        self.upstream.strip_headers.strip(h);
         strip_session_cookie(h);
         if self.identity_encoding {
             h.remove(header::ACCEPT_ENCODING);
@@ -237,7 +251,27 @@ impl Forwarder {
 
         let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
         let timeout = self.upstream.response_timeout;
-        let req = if req.headers().contains_key(header::CONTENT_LENGTH)
+        let req = if carries_no_body(req.method()) {
+            // Nothing but the head goes to the EMR. A declared length was refused before
+            // routing; a stream left open (HTTP/2 DATA frames without a length) must be empty.
+            let (mut parts, body) = req.into_parts();
+            if !http_body::Body::is_end_stream(&body) {
+                match tokio::time::timeout(timeout, Limited::new(body, 0).collect()).await {
+                    Err(_) => {
+                        return Err(ForwardError::Request(
+                            "request body not received in time".into(),
+                        ))
+                    }
+                    Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                        return Err(ForwardError::BodyNotAllowed)
+                    }
+                    Ok(Err(e)) => return Err(ForwardError::Request(format!("request body: {e}"))),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Request::from_parts(parts, pages::full(bytes::Bytes::new()))
+        } else if req.headers().contains_key(header::CONTENT_LENGTH)
             || http_body::Body::is_end_stream(req.body())
         {
             // A declared length (checked against the limit already) is enforced by hyper;
@@ -283,6 +317,7 @@ impl Forwarder {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        aliases::strip_fingerprint(&mut parts.headers);
         self.rewrite_location(&mut parts.headers);
         pages::protect(&mut parts.headers);
         Ok(Response::from_parts(parts, body))

@@ -26,8 +26,11 @@
 //! | Upper- or lower-case hex in escapes | both accepted, decoded identically, re-encoded upper-case |
 //! | Decoded bytes not valid UTF-8 (incl. overlong forms such as `%C0%AE`), path or query | reject `invalid-utf8` |
 //! | Decoded control character (C0, DEL, and C1 U+0080–U+009F; e.g. `%00`, `%0A`, `%C2%85`), path or query | reject `control-character` |
-//! | Decoded Unicode characters that NFKC-normalise to `.` `/` `\` `%` `;` (fullwidth `．／＼％；`, one/two-dot leaders, ellipsis, small forms) in the path | reject `unicode-lookalike` (a normalising backend could turn them into path syntax) |
-//! | Segments made only of dots and spaces other than exactly `.` and `..` (`...`, `.. `, `. .`) | reject `dot-segment-lookalike` (Windows-style backends strip trailing dots/spaces) |
+//! | Decoded non-ASCII segment that NFKC changes, also after lower- or upper-casing (fullwidth `．／＼％；`, vertical forms `︙︰︔`, leaders `․‥…`, small forms, `ſ`, `K`, ligatures) | reject `unicode-lookalike` (rule in [`unicode`]: a normalising backend could turn them into path syntax or another name) |
+//! | Non-ASCII format, separator, private-use or unassigned code point in a segment (NBSP, U+3000, ZWSP, BOM, bidi controls, soft hyphen) | reject `unicode-invisible` |
+//! | Non-ASCII punctuation or symbol in a segment (`¥` is CP932's backslash under Windows best-fit, `∕`, `⁄`) | reject `unicode-punctuation` |
+//! | Segments made only of dots, whitespace, invisible characters and combining marks other than exactly `.` and `..` (`...`, `.. `, `. .`, `..`+U+0301) | reject `dot-segment-lookalike` (Windows-style backends strip trailing dots/spaces); a segment of spaces alone: reject `blank-segment` |
+//! | Non-ASCII query key (after decoding) | reject `non-ascii-query-key`: every case or compatibility variant of an ASCII key is ASCII, so the patient-key comparison sees them all |
 //! | Empty segments (`//`, trailing `/`) | collapsed/dropped; the forwarded path never ends in `/` (except the root `/`) |
 //! | `.` and `..` segments, also when encoded (`%2e`, `%2E.`, `.%2e`, `%2e%2e`) | resolved *after* decoding, like RFC 3986 `remove_dot_segments`; the result is what is matched *and* forwarded |
 //! | `..` climbing above the root (`/..`, `/a/../..`) | reject `dot-segment-escape` |
@@ -41,6 +44,8 @@
 //! | Patient query parameter absent | reject `missing-patient-parameter` |
 //! | Patient query parameter given more than once, keys compared after decoding (`pat%69ent=P2&patient=P1`), or together with a look-alike key (`PATIENT`, `patient[]`, `patient[0]`, `Patient`, and for `patient_id` also `patient.id`, `patient-id`) | reject `duplicate-patient-parameter` |
 //! | Only a look-alike key present (e.g. `PATIENT=P1` on a route expecting `patient`) | reject `lookalike-patient-parameter` |
+//! | A query parameter naming a patient (`[routes] patient_query_keys`, default `patient`, `patient_id`, `pid`; compared loosely) whose value is not exactly the route's patient | reject `patient-parameter-mismatch` (see [`patient_keys`]) |
+//! | Such a parameter on a route without a patient (`no_patient`) | reject `patient-parameter-on-no-patient-route` |
 //! | Route order | first route (config order) whose path matches *and* allows the method wins |
 //! | Path matches some route but no matching route allows the method | `method-not-allowed` (405); `HEAD` is allowed wherever `GET` is |
 //! | Nothing matches | `no-route` (404, default deny) |
@@ -51,6 +56,12 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 
 use crate::ids::PatientId;
 use crate::model::Category;
+
+mod patient_keys;
+mod unicode;
+
+pub use patient_keys::{PatientKeyError, DEFAULT_PATIENT_QUERY_KEYS};
+pub use unicode::{backend_fold, normalising_backend_view};
 
 /// Maximum accepted request-target length in bytes.
 pub const MAX_TARGET_LEN: usize = 4096;
@@ -291,6 +302,8 @@ impl Route {
 #[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Query keys that name a patient: they must agree with the route's patient.
+    patient_keys: patient_keys::PatientKeys,
 }
 
 fn is_literal_char(c: char) -> bool {
@@ -418,10 +431,23 @@ impl RouteTable {
             }
         }
         if errors.is_empty() {
-            Ok(RouteTable { routes })
+            Ok(RouteTable {
+                routes,
+                patient_keys: patient_keys::PatientKeys::default(),
+            })
         } else {
             Err(errors)
         }
+    }
+
+    /// Replaces the query keys that name a patient (default
+    /// [`DEFAULT_PATIENT_QUERY_KEYS`]); each problem comes with the key's index.
+    pub fn with_patient_query_keys(
+        mut self,
+        keys: &[String],
+    ) -> Result<RouteTable, Vec<(usize, PatientKeyError)>> {
+        self.patient_keys = patient_keys::PatientKeys::new(keys)?;
+        Ok(self)
     }
 
     /// Number of routes.
@@ -470,6 +496,7 @@ impl RouteTable {
                     return Err(RouteError::BadTarget("bad-patient-id"));
                 }
             }
+            self.patient_keys.check(patient.as_deref(), &pairs)?;
             return Ok(Target {
                 path: encode_path(&segments),
                 query: serialise_query(&pairs),
@@ -665,26 +692,6 @@ fn strict_decode(raw: &str, plus_is_space: bool) -> Result<Vec<u8>, RouteError> 
     Ok(out)
 }
 
-/// Characters that Unicode compatibility normalisation (NFKC) turns into path syntax.
-fn is_path_syntax_lookalike(c: char) -> bool {
-    matches!(
-        c,
-        '\u{2024}' // ONE DOT LEADER -> "."
-            | '\u{2025}' // TWO DOT LEADER -> ".."
-            | '\u{2026}' // HORIZONTAL ELLIPSIS -> "..."
-            | '\u{FE52}' // SMALL FULL STOP
-            | '\u{FF0E}' // FULLWIDTH FULL STOP
-            | '\u{FF0F}' // FULLWIDTH SOLIDUS
-            | '\u{FE68}' // SMALL REVERSE SOLIDUS
-            | '\u{FF3C}' // FULLWIDTH REVERSE SOLIDUS
-            | '\u{FE6A}' // SMALL PERCENT SIGN
-            | '\u{FF05}' // FULLWIDTH PERCENT SIGN
-            | '\u{FE54}' // SMALL SEMICOLON
-            | '\u{FF1B}' // FULLWIDTH SEMICOLON
-            | '\u{037E}' // GREEK QUESTION MARK -> ";"
-    )
-}
-
 /// Decodes and validates one raw path segment (between slashes).
 fn decode_segment(raw: &str) -> Result<String, RouteError> {
     for b in raw.bytes() {
@@ -709,12 +716,7 @@ fn decode_segment(raw: &str) -> Result<String, RouteError> {
     if s.chars().any(char::is_control) {
         return Err(RouteError::BadTarget("control-character"));
     }
-    if s.chars().any(is_path_syntax_lookalike) {
-        return Err(RouteError::BadTarget("unicode-lookalike"));
-    }
-    if s != "." && s != ".." && !s.is_empty() && s.chars().all(|c| c == '.' || c == ' ') {
-        return Err(RouteError::BadTarget("dot-segment-lookalike"));
-    }
+    unicode::check_segment(&s).map_err(RouteError::BadTarget)?;
     Ok(s)
 }
 
@@ -770,9 +772,13 @@ fn parse_query(raw: &str) -> Result<Vec<(String, String)>, RouteError> {
             return Err(RouteError::BadTarget("control-character"));
         }
     }
-    Ok(form_urlencoded::parse(raw.as_bytes())
+    let pairs: Vec<(String, String)> = form_urlencoded::parse(raw.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect())
+        .collect();
+    for (k, _) in &pairs {
+        unicode::check_query_key(k).map_err(RouteError::BadTarget)?;
+    }
+    Ok(pairs)
 }
 
 fn serialise_query(pairs: &[(String, String)]) -> Option<String> {
@@ -1405,8 +1411,8 @@ mod tests {
                 3,
             ),
             (
-                "/patients/P1/labs?patient=P2",
-                "/patients/P1/labs?patient=P2",
+                "/patients/P1/labs?patient=P1",
+                "/patients/P1/labs?patient=P1",
                 Some("P1"),
                 Some(Labs),
                 0,
@@ -1423,6 +1429,301 @@ mod tests {
             ("/static/a?x=a b", "invalid-character"),
             ("/viewer/images?patient=P1%00", "control-character"),
         ]);
+    }
+
+    /// Art 8.2 (issue 11 item 4): compatibility forms of `.` `..` `/` `\` `;` `%` `?` `#`, dot
+    /// segments with non-ASCII spaces, invisible characters or combining marks, best-fit
+    /// punctuation and case-fold tricks are refused by rule; each case is a look-alike a
+    /// normalising EMR would resolve differently from the gateway.
+    #[test]
+    fn art_8_2_unicode_lookalikes_refused_by_rule() {
+        let enc = |s: &str| -> String {
+            percent_encoding::utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+        };
+        let cases: &[(&str, &str)] = &[
+            ("\u{FE19}", "unicode-lookalike"), // vertical horizontal ellipsis -> "..."
+            ("\u{FE30}", "unicode-lookalike"), // vertical two dot leader -> ".."
+            ("\u{FE52}", "unicode-lookalike"), // small full stop
+            ("\u{FF0E}", "unicode-lookalike"), // fullwidth full stop
+            ("\u{FF0E}\u{FF0E}", "unicode-lookalike"),
+            ("\u{2024}", "unicode-lookalike"), // one dot leader
+            ("\u{2024}\u{2024}", "unicode-lookalike"),
+            ("\u{2025}", "unicode-lookalike"),   // two dot leader
+            ("\u{2026}", "unicode-lookalike"),   // ellipsis
+            ("\u{FF0F}", "unicode-lookalike"),   // fullwidth solidus
+            ("\u{FE68}", "unicode-lookalike"),   // small reverse solidus
+            ("\u{FF3C}", "unicode-lookalike"),   // fullwidth reverse solidus
+            ("x\u{FF1B}y", "unicode-lookalike"), // fullwidth semicolon
+            ("x\u{FE54}y", "unicode-lookalike"), // small semicolon
+            ("x\u{037E}y", "unicode-lookalike"), // Greek question mark -> ";"
+            ("x\u{FE14}y", "unicode-lookalike"), // vertical semicolon
+            ("x\u{FF1F}y", "unicode-lookalike"), // fullwidth question mark
+            ("x\u{FF03}y", "unicode-lookalike"), // fullwidth number sign
+            ("x\u{FF05}y", "unicode-lookalike"), // fullwidth percent
+            ("P\u{FF10}\u{FF10}2", "unicode-lookalike"), // fullwidth digits
+            ("\u{017F}tatic", "unicode-lookalike"), // long s
+            ("\u{212A}", "unicode-lookalike"),   // Kelvin sign
+            ("\u{FB03}", "unicode-lookalike"),   // ffi ligature
+            ("\u{2460}", "unicode-lookalike"),   // circled digit one
+            ("..\u{00A0}", "unicode-invisible"), // no-break space
+            ("..\u{3000}", "unicode-invisible"), // ideographic space
+            ("..\u{2028}", "unicode-invisible"), // line separator
+            ("..\u{200B}", "unicode-invisible"), // zero width space
+            ("\u{FEFF}..", "unicode-invisible"), // BOM
+            (".\u{200D}.", "unicode-invisible"), // zero width joiner
+            ("..\u{00AD}", "unicode-invisible"), // soft hyphen
+            ("a\u{202E}b", "unicode-invisible"), // right-to-left override
+            ("a\u{E000}", "unicode-invisible"),  // private use
+            ("a\u{0378}", "unicode-invisible"),  // unassigned
+            ("..\u{0301}", "dot-segment-lookalike"), // combining acute
+            ("..\u{20DD}", "dot-segment-lookalike"), // enclosing circle
+            ("a\u{00A5}b", "unicode-punctuation"), // yen: backslash in CP932 best fit
+            ("a\u{20A9}b", "unicode-punctuation"), // won: backslash in CP949
+            ("a\u{2215}b", "unicode-punctuation"), // division slash
+            ("a\u{2044}b", "unicode-punctuation"), // fraction slash
+            ("a\u{2027}b", "unicode-punctuation"), // hyphenation point
+            ("a\u{3002}b", "unicode-punctuation"), // ideographic full stop
+        ];
+        for (seg, reason) in cases {
+            for target in [
+                format!("/patients/P1/labs/{}/P2/labs", enc(seg)),
+                format!("/static/{}", enc(seg)),
+                format!("/static/x/{}/..", enc(seg)),
+            ] {
+                match get(&target) {
+                    Ok(t) => panic!("{seg:?} in {target:?} accepted as {t:?}"),
+                    Err(e) => assert_eq!(e.reason(), *reason, "{seg:?} in {target:?}"),
+                }
+            }
+        }
+        // Letters, digits and marks of other scripts stay allowed where a route allows them.
+        for seg in [
+            "\u{691C}\u{67FB}",
+            "\u{30EC}\u{30F3}\u{30C8}\u{30B2}\u{30F3}",
+            "caf\u{E9}",
+        ] {
+            let target = format!("/static/{}", enc(seg));
+            assert!(get(&target).is_ok(), "{seg:?}");
+        }
+    }
+
+    /// Art 8.2 (issue 11 item 4): whatever is accepted, a Unicode-normalising EMR (NFKC, case
+    /// folding, Windows trimming, `\` and `;` as syntax) resolves to the same segments, route
+    /// and patient; checked over look-alike inputs and a pseudo-random mix.
+    #[test]
+    fn art_8_2_accepted_targets_resolve_the_same_in_a_normalising_emr() {
+        const TOKENS: &[&str] = &[
+            "/",
+            "patients",
+            "P1",
+            "P2",
+            "labs",
+            "static",
+            "viewer",
+            "images",
+            ".",
+            "..",
+            "%2e",
+            "%EF%BC%8E",
+            "%EF%B8%99",
+            "%EF%B8%B0",
+            "%E2%80%A4",
+            "%C2%A0",
+            "%E3%80%80",
+            "%E2%80%8B",
+            "%C5%BF",
+            "%E2%84%AA",
+            "%C2%A5",
+            "%E6%A4%9C",
+            "%CC%81",
+            "%20",
+            "x",
+            "?",
+            "&",
+            "=",
+            "patient",
+            "pid",
+            "PID",
+            "patient_id",
+            "pat%C4%B1ent",
+            "%EF%BD%90id",
+        ];
+        let t = table();
+        let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut target = String::from("/");
+            for _ in 0..(next() % 10) {
+                let i = usize::try_from(next() % TOKENS.len() as u64).unwrap_or(0);
+                target.push_str(TOKENS[i]);
+            }
+            let Ok(got) = t.resolve(&Method::GET, &target) else {
+                continue;
+            };
+            accepted += 1;
+            assert_emr_sees_the_same(&t, &target, &got);
+        }
+        assert!(accepted > 100, "only {accepted} accepted");
+    }
+
+    /// The property of the `lookalike` fuzz target, shared with it in spirit.
+    fn assert_emr_sees_the_same(t: &RouteTable, target: &str, got: &Target) {
+        let decoded = percent_encoding::percent_decode_str(&got.path)
+            .decode_utf8()
+            .unwrap_or_else(|e| panic!("{target:?}: forwarded path not UTF-8: {e}"));
+        let view = normalising_backend_view(&decoded)
+            .unwrap_or_else(|| panic!("{target:?}: the EMR climbs above the root"));
+        let ours: Vec<String> = got
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                backend_fold(
+                    &percent_encoding::percent_decode_str(s)
+                        .decode_utf8()
+                        .unwrap_or_default(),
+                )
+            })
+            .collect();
+        // Windows trims trailing dots and spaces: a segment may lose them, never change
+        // otherwise (a segment of nothing else is refused).
+        let trimmed: Vec<String> = ours
+            .iter()
+            .map(|s| {
+                s.trim_end_matches(|c: char| c == '.' || c.is_whitespace())
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(view, trimmed, "{target:?}: the EMR resolves another path");
+        for (k, v) in form_urlencoded::parse(got.query.as_deref().unwrap_or("").as_bytes()) {
+            let folded = loose_key(&backend_fold(&k));
+            if DEFAULT_PATIENT_QUERY_KEYS
+                .iter()
+                .any(|p| loose_key(p) == folded)
+            {
+                assert_eq!(
+                    got.patient.as_deref(),
+                    Some(&*v),
+                    "{target:?}: query names another patient"
+                );
+            }
+        }
+        let again = t.resolve(&Method::GET, &got.path_and_query());
+        assert_eq!(again.as_ref(), Ok(got), "{target:?}");
+    }
+
+    /// Art 8.2 (issue 11 item 5): a query parameter naming a patient (`patient`, `patient_id`,
+    /// `pid`, in any spelling) must be the route's patient; on a route without a patient it is
+    /// refused; the keys are configurable and validated.
+    #[test]
+    fn art_8_2_patient_query_parameter_must_agree_with_the_route() {
+        check_refuses(&[
+            ("/patients/P1/labs?patient=P2", "patient-parameter-mismatch"),
+            ("/patients/P1/labs?x=1&pid=P2", "patient-parameter-mismatch"),
+            (
+                "/patients/P1/labs?Patient_ID=P2",
+                "patient-parameter-mismatch",
+            ),
+            (
+                "/patients/P1/labs?patient-id=P2",
+                "patient-parameter-mismatch",
+            ),
+            (
+                "/patients/P1/labs?PID%5B%5D=P2",
+                "patient-parameter-mismatch",
+            ),
+            (
+                "/patients/P1/labs?pat%69ent=P2",
+                "patient-parameter-mismatch",
+            ),
+            ("/patients/P1/labs?patient=p1", "patient-parameter-mismatch"),
+            (
+                "/patients/P1/labs?patient=P1%20",
+                "patient-parameter-mismatch",
+            ),
+            (
+                "/patients/P1/labs?patient=P1&patient=P2",
+                "patient-parameter-mismatch",
+            ),
+            ("/summary/P1?patient_id=P2", "patient-parameter-mismatch"),
+            (
+                "/viewer/images?patient=P1&pid=P2",
+                "patient-parameter-mismatch",
+            ),
+            (
+                "/static/x?patient=P2",
+                "patient-parameter-on-no-patient-route",
+            ),
+            ("/static/x?PID=P2", "patient-parameter-on-no-patient-route"),
+            ("/?patient_id=P1", "patient-parameter-on-no-patient-route"),
+            // Non-ASCII keys never reach the comparison (item 4).
+            (
+                "/patients/P1/labs?%EF%BD%90atient=P2",
+                "non-ascii-query-key",
+            ),
+            ("/patients/P1/labs?pat%C4%B1ent=P2", "non-ascii-query-key"),
+            ("/patients/P1/labs?%C5%BFid=P2", "non-ascii-query-key"),
+            ("/static/x?pi%E2%84%AA=P2", "non-ascii-query-key"),
+        ]);
+        check_accepts(&[
+            (
+                "/patients/P1/labs?pid=P1&page=2",
+                "/patients/P1/labs?pid=P1&page=2",
+                Some("P1"),
+                Some(Labs),
+                0,
+            ),
+            (
+                "/viewer/images?patient=P1&patient_id=P1",
+                "/viewer/images?patient=P1&patient_id=P1",
+                Some("P1"),
+                Some(Images),
+                2,
+            ),
+            ("/static/x?v=3", "/static/x?v=3", None, None, 3),
+            (
+                "/static/x?t=%E6%A4%9C",
+                "/static/x?t=%E6%A4%9C",
+                None,
+                None,
+                3,
+            ),
+        ]);
+        // A site's own keys replace the defaults.
+        let t = table()
+            .with_patient_query_keys(&["kanja".into(), "emr.patient".into()])
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            t.resolve(&Method::GET, "/patients/P1/labs?KANJA=P2")
+                .map_err(|e| e.reason()),
+            Err("patient-parameter-mismatch")
+        );
+        assert_eq!(
+            t.resolve(&Method::GET, "/static/a?emr_patient=P2")
+                .map_err(|e| e.reason()),
+            Err("patient-parameter-on-no-patient-route")
+        );
+        assert!(t.resolve(&Method::GET, "/static/a?pid=1").is_ok());
+        let errs = table()
+            .with_patient_query_keys(&[
+                "ok".into(),
+                "".into(),
+                "pa tient".into(),
+                "Patient".into(),
+                "p\u{FF41}".into(),
+                "patient".into(),
+                "--".into(),
+            ])
+            .err()
+            .unwrap_or_default();
+        let idx: Vec<usize> = errs.iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, vec![1, 2, 4, 5, 6], "{errs:?}");
     }
 
     #[test]

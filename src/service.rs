@@ -216,11 +216,15 @@ pub async fn handle(
     let now = gate.clock.now();
     let live = gate.live();
     let method = req.method().clone();
+    // An authority-form target (`CONNECT host:443`) has no path: it is routed (and refused,
+    // `not-origin-form`) as written, never as `/`.
     let raw_target = req
         .uri()
         .path_and_query()
         .map(|pq| pq.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
+        .unwrap_or_else(|| req.uri().to_string());
+    // What the audit names when the target is refused before routing (issue 11 item 10).
+    let received = received_target(req.version(), req.uri());
     let wants_html = accepts_html(req.headers());
 
     // The stages that hold large futures (sign-in, the EMR call) are boxed: hyper keeps a slot
@@ -231,18 +235,17 @@ pub async fn handle(
         Verdict::Allow => "allowed",
         Verdict::Deny(r) => r.reason(),
     });
-    // A refused identity is still named in the audit as far as the registry knows it.
+    // A refused request is still named in the audit as far as the registry knows its
+    // credential: refused identities, and requests refused before the identity was resolved
+    // (framing, absolute-form: issue 11 item 10).
     let (terminal, physician) = match (&d.who, &d.verdict) {
         (Some(w), _) => (Some(w.terminal.name.clone()), Some(w.physician.id.clone())),
-        (None, Verdict::Deny(Refusal::Identity(_))) => {
-            identity::describe(&gate.store, &peer.credential.fingerprint)
-        }
         // A site system asserts physicians; the certificate's registered owner is not one.
         (None, Verdict::Deny(Refusal::SiteSystem(_))) => (
             identity::describe(&gate.store, &peer.credential.fingerprint).0,
             None,
         ),
-        (None, _) => (None, None),
+        (None, _) => identity::describe(&gate.store, &peer.credential.fingerprint),
     };
     let record = RequestRecord {
         time: clock::rfc3339(now),
@@ -256,7 +259,7 @@ pub async fn handle(
             .target
             .as_ref()
             .map(|t| t.path_and_query())
-            .unwrap_or_else(|| truncate(&raw_target, 2048)),
+            .unwrap_or(received),
         patient: d.target.as_ref().and_then(|t| t.patient.clone()),
         category: d
             .target
@@ -465,7 +468,31 @@ fn framing_refusal(req: &Request<Incoming>, limits: &Limits) -> Option<Refusal> 
     if req.headers().len() > limits.max_headers {
         return Some(Refusal::HeadersTooLarge);
     }
+    if crate::forward::carries_no_body(req.method())
+        && content_length(req.headers()).is_some_and(|n| n > 0)
+    {
+        return Some(Refusal::BadRequest(BODY_ON_BODYLESS_METHOD));
+    }
     None
+}
+
+/// Audit reason of a request body on a method that carries none (issue 11 item 2).
+pub const BODY_ON_BODYLESS_METHOD: &str = "body-on-bodyless-method";
+
+/// The request-target as the client sent it, for the audit of a request refused before
+/// routing: HTTP/1's absolute-form and authority-form whole (`path_and_query` would make them
+/// `/`), HTTP/2's `:path`; bytes outside printable ASCII percent-encoded; at most 2048 bytes.
+fn received_target(version: http::Version, uri: &http::Uri) -> String {
+    let text = match (version < http::Version::HTTP_2, uri.path_and_query()) {
+        (false, Some(pq)) => pq.as_str().to_string(),
+        _ => uri.to_string(),
+    };
+    const ESCAPE: &percent_encoding::AsciiSet =
+        &percent_encoding::CONTROLS.add(b' ').add(b'"').add(b'\\');
+    truncate(
+        &percent_encoding::utf8_percent_encode(&text, ESCAPE).to_string(),
+        2048,
+    )
 }
 
 /// The request's declared body length (hyper has already refused conflicting values).
@@ -603,6 +630,9 @@ async fn forward(
             let (kind, refusal) = match e {
                 // The client's streamed body outgrew the route's limit: not the EMR's fault.
                 ForwardError::BodyTooLarge => return Err(Refusal::BodyTooLarge),
+                ForwardError::BodyNotAllowed => {
+                    return Err(Refusal::BadRequest(BODY_ON_BODYLESS_METHOD))
+                }
                 ForwardError::Timeout(_) => ("timeout", Refusal::UpstreamTimeout),
                 ForwardError::Connect(_) | ForwardError::Request(_) => {
                     ("connect", Refusal::UpstreamUnreachable)

@@ -124,3 +124,56 @@ fn mapped_ipv4_addresses_are_matched_as_ipv4() {
     assert!(in_networks(&nets, mapped));
     assert!(!in_networks(&nets, "::ffff:198.51.100.1".parse().unwrap()));
 }
+
+/// Issue 11 items 3 and 5: `[upstream] strip_headers` and `[routes] patient_query_keys` are
+/// validated at load, each bad entry named by its key and index; good ones take effect.
+#[test]
+fn art_12_7_strip_headers_and_art_8_2_patient_query_keys_are_validated() {
+    let good = VALID.replace(
+        "private = [\"10.20.0.0/16\"]\n",
+        "private = [\"10.20.0.0/16\"]\nstrip_headers = [\"X-EMR-User\", \"x-emr-ctx-*\"]\n",
+    ) + "\n[routes]\npatient_query_keys = [\"kanja_id\"]\n";
+    let c = parse(&good).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.upstream.strip_headers.matches("X_EMR_USER"));
+    assert!(c.upstream.strip_headers.matches("x-emr-ctx-patient"));
+    assert!(c.upstream.strip_headers.matches("x-original-url"));
+    assert_eq!(
+        c.routes
+            .resolve(&http::Method::GET, "/static/a?Kanja-ID=P1")
+            .map_err(|e| e.reason()),
+        Err("patient-parameter-on-no-patient-route")
+    );
+    assert!(c
+        .routes
+        .resolve(&http::Method::GET, "/static/a?pid=P1")
+        .is_ok());
+
+    let bad = VALID.replace(
+        "private = [\"10.20.0.0/16\"]\n",
+        "private = [\"10.20.0.0/16\"]\nstrip_headers = [\"ok\", \"*\"]\n",
+    ) + "\n[routes]\npatient_query_keys = [\"pid\", \"p id\", \"PID\"]\n";
+    let p = problems(&bad);
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("upstream.strip_headers[1]:")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("routes.patient_query_keys[1]:")),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("routes.patient_query_keys[2]:")),
+        "{p:?}"
+    );
+    let unknown = VALID.to_string() + "\n[routes]\npatient_keys = [\"pid\"]\n";
+    assert!(
+        problems(&unknown)
+            .iter()
+            .any(|m| m.contains("patient_keys")),
+        "{:?}",
+        problems(&unknown)
+    );
+}
