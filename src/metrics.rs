@@ -58,6 +58,50 @@ pub struct Metrics {
     /// Configuration reloads (SIGHUP) by result.
     pub reloads: IntCounterVec,
     pub up: IntGauge,
+    /// Issue 11 items 7, 8, 11: see [`FloodMetrics`].
+    pub flood: FloodMetrics,
+}
+
+/// Refusals counted into summaries instead of written one by one, and the handshake budget.
+#[derive(Clone)]
+pub struct FloodMetrics {
+    /// Refusals not written one by one (kind: request, connection); each is in a summary.
+    pub refusals_suppressed: IntCounterVec,
+    /// Suppression summary records written.
+    pub suppression_summaries: IntCounter,
+    /// Handshakes in progress (the `max_handshakes` budget).
+    pub handshakes_pending: IntGauge,
+}
+
+impl FloodMetrics {
+    fn new(registry: &Registry) -> Result<FloodMetrics, prometheus::Error> {
+        let refusals_suppressed = IntCounterVec::new(
+            Opts::new(
+                "audit_refusals_suppressed_total",
+                "Refusals beyond the per-terminal and per-source audit rate, counted into a summary record instead of written one by one.",
+            ),
+            &["kind"],
+        )?;
+        let suppression_summaries = IntCounter::new(
+            "audit_suppression_summaries_total",
+            "Summary records of suppressed refusals written to the audit.",
+        )?;
+        let handshakes_pending = IntGauge::new(
+            "handshakes_pending",
+            "TLS handshakes in progress (bounded by limits.max_handshakes).",
+        )?;
+        registry.register(Box::new(refusals_suppressed.clone()))?;
+        registry.register(Box::new(suppression_summaries.clone()))?;
+        registry.register(Box::new(handshakes_pending.clone()))?;
+        for kind in ["request", "connection"] {
+            refusals_suppressed.with_label_values(&[kind]);
+        }
+        Ok(FloodMetrics {
+            refusals_suppressed,
+            suppression_summaries,
+            handshakes_pending,
+        })
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -239,6 +283,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let flood = FloodMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -269,6 +314,7 @@ impl Metrics {
             wg_tx_bytes,
             wg_dropped,
             up,
+            flood,
         })
     }
 

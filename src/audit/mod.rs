@@ -59,9 +59,11 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 mod index;
+mod refusal;
 
 use index::LineKey;
 pub use index::{patient_key, IndexError, INDEX_FILE};
+pub use refusal::{ConnectionRecord, SuppressedRecord};
 
 /// Name of the audit log inside the audit directory.
 pub const LOG_FILE: &str = "audit.log";
@@ -204,8 +206,19 @@ enum BodyOut<'a> {
         status: u16,
         bytes: u64,
         duration_us: u64,
+        /// How the exchange ended when not normally: `"client-closed"` (issue 11 item 9).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        end: Option<&'a str>,
     },
+    Connection(&'a ConnectionRecord),
+    Suppressed(&'a SuppressedRecord),
 }
+
+/// `end` of an outcome whose client went away before the response was complete.
+pub const CLIENT_CLOSED: &str = "client-closed";
+/// `status` of such an outcome when no response head had been sent (nginx's "client closed
+/// request"); when the head had been sent, the status sent stays.
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
 
 fn hex_sha256(parts: &[&[u8]]) -> [u8; 64] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -307,6 +320,8 @@ fn check_line(
             Some(rid) if rid >= 1 && rid < seq => LineKey::Outcome(rid),
             _ => return Err(bad("outcome without a valid earlier rid".into())),
         },
+        // Connection refusals and suppression summaries name no patient.
+        "connection" | "suppressed" => LineKey::Request(0),
         other => return Err(bad(format!("unknown kind {other:?}"))),
     };
     Ok((computed, key))
@@ -1144,11 +1159,18 @@ impl AuditLog {
     /// Appends an outcome line for request `rid`; fire-and-forget (durable
     /// with the next batch).  Never blocks.
     pub fn outcome(&self, rid: u64, outcome: Outcome) {
+        self.outcome_end(rid, outcome, None);
+    }
+
+    /// [`AuditLog::outcome`] of an exchange that ended otherwise than normally (`end`, e.g.
+    /// [`CLIENT_CLOSED`]); fire-and-forget like it.
+    pub fn outcome_end(&self, rid: u64, outcome: Outcome, end: Option<&str>) {
         let body = BodyOut::Outcome {
             rid,
             status: outcome.status,
             bytes: outcome.bytes,
             duration_us: outcome.duration_us,
+            end,
         };
         let body = match serde_json::to_vec(&body) {
             Ok(b) => b,
@@ -1168,6 +1190,34 @@ impl AuditLog {
             .is_err()
         {
             tracing::error!(rid, "audit: outcome after close, not recorded");
+        }
+    }
+
+    /// Appends a connection refusal line; fire-and-forget (durable with the next batch).
+    pub fn connection(&self, rec: &ConnectionRecord) {
+        self.append_unacked(&BodyOut::Connection(rec), "connection");
+    }
+
+    /// Appends a suppression summary line; fire-and-forget (durable with the next batch).
+    pub fn suppressed(&self, rec: &SuppressedRecord) {
+        self.append_unacked(&BodyOut::Suppressed(rec), "suppressed");
+    }
+
+    fn append_unacked(&self, body: &BodyOut<'_>, what: &str) {
+        let body = match serde_json::to_vec(body) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, what, "audit: could not encode a record");
+                return;
+            }
+        };
+        let cmd = Cmd::Append {
+            body,
+            key: LineKey::Request(0),
+            reply: None,
+        };
+        if self.inner.tx.send(cmd).is_err() {
+            tracing::error!(what, "audit: record after close, not recorded");
         }
     }
 
@@ -1237,6 +1287,9 @@ pub struct QueryRow {
     pub status: Option<u16>,
     pub bytes: Option<u64>,
     pub duration_us: Option<u64>,
+    /// `"client-closed"` when the client went away before the response was complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1252,6 +1305,8 @@ struct OutcomeLine {
     status: u16,
     bytes: u64,
     duration_us: u64,
+    #[serde(default)]
+    end: Option<String>,
 }
 
 /// Parses a query time argument: RFC 3339, or a bare date `YYYY-MM-DD`
@@ -1353,6 +1408,7 @@ impl<'f> QueryState<'f> {
             status: None,
             bytes: None,
             duration_us: None,
+            end: None,
         });
     }
 
@@ -1361,6 +1417,7 @@ impl<'f> QueryState<'f> {
             row.status = Some(o.status);
             row.bytes = Some(o.bytes);
             row.duration_us = Some(o.duration_us);
+            row.end = o.end.clone();
         }
     }
 
@@ -1398,6 +1455,8 @@ impl<'f> QueryState<'f> {
                 let o: OutcomeLine = serde_json::from_slice(line).map_err(corrupt)?;
                 self.join_outcome(&o);
             }
+            // Connection refusals and suppression summaries are not request rows.
+            "connection" | "suppressed" => {}
             other => {
                 return Err(AuditError::Corrupt {
                     line: line_no,
