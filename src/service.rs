@@ -353,6 +353,18 @@ pub async fn handle(
             guard.disarm();
             match forwarded {
                 Ok(resp) => return Ok(resp),
+                // The client went away mid-body: its outcome says so (issue 11 item 9).
+                Err(Refusal::BadRequest(CLIENT_CLOSED)) => {
+                    let resp = pages::refusal(&Refusal::BadRequest(CLIENT_CLOSED), &live.site);
+                    let resp = count_and_time(&gate, &peer, started, "deny", CLIENT_CLOSED, resp);
+                    ClientClosedGuard {
+                        audit: gate.audit.clone(),
+                        rid: Some(rid),
+                        started,
+                    }
+                    .write(CLIENT_CLOSED_STATUS, 0);
+                    return Ok(resp);
+                }
                 Err(r) => {
                     let resp = pages::refusal(&r, &live.site);
                     return Ok(finish(
@@ -716,10 +728,13 @@ async fn forward(
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "upstream failed");
+            if !matches!(e, ForwardError::ClientBody(_)) {
+                tracing::warn!(error = %e, "upstream failed");
+            }
             let (kind, refusal) = match e {
                 // The client's streamed body outgrew the route's limit: not the EMR's fault.
                 ForwardError::BodyTooLarge => return Err(Refusal::BodyTooLarge),
+                ForwardError::ClientBody(_) => return Err(Refusal::BadRequest(CLIENT_CLOSED)),
                 ForwardError::Timeout(_) => ("timeout", Refusal::UpstreamTimeout),
                 ForwardError::Connect(_) | ForwardError::Request(_) => {
                     ("connect", Refusal::UpstreamUnreachable)
