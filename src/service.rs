@@ -392,13 +392,20 @@ pub async fn handle(
 }
 
 /// Marks a response after which the connection is closed (HTTP/1: no keep-alive; HTTP/2:
-/// GOAWAY): a revoked or unknown terminal gets its refusal and no connection to repeat it on
+/// GOAWAY): a revoked, expired or unknown terminal gets its refusal and no connection to repeat
+/// it on
 /// (issue 11 item 8). The listener acts on it (`crate::listener::serve_peer`).
 #[derive(Debug, Clone, Copy)]
 pub struct CloseConnection;
 
 fn close_if_identity(r: &Refusal, mut resp: Response<Body>) -> Response<Body> {
-    if matches!(r, Refusal::Identity(_)) {
+    use crate::identity::IdentityRefusal as I;
+    // The terminal itself is refused: no keep-alive. A suspended physician's terminal keeps its
+    // connection (refused per request until the physician is resumed, art 4).
+    if matches!(
+        r,
+        Refusal::Identity(I::UnknownTerminal | I::TerminalRevoked | I::TerminalExpired)
+    ) {
         resp.extensions_mut().insert(CloseConnection);
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
