@@ -210,6 +210,17 @@ struct RawLimits {
     max_headers: Option<usize>,
     #[serde(default)]
     max_body_bytes: Option<u64>,
+    /// Issue 11 items 7, 8, 11: handshake budget and refusal audit rate (see [`FloodLimits`]).
+    #[serde(default)]
+    max_handshakes: Option<usize>,
+    #[serde(default)]
+    max_handshakes_per_source: Option<usize>,
+    #[serde(default)]
+    refusal_audit_rate: Option<f64>,
+    #[serde(default)]
+    refusal_audit_burst: Option<u32>,
+    #[serde(default)]
+    refusal_summary_interval_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -383,6 +394,87 @@ pub struct Limits {
     pub max_headers: usize,
     /// Request body size where a route sets no `max_body_bytes` (413 beyond).
     pub max_body_bytes: u64,
+    /// The handshake budget and the refusal audit rate (issue 11 items 7, 8, 11).
+    pub flood: FloodLimits,
+}
+
+/// Limits against floods of unauthenticated connections and of refusals (`[limits]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FloodLimits {
+    /// Handshakes in progress across all listeners and the tunnel (`max_handshakes`); a
+    /// connection takes a `max_connections` slot only once its handshake is verified. When
+    /// the budget is full the oldest pending handshake is dropped for the new one.
+    pub max_handshakes: usize,
+    /// Handshakes in progress from one source address (an IPv6 /64 counts as one); beyond
+    /// it the source's own oldest pending handshake is dropped.
+    pub max_handshakes_per_source: usize,
+    /// Refusals written to the audit one by one, per terminal and per source address:
+    /// a token bucket refilled at `refusal_audit_rate` per second up to `refusal_audit_burst`.
+    pub refusal_audit_rate: f64,
+    pub refusal_audit_burst: u32,
+    /// How often the refusals beyond the rate are written as one summary record each.
+    pub refusal_summary_interval: Duration,
+}
+
+impl Default for FloodLimits {
+    fn default() -> FloodLimits {
+        FloodLimits {
+            max_handshakes: 256,
+            max_handshakes_per_source: 32,
+            refusal_audit_rate: 1.0,
+            refusal_audit_burst: 20,
+            refusal_summary_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[limits]`' flood keys, validated (each problem names its key).
+fn validate_flood_limits(raw: &RawLimits, problems: &mut Vec<String>) -> FloodLimits {
+    let d = FloodLimits::default();
+    let f = FloodLimits {
+        max_handshakes: raw.max_handshakes.unwrap_or(d.max_handshakes),
+        max_handshakes_per_source: raw
+            .max_handshakes_per_source
+            .unwrap_or(d.max_handshakes_per_source),
+        refusal_audit_rate: raw.refusal_audit_rate.unwrap_or(d.refusal_audit_rate),
+        refusal_audit_burst: raw.refusal_audit_burst.unwrap_or(d.refusal_audit_burst),
+        refusal_summary_interval: raw
+            .refusal_summary_interval_ms
+            .map_or(d.refusal_summary_interval, Duration::from_millis),
+    };
+    if !(1..=100_000).contains(&f.max_handshakes) {
+        problems.push(format!(
+            "limits.max_handshakes: {} must be between 1 and 100000",
+            f.max_handshakes
+        ));
+    }
+    if f.max_handshakes_per_source == 0 || f.max_handshakes_per_source > f.max_handshakes {
+        problems.push(format!(
+            "limits.max_handshakes_per_source: {} must be between 1 and max_handshakes ({})",
+            f.max_handshakes_per_source, f.max_handshakes
+        ));
+    }
+    if !(f.refusal_audit_rate.is_finite() && (0.001..=10_000.0).contains(&f.refusal_audit_rate)) {
+        problems.push(format!(
+            "limits.refusal_audit_rate: {} must be between 0.001 and 10000 (refusals per second)",
+            f.refusal_audit_rate
+        ));
+    }
+    if !(1..=100_000).contains(&f.refusal_audit_burst) {
+        problems.push(format!(
+            "limits.refusal_audit_burst: {} must be between 1 and 100000",
+            f.refusal_audit_burst
+        ));
+    }
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600))
+        .contains(&f.refusal_summary_interval)
+    {
+        problems.push(format!(
+            "limits.refusal_summary_interval_ms: {} must be between 100 and 3600000",
+            f.refusal_summary_interval.as_millis()
+        ));
+    }
+    f
 }
 
 /// True when `ip` lies inside one of `nets`.
@@ -599,6 +691,7 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         max_header_bytes: raw.limits.max_header_bytes.unwrap_or(64 * 1024),
         max_headers: raw.limits.max_headers.unwrap_or(100),
         max_body_bytes: raw.limits.max_body_bytes.unwrap_or(1024 * 1024),
+        flood: validate_flood_limits(&raw.limits, problems),
     };
     if limits.handshake_timeout.is_zero() {
         problems.push("limits.handshake_timeout_ms: must be at least 1".into());

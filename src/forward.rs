@@ -47,6 +47,10 @@ pub enum ForwardError {
     /// A request body on a method that carries none ([`carries_no_body`]).
     #[error("a request body on a method that carries none")]
     BodyNotAllowed,
+    /// The client's request body failed while it was being read or forwarded: the client went
+    /// away mid-body (issue 11 item 9). Not the EMR's fault.
+    #[error("the client's request body ended early: {0}")]
+    ClientBody(String),
 }
 
 /// Methods whose requests carry no body (RFC 9110: GET, HEAD, DELETE, OPTIONS and TRACE
@@ -290,7 +294,7 @@ impl Forwarder {
                     ))
                 }
                 Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(ForwardError::BodyTooLarge),
-                Ok(Err(e)) => return Err(ForwardError::Request(format!("request body: {e}"))),
+                Ok(Err(e)) => return Err(ForwardError::ClientBody(e.to_string())),
                 Ok(Ok(c)) => c.to_bytes(),
             };
             parts
@@ -306,10 +310,14 @@ impl Forwarder {
                 if is_length_limit(&e) {
                     return Err(ForwardError::BodyTooLarge);
                 }
+                let client_body = is_client_body(&e);
                 while let Some(s) = src {
                     msg.push_str(": ");
                     msg.push_str(&s.to_string());
                     src = s.source();
+                }
+                if client_body {
+                    return Err(ForwardError::ClientBody(msg));
                 }
                 return Err(ForwardError::Connect(msg));
             }
@@ -347,6 +355,23 @@ impl Forwarder {
             h.insert(header::LOCATION, v);
         }
     }
+}
+
+/// True when a client error was caused by the body we gave it, the client's request body
+/// (hyper: an error "from user's Body stream" whose cause is the incoming body's own error).
+fn is_client_body(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    for _ in 0..16 {
+        let Some(err) = cur else { return false };
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            // A user error with a cause: the cause came out of our body, the client's.
+            if h.is_user() && std::error::Error::source(h).is_some() {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// True when a client error was caused by the request body's length limit.

@@ -16,6 +16,8 @@
 //! ## Layout
 //!
 //! * [`listener`]: accept, source allow-list, TLS handshake, HTTP/1.1 + HTTP/2 serving.
+//! * [`handshake`]: the budget of handshakes in progress (apart from the connection slots).
+//! * [`refusals`]: refusals written to the audit at a bounded rate, the rest summarised.
 //! * [`tls`]: the mutual-TLS server configuration and the peer's certificate identity.
 //! * [`wireguard`]: the WireGuard ingress: one UDP socket, boringtun per peer, smoltcp TCP →
 //!   streams that carry the peer's identity; only the gateway's tunnel address and ports answer.
@@ -56,6 +58,7 @@ pub mod filecheck;
 pub mod firewall;
 pub mod forward;
 pub mod fsmode;
+pub mod handshake;
 pub mod identity;
 pub mod ids;
 pub mod init;
@@ -64,6 +67,7 @@ pub mod metrics;
 pub mod model;
 pub mod pages;
 pub mod pki;
+pub mod refusals;
 pub mod route;
 pub mod server;
 pub mod service;

@@ -3,10 +3,16 @@
 //! handshake (art 12.1, 12.3) within a time limit, and serve HTTP/1.1 or HTTP/2 on it with the
 //! one request service, the peer's certificate as the connection's identity.
 //!
-//! Limits applied here (all from `[limits]`): the handshake timeout, the request-head size and
-//! field count and the HTTP/1 head read timeout (slowloris) via hyper, the idle timeout (no
-//! byte moved for `idle_timeout`: closed gracefully), connections in total (closed at accept)
-//! and per terminal credential (answered with a 429 page, then closed).
+//! Limits applied here (all from `[limits]`): the handshake timeout and the handshake budget
+//! (`max_handshakes`, see [`crate::handshake`]), the request-head size and field count and the
+//! HTTP/1 head read timeout (slowloris) via hyper, the idle timeout (no byte moved for
+//! `idle_timeout`: closed gracefully), connections in total (a slot taken only once the
+//! handshake is verified; closed without one) and per terminal credential (answered with a
+//! 429 page, then closed).
+//!
+//! Every connection refused before a request (allow-list, handshake failure, timeout or
+//! eviction, connection limits) is counted, logged at INFO and written to the audit as a
+//! `connection` record, at the rate [`crate::refusals`] allows (the rest summarised).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,11 +34,14 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
+use crate::audit::ConnectionRecord;
 use crate::config::{in_networks, Limits, Listener, ListenerKind};
 use crate::decision::Refusal;
+use crate::handshake::Ticket;
 use crate::identity::ConnIdentity;
 use crate::pages;
-use crate::service::{self, Gate, Ingress, Peer};
+use crate::refusals::{Kind, Subject};
+use crate::service::{self, Credential, Gate, Ingress, Peer};
 use crate::shutdown::Shutdown;
 use crate::tls;
 
@@ -68,23 +77,20 @@ impl MtlsListener {
                     continue;
                 }
             };
+            let ingress = match self.config.kind {
+                ListenerKind::Terminal => Ingress::Mtls,
+                ListenerKind::SiteSystem => Ingress::Site,
+            };
             if !in_networks(&self.config.allow, addr.ip()) {
-                gate.metrics
-                    .refused_connections
-                    .with_label_values(&[&name, "source-not-allowed"])
-                    .inc();
-                tracing::info!(client = %addr, listener = %name, "source address not allowed: closed before the handshake");
                 drop(stream);
+                refused_connection(&gate, ingress, &name, addr, "source-not-allowed", None);
                 continue;
             }
-            let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-                gate.metrics
-                    .refused_connections
-                    .with_label_values(&[&name, "connection-limit"])
-                    .inc();
-                drop(stream);
-                continue;
-            };
+            // Only a verified handshake takes a connection slot (below); until then the
+            // connection holds a place in the handshake budget, which never refuses a newcomer
+            // but drops the oldest pending handshake (issue 11 item 7).
+            let ticket = gate.handshakes.admit(addr.ip());
+            let slots = self.slots.clone();
             let _ = stream.set_nodelay(true);
             let acceptor = TlsAcceptor::from(self.tls.load_full());
             let gate = gate.clone();
@@ -97,8 +103,7 @@ impl MtlsListener {
             // The handshake runs boxed, its locals end before the connection is served, and
             // the serving state is boxed per protocol (see `serve_peer`).
             tokio::spawn(async move {
-                let _slot = slot;
-                let serving = {
+                let (slot, serving) = {
                     let handshake = Box::pin(handshake(
                         acceptor,
                         stream,
@@ -107,20 +112,36 @@ impl MtlsListener {
                         &gate,
                         &name,
                         handshake_timeout,
+                        ticket,
                     ));
                     let Some((peer, tls, http2)) = handshake.await else {
                         return;
                     };
-                    serve_peer(gate, peer, tls, http2, &gate_limits, &name, conn_shutdown)
+                    let Ok(slot) = slots.try_acquire_owned() else {
+                        refused_connection(
+                            &gate,
+                            peer.ingress,
+                            &name,
+                            addr,
+                            "connection-limit",
+                            Some(&peer.credential),
+                        );
+                        return;
+                    };
+                    let serving =
+                        serve_peer(gate, peer, tls, http2, &gate_limits, &name, conn_shutdown);
+                    (slot, serving)
                 };
                 serving.await;
+                drop(slot);
             });
         }
     }
 }
 
-/// The mutual-TLS handshake within its time limit, and the identity it proves; `None` (counted
-/// in the metrics) when it fails.
+/// The mutual-TLS handshake within its time limit and its place in the handshake budget, and
+/// the identity it proves; `None` (counted, logged and audited) when it fails.
+#[allow(clippy::too_many_arguments)]
 async fn handshake(
     acceptor: TlsAcceptor,
     stream: tokio::net::TcpStream,
@@ -129,32 +150,35 @@ async fn handshake(
     gate: &Gate,
     listener: &str,
     timeout: Duration,
+    ticket: Ticket,
 ) -> Option<(
     Peer,
     tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     bool,
 )> {
-    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Err(_) => {
-            count_handshake(gate, listener, "timeout");
-            return None;
-        }
-        Ok(Err(e)) => {
-            count_handshake(gate, listener, handshake_failure(&e));
-            tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
-            return None;
-        }
-        Ok(Ok(s)) => s,
-    };
-    let Some(cert) = tls::peer_identity(tls.get_ref().1.peer_certificates()) else {
-        count_handshake(gate, listener, "no-client-certificate");
-        return None;
-    };
-    count_handshake(gate, listener, "ok");
     let ingress = match kind {
         ListenerKind::Terminal => Ingress::Mtls,
         ListenerKind::SiteSystem => Ingress::Site,
     };
+    let accepted = budgeted(gate, ticket, timeout, acceptor.accept(stream)).await;
+    let refused = |reason: &'static str| {
+        count_handshake(gate, listener, reason);
+        refused_connection(gate, ingress, listener, addr, reason, None);
+        None
+    };
+    let tls = match accepted {
+        Budgeted::Evicted => return refused("evicted"),
+        Budgeted::TimedOut => return refused("timeout"),
+        Budgeted::Done(Err(e)) => {
+            tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
+            return refused(handshake_failure(&e));
+        }
+        Budgeted::Done(Ok(s)) => s,
+    };
+    let Some(cert) = tls::peer_identity(tls.get_ref().1.peer_certificates()) else {
+        return refused("no-client-certificate");
+    };
+    count_handshake(gate, listener, "ok");
     let peer = Peer {
         ingress,
         addr,
@@ -162,6 +186,93 @@ async fn handshake(
     };
     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     Some((peer, tls, http2))
+}
+
+/// How a handshake within the budget ended.
+pub enum Budgeted<T> {
+    Done(T),
+    TimedOut,
+    /// Dropped from the handshake budget for a newer connection.
+    Evicted,
+}
+
+/// Runs `handshake` holding `ticket` (its place in the budget, given back when this returns),
+/// within `timeout`, unless the budget drops it first.
+pub async fn budgeted<F: Future>(
+    gate: &Gate,
+    mut ticket: Ticket,
+    timeout: Duration,
+    handshake: F,
+) -> Budgeted<F::Output> {
+    gate.metrics
+        .flood
+        .handshakes_pending
+        .set(i64::try_from(gate.handshakes.pending()).unwrap_or(i64::MAX));
+    let r = tokio::select! {
+        r = tokio::time::timeout(timeout, handshake) => match r {
+            Ok(done) => Budgeted::Done(done),
+            Err(_) => Budgeted::TimedOut,
+        },
+        _ = ticket.evicted() => Budgeted::Evicted,
+    };
+    drop(ticket);
+    gate.metrics
+        .flood
+        .handshakes_pending
+        .set(i64::try_from(gate.handshakes.pending()).unwrap_or(i64::MAX));
+    r
+}
+
+/// A connection refused before any request: counted (`refused_connections_total` for the
+/// causes that are not handshake results), then logged at INFO and written to the audit as a
+/// `connection` record, or counted into the next suppression summary beyond the rate.
+pub fn refused_connection(
+    gate: &Gate,
+    ingress: Ingress,
+    listener: &str,
+    client: std::net::SocketAddr,
+    reason: &'static str,
+    credential: Option<&Credential>,
+) {
+    if matches!(
+        reason,
+        "source-not-allowed" | "connection-limit" | "terminal-connection-limit"
+    ) {
+        gate.metrics
+            .refused_connections
+            .with_label_values(&[listener, reason])
+            .inc();
+    }
+    let now = gate.clock.now();
+    let terminal =
+        credential.and_then(|c| crate::identity::describe(&gate.store, &c.fingerprint).0);
+    let who = Subject {
+        ingress: ingress.as_str(),
+        source: client.ip(),
+        fingerprint: credential.map(|c| c.fingerprint.as_str()),
+        terminal: terminal.as_deref(),
+        cn: credential.and_then(|c| c.cn.as_deref()),
+    };
+    if !gate.refusals.admit(Kind::Connection, &who, reason, now) {
+        gate.metrics
+            .flood
+            .refusals_suppressed
+            .with_label_values(&["connection"])
+            .inc();
+        return;
+    }
+    tracing::info!(%client, listener, reason, terminal = terminal.as_deref().unwrap_or("-"), "connection refused");
+    gate.audit.connection(&ConnectionRecord {
+        time: crate::clock::rfc3339(now),
+        site: gate.live().site.id.clone(),
+        ingress: ingress.as_str().to_string(),
+        listener: listener.to_string(),
+        client: client.to_string(),
+        reason: reason.to_string(),
+        terminal,
+        cn: credential.and_then(|c| c.cn.clone()),
+        serial: credential.and_then(|c| c.serial.clone()),
+    });
 }
 
 fn count_handshake(gate: &Gate, listener: &str, result: &str) {
@@ -219,11 +330,14 @@ where
         &peer.credential.fingerprint,
         limits.max_connections_per_terminal,
     ) else {
-        gate.metrics
-            .refused_connections
-            .with_label_values(&[listener, "terminal-connection-limit"])
-            .inc();
-        tracing::warn!(client = %addr, listener, "terminal connection limit reached: answered 429 and closed");
+        refused_connection(
+            &gate,
+            peer.ingress,
+            listener,
+            addr,
+            "terminal-connection-limit",
+            Some(&peer.credential),
+        );
         return Either::Left(Box::pin(refuse_connection(gate, io, limits)));
     };
     let conns = gate
@@ -233,8 +347,19 @@ where
     conns.inc();
     let peer = Arc::new(peer);
     let identity = Arc::new(ConnIdentity::default());
-    let svc =
-        service_fn(move |req| service::handle(gate.clone(), peer.clone(), identity.clone(), req));
+    // A response marked `CloseConnection` (a revoked or unknown terminal) ends the connection
+    // once it is sent (issue 11 item 8).
+    let close = Arc::new(tokio::sync::Notify::new());
+    let close_on = close.clone();
+    let svc = service_fn(move |req| {
+        handle_then_close(
+            gate.clone(),
+            peer.clone(),
+            identity.clone(),
+            req,
+            close_on.clone(),
+        )
+    });
     let io = TokioIo::new(Tracked::new(io));
     let activity = io.inner().activity();
     let idle = limits.idle_timeout;
@@ -248,14 +373,33 @@ where
     Either::Right(Box::pin(async move {
         let _terminal_slot = terminal_slot;
         let result = match conn {
-            Either::Left(c) => drive(c, shutdown, &activity, idle, addr).await,
-            Either::Right(c) => drive(c, shutdown, &activity, idle, addr).await,
+            Either::Left(c) => drive(c, shutdown, &activity, idle, addr, &close).await,
+            Either::Right(c) => drive(c, shutdown, &activity, idle, addr, &close).await,
         };
         if let Err(e) = result {
             tracing::debug!(client = %addr, error = %e, "connection ended with an error");
         }
         conns.dec();
     }))
+}
+
+/// The request service, then the connection's end when the answer asks for it.
+async fn handle_then_close(
+    gate: Arc<Gate>,
+    peer: Arc<Peer>,
+    identity: Arc<ConnIdentity>,
+    req: hyper::Request<hyper::body::Incoming>,
+    close: Arc<tokio::sync::Notify>,
+) -> Result<hyper::Response<pages::Body>, Infallible> {
+    let resp = service::handle(gate, peer, identity, req).await?;
+    if resp
+        .extensions()
+        .get::<service::CloseConnection>()
+        .is_some()
+    {
+        close.notify_one();
+    }
+    Ok(resp)
 }
 
 /// One of two futures (or values), without boxing them behind `dyn`.
@@ -287,6 +431,7 @@ async fn drive<C>(
     activity: &Activity,
     idle: Duration,
     addr: std::net::SocketAddr,
+    close: &tokio::sync::Notify,
 ) -> Result<(), C::Error>
 where
     C: GracefulConnection,
@@ -296,6 +441,14 @@ where
         _ = shutdown.recv() => {
             conn.as_mut().graceful_shutdown();
             conn.await
+        }
+        _ = close.notified() => {
+            tracing::debug!(client = %addr, "refused terminal: connection closed after the answer");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(Duration::from_secs(5), conn.as_mut()).await {
+                Ok(r) => r,
+                Err(_) => Ok(()),
+            }
         }
         _ = activity.idle_for(idle) => {
             tracing::debug!(client = %addr, "idle connection closed");

@@ -58,6 +58,50 @@ pub struct Metrics {
     /// Configuration reloads (SIGHUP) by result.
     pub reloads: IntCounterVec,
     pub up: IntGauge,
+    /// Issue 11 items 7, 8, 11: see [`FloodMetrics`].
+    pub flood: FloodMetrics,
+}
+
+/// Refusals counted into summaries instead of written one by one, and the handshake budget.
+#[derive(Clone)]
+pub struct FloodMetrics {
+    /// Refusals not written one by one (kind: request, connection); each is in a summary.
+    pub refusals_suppressed: IntCounterVec,
+    /// Suppression summary records written.
+    pub suppression_summaries: IntCounter,
+    /// Handshakes in progress (the `max_handshakes` budget).
+    pub handshakes_pending: IntGauge,
+}
+
+impl FloodMetrics {
+    fn new(registry: &Registry) -> Result<FloodMetrics, prometheus::Error> {
+        let refusals_suppressed = IntCounterVec::new(
+            Opts::new(
+                "audit_refusals_suppressed_total",
+                "Refusals beyond the per-terminal and per-source audit rate, counted into a summary record instead of written one by one.",
+            ),
+            &["kind"],
+        )?;
+        let suppression_summaries = IntCounter::new(
+            "audit_suppression_summaries_total",
+            "Summary records of suppressed refusals written to the audit.",
+        )?;
+        let handshakes_pending = IntGauge::new(
+            "handshakes_pending",
+            "TLS handshakes in progress (bounded by limits.max_handshakes).",
+        )?;
+        registry.register(Box::new(refusals_suppressed.clone()))?;
+        registry.register(Box::new(suppression_summaries.clone()))?;
+        registry.register(Box::new(handshakes_pending.clone()))?;
+        for kind in ["request", "connection"] {
+            refusals_suppressed.with_label_values(&[kind]);
+        }
+        Ok(FloodMetrics {
+            refusals_suppressed,
+            suppression_summaries,
+            handshakes_pending,
+        })
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,7 +121,8 @@ pub mod labels {
         "terminal-connection-limit",
     ];
     /// `refused_connections_total{cause}` on the WireGuard ingress.
-    pub const WIREGUARD_REFUSED_CAUSES: &[&str] = &["terminal-connection-limit"];
+    pub const WIREGUARD_REFUSED_CAUSES: &[&str] =
+        &["connection-limit", "terminal-connection-limit"];
     /// `tls_handshakes_total{result}` on a TLS listener (see `listener::handshake_failure`).
     pub const HANDSHAKE_RESULTS: &[&str] = &[
         "ok",
@@ -92,9 +137,10 @@ pub mod labels {
         "incompatible",
         "protocol",
         "io",
+        "evicted",
     ];
     /// `tls_handshakes_total{result}` inside the WireGuard tunnel.
-    pub const WIREGUARD_HANDSHAKE_RESULTS: &[&str] = &["ok", "protocol", "timeout"];
+    pub const WIREGUARD_HANDSHAKE_RESULTS: &[&str] = &["ok", "protocol", "timeout", "evicted"];
     /// `connections{ingress}`.
     pub const INGRESSES: &[&str] = &["mtls", "wireguard", "site"];
     /// `upstream_errors_total{kind}`.
@@ -311,6 +357,7 @@ impl Metrics {
                 .with_label_values(&[ingress, "allow", "allowed"])
                 .inc_by(0);
         }
+        let flood = FloodMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
             requests,
@@ -341,6 +388,7 @@ impl Metrics {
             wg_tx_bytes,
             wg_dropped,
             up,
+            flood,
         })
     }
 

@@ -273,6 +273,7 @@ pub async fn serve(
             https_port,
             gate.clone(),
             cfg.limits.clone(),
+            slots.clone(),
             trigger.subscribe(),
         ));
         tasks.spawn(tunnel::maintain(
@@ -284,6 +285,11 @@ pub async fn serve(
         ));
     }
     tasks.spawn(sweep_sessions(gate.clone(), trigger.subscribe()));
+    tasks.spawn(summarise_refusals(
+        gate.clone(),
+        cfg.limits.flood.refusal_summary_interval,
+        trigger.subscribe(),
+    ));
     tasks.spawn(verify_audit(
         cfg.state_dir.join("audit"),
         metrics.clone(),
@@ -337,6 +343,8 @@ pub async fn serve(
         tracing::warn!("some connections did not finish within 10 s");
     }
     let _ = std::fs::remove_file(&cfg.admin_socket);
+    // Refusals counted since the last summary are not lost at shutdown.
+    write_refusal_summaries(&gate);
     audit.close().await?;
     store.flush()?;
     tracing::info!("stopped");
@@ -466,6 +474,36 @@ async fn watchdog(mut shutdown: Shutdown) {
             _ = tick.tick() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             _ = shutdown.recv() => return,
         }
+    }
+}
+
+/// Writes the suppression summaries every `interval` (issue 11 items 8, 11).
+async fn summarise_refusals(gate: Arc<Gate>, interval: Duration, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => write_refusal_summaries(&gate),
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
+/// One `suppressed` audit record for each (kind, ingress, source, terminal, reason) whose
+/// refusals were counted instead of written since the last call; each is logged at INFO.
+fn write_refusal_summaries(gate: &Gate) {
+    let site = gate.live().site.id.clone();
+    for s in gate.refusals.drain(&site, gate.clock.now()) {
+        tracing::info!(
+            of = %s.of,
+            ingress = %s.ingress,
+            source = %s.source,
+            terminal = s.terminal.as_deref().unwrap_or("-"),
+            reason = %s.reason,
+            count = s.count,
+            "refusals beyond the audit rate, summarised"
+        );
+        gate.audit.suppressed(&s);
+        gate.metrics.flood.suppression_summaries.inc();
     }
 }
 

@@ -24,7 +24,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use crate::audit::{AuditLog, Outcome, RequestRecord};
+use crate::audit::{AuditLog, Outcome, RequestRecord, CLIENT_CLOSED, CLIENT_CLOSED_STATUS};
 use crate::clock::{self, SharedClock};
 use crate::config::{Auth, Config, Limits, Policy, Site};
 use crate::decision::{self, Decision, Refusal, Verdict};
@@ -100,6 +100,10 @@ pub struct Gate {
     pub clock: SharedClock,
     /// Open connections per terminal credential (`[limits] max_connections_per_terminal`).
     pub terminal_conns: Arc<crate::listener::TerminalConns>,
+    /// Handshakes in progress (`[limits] max_handshakes`), apart from connection slots.
+    pub handshakes: Arc<crate::handshake::HandshakeBudget>,
+    /// Refusals audited at a bounded rate per terminal and source, the rest summarised.
+    pub refusals: Arc<crate::refusals::RefusalLimiter>,
     /// What `SIGHUP` reloads: swapped atomically, read once per request.
     live: ArcSwap<Live>,
 }
@@ -147,6 +151,11 @@ impl Gate {
             metrics,
             clock,
             terminal_conns: Default::default(),
+            handshakes: Arc::new(crate::handshake::HandshakeBudget::new(
+                cfg.limits.flood.max_handshakes,
+                cfg.limits.flood.max_handshakes_per_source,
+            )),
+            refusals: Arc::new(crate::refusals::RefusalLimiter::new(&cfg.limits.flood)),
             live: ArcSwap::from_pointee(Live::new(cfg)),
         }
     }
@@ -275,9 +284,41 @@ pub async fn handle(
         cn: peer.credential.cn.clone(),
     };
 
+    // Refusals beyond the terminal's and the source's audit rate are counted into a summary
+    // record instead of written one by one (issue 11 item 8; `crate::refusals`).
+    if let Verdict::Deny(r) = &d.verdict {
+        let who = crate::refusals::Subject {
+            ingress: peer.ingress.as_str(),
+            source: peer.addr.ip(),
+            fingerprint: Some(&peer.credential.fingerprint),
+            terminal: record.terminal.as_deref(),
+            cn: peer.credential.cn.as_deref(),
+        };
+        if !gate
+            .refusals
+            .admit(crate::refusals::Kind::Request, &who, reason, now)
+        {
+            gate.metrics
+                .flood
+                .refusals_suppressed
+                .with_label_values(&["request"])
+                .inc();
+            let resp = refusal_response(r, &live, wants_html, &method, &raw_target);
+            let resp = match step.action {
+                Action::Respond(page) => page,
+                _ => resp,
+            };
+            // Not logged one by one either: the summary is (`crate::server`).
+            return Ok(close_if_identity(
+                r,
+                count_and_time(&gate, &peer, started, "deny", reason, resp),
+            ));
+        }
+    }
+
     // The record is on disk before anything is forwarded; no record, no access (fail closed).
     let audit_started = Instant::now();
-    let rid = match gate.audit.record(record).await {
+    let rid = match record_abandonable(&gate.audit, record, started).await {
         Ok(rid) => rid,
         Err(e) => {
             tracing::error!(error = %e, "audit write failed: refusing the request");
@@ -298,12 +339,20 @@ pub async fn handle(
     gate.metrics
         .audit_write_seconds
         .observe(audit_started.elapsed().as_secs_f64());
+    // From here every way out writes the outcome: `finish`, the response body, or this guard
+    // when the client goes away while the EMR is still answering (issue 11 item 9).
+    let guard = ClientClosedGuard {
+        audit: gate.audit.clone(),
+        rid: Some(rid),
+        started,
+    };
 
     let Step {
         decision, action, ..
     } = step;
     let resp = match (action, &decision.verdict) {
         (Action::Respond(resp), Verdict::Allow) => {
+            guard.disarm();
             return Ok(finish(
                 &gate,
                 &peer,
@@ -312,12 +361,28 @@ pub async fn handle(
                 "allow",
                 reason,
                 resp,
-            ))
+            ));
         }
         (Action::Respond(resp), Verdict::Deny(_)) => resp,
         (Action::Forward(req), Verdict::Allow) => {
-            match Box::pin(forward(&gate, &live, &peer, req, &decision, rid, started)).await {
+            let forwarded =
+                Box::pin(forward(&gate, &live, &peer, req, &decision, rid, started)).await;
+            // The response body (or `finish`) writes the outcome from here.
+            guard.disarm();
+            match forwarded {
                 Ok(resp) => return Ok(resp),
+                // The client went away mid-body: its outcome says so (issue 11 item 9).
+                Err(Refusal::BadRequest(CLIENT_CLOSED)) => {
+                    let resp = pages::refusal(&Refusal::BadRequest(CLIENT_CLOSED), &live.site);
+                    let resp = count_and_time(&gate, &peer, started, "deny", CLIENT_CLOSED, resp);
+                    ClientClosedGuard {
+                        audit: gate.audit.clone(),
+                        rid: Some(rid),
+                        started,
+                    }
+                    .write(CLIENT_CLOSED_STATUS, 0);
+                    return Ok(resp);
+                }
                 Err(r) => {
                     let resp = pages::refusal(&r, &live.site);
                     return Ok(finish(
@@ -336,15 +401,92 @@ pub async fn handle(
         // Refuse with an Allow verdict cannot be built; answer as a store failure if it were.
         (Action::Refuse, Verdict::Allow) => pages::refusal(&Refusal::StoreUnavailable, &live.site),
     };
-    Ok(finish(
-        &gate,
-        &peer,
-        Some(rid),
-        started,
-        "deny",
-        reason,
-        resp,
-    ))
+    guard.disarm();
+    let resp = finish(&gate, &peer, Some(rid), started, "deny", reason, resp);
+    Ok(match &decision.verdict {
+        Verdict::Deny(r) => close_if_identity(r, resp),
+        Verdict::Allow => resp,
+    })
+}
+
+/// Marks a response after which the connection is closed (HTTP/1: no keep-alive; HTTP/2:
+/// GOAWAY): a revoked, expired or unknown terminal gets its refusal and no connection to repeat
+/// it on
+/// (issue 11 item 8). The listener acts on it (`crate::listener::serve_peer`).
+#[derive(Debug, Clone, Copy)]
+pub struct CloseConnection;
+
+fn close_if_identity(r: &Refusal, mut resp: Response<Body>) -> Response<Body> {
+    use crate::identity::IdentityRefusal as I;
+    // The terminal itself is refused: no keep-alive. A suspended physician's terminal keeps its
+    // connection (refused per request until the physician is resumed, art 4).
+    if matches!(
+        r,
+        Refusal::Identity(I::UnknownTerminal | I::TerminalRevoked | I::TerminalExpired)
+    ) {
+        resp.extensions_mut().insert(CloseConnection);
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// [`AuditLog::record`] that survives its caller: when the client goes away while the line is
+/// being written (the request future is dropped), the line is written all the same and gets its
+/// `client-closed` outcome (issue 11 item 9).
+async fn record_abandonable(
+    audit: &AuditLog,
+    record: RequestRecord,
+    started: Instant,
+) -> Result<u64, crate::audit::AuditError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let log = audit.clone();
+    tokio::spawn(async move {
+        let r = log.record(record).await;
+        if let Err(Ok(rid)) = tx.send(r) {
+            ClientClosedGuard {
+                audit: log,
+                rid: Some(rid),
+                started,
+            }
+            .write(CLIENT_CLOSED_STATUS, 0);
+        }
+    });
+    rx.await.unwrap_or(Err(crate::audit::AuditError::Closed))
+}
+
+/// Writes the `client-closed` outcome of request `rid` when dropped armed: the request's
+/// future was dropped (the client went away) before anything else wrote its outcome.
+struct ClientClosedGuard {
+    audit: AuditLog,
+    rid: Option<u64>,
+    started: Instant,
+}
+
+impl ClientClosedGuard {
+    fn disarm(mut self) {
+        self.rid = None;
+    }
+
+    fn write(&mut self, status: u16, bytes: u64) {
+        if let Some(rid) = self.rid.take() {
+            self.audit.outcome_end(
+                rid,
+                Outcome {
+                    status,
+                    bytes,
+                    duration_us: self.started.elapsed().as_micros() as u64,
+                },
+                Some(CLIENT_CLOSED),
+            );
+        }
+    }
+}
+
+impl Drop for ClientClosedGuard {
+    fn drop(&mut self) {
+        self.write(CLIENT_CLOSED_STATUS, 0);
+    }
 }
 
 /// Identity, the gateway's own pages, the session, then route and consent.
@@ -549,6 +691,32 @@ fn finish(
     reason: &str,
     resp: Response<Body>,
 ) -> Response<Body> {
+    let resp = count_and_time(gate, peer, started, decision, reason, resp);
+    if let Some(rid) = rid {
+        gate.audit.outcome(
+            rid,
+            Outcome {
+                status: resp.status().as_u16(),
+                bytes: 0,
+                duration_us: started.elapsed().as_micros() as u64,
+            },
+        );
+    }
+    if decision == "deny" {
+        tracing::info!(client = %peer.addr, reason, status = resp.status().as_u16(), "refused");
+    }
+    resp
+}
+
+/// The metrics of a response the gateway answers itself.
+fn count_and_time(
+    gate: &Gate,
+    peer: &Peer,
+    started: Instant,
+    decision: &str,
+    reason: &str,
+    resp: Response<Body>,
+) -> Response<Body> {
     let ingress = peer.ingress.as_str();
     gate.metrics
         .requests
@@ -559,19 +727,6 @@ fn finish(
         .gateway_seconds
         .with_label_values(&[ingress])
         .observe(elapsed.as_secs_f64());
-    if let Some(rid) = rid {
-        gate.audit.outcome(
-            rid,
-            Outcome {
-                status: resp.status().as_u16(),
-                bytes: 0,
-                duration_us: elapsed.as_micros() as u64,
-            },
-        );
-    }
-    if decision == "deny" {
-        tracing::info!(client = %peer.addr, reason, status = resp.status().as_u16(), "refused");
-    }
     resp
 }
 
@@ -626,13 +781,16 @@ async fn forward(
     let resp = match resp {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "upstream failed");
+            if !matches!(e, ForwardError::ClientBody(_)) {
+                tracing::warn!(error = %e, "upstream failed");
+            }
             let (kind, refusal) = match e {
                 // The client's streamed body outgrew the route's limit: not the EMR's fault.
                 ForwardError::BodyTooLarge => return Err(Refusal::BodyTooLarge),
                 ForwardError::BodyNotAllowed => {
                     return Err(Refusal::BadRequest(BODY_ON_BODYLESS_METHOD))
                 }
+                ForwardError::ClientBody(_) => return Err(Refusal::BadRequest(CLIENT_CLOSED)),
                 ForwardError::Timeout(_) => ("timeout", Refusal::UpstreamTimeout),
                 ForwardError::Connect(_) | ForwardError::Request(_) => {
                     ("connect", Refusal::UpstreamUnreachable)
@@ -680,6 +838,7 @@ async fn forward(
         bytes: 0,
         started,
         trailer: print_guard.then_some(PRINT_GUARD),
+        ended: false,
     };
     Ok(Response::from_parts(parts, body.boxed()))
 }
@@ -720,6 +879,8 @@ struct AuditedBody {
     started: Instant,
     /// Bytes appended after the EMR's body (the print guard), sent once.
     trailer: Option<&'static [u8]>,
+    /// The body ended (its end was polled, or the EMR's body failed): not a client close.
+    ended: bool,
 }
 
 impl HttpBody for AuditedBody {
@@ -738,13 +899,19 @@ impl HttpBody for AuditedBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.ended = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => match this.trailer.take() {
                 Some(t) => {
                     this.bytes += t.len() as u64;
                     Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(t)))))
                 }
-                None => Poll::Ready(None),
+                None => {
+                    this.ended = true;
+                    Poll::Ready(None)
+                }
             },
             Poll::Pending => Poll::Pending,
         }
@@ -775,14 +942,18 @@ impl HttpBody for AuditedBody {
 }
 
 impl Drop for AuditedBody {
+    /// Dropped before its end (and not for the EMR's fault): the client went away mid-body;
+    /// the outcome says so, with the bytes sent so far (issue 11 item 9).
     fn drop(&mut self) {
-        self.audit.outcome(
+        let complete = self.ended || self.is_end_stream();
+        self.audit.outcome_end(
             self.rid,
             Outcome {
                 status: self.status,
                 bytes: self.bytes,
                 duration_us: self.started.elapsed().as_micros() as u64,
             },
+            (!complete).then_some(CLIENT_CLOSED),
         );
     }
 }

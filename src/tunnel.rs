@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, WireGuard};
-use crate::listener::serve_peer;
+use crate::listener::{budgeted, refused_connection, serve_peer, Budgeted};
 use crate::metrics::Metrics;
 use crate::model::{wireguard_fingerprint, TerminalKind};
 use crate::service::{Credential, Gate, Ingress, Peer};
@@ -74,13 +74,16 @@ pub async fn start(
     Ok(wireguard::start(wg, peers(store)?).await?)
 }
 
-/// Serves the tunnel's streams until shutdown.
+/// Serves the tunnel's streams until shutdown. Like the mutual-TLS listeners, a stream's TLS
+/// handshake holds a place in the handshake budget, and only a completed handshake takes one of
+/// the `slots` shared with them (issue 11 item 7).
 pub async fn serve(
     mut streams: mpsc::Receiver<WgStream>,
     tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     https_port: u16,
     gate: Arc<Gate>,
     limits: Limits,
+    slots: Arc<tokio::sync::Semaphore>,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -104,8 +107,23 @@ pub async fn serve(
         let limits = limits.clone();
         let conn_shutdown = shutdown.clone();
         let acceptor = TlsAcceptor::from(tls.load_full());
+        let ticket = gate.handshakes.admit(peer.addr.ip());
+        let slots = slots.clone();
         tokio::spawn(async move {
+            let addr = peer.addr;
             if stream.local_port() != https_port {
+                drop(ticket);
+                let Ok(_slot) = slots.try_acquire_owned() else {
+                    refused_connection(
+                        &gate,
+                        Ingress::WireGuard,
+                        "wireguard",
+                        addr,
+                        "connection-limit",
+                        Some(&peer.credential),
+                    );
+                    return;
+                };
                 serve_peer(
                     gate,
                     peer,
@@ -124,17 +142,56 @@ pub async fn serve(
                     .with_label_values(&["wireguard", result])
                     .inc();
             };
-            match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
+            let refused = |reason: &'static str| {
+                count(reason);
+                refused_connection(
+                    &gate,
+                    Ingress::WireGuard,
+                    "wireguard",
+                    addr,
+                    reason,
+                    Some(&peer.credential),
+                );
+            };
+            let accepted = budgeted(
+                &gate,
+                ticket,
+                limits.handshake_timeout,
+                acceptor.accept(stream),
+            )
+            .await;
+            match accepted {
+                Budgeted::Done(Ok(tls)) => {
                     count("ok");
+                    let Ok(_slot) = slots.try_acquire_owned() else {
+                        refused_connection(
+                            &gate,
+                            Ingress::WireGuard,
+                            "wireguard",
+                            addr,
+                            "connection-limit",
+                            Some(&peer.credential),
+                        );
+                        return;
+                    };
                     let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_peer(gate, peer, tls, http2, &limits, "wireguard", conn_shutdown).await;
+                    serve_peer(
+                        gate.clone(),
+                        peer.clone(),
+                        tls,
+                        http2,
+                        &limits,
+                        "wireguard",
+                        conn_shutdown,
+                    )
+                    .await;
                 }
-                Ok(Err(e)) => {
-                    count("protocol");
-                    tracing::debug!(client = %peer.addr, error = %e, "TLS handshake in the tunnel failed");
+                Budgeted::Done(Err(e)) => {
+                    tracing::debug!(client = %addr, error = %e, "TLS handshake in the tunnel failed");
+                    refused("protocol");
                 }
-                Err(_) => count("timeout"),
+                Budgeted::TimedOut => refused("timeout"),
+                Budgeted::Evicted => refused("evicted"),
             }
         });
     }

@@ -59,10 +59,12 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 mod index;
+mod refusal;
 mod witness;
 
 use index::LineKey;
 pub use index::{patient_key, IndexError, INDEX_FILE};
+pub use refusal::{ConnectionRecord, SuppressedRecord};
 pub use witness::{rebuild_index, verify, verify_with, RecordedHead, VerifyOptions};
 
 /// Name of the audit log inside the audit directory.
@@ -210,8 +212,19 @@ enum BodyOut<'a> {
         status: u16,
         bytes: u64,
         duration_us: u64,
+        /// How the exchange ended when not normally: `"client-closed"` (issue 11 item 9).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        end: Option<&'a str>,
     },
+    Connection(&'a ConnectionRecord),
+    Suppressed(&'a SuppressedRecord),
 }
+
+/// `end` of an outcome whose client went away before the response was complete.
+pub const CLIENT_CLOSED: &str = "client-closed";
+/// `status` of such an outcome when no response head had been sent (nginx's "client closed
+/// request"); when the head had been sent, the status sent stays.
+pub const CLIENT_CLOSED_STATUS: u16 = 499;
 
 fn hex_sha256(parts: &[&[u8]]) -> [u8; 64] {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -313,6 +326,8 @@ fn check_line(
             Some(rid) if rid >= 1 && rid < seq => LineKey::Outcome(rid),
             _ => return Err(bad("outcome without a valid earlier rid".into())),
         },
+        // Connection refusals and suppression summaries name no patient.
+        "connection" | "suppressed" => LineKey::Request(0),
         other => return Err(bad(format!("unknown kind {other:?}"))),
     };
     Ok((computed, key))
@@ -1089,11 +1104,18 @@ impl AuditLog {
     /// Appends an outcome line for request `rid`; fire-and-forget (durable
     /// with the next batch).  Never blocks.
     pub fn outcome(&self, rid: u64, outcome: Outcome) {
+        self.outcome_end(rid, outcome, None);
+    }
+
+    /// [`AuditLog::outcome`] of an exchange that ended otherwise than normally (`end`, e.g.
+    /// [`CLIENT_CLOSED`]); fire-and-forget like it.
+    pub fn outcome_end(&self, rid: u64, outcome: Outcome, end: Option<&str>) {
         let body = BodyOut::Outcome {
             rid,
             status: outcome.status,
             bytes: outcome.bytes,
             duration_us: outcome.duration_us,
+            end,
         };
         let body = match serde_json::to_vec(&body) {
             Ok(b) => b,
@@ -1124,6 +1146,7 @@ impl AuditLog {
             status: outcome.status,
             bytes: outcome.bytes,
             duration_us: outcome.duration_us,
+            end: None,
         })
         .map_err(|e| AuditError::Encode(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
@@ -1136,6 +1159,34 @@ impl AuditLog {
             })
             .map_err(|_| AuditError::Closed)?;
         rx.await.map_err(|_| AuditError::Closed)?
+    }
+
+    /// Appends a connection refusal line; fire-and-forget (durable with the next batch).
+    pub fn connection(&self, rec: &ConnectionRecord) {
+        self.append_unacked(&BodyOut::Connection(rec), "connection");
+    }
+
+    /// Appends a suppression summary line; fire-and-forget (durable with the next batch).
+    pub fn suppressed(&self, rec: &SuppressedRecord) {
+        self.append_unacked(&BodyOut::Suppressed(rec), "suppressed");
+    }
+
+    fn append_unacked(&self, body: &BodyOut<'_>, what: &str) {
+        let body = match serde_json::to_vec(body) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, what, "audit: could not encode a record");
+                return;
+            }
+        };
+        let cmd = Cmd::Append {
+            body,
+            key: LineKey::Request(0),
+            reply: None,
+        };
+        if self.inner.tx.send(cmd).is_err() {
+            tracing::error!(what, "audit: record after close, not recorded");
+        }
     }
 
     /// Flushes everything queued and stops the writer thread.  Returns an
@@ -1204,6 +1255,9 @@ pub struct QueryRow {
     pub status: Option<u16>,
     pub bytes: Option<u64>,
     pub duration_us: Option<u64>,
+    /// `"client-closed"` when the client went away before the response was complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1219,6 +1273,8 @@ struct OutcomeLine {
     status: u16,
     bytes: u64,
     duration_us: u64,
+    #[serde(default)]
+    end: Option<String>,
 }
 
 /// Parses a query time argument: RFC 3339, or a bare date `YYYY-MM-DD`
@@ -1320,6 +1376,7 @@ impl<'f> QueryState<'f> {
             status: None,
             bytes: None,
             duration_us: None,
+            end: None,
         });
     }
 
@@ -1328,6 +1385,7 @@ impl<'f> QueryState<'f> {
             row.status = Some(o.status);
             row.bytes = Some(o.bytes);
             row.duration_us = Some(o.duration_us);
+            row.end = o.end.clone();
         }
     }
 
@@ -1365,6 +1423,8 @@ impl<'f> QueryState<'f> {
                 let o: OutcomeLine = serde_json::from_slice(line).map_err(corrupt)?;
                 self.join_outcome(&o);
             }
+            // Connection refusals and suppression summaries are not request rows.
+            "connection" | "suppressed" => {}
             other => {
                 return Err(AuditError::Corrupt {
                     line: line_no,

@@ -177,3 +177,46 @@ fn art_12_7_strip_headers_and_art_8_2_patient_query_keys_are_validated() {
         problems(&unknown)
     );
 }
+
+/// Issue 11 items 7, 8: the handshake budget and the refusal audit rate have defaults and are
+/// validated, each problem naming its key.
+#[test]
+fn flood_limits_default_and_are_validated() {
+    let c = parse(VALID).unwrap();
+    assert_eq!(c.limits.flood, FloodLimits::default());
+    let c = parse(&format!(
+        "{VALID}\n[limits]\nmax_handshakes = 64\nmax_handshakes_per_source = 8\nrefusal_audit_rate = 0.5\nrefusal_audit_burst = 3\nrefusal_summary_interval_ms = 500\n"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.flood.max_handshakes, 64);
+    assert_eq!(c.limits.flood.max_handshakes_per_source, 8);
+    assert_eq!(c.limits.flood.refusal_audit_rate, 0.5);
+    assert_eq!(c.limits.flood.refusal_audit_burst, 3);
+    assert_eq!(
+        c.limits.flood.refusal_summary_interval,
+        Duration::from_millis(500)
+    );
+    let p = problems(&format!(
+        "{VALID}\n[limits]\nmax_handshakes = 0\nmax_handshakes_per_source = 0\nrefusal_audit_rate = -1\nrefusal_audit_burst = 0\nrefusal_summary_interval_ms = 1\n"
+    ));
+    for key in [
+        "limits.max_handshakes:",
+        "limits.max_handshakes_per_source",
+        "limits.refusal_audit_rate",
+        "limits.refusal_audit_burst",
+        "limits.refusal_summary_interval_ms",
+    ] {
+        assert!(
+            p.iter().any(|m| m.starts_with(key)),
+            "{key} missing in {p:?}"
+        );
+    }
+    let p = problems(&format!(
+        "{VALID}\n[limits]\nmax_handshakes = 10\nmax_handshakes_per_source = 11\n"
+    ));
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("limits.max_handshakes_per_source")),
+        "{p:?}"
+    );
+}
