@@ -29,6 +29,8 @@
 //! * [`pages`]: every page the gateway answers with (Japanese first, English second).
 //! * [`store`]: the registries in sled; [`model`]: their value types.
 //! * [`admin`]: admin requests, over the gateway's Unix socket or directly.
+//! * [`hashing`]: Argon2 on a fixed pool with bounded slots and memory; [`signin_rate`]:
+//!   password tries per terminal.
 //! * [`config`]: TOML → validated [`config::Config`]; [`init`]: a new site's files.
 //! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
 //! * [`server`]: `serve` — everything wired together; [`metrics`]: Prometheus.
@@ -46,6 +48,7 @@ pub mod decision;
 pub mod demo;
 pub mod firewall;
 pub mod forward;
+pub mod hashing;
 pub mod identity;
 pub mod init;
 pub mod listener;
@@ -59,6 +62,7 @@ pub mod service;
 pub mod session;
 pub mod shutdown;
 pub mod signin;
+pub mod signin_rate;
 pub mod store;
 pub mod tls;
 pub mod tunnel;

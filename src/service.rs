@@ -100,6 +100,8 @@ pub struct Gate {
     pub clock: SharedClock,
     /// Open connections per terminal credential (`[limits] max_connections_per_terminal`).
     pub terminal_conns: Arc<crate::listener::TerminalConns>,
+    /// Argon2 on a fixed pool with bounded slots and memory (issue 11 item 6).
+    pub hasher: crate::hashing::Hasher,
     /// What `SIGHUP` reloads: swapped atomically, read once per request.
     live: ArcSwap<Live>,
 }
@@ -114,6 +116,9 @@ pub struct Live {
     pub policy: Policy,
     /// Request limits checked per request (header count, body size).
     pub limits: Limits,
+    /// Password tries per terminal (`[auth] signin_attempts_per_minute`; a reload starts the
+    /// counts afresh).
+    pub signin_rate: crate::signin_rate::SigninRate,
 }
 
 impl Live {
@@ -125,6 +130,9 @@ impl Live {
             auth: cfg.auth.clone(),
             policy: cfg.policy.clone(),
             limits: cfg.limits.clone(),
+            signin_rate: crate::signin_rate::SigninRate::per_minute(
+                cfg.auth.signin_attempts_per_minute,
+            ),
         }
     }
 }
@@ -147,6 +155,7 @@ impl Gate {
             metrics,
             clock,
             terminal_conns: Default::default(),
+            hasher: crate::hashing::Hasher::for_this_machine(),
             live: ArcSwap::from_pointee(Live::new(cfg)),
         }
     }
