@@ -187,23 +187,27 @@ async fn post_once(
 }
 
 /// How a flood is sent: `h1` parallel HTTP/1.1 connections (one request each), and `h2_conns`
-/// HTTP/2 connections carrying `per_h2` concurrent streams each. Every connection is open
-/// before the first request goes out, and all requests leave together.
+/// HTTP/2 connections carrying `per_h2` concurrent streams each.
 struct Flood {
     h1: usize,
     h2_conns: usize,
     per_h2: usize,
 }
 
-/// Sends `body` to `path` as `flood` says; every answer (or why there was none).
-async fn flood(
-    port: u16,
-    cfg: Arc<ClientConfig>,
-    path: &str,
-    body: &str,
-    cookie: Option<&str>,
-    flood: Flood,
-) -> Vec<anyhow::Result<Answer>> {
+impl Flood {
+    fn requests(&self) -> usize {
+        self.h1 + self.h2_conns * self.per_h2
+    }
+}
+
+/// A flood's connections, all open before any request goes out.
+struct Conns {
+    h1s: Vec<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
+    h2s: Vec<hyper::client::conn::http2::SendRequest<Full<Bytes>>>,
+    per_h2: usize,
+}
+
+async fn connect(port: u16, cfg: Arc<ClientConfig>, flood: &Flood) -> Conns {
     let mut h1s = Vec::new();
     for _ in 0..flood.h1 {
         h1s.push(h1(port, cfg.clone()).await.expect("HTTP/1.1 connection"));
@@ -212,10 +216,27 @@ async fn flood(
     for _ in 0..flood.h2_conns {
         h2s.push(h2(port, &cfg).await.expect("HTTP/2 connection"));
     }
-    let total = flood.h1 + flood.h2_conns * flood.per_h2;
-    let barrier = Arc::new(Barrier::new(total));
+    Conns {
+        h1s,
+        h2s,
+        per_h2: flood.per_h2,
+    }
+}
+
+type Pending = tokio::task::JoinHandle<anyhow::Result<Answer>>;
+
+/// Spawns one request per HTTP/1.1 connection and `per_h2` streams per HTTP/2 connection;
+/// each waits at `barrier`, so that all requests (of every flood sharing it) leave together.
+fn fire(
+    conns: Conns,
+    port: u16,
+    path: &str,
+    body: &str,
+    cookie: Option<&str>,
+    barrier: &Arc<Barrier>,
+) -> Vec<Pending> {
     let mut tasks = Vec::new();
-    for mut s in h1s {
+    for mut s in conns.h1s {
         let req = request(port, path, body, cookie, false).expect("request");
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
@@ -226,8 +247,8 @@ async fn flood(
             answer(resp).await
         }));
     }
-    for s in &h2s {
-        for _ in 0..flood.per_h2 {
+    for s in &conns.h2s {
+        for _ in 0..conns.per_h2 {
             let mut s = s.clone();
             let req = request(port, path, body, cookie, true).expect("request");
             let barrier = barrier.clone();
@@ -240,6 +261,11 @@ async fn flood(
             }));
         }
     }
+    tasks
+}
+
+/// Every answer (or why there was none).
+async fn collect(tasks: Vec<Pending>) -> Vec<anyhow::Result<Answer>> {
     let mut out = Vec::new();
     for t in tasks {
         out.push(
@@ -248,6 +274,20 @@ async fn flood(
         );
     }
     out
+}
+
+/// Sends `body` to `path` as `flood` says, all requests together.
+async fn flood(
+    port: u16,
+    cfg: Arc<ClientConfig>,
+    path: &str,
+    body: &str,
+    cookie: Option<&str>,
+    flood: Flood,
+) -> Vec<anyhow::Result<Answer>> {
+    let conns = connect(port, cfg, &flood).await;
+    let barrier = Arc::new(Barrier::new(flood.requests()));
+    collect(fire(conns, port, path, body, cookie, &barrier)).await
 }
 
 /// The audit's reasons for POSTs to `path` by `physician`.
@@ -514,26 +554,24 @@ async fn argon2_memory_stays_bounded_under_a_sign_in_flood() {
         .collect();
     let (hwm_before, _) = memory_kib(pid);
 
-    let started = Instant::now();
-    let floods: Vec<_> = ids
-        .iter()
-        .zip(&terminals)
-        .map(|(id, t)| {
-            let (port, cfg, body) = (gate.port, gate.client(t), login_form(id, password));
-            tokio::spawn(async move {
-                let f = Flood {
-                    h1: 10,
-                    h2_conns: 1,
-                    per_h2: 40,
-                };
-                flood(port, cfg, LOGIN, &body, None, f).await
-            })
-        })
-        .collect();
-    let mut answers = Vec::new();
-    for f in floods {
-        answers.extend(f.await.expect("flood task"));
+    // Every connection of every terminal is open before the first attempt leaves.
+    let shape = || Flood {
+        h1: 10,
+        h2_conns: 1,
+        per_h2: 40,
+    };
+    let mut conns = Vec::new();
+    for t in &terminals {
+        conns.push(connect(gate.port, gate.client(t), &shape()).await);
     }
+    let barrier = Arc::new(Barrier::new(shape().requests() * ids.len()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (id, c) in ids.iter().zip(conns) {
+        let body = login_form(id, password);
+        tasks.extend(fire(c, gate.port, LOGIN, &body, None, &barrier));
+    }
+    let answers = collect(tasks).await;
     let took = started.elapsed();
     let (hwm, rss) = memory_kib(pid);
     let seen = statuses(&answers);
