@@ -14,7 +14,7 @@ use std::num::NonZeroU32;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 /// The default of `[auth] signin_attempts_per_minute`.
-pub const DEFAULT_PER_MINUTE: u32 = 10;
+pub const DEFAULT_PER_MINUTE: u32 = 20;
 /// The largest value `check-config` accepts.
 pub const MAX_PER_MINUTE: u32 = 6000;
 

@@ -38,7 +38,7 @@ fn site(per_minute: Option<u32>) -> (SampleEmr, Gate) {
     let emr = SampleEmr::start();
     let mut gate = Gate::init(emr.port);
     let text = std::fs::read_to_string(&gate.config).expect("read gate.toml");
-    let default_line = "signin_attempts_per_minute = 10";
+    let default_line = "signin_attempts_per_minute = 20";
     assert!(
         text.contains(default_line),
         "init writes the per-terminal sign-in rate with its default: {text}"
@@ -633,9 +633,10 @@ async fn argon2_memory_stays_bounded_under_a_sign_in_flood() {
 }
 
 /// Issue 11 item 6: each terminal may try a password `[auth] signin_attempts_per_minute` times
-/// a minute (default 10, burst as many): further tries get the 429 page (Japanese first, then
+/// a minute (default 20, burst as many): further tries get the 429 page (Japanese first, then
 /// English, with `Retry-After`) before any check and are audited `signin-rate-limited`;
-/// another terminal is not affected.
+/// another terminal is not affected. (Wrong passwords: after the lockout the tries are cheap,
+/// so the loop outruns the refill of one try every 3 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_tries_are_rate_limited_per_terminal() {
     let (_emr, gate) = site(None);
@@ -643,12 +644,12 @@ async fn sign_in_tries_are_rate_limited_per_terminal() {
     let b = physician(&gate, "dr-rate-b", "Shimanto-River-2");
     let started = Instant::now();
     let mut statuses = Vec::new();
-    for _ in 0..14 {
+    for _ in 0..32 {
         let r = post_once(
             gate.port,
             gate.client(&a),
             LOGIN,
-            &login_form("dr-rate-a", "Ishizuchi-1982"),
+            &login_form("dr-rate-a", "wrong-password-1"),
             None,
         )
         .await;
@@ -661,16 +662,16 @@ async fn sign_in_tries_are_rate_limited_per_terminal() {
         statuses.push(r.status);
     }
     let elapsed = started.elapsed();
-    let ok = statuses.iter().filter(|s| **s == 303).count();
-    // 10 at once, then one more every 6 s at most.
-    let refill = (elapsed.as_secs() / 6) as usize;
+    let taken = statuses.iter().filter(|s| **s != 429).count();
+    // 20 at once, then one more every 3 s at most.
+    let refill = (elapsed.as_secs() / 3) as usize;
     assert!(
-        ok >= 10 && ok <= 10 + refill + 1,
-        "{ok} sign-ins in {elapsed:?}: {statuses:?}"
+        taken >= 20 && taken <= 20 + refill + 1,
+        "{taken} tries taken in {elapsed:?}: {statuses:?}"
     );
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(
-        statuses.iter().all(|s| *s == 303 || *s == 429),
+        statuses.iter().all(|s| [401, 403, 429].contains(s)),
         "{statuses:?}"
     );
     let rs = reasons(&gate, "dr-rate-a", LOGIN);

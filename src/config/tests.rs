@@ -125,11 +125,11 @@ fn mapped_ipv4_addresses_are_matched_as_ipv4() {
     assert!(!in_networks(&nets, "::ffff:198.51.100.1".parse().unwrap()));
 }
 
-/// Issue 11 item 6: `[auth] signin_attempts_per_minute` defaults to 10 and is checked at load,
+/// Issue 11 item 6: `[auth] signin_attempts_per_minute` defaults to 20 and is checked at load,
 /// the error naming the key.
 #[test]
 fn signin_attempts_per_minute_has_a_default_and_a_range() {
-    assert_eq!(parse(VALID).unwrap().auth.signin_attempts_per_minute, 10);
+    assert_eq!(parse(VALID).unwrap().auth.signin_attempts_per_minute, 20);
     let with = |n: &str| format!("{VALID}\n[auth]\nsignin_attempts_per_minute = {n}\n");
     assert_eq!(
         parse(&with("30")).unwrap().auth.signin_attempts_per_minute,
