@@ -34,15 +34,20 @@ pub const MAX_M_COST_KIB: u32 = 64 * 1024;
 #[error("all password-hashing slots are busy")]
 pub struct Busy;
 
+/// A computation for a worker. It holds its slot's permit until the worker is done with it, so
+/// a caller that goes away (the client disconnected) frees no slot while its job still waits
+/// or runs: queued and running work never exceeds the slots.
 enum Job {
     Verify {
         password: String,
         hash: String,
         reply: oneshot::Sender<bool>,
+        _permit: Arc<OwnedSemaphorePermit>,
     },
     Hash {
         password: String,
         reply: oneshot::Sender<Result<String, AuthError>>,
+        _permit: Arc<OwnedSemaphorePermit>,
     },
 }
 
@@ -101,7 +106,7 @@ impl Hasher {
     pub fn try_slot(&self) -> Result<Slot, Busy> {
         let permit = self.slots.clone().try_acquire_owned().map_err(|_| Busy)?;
         Ok(Slot {
-            _permit: permit,
+            permit: Arc::new(permit),
             jobs: self.jobs.clone(),
         })
     }
@@ -110,7 +115,7 @@ impl Hasher {
 /// The right to run one Argon2 computation; held until it is done.
 #[derive(Debug)]
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    permit: Arc<OwnedSemaphorePermit>,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -125,6 +130,7 @@ impl Slot {
                 password,
                 hash,
                 reply,
+                _permit: self.permit.clone(),
             })
             .is_err()
         {
@@ -137,7 +143,11 @@ impl Slot {
     pub async fn hash(&self, password: String) -> Result<String, AuthError> {
         let (reply, rx) = oneshot::channel();
         self.jobs
-            .send(Job::Hash { password, reply })
+            .send(Job::Hash {
+                password,
+                reply,
+                _permit: self.permit.clone(),
+            })
             .map_err(|_| AuthError::Hash("the hashing workers have stopped".into()))?;
         rx.await
             .map_err(|_| AuthError::Hash("the hashing worker stopped".into()))?
@@ -160,12 +170,21 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>) {
                 password,
                 hash,
                 reply,
+                _permit,
             } => {
                 let ok = verify_with(&mut memory, &password, &hash);
+                // The slot is free before the caller hears back.
+                drop(_permit);
                 let _ = reply.send(ok);
             }
-            Job::Hash { password, reply } => {
-                let _ = reply.send(hash_with(&mut memory, &password));
+            Job::Hash {
+                password,
+                reply,
+                _permit,
+            } => {
+                let hashed = hash_with(&mut memory, &password);
+                drop(_permit);
+                let _ = reply.send(hashed);
             }
         }
     }
@@ -298,5 +317,35 @@ mod tests {
         drop(a);
         let c = h.try_slot().unwrap();
         assert!(!c.verify("Tanuki-2027!".into(), hash).await);
+    }
+
+    /// A caller that gives up (its future dropped: the client went away) frees its slot only
+    /// when its job is done, so queued work never exceeds the slots.
+    #[tokio::test]
+    async fn a_job_keeps_its_slot_after_its_caller_gives_up() {
+        // No worker: a sent job waits in the queue for good.
+        let (tx, rx) = mpsc::channel::<Job>();
+        let h = Hasher {
+            slots: Arc::new(Semaphore::new(1)),
+            jobs: tx,
+            workers: 0,
+        };
+        let d = h.try_slot().unwrap();
+        // Polled once (the job is sent), then dropped.
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::ZERO,
+            d.verify("pw".into(), "hash".into()),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(d);
+        assert_eq!(
+            h.try_slot().unwrap_err(),
+            Busy,
+            "the queued job holds the slot"
+        );
+        // The job done (here: taken off the queue and dropped), the slot is free again.
+        drop(rx.try_recv().unwrap());
+        assert!(h.try_slot().is_ok());
     }
 }
