@@ -4,6 +4,8 @@
 //! Passwords are stored as Argon2id hashes (PHC strings). A one-time initial password is
 //! generated for `physician add` and `physician passwd` and must be changed at first sign-in.
 //! Wrong passwords are counted; after `max_failures` in a row the account is locked for a while.
+//! Each try is counted before its password is checked ([`reserve_attempt`]), so concurrent
+//! tries cannot share one count.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -89,21 +91,46 @@ pub fn locked_until(p: &Physician, now: OffsetDateTime) -> Option<OffsetDateTime
     (until > now).then_some(until)
 }
 
-/// Records a wrong password: counts it, and locks the account at `max_failures` in a row.
-/// Returns true when this failure locked the account.
-pub fn record_failure(
+/// What [`reserve_attempt`] decided about one password try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// Locked: refuse without checking the password.
+    Locked { until: OffsetDateTime },
+    /// Counted: check the password. `locks` when this try used the last one allowed, so the
+    /// account is locked from now on unless this very try gives the right password.
+    Counted { locks: bool },
+}
+
+/// Reserves one password try (art 13.1, issue 11 item 1).
+///
+/// Every try is counted as a failure **before** its password is checked, in the same atomic
+/// read-modify-write of the stored physician that tests the lock (the store runs this inside
+/// its compare-and-swap loop, see `Store::reserve_signin_attempt`). So N concurrent tries can
+/// never see the same count: the `max_failures`-th try locks the account as it is counted, and
+/// every try after it is refused without a hash being computed. A try that then proves right
+/// calls [`record_success`], which clears the count and the lock. A crash between the two
+/// leaves the try counted: the safe direction.
+pub fn reserve_attempt(
     p: &mut Physician,
     now: OffsetDateTime,
     max_failures: u32,
     lockout: Duration,
-) -> bool {
+) -> Attempt {
+    if let Some(until) = locked_until(p, now) {
+        return Attempt::Locked { until };
+    }
+    if p.locked_until.is_some() {
+        // The lock has run out: a fresh count.
+        p.locked_until = None;
+        p.failed_logins = 0;
+    }
     p.failed_logins = p.failed_logins.saturating_add(1);
     if p.failed_logins >= max_failures {
         p.locked_until = Some(crate::clock::rfc3339(now + lockout));
         p.failed_logins = 0;
-        return true;
+        return Attempt::Counted { locks: true };
     }
-    false
+    Attempt::Counted { locks: false }
 }
 
 /// Records a successful sign-in.
@@ -151,18 +178,55 @@ mod tests {
     #[test]
     fn art_13_1_lockout_after_five_failures() {
         let now = datetime!(2026-11-26 10:00 +9);
+        let lockout = Duration::minutes(15);
         let mut p = physician();
         for _ in 0..4 {
-            assert!(!record_failure(&mut p, now, 5, Duration::minutes(15)));
+            assert_eq!(
+                reserve_attempt(&mut p, now, 5, lockout),
+                Attempt::Counted { locks: false }
+            );
         }
         assert!(locked_until(&p, now).is_none());
-        assert!(record_failure(&mut p, now, 5, Duration::minutes(15)));
         assert_eq!(
-            locked_until(&p, now + Duration::minutes(14)),
-            Some(datetime!(2026-11-26 10:15 +9))
+            reserve_attempt(&mut p, now, 5, lockout),
+            Attempt::Counted { locks: true }
         );
-        assert!(locked_until(&p, now + Duration::minutes(15)).is_none());
+        let until = datetime!(2026-11-26 10:15 +9);
+        assert_eq!(locked_until(&p, now + Duration::minutes(14)), Some(until));
+        // Locked: the next try is refused before any password is checked, and changes nothing.
+        let before = p.clone();
+        assert_eq!(
+            reserve_attempt(&mut p, now + Duration::minutes(14), 5, lockout),
+            Attempt::Locked { until }
+        );
+        assert_eq!(p, before);
+        // After the lockout, a fresh count.
+        let later = now + Duration::minutes(15);
+        assert!(locked_until(&p, later).is_none());
+        assert_eq!(
+            reserve_attempt(&mut p, later, 5, lockout),
+            Attempt::Counted { locks: false }
+        );
+        assert_eq!((p.failed_logins, p.locked_until.is_none()), (1, true));
         record_success(&mut p);
+        assert_eq!(p.failed_logins, 0);
+    }
+
+    /// Art 13.1: the right password on the last try allowed still signs in (the try that
+    /// locks is undone by its own success); counted tries are failures until proven right.
+    #[test]
+    fn art_13_1_right_password_on_the_fifth_try_clears_the_count() {
+        let now = datetime!(2026-11-26 10:00 +9);
+        let mut p = physician();
+        for _ in 0..4 {
+            reserve_attempt(&mut p, now, 5, Duration::minutes(15));
+        }
+        assert_eq!(
+            reserve_attempt(&mut p, now, 5, Duration::minutes(15)),
+            Attempt::Counted { locks: true }
+        );
+        record_success(&mut p);
+        assert!(locked_until(&p, now).is_none());
         assert_eq!(p.failed_logins, 0);
     }
 

@@ -124,6 +124,8 @@ struct RawAuth {
     max_failures: Option<u32>,
     #[serde(default)]
     lockout_secs: Option<u64>,
+    #[serde(default)]
+    signin_attempts_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +291,8 @@ pub struct Auth {
     /// Wrong passwords in a row before the account is locked.
     pub max_failures: u32,
     pub lockout: Duration,
+    /// Password tries per terminal per minute (burst as many): `crate::signin_rate`.
+    pub signin_attempts_per_minute: u32,
 }
 
 /// The userspace WireGuard ingress (art 12.2): terminals reach the gateway's own HTTPS
@@ -737,7 +741,18 @@ fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) -> Option<C
         session_lifetime: Duration::from_secs(raw.auth.session_lifetime_secs.unwrap_or(12 * 3600)),
         max_failures: raw.auth.max_failures.unwrap_or(5),
         lockout: Duration::from_secs(raw.auth.lockout_secs.unwrap_or(15 * 60)),
+        signin_attempts_per_minute: raw
+            .auth
+            .signin_attempts_per_minute
+            .unwrap_or(crate::signin_rate::DEFAULT_PER_MINUTE),
     };
+    if !(1..=crate::signin_rate::MAX_PER_MINUTE).contains(&auth.signin_attempts_per_minute) {
+        problems.push(format!(
+            "auth.signin_attempts_per_minute: {} must be between 1 and {}",
+            auth.signin_attempts_per_minute,
+            crate::signin_rate::MAX_PER_MINUTE
+        ));
+    }
     if auth.idle_timeout.is_zero() || auth.session_lifetime.is_zero() {
         problems
             .push("auth: idle_timeout_secs and session_lifetime_secs must be at least 1".into());

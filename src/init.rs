@@ -264,6 +264,8 @@ session_lifetime_secs = 43200
 # Wrong passwords in a row before the account is locked, and for how long.
 max_failures = 5
 lockout_secs = 900
+# Password tries (sign-in, password change) per terminal per minute; beyond it a 429 page.
+signin_attempts_per_minute = 20
 
 [policy]
 # Art 13.2.5: refuse EMR responses that would save a file (Content-Disposition: attachment),

@@ -37,6 +37,8 @@
 //!   [`filecheck`]: can the service user read every file the config names (`check-config`).
 //! * [`dates`]: dates typed by an admin, checked against today.
 //! * [`exit`]: the command's exit statuses (sysexits) and the error → status map.
+//! * [`hashing`]: Argon2 on a fixed pool with bounded slots and memory; [`signin_rate`]:
+//!   password tries per terminal.
 //! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
 //! * [`server`]: `serve` — everything wired together; [`metrics`]: Prometheus.
 //! * [`fsmode`]: the state directory's file modes (umask 0077, nothing open to others).
@@ -59,6 +61,7 @@ pub mod firewall;
 pub mod forward;
 pub mod fsmode;
 pub mod handshake;
+pub mod hashing;
 pub mod identity;
 pub mod ids;
 pub mod init;
@@ -74,6 +77,7 @@ pub mod service;
 pub mod session;
 pub mod shutdown;
 pub mod signin;
+pub mod signin_rate;
 pub mod start;
 pub mod store;
 pub mod tls;

@@ -146,7 +146,14 @@ pub mod labels {
     /// `upstream_errors_total{kind}`.
     pub const UPSTREAM_ERROR_KINDS: &[&str] = &["connect", "timeout"];
     /// `signin_attempts_total{result}`.
-    pub const SIGNIN_RESULTS: &[&str] = &["ok", "failed", "locked", "locked-now"];
+    pub const SIGNIN_RESULTS: &[&str] = &[
+        "ok",
+        "failed",
+        "locked",
+        "locked-now",
+        "rate-limited",
+        "busy",
+    ];
     /// `config_reloads_total{result}`.
     pub const RELOAD_RESULTS: &[&str] = &["ok", "failed"];
     /// `wireguard_dropped_packets_total{cause}` (see `Metrics::observe_wireguard`).

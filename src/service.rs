@@ -104,6 +104,8 @@ pub struct Gate {
     pub handshakes: Arc<crate::handshake::HandshakeBudget>,
     /// Refusals audited at a bounded rate per terminal and source, the rest summarised.
     pub refusals: Arc<crate::refusals::RefusalLimiter>,
+    /// Argon2 on a fixed pool with bounded slots and memory (issue 11 item 6).
+    pub hasher: crate::hashing::Hasher,
     /// What `SIGHUP` reloads: swapped atomically, read once per request.
     live: ArcSwap<Live>,
 }
@@ -118,6 +120,9 @@ pub struct Live {
     pub policy: Policy,
     /// Request limits checked per request (header count, body size).
     pub limits: Limits,
+    /// Password tries per terminal (`[auth] signin_attempts_per_minute`; a reload starts the
+    /// counts afresh).
+    pub signin_rate: crate::signin_rate::SigninRate,
 }
 
 impl Live {
@@ -129,6 +134,9 @@ impl Live {
             auth: cfg.auth.clone(),
             policy: cfg.policy.clone(),
             limits: cfg.limits.clone(),
+            signin_rate: crate::signin_rate::SigninRate::per_minute(
+                cfg.auth.signin_attempts_per_minute,
+            ),
         }
     }
 }
@@ -156,6 +164,7 @@ impl Gate {
                 cfg.limits.flood.max_handshakes_per_source,
             )),
             refusals: Arc::new(crate::refusals::RefusalLimiter::new(&cfg.limits.flood)),
+            hasher: crate::hashing::Hasher::for_this_machine(),
             live: ArcSwap::from_pointee(Live::new(cfg)),
         }
     }

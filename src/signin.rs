@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 use crate::auth;
 use crate::clock;
 use crate::decision::{Refusal, Verdict};
+use crate::hashing;
 use crate::identity::Who;
 use crate::pages::{self, escape, Body, Page};
 use crate::route::RouteError;
@@ -279,7 +280,7 @@ pub async fn handle(
                 pages::redirect(&login_url(PASSWORD_PATH)),
             ),
         },
-        (Method::POST, PASSWORD_PATH) => change_password(gate, live, peer, who, req).await,
+        (Method::POST, PASSWORD_PATH) => change_password(gate, live, peer, who, req, now).await,
         (Method::POST, LOGOUT_PATH) => {
             if let Some(t) = session::token_from_cookies(req.headers()) {
                 gate.sessions.end(&t);
@@ -312,15 +313,91 @@ fn session_token(gate: &Gate, peer: &Peer, who: &Who, headers: &http::HeaderMap)
     (s.physician == who.physician.id).then_some(token)
 }
 
-async fn verify_blocking(password: String, hash: Option<String>) -> bool {
-    let Some(hash) = hash else {
-        return false;
-    };
-    tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-        .await
-        .unwrap_or(false)
+/// Why a password try was refused before its form was read or any hash ran (429).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Throttle {
+    /// The terminal's `[auth] signin_attempts_per_minute` is used up.
+    Rate,
+    /// Every Argon2 slot of the gateway is taken.
+    Busy,
 }
 
+/// The 429 page for a throttled password try (Japanese first, then English), with
+/// `Retry-After`. Nothing was counted towards the lockout.
+fn throttled(gate: &Gate, live: &Live, which: Throttle) -> OwnPage {
+    let (label, reason, retry, title_ja, title_en, body_ja, body_en) = match which {
+        Throttle::Rate => (
+            "rate-limited",
+            "signin-rate-limited",
+            live.signin_rate.retry_after_secs(),
+            "この端末からのサインインの試行が多すぎます",
+            "Too many sign-in attempts from this terminal",
+            "短い時間に多くのサインイン（またはパスワード変更）が試みられたため、この端末からの受け付けを一時的に止めています。1分ほど待ってから、もう一度お試しください。続く場合は下記の窓口にご連絡ください。",
+            "Too many sign-in (or password change) attempts were made from this terminal in a short time, so they are paused for now. Please wait a minute and try again; if this continues, contact the office below.",
+        ),
+        Throttle::Busy => (
+            "busy",
+            "signin-busy",
+            2,
+            "ただいまサインインが混み合っています",
+            "Sign-in is busy right now",
+            "多くのサインインを同時に処理しているため、この試行は受け付けられませんでした。パスワードは確認しておらず、誤りとしても数えていません。数秒待ってから、もう一度お試しください。",
+            "Many sign-ins are being processed at once, so this attempt was not taken. The password was not checked and was not counted as wrong. Please wait a few seconds and try again.",
+        ),
+    };
+    gate.metrics.signins.with_label_values(&[label]).inc();
+    let mut resp = pages::page(
+        &Page {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            title_ja,
+            title_en,
+            body_ja,
+            body_en,
+            extra: "",
+            reason,
+        },
+        &live.site,
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    deny(Refusal::Session(SessionRefusal::Missing), reason, resp)
+}
+
+/// The sign-in form saying the account is locked (403).
+fn locked_form(live: &Live, until: OffsetDateTime, next: &str) -> Response<Body> {
+    let msg_ja = format!(
+        "パスワードの誤りが続いたため、このアカウントは {} までロックされています。",
+        escape(&clock::rfc3339(until))
+    );
+    let msg_en = "This account is locked after repeated wrong passwords. Please wait, or contact the office below.";
+    login_form(live, StatusCode::FORBIDDEN, &msg_ja, msg_en, next)
+}
+
+/// The store could not count the try: refuse (fail closed) without checking the password.
+fn store_unavailable(live: &Live, e: &crate::store::StoreError) -> OwnPage {
+    tracing::error!(error = %e, "could not count a password try");
+    let r = Refusal::StoreUnavailable;
+    let page = pages::refusal(&r, &live.site);
+    deny(r, "store-unavailable", page)
+}
+
+/// Checks `password` against the physician's stored hash in a hashing slot.
+async fn check_password(slot: &hashing::Slot, password: String, hash: Option<String>) -> bool {
+    match hash {
+        Some(hash) => slot.verify(password, hash).await,
+        None => false,
+    }
+}
+
+fn lockout(live: &Live) -> time::Duration {
+    time::Duration::try_from(live.auth.lockout).unwrap_or(time::Duration::MINUTE)
+}
+
+/// `POST /.seibo/login`. In order: the terminal's try rate (429), the form, a hashing slot
+/// (429), then the try is counted atomically with the lock test ([`Store::reserve_signin_attempt`],
+/// 403 when locked), and only then is the password checked; a right one clears the count.
+///
+/// [`Store::reserve_signin_attempt`]: crate::store::Store::reserve_signin_attempt
 async fn login(
     gate: &Gate,
     live: &Live,
@@ -333,49 +410,53 @@ async fn login(
     if !live.auth.password_required {
         return allow("signin-not-required", pages::redirect(&live.site.home));
     }
+    if !live.signin_rate.allow(&peer.credential.fingerprint) {
+        return throttled(gate, live, Throttle::Rate);
+    }
     let Some(form) = read_form(req).await else {
         return bad_request(live, "bad-form");
     };
     let next = safe_next(field(&form, "next"), &live.site.home);
     let id = field(&form, "id").unwrap_or("").trim().to_string();
     let password = field(&form, "password").unwrap_or("").to_string();
-    let mut p = who.physician.clone();
-
-    if let Some(until) = auth::locked_until(&p, now) {
-        metrics.signins.with_label_values(&["locked"]).inc();
-        let msg_ja = format!(
-            "パスワードの誤りが続いたため、このアカウントは {} までロックされています。",
-            escape(&clock::rfc3339(until))
-        );
-        let msg_en = "This account is locked after repeated wrong passwords. Please wait, or contact the office below.";
-        return deny(
-            Refusal::Session(SessionRefusal::Missing),
-            "login-locked",
-            login_form(live, StatusCode::FORBIDDEN, &msg_ja, msg_en, &next),
-        );
-    }
-    // The physician signing in must be the one the terminal is registered to.
-    let ok = id == p.id && verify_blocking(password, p.password_hash.clone()).await;
-    if !ok {
-        let lockout = time::Duration::try_from(live.auth.lockout).unwrap_or(time::Duration::MINUTE);
-        let locked = auth::record_failure(&mut p, now, live.auth.max_failures, lockout);
-        let saved = gate.store.update_physician(&p.id, |x| {
-            x.failed_logins = p.failed_logins;
-            x.locked_until = p.locked_until.clone();
-        });
-        if let Err(e) = saved {
-            tracing::error!(error = %e, "could not record a failed sign-in");
+    let Ok(slot) = gate.hasher.try_slot() else {
+        return throttled(gate, live, Throttle::Busy);
+    };
+    let reserved = gate.store.reserve_signin_attempt(
+        &who.physician.id,
+        now,
+        live.auth.max_failures,
+        lockout(live),
+    );
+    let (attempt, p) = match reserved {
+        Ok(r) => r,
+        Err(e) => return store_unavailable(live, &e),
+    };
+    let locks = match attempt {
+        auth::Attempt::Locked { until } => {
+            metrics.signins.with_label_values(&["locked"]).inc();
+            return deny(
+                Refusal::Session(SessionRefusal::Missing),
+                "login-locked",
+                locked_form(live, until, &next),
+            );
         }
+        auth::Attempt::Counted { locks } => locks,
+    };
+    // The physician signing in must be the one the terminal is registered to.
+    let ok = id == p.id && check_password(&slot, password, p.password_hash.clone()).await;
+    drop(slot);
+    if !ok {
         metrics
             .signins
-            .with_label_values(&[if locked { "locked-now" } else { "failed" }])
+            .with_label_values(&[if locks { "locked-now" } else { "failed" }])
             .inc();
-        if locked {
+        if locks {
             metrics.lockouts.inc();
         }
         return deny(
             Refusal::Session(SessionRefusal::Missing),
-            if locked { "login-locked-now" } else { "login-failed" },
+            if locks { "login-locked-now" } else { "login-failed" },
             login_form(
                 live,
                 StatusCode::UNAUTHORIZED,
@@ -385,11 +466,8 @@ async fn login(
             ),
         );
     }
-    if p.failed_logins != 0 || p.locked_until.is_some() {
-        auth::record_success(&mut p);
-        if let Err(e) = gate.store.update_physician(&p.id, auth::record_success) {
-            tracing::error!(error = %e, "could not reset the failure count");
-        }
+    if let Err(e) = gate.store.signin_succeeded(&p.id) {
+        tracing::error!(error = %e, "could not reset the failure count");
     }
     metrics.signins.with_label_values(&["ok"]).inc();
     let (token, s) =
@@ -408,13 +486,18 @@ async fn login(
     )
 }
 
+/// `POST /.seibo/password`. The current password is a password try like a sign-in: the same
+/// rate, slot, atomic count and lock. A wrong current password that locks the account also
+/// ends the session that sent it.
 async fn change_password(
     gate: &Gate,
     live: &Live,
     peer: &Peer,
     who: &Who,
     req: Request<Incoming>,
+    now: OffsetDateTime,
 ) -> OwnPage {
+    let metrics = &gate.metrics;
     let Some(token) = session_token(gate, peer, who, req.headers()) else {
         return deny(
             Refusal::Session(SessionRefusal::Missing),
@@ -422,12 +505,14 @@ async fn change_password(
             pages::redirect(&login_url(PASSWORD_PATH)),
         );
     };
+    if !live.signin_rate.allow(&peer.credential.fingerprint) {
+        return throttled(gate, live, Throttle::Rate);
+    }
     let Some(form) = read_form(req).await else {
         return bad_request(live, "bad-form");
     };
     let current = field(&form, "current").unwrap_or("").to_string();
     let new = field(&form, "new").unwrap_or("").to_string();
-    let p = &who.physician;
     let failed = |ja: &str, en: &str| {
         deny(
             Refusal::PasswordChangeRequired,
@@ -435,24 +520,70 @@ async fn change_password(
             password_form(live, StatusCode::BAD_REQUEST, ja, &escape(en)),
         )
     };
-    if !verify_blocking(current.clone(), p.password_hash.clone()).await {
+    let Ok(slot) = gate.hasher.try_slot() else {
+        return throttled(gate, live, Throttle::Busy);
+    };
+    let reserved = gate.store.reserve_signin_attempt(
+        &who.physician.id,
+        now,
+        live.auth.max_failures,
+        lockout(live),
+    );
+    let (attempt, p) = match reserved {
+        Ok(r) => r,
+        Err(e) => return store_unavailable(live, &e),
+    };
+    let locks = match attempt {
+        auth::Attempt::Locked { until } => {
+            metrics.signins.with_label_values(&["locked"]).inc();
+            return deny(
+                Refusal::Session(SessionRefusal::Missing),
+                "password-change-locked",
+                locked_form(live, until, PASSWORD_PATH),
+            );
+        }
+        auth::Attempt::Counted { locks } => locks,
+    };
+    if !check_password(&slot, current.clone(), p.password_hash.clone()).await {
+        metrics
+            .signins
+            .with_label_values(&[if locks { "locked-now" } else { "failed" }])
+            .inc();
+        if locks {
+            metrics.lockouts.inc();
+            gate.sessions.end(&token);
+            let until = auth::locked_until(&p, now).unwrap_or(now + lockout(live));
+            return deny(
+                Refusal::Session(SessionRefusal::Missing),
+                "password-change-locked-now",
+                with_cookie(
+                    locked_form(live, until, PASSWORD_PATH),
+                    &session::clear_cookie(),
+                ),
+            );
+        }
         return failed(
-            "現在のパスワードが正しくありません。",
-            "The current password is wrong.",
+            "現在のパスワードが正しくありません。5回続けて誤るとしばらくロックされます。",
+            "The current password is wrong. After 5 wrong attempts in a row the account is locked for a while.",
         );
+    }
+    if let Err(e) = gate.store.signin_succeeded(&p.id) {
+        tracing::error!(error = %e, "could not reset the failure count");
     }
     if let Err(why) = auth::password_policy(&p.id, &current, &new) {
         return failed("新しいパスワードが条件を満たしていません。", why);
     }
-    let hash = match tokio::task::spawn_blocking(move || auth::hash_password(&new)).await {
-        Ok(Ok(h)) => h,
-        _ => {
+    let hash = match slot.hash(new).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(error = %e, "could not hash a new password");
             return failed(
                 "パスワードを保存できませんでした。",
                 "The password could not be stored.",
-            )
+            );
         }
     };
+    drop(slot);
     let saved = gate.store.update_physician(&p.id, |x| {
         x.password_hash = Some(hash.clone());
         x.must_change_password = false;

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde::{de::DeserializeOwned, Serialize};
 use time::Date;
 
+use crate::auth;
 use crate::consent;
 use crate::model::{Consent, Physician, SuspendReason, Terminal, TerminalKind, Withdrawal};
 
@@ -174,6 +175,60 @@ impl Store {
         let p = out.ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
         self.flush()?;
         Ok(p)
+    }
+
+    /// Reserves one password try of physician `id` (art 13.1, issue 11 item 1): the lock test
+    /// and the failure count are one atomic read-modify-write of the stored record
+    /// ([`auth::reserve_attempt`] inside sled's compare-and-swap loop; the closure may run
+    /// more than once and does no I/O), flushed before the password is checked. Returns the
+    /// decision and the physician as stored by it (check the password against *its* hash).
+    pub fn reserve_signin_attempt(
+        &self,
+        id: &str,
+        now: time::OffsetDateTime,
+        max_failures: u32,
+        lockout: time::Duration,
+    ) -> Result<(auth::Attempt, Physician), StoreError> {
+        // A locked account is answered from a read: a flood of refused tries writes nothing.
+        let p = self
+            .physician(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+        if let Some(until) = auth::locked_until(&p, now) {
+            return Ok((auth::Attempt::Locked { until }, p));
+        }
+        let mut out = None;
+        let mut err = None;
+        self.physicians.fetch_and_update(id, |old| {
+            let old = old?;
+            match decode::<Physician>("physicians", id.as_bytes(), old) {
+                Ok(mut p) => {
+                    let attempt = auth::reserve_attempt(&mut p, now, max_failures, lockout);
+                    let v = encode(&p);
+                    err = None;
+                    out = Some((attempt, p));
+                    Some(v)
+                }
+                Err(e) => {
+                    out = None;
+                    err = Some(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let (attempt, p) =
+            out.ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+        if let auth::Attempt::Counted { .. } = attempt {
+            self.flush()?;
+        }
+        Ok((attempt, p))
+    }
+
+    /// A password try proved right: the count and any lock are cleared (art 13.1).
+    pub fn signin_succeeded(&self, id: &str) -> Result<Physician, StoreError> {
+        self.update_physician(id, auth::record_success)
     }
 
     pub fn suspend_physician(
@@ -553,6 +608,49 @@ mod tests {
             conn2.resolve(&s, "bb", now).unwrap().unwrap_err(),
             IdentityRefusal::UnknownTerminal
         );
+    }
+
+    /// Art 13.1 (issue 11 item 1): 40 tries reserved at once from 8 threads: exactly
+    /// `max_failures` are counted (and may check a password), the one that reaches the limit
+    /// locks, every other is refused as locked; a success clears the count and the lock.
+    #[test]
+    fn art_13_1_concurrent_reservations_count_at_most_max_failures() {
+        use time::macros::datetime;
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.add_physician(&physician("d1")).unwrap();
+        let now = datetime!(2026-11-26 10:00 +9);
+        let lockout = time::Duration::minutes(15);
+        let results: Vec<auth::Attempt> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..5)
+                            .map(|_| s.reserve_signin_attempt("d1", now, 5, lockout).unwrap().0)
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        });
+        let counted = results
+            .iter()
+            .filter(|a| matches!(a, auth::Attempt::Counted { .. }))
+            .count();
+        let locking = results
+            .iter()
+            .filter(|a| matches!(a, auth::Attempt::Counted { locks: true }))
+            .count();
+        assert_eq!((counted, locking), (5, 1), "{results:?}");
+        let p = s.physician("d1").unwrap().unwrap();
+        assert!(auth::locked_until(&p, now).is_some());
+        s.signin_succeeded("d1").unwrap();
+        let p = s.physician("d1").unwrap().unwrap();
+        assert_eq!((p.failed_logins, p.locked_until), (0, None));
+        assert!(s.reserve_signin_attempt("nobody", now, 5, lockout).is_err());
     }
 
     #[test]

@@ -220,3 +220,23 @@ fn flood_limits_default_and_are_validated() {
         "{p:?}"
     );
 }
+
+/// Issue 11 item 6: `[auth] signin_attempts_per_minute` defaults to 20 and is checked at load,
+/// the error naming the key.
+#[test]
+fn signin_attempts_per_minute_has_a_default_and_a_range() {
+    assert_eq!(parse(VALID).unwrap().auth.signin_attempts_per_minute, 20);
+    let with = |n: &str| format!("{VALID}\n[auth]\nsignin_attempts_per_minute = {n}\n");
+    assert_eq!(
+        parse(&with("30")).unwrap().auth.signin_attempts_per_minute,
+        30
+    );
+    for bad in ["0", "6001"] {
+        let p = problems(&with(bad));
+        assert!(
+            p.iter()
+                .any(|m| m.starts_with("auth.signin_attempts_per_minute")),
+            "{bad}: {p:?}"
+        );
+    }
+}
