@@ -1,4 +1,4 @@
-//! The decision path, without TLS or I/O: `decision::decide` (terminal by fingerprint →
+//! The decision path, without TLS or I/O: `decide_one` below (terminal by fingerprint →
 //! physician → route → consent) over a sled store holding N physicians, N terminals and N
 //! consents, and `RouteTable::resolve` alone.
 //!
@@ -13,10 +13,32 @@ use serde_json::json;
 use time::{Date, OffsetDateTime};
 
 use seibo_gate::clock;
-use seibo_gate::decision::{self, Verdict};
+use std::sync::Arc;
+
+use seibo_gate::decision::{self, Decision, Refusal};
+use seibo_gate::identity;
 use seibo_gate::model::{Consent, Physician, Terminal};
 use seibo_gate::route::{RouteSpec, RouteTable};
 use seibo_gate::store::Store;
+
+/// Identity, then route and consent, as the request path runs them (without the connection's
+/// identity cache).
+fn decide_one(
+    store: &Store,
+    routes: &RouteTable,
+    fingerprint: &str,
+    method: &http::Method,
+    path_and_query: &str,
+    now: OffsetDateTime,
+) -> Decision {
+    match identity::resolve(store, fingerprint, now) {
+        Ok(Ok(who)) => {
+            decision::authorize(store, routes, Arc::new(who), method, path_and_query, now)
+        }
+        Ok(Err(r)) => Decision::deny(Refusal::Identity(r), None, None),
+        Err(_) => Decision::deny(Refusal::StoreUnavailable, None, None),
+    }
+}
 
 fn bench_mode() -> bool {
     std::env::args().any(|a| a == "--bench")
@@ -109,18 +131,18 @@ fn decide(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("allow", n), &n, |b, &n| {
             b.iter(|| {
                 i = (i + 1) % n;
-                let d = decision::decide(&store, &routes, &fps[i], &get, &paths[i], now);
-                debug_assert_eq!(d.verdict, Verdict::Allow);
+                let d = decide_one(&store, &routes, &fps[i], &get, &paths[i], now);
+                debug_assert!(matches!(d, Decision::Allow(_)));
                 black_box(d)
             })
         });
         g.bench_with_input(BenchmarkId::new("deny-unknown-terminal", n), &n, |b, _| {
             let fp = "f".repeat(64);
-            b.iter(|| black_box(decision::decide(&store, &routes, &fp, &get, &paths[0], now)))
+            b.iter(|| black_box(decide_one(&store, &routes, &fp, &get, &paths[0], now)))
         });
         g.bench_with_input(BenchmarkId::new("deny-no-consent", n), &n, |b, _| {
             b.iter(|| {
-                black_box(decision::decide(
+                black_box(decide_one(
                     &store,
                     &routes,
                     &fps[0],

@@ -8,42 +8,59 @@ use http::StatusCode;
 use time::OffsetDateTime;
 
 use crate::consent::{self, ConsentRefusal, Window};
-use crate::identity::{self, ConnIdentity, IdentityRefusal, Who};
+use crate::identity::{ConnIdentity, IdentityRefusal, SiteSystemRefusal, Who};
 use crate::route::{RouteError, RouteTable, Target};
 use crate::session::SessionRefusal;
 use crate::store::{Store, StoreError};
 
-/// What the gateway will do with a request, and everything learnt on the way (a refusal's
-/// audit record names as much as is known).
+/// The policy's answer for a request to the EMR: allowed with everything forwarding needs, or
+/// denied with as much as was learnt (a refusal's audit record names what is known). An allowed
+/// request always has its physician and its target: no other state can be written.
 #[derive(Debug, Clone)]
-pub struct Decision {
-    pub verdict: Verdict,
-    /// The active terminal and physician, once resolved.
-    pub who: Option<Arc<Who>>,
-    /// What the request is for, once routed: this normalised target is what is forwarded.
-    pub target: Option<Target>,
-    /// The viewable window when the request is for a consented patient.
+pub enum Decision {
+    Allow(Allowed),
+    Deny(Denied),
+}
+
+/// An allowed request: who, what, and the viewing window it is forwarded with.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    /// The active terminal and physician.
+    pub who: Arc<Who>,
+    /// What the request is for: this normalised target is what is forwarded.
+    pub target: Target,
+    /// The viewable window, when the request is for a consented patient.
     pub window: Option<Window>,
     /// True for the patient's first allowed view of the day: `last_view` must move (art 8.3).
     pub first_view_today: bool,
 }
 
+/// A refused request, with what the request path knew when it refused.
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub refusal: Refusal,
+    /// The active terminal and physician, when they were resolved.
+    pub who: Option<Arc<Who>>,
+    /// What the request was for, when it was routed.
+    pub target: Option<Target>,
+}
+
+impl Decision {
+    pub fn deny(refusal: Refusal, who: Option<Arc<Who>>, target: Option<Target>) -> Decision {
+        Decision::Deny(Denied {
+            refusal,
+            who,
+            target,
+        })
+    }
+}
+
+/// Whether a page of the gateway's own (sign-in, password change, "who am I") counts as an
+/// allowed or a refused request in the audit and the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Allow,
     Deny(Refusal),
-}
-
-impl Decision {
-    pub fn deny(r: Refusal, who: Option<Arc<Who>>, target: Option<Target>) -> Decision {
-        Decision {
-            verdict: Verdict::Deny(r),
-            who,
-            target,
-            window: None,
-            first_view_today: false,
-        }
-    }
 }
 
 /// Why a request is refused. One variant per stage, each mapped to a status and a page.
@@ -77,7 +94,7 @@ pub enum Refusal {
     DownloadBlocked,
     /// A request on the site-system listener that cannot be trusted (art 6.1).
     #[error("site system refused: {0}")]
-    SiteSystem(&'static str),
+    SiteSystem(SiteSystemRefusal),
     /// The request's framing or headers are ambiguous (e.g. `Transfer-Encoding` from a
     /// client): answer 400, never forward.
     #[error("bad request: {0}")]
@@ -107,7 +124,7 @@ impl Refusal {
             Refusal::Session(r) => r.reason(),
             Refusal::PasswordChangeRequired => "password-change-required",
             Refusal::DownloadBlocked => "download-blocked",
-            Refusal::SiteSystem(r) => r,
+            Refusal::SiteSystem(r) => r.reason(),
             Refusal::BadRequest(r) => r,
             Refusal::BodyTooLarge => "body-too-large",
             Refusal::HeadersTooLarge => "headers-too-large",
@@ -138,16 +155,8 @@ impl Refusal {
     }
 }
 
-/// Identity stage: the terminal with this key fingerprint, and its active physician.
-pub fn identify(
-    store: &Store,
-    fingerprint: &str,
-    now: OffsetDateTime,
-) -> Result<Arc<Who>, Refusal> {
-    identified(identity::resolve(store, fingerprint, now).map(|r| r.map(Arc::new)))
-}
-
-/// [`identify`] through a connection's identity cache (same answers, fewer registry reads).
+/// Identity stage: the terminal with this key fingerprint and its active physician, through the
+/// connection's identity cache (a refused terminal learns nothing about routes or patients).
 pub fn identify_cached(
     conn: &ConnIdentity,
     store: &Store,
@@ -185,13 +194,12 @@ pub fn authorize(
         Err(r) => return Decision::deny(Refusal::Route(r), Some(who), None),
     };
     let Some(patient) = &target.patient else {
-        return Decision {
-            verdict: Verdict::Allow,
-            who: Some(who),
-            target: Some(target),
+        return Decision::Allow(Allowed {
+            who,
+            target,
             window: None,
             first_view_today: false,
-        };
+        });
     };
     let today = now.to_offset(crate::clock::JST).date();
     let verdict = match store.consent(patient) {
@@ -203,29 +211,12 @@ pub fn authorize(
         }
     };
     match verdict {
-        Ok((window, first_view_today)) => Decision {
-            verdict: Verdict::Allow,
-            who: Some(who),
-            target: Some(target),
+        Ok((window, first_view_today)) => Decision::Allow(Allowed {
+            who,
+            target,
             window: Some(window),
             first_view_today,
-        },
+        }),
         Err(r) => Decision::deny(Refusal::Consent(r), Some(who), Some(target)),
-    }
-}
-
-/// Decides on one request from a terminal with the given key fingerprint: identity first (a
-/// refused terminal learns nothing about routes or patients), then route and consent.
-pub fn decide(
-    store: &Store,
-    routes: &RouteTable,
-    fingerprint: &str,
-    method: &http::Method,
-    path_and_query: &str,
-    now: OffsetDateTime,
-) -> Decision {
-    match identify(store, fingerprint, now) {
-        Ok(who) => authorize(store, routes, who, method, path_and_query, now),
-        Err(r) => Decision::deny(r, None, None),
     }
 }

@@ -43,6 +43,30 @@ impl IdentityRefusal {
     }
 }
 
+/// Why a site system's request is refused (art 6.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SiteSystemRefusal {
+    /// The certificate is not a registered (or is a revoked) site system.
+    #[error("not a registered site system")]
+    Unknown,
+    /// The request names no (valid) physician.
+    #[error("no physician named")]
+    PhysicianMissing,
+    /// The named physician is registered and suspended.
+    #[error("the physician is suspended")]
+    PhysicianSuspended,
+}
+
+impl SiteSystemRefusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            SiteSystemRefusal::Unknown => "site-system-unknown",
+            SiteSystemRefusal::PhysicianMissing => "site-physician-missing",
+            SiteSystemRefusal::PhysicianSuspended => "physician-suspended",
+        }
+    }
+}
+
 /// Resolves a terminal fingerprint to an active terminal and physician.
 pub fn resolve(
     store: &Store,
@@ -160,24 +184,24 @@ pub const SITE_PHYSICIAN_HEADER: &str = "x-seibo-site-physician";
 
 /// Art 6.1: a registered site system (the hospital's own EMR network) asserts the physician;
 /// no terminal or physician registration is needed, but a registered physician who is
-/// suspended stays refused. Errors are reason codes.
+/// suspended stays refused.
 pub fn resolve_site_system(
     store: &Store,
     fingerprint: &str,
     asserted: Option<&str>,
     site: &str,
-) -> Result<Result<Who, &'static str>, StoreError> {
+) -> Result<Result<Who, SiteSystemRefusal>, StoreError> {
     let Some(terminal) = store.terminal_by_fingerprint(fingerprint)? else {
-        return Ok(Err("site-system-unknown"));
+        return Ok(Err(SiteSystemRefusal::Unknown));
     };
     if terminal.kind != TerminalKind::SiteSystem || terminal.revoked {
-        return Ok(Err("site-system-unknown"));
+        return Ok(Err(SiteSystemRefusal::Unknown));
     }
     let Some(id) = asserted.filter(|id| crate::ids::PhysicianId::is_valid(id)) else {
-        return Ok(Err("site-physician-missing"));
+        return Ok(Err(SiteSystemRefusal::PhysicianMissing));
     };
     let physician = match store.physician(id)? {
-        Some(p) if p.suspended.is_some() => return Ok(Err("physician-suspended")),
+        Some(p) if p.suspended.is_some() => return Ok(Err(SiteSystemRefusal::PhysicianSuspended)),
         Some(p) => p,
         None => Physician {
             id: id.to_string(),

@@ -14,13 +14,12 @@
 //! eviction, connection limits) is counted, logged at INFO and written to the audit as a
 //! `connection` record, at the rate [`crate::refusals`] allows (the rest summarised).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,11 +36,14 @@ use tokio_rustls::TlsAcceptor;
 use crate::audit::ConnectionRecord;
 use crate::config::{in_networks, Limits, Listener, ListenerKind};
 use crate::decision::Refusal;
+use crate::gate::Gate;
 use crate::handshake::Ticket;
 use crate::identity::ConnIdentity;
+use crate::outcome::CloseConnection;
 use crate::pages;
+use crate::peer::{Credential, Ingress, Peer};
 use crate::refusals::{Kind, Subject};
-use crate::service::{self, Credential, Gate, Ingress, Peer};
+use crate::service;
 use crate::shutdown::Shutdown;
 use crate::tls;
 
@@ -245,13 +247,13 @@ pub fn refused_connection(
     }
     let now = gate.clock.now();
     let terminal =
-        credential.and_then(|c| crate::identity::describe(&gate.store, &c.fingerprint).0);
+        credential.and_then(|c| crate::identity::describe(&gate.store, c.fingerprint()).0);
     let who = Subject {
         ingress: ingress.as_str(),
         source: client.ip(),
-        fingerprint: credential.map(|c| c.fingerprint.as_str()),
+        fingerprint: credential.map(|c| c.fingerprint()),
         terminal: terminal.as_deref(),
-        cn: credential.and_then(|c| c.cn.as_deref()),
+        cn: credential.and_then(|c| c.cn()),
     };
     if !gate.refusals.admit(Kind::Connection, &who, reason, now) {
         gate.metrics
@@ -270,8 +272,8 @@ pub fn refused_connection(
         client: client.to_string(),
         reason: reason.to_string(),
         terminal,
-        cn: credential.and_then(|c| c.cn.clone()),
-        serial: credential.and_then(|c| c.serial.clone()),
+        cn: credential.and_then(|c| c.cn().map(str::to_string)),
+        serial: credential.and_then(|c| c.serial().map(str::to_string)),
     });
 }
 
@@ -327,7 +329,7 @@ where
     // lives across an await: 9 KiB for an HTTP/1.1 connection before this).
     let addr = peer.addr;
     let Some(terminal_slot) = gate.terminal_conns.try_open(
-        &peer.credential.fingerprint,
+        peer.credential.fingerprint(),
         limits.max_connections_per_terminal,
     ) else {
         refused_connection(
@@ -392,11 +394,7 @@ async fn handle_then_close(
     close: Arc<tokio::sync::Notify>,
 ) -> Result<hyper::Response<pages::Body>, Infallible> {
     let resp = service::handle(gate, peer, identity, req).await?;
-    if resp
-        .extensions()
-        .get::<service::CloseConnection>()
-        .is_some()
-    {
+    if resp.extensions().get::<CloseConnection>().is_some() {
         close.notify_one();
     }
     Ok(resp)
@@ -518,57 +516,6 @@ where
     if tokio::time::timeout(bound, conn.as_mut()).await.is_err() {
         conn.as_mut().graceful_shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-    }
-}
-
-/// Open connections per terminal credential (certificate fingerprint), across all listeners.
-#[derive(Debug, Default)]
-pub struct TerminalConns {
-    open: Mutex<HashMap<String, usize>>,
-}
-
-/// One counted connection; dropping it gives the slot back.
-#[derive(Debug)]
-pub struct TerminalSlot {
-    conns: Arc<TerminalConns>,
-    fingerprint: String,
-}
-
-impl TerminalConns {
-    /// Counts a new connection of `fingerprint`, or `None` when it already has `max` open.
-    pub fn try_open(self: &Arc<Self>, fingerprint: &str, max: usize) -> Option<TerminalSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(fingerprint.to_string()).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(TerminalSlot {
-            conns: self.clone(),
-            fingerprint: fingerprint.to_string(),
-        })
-    }
-
-    /// Connections `fingerprint` has open now.
-    pub fn open(&self, fingerprint: &str) -> usize {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        open.get(fingerprint).copied().unwrap_or(0)
-    }
-}
-
-impl Drop for TerminalSlot {
-    fn drop(&mut self) {
-        let mut open = self
-            .conns
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = open.get_mut(&self.fingerprint) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.fingerprint);
-            }
-        }
     }
 }
 

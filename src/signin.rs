@@ -12,41 +12,19 @@ use time::OffsetDateTime;
 use crate::auth;
 use crate::clock;
 use crate::decision::{Refusal, Verdict};
+use crate::gate::{Gate, Live};
 use crate::hashing;
 use crate::identity::Who;
+use crate::own_paths::{
+    is_own_path, login_url, OwnPage, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH, WHOAMI_PATH,
+};
 use crate::pages::{self, escape, Body, Page};
+use crate::peer::Peer;
 use crate::route::RouteError;
-use crate::service::{Gate, Live, Peer};
 use crate::session::{self, SessionRefusal};
-
-pub const PREFIX: &str = "/.seibo/";
-pub const LOGIN_PATH: &str = "/.seibo/login";
-pub const PASSWORD_PATH: &str = "/.seibo/password";
-pub const LOGOUT_PATH: &str = "/.seibo/logout";
-pub const WHOAMI_PATH: &str = "/.seibo/whoami";
 
 /// Largest form body accepted.
 const MAX_FORM: usize = 8 * 1024;
-
-/// A page of the gateway's own, with what the audit records of it.
-pub struct OwnPage {
-    pub verdict: Verdict,
-    pub reason: &'static str,
-    pub response: Response<Body>,
-}
-
-/// True for the reserved prefix (never forwarded to the EMR).
-pub fn is_own_path(raw_target: &str) -> bool {
-    raw_target == "/.seibo" || raw_target.starts_with(PREFIX) || raw_target.starts_with("/.seibo?")
-}
-
-/// The sign-in page that returns to `next` afterwards.
-pub fn login_url(next: &str) -> String {
-    let q: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("next", next)
-        .finish();
-    format!("{LOGIN_PATH}?{q}")
-}
 
 /// A local path to return to after sign-in (an EMR page, or "who am I"); anything else
 /// becomes the site's start page `home` (issue 11 item 24).
@@ -77,7 +55,7 @@ pub fn check_session(
         session::token_from_cookies(headers).ok_or(Refusal::Session(SessionRefusal::Missing))?;
     let s = gate
         .sessions
-        .check(&token, &peer.credential.fingerprint)
+        .check(&token, peer.credential.fingerprint())
         .map_err(Refusal::Session)?;
     if s.physician != who.physician.id {
         gate.sessions.end(&token);
@@ -293,7 +271,6 @@ pub async fn handle(
                 ),
             )
         }
-        (Method::GET, WHOAMI_PATH) => crate::whoami::page(gate, live, peer, who, &req, now),
         _ => deny(
             Refusal::Route(RouteError::NoRoute),
             "no-route",
@@ -308,7 +285,7 @@ fn session_token(gate: &Gate, peer: &Peer, who: &Who, headers: &http::HeaderMap)
     let token = session::token_from_cookies(headers)?;
     let s = gate
         .sessions
-        .check(&token, &peer.credential.fingerprint)
+        .check(&token, peer.credential.fingerprint())
         .ok()?;
     (s.physician == who.physician.id).then_some(token)
 }
@@ -410,7 +387,7 @@ async fn login(
     if !live.auth.password_required {
         return allow("signin-not-required", pages::redirect(&live.site.home));
     }
-    if !live.signin_rate.allow(&peer.credential.fingerprint) {
+    if !live.signin_rate.allow(peer.credential.fingerprint()) {
         return throttled(gate, live, Throttle::Rate);
     }
     let Some(form) = read_form(req).await else {
@@ -472,7 +449,7 @@ async fn login(
     metrics.signins.with_label_values(&["ok"]).inc();
     let (token, s) =
         gate.sessions
-            .create(&p.id, &peer.credential.fingerprint, p.must_change_password);
+            .create(&p.id, peer.credential.fingerprint(), p.must_change_password);
     let to = if s.must_change_password {
         // Back to the page first asked for once the password is changed.
         gate.sessions.remember_return(&token, &next);
@@ -505,7 +482,7 @@ async fn change_password(
             pages::redirect(&login_url(PASSWORD_PATH)),
         );
     };
-    if !live.signin_rate.allow(&peer.credential.fingerprint) {
+    if !live.signin_rate.allow(peer.credential.fingerprint()) {
         return throttled(gate, live, Throttle::Rate);
     }
     let Some(form) = read_form(req).await else {

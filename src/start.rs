@@ -16,9 +16,9 @@
 
 use http::{Method, Response};
 
+use crate::own_paths::{is_own_path, WHOAMI_PATH};
 use crate::pages::{self, Body};
 use crate::route::{self, RouteTable};
-use crate::signin::{self, WHOAMI_PATH};
 
 /// Why `[site] home` cannot be the start page.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +52,7 @@ pub fn resolve_home(routes: &RouteTable, configured: Option<&str>) -> Result<Str
     if home == WHOAMI_PATH {
         return Ok(home.to_string());
     }
-    if signin::is_own_path(home) {
+    if is_own_path(home) {
         return Err(HomeError::OwnPage(home.to_string()));
     }
     let target = routes

@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, WireGuard};
+use crate::gate::Gate;
 use crate::listener::{budgeted, refused_connection, serve_peer, Budgeted};
 use crate::metrics::Metrics;
-use crate::model::{wireguard_fingerprint, TerminalKind};
-use crate::service::{Credential, Gate, Ingress, Peer};
+use crate::model::TerminalKind;
+use crate::peer::{Credential, Ingress, Peer};
 use crate::shutdown::Shutdown;
 use crate::store::{Store, StoreError};
 use crate::wireguard::{self, WgConfig, WgHandle, WgPeer, WgStats, WgStream};
@@ -95,13 +95,7 @@ pub async fn serve(
         let peer = Peer {
             ingress: Ingress::WireGuard,
             addr: stream.remote(),
-            credential: Credential {
-                fingerprint: wireguard_fingerprint(
-                    &base64::engine::general_purpose::STANDARD.encode(stream.peer_key()),
-                ),
-                serial: None,
-                cn: Some(stream.peer_name().to_string()),
-            },
+            credential: Credential::wireguard(&stream.peer_key(), stream.peer_name()),
         };
         let gate = gate.clone();
         let limits = limits.clone();

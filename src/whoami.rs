@@ -7,10 +7,12 @@ use time::OffsetDateTime;
 
 use crate::clock;
 use crate::decision::{Refusal, Verdict};
+use crate::gate::{Gate, Live};
 use crate::identity::Who;
+use crate::own_paths::{login_url, OwnPage, LOGOUT_PATH, PASSWORD_PATH, WHOAMI_PATH};
 use crate::pages::{self, escape, Page};
-use crate::service::{Gate, Ingress, Live, Peer};
-use crate::signin::{self, OwnPage, PASSWORD_PATH, WHOAMI_PATH};
+use crate::peer::{Ingress, Peer};
+use crate::signin;
 
 /// How the terminal reached the gateway, in words: (Japanese, English).
 pub fn ingress_words(i: Ingress) -> (&'static str, &'static str) {
@@ -45,7 +47,7 @@ pub fn page<B>(
             Err(r) => {
                 let response = match r {
                     Refusal::PasswordChangeRequired => pages::redirect(PASSWORD_PATH),
-                    _ => pages::redirect(&signin::login_url(WHOAMI_PATH)),
+                    _ => pages::redirect(&login_url(WHOAMI_PATH)),
                 };
                 let reason = r.reason();
                 return OwnPage {
@@ -85,7 +87,7 @@ pub fn page<B>(
         id = escape(&who.physician.id),
         terminal = escape(&who.terminal.name),
         ends = escape(&ends),
-        logout = signin::LOGOUT_PATH,
+        logout = LOGOUT_PATH,
     );
     OwnPage {
         verdict: Verdict::Allow,

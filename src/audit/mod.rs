@@ -59,11 +59,13 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 mod index;
+mod kinds;
 mod refusal;
 mod witness;
 
 use index::LineKey;
 pub use index::{patient_key, IndexError, INDEX_FILE};
+pub use kinds::Decision;
 pub use refusal::{ConnectionRecord, SuppressedRecord};
 pub use witness::{rebuild_index, verify, verify_with, RecordedHead, VerifyOptions};
 

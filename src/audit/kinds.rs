@@ -1,0 +1,45 @@
+//! The closed sets of values an audit record carries, as types: each serialises to the string
+//! the log has always held, so the log format and `audit query --json` are unchanged.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether a request was let through (`"allow"`) or refused (`"deny"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allow,
+    Deny,
+}
+
+impl Decision {
+    /// The name the log, the metrics and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_serialise_to_the_logs_strings() {
+        for (d, s) in [(Decision::Allow, "allow"), (Decision::Deny, "deny")] {
+            assert_eq!(serde_json::to_string(&d).ok(), Some(format!("\"{s}\"")));
+            assert_eq!(d.as_str(), s);
+            assert_eq!(
+                serde_json::from_str::<Decision>(&format!("\"{s}\"")).ok(),
+                Some(d)
+            );
+        }
+    }
+}

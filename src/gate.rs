@@ -1,0 +1,111 @@
+//! What every request needs, shared by all connections: the registry, sessions, the audit
+//! log, metrics, the clock and the budgets ([`Gate`]); and the part of the configuration that
+//! `SIGHUP` reloads ([`Live`]), read once per request.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::AuditLog;
+use crate::clock::SharedClock;
+use crate::config::{Auth, Config, Limits, Policy, Site};
+use crate::conn_slots::TerminalConns;
+use crate::forward::Forwarder;
+use crate::handshake::HandshakeBudget;
+use crate::hashing::Hasher;
+use crate::metrics::Metrics;
+use crate::refusals::RefusalLimiter;
+use crate::route::RouteTable;
+use crate::session::Sessions;
+use crate::signin_rate::SigninRate;
+use crate::store::Store;
+
+/// Everything a request needs, shared by all connections.
+#[derive(Debug)]
+pub struct Gate {
+    pub store: Store,
+    /// Sign-in sessions (art 6.3, 13.1).
+    pub sessions: Arc<Sessions>,
+    pub audit: AuditLog,
+    pub metrics: Metrics,
+    pub clock: SharedClock,
+    /// Open connections per terminal credential (`[limits] max_connections_per_terminal`).
+    pub terminal_conns: Arc<TerminalConns>,
+    /// Handshakes in progress (`[limits] max_handshakes`), apart from connection slots.
+    pub handshakes: Arc<HandshakeBudget>,
+    /// Refusals audited at a bounded rate per terminal and source, the rest summarised.
+    pub refusals: Arc<RefusalLimiter>,
+    /// Argon2 on a fixed pool with bounded slots and memory (issue 11 item 6).
+    pub hasher: Hasher,
+    /// What `SIGHUP` reloads: swapped atomically, read once per request.
+    live: ArcSwap<Live>,
+}
+
+/// The reloadable part of the configuration.
+#[derive(Debug)]
+pub struct Live {
+    pub site: Site,
+    pub routes: RouteTable,
+    pub forwarder: Forwarder,
+    pub auth: Auth,
+    pub policy: Policy,
+    /// Request limits checked per request (header count, body size).
+    pub limits: Limits,
+    /// Password tries per terminal (`[auth] signin_attempts_per_minute`; a reload starts the
+    /// counts afresh).
+    pub signin_rate: SigninRate,
+}
+
+impl Live {
+    pub fn new(cfg: &Config) -> Live {
+        Live {
+            site: cfg.site.clone(),
+            routes: cfg.routes.clone(),
+            forwarder: Forwarder::new(&cfg.upstream, cfg.policy.blank_print),
+            auth: cfg.auth.clone(),
+            policy: cfg.policy.clone(),
+            limits: cfg.limits.clone(),
+            signin_rate: SigninRate::per_minute(cfg.auth.signin_attempts_per_minute),
+        }
+    }
+}
+
+impl Gate {
+    pub fn new(
+        cfg: &Config,
+        store: Store,
+        audit: AuditLog,
+        metrics: Metrics,
+        clock: SharedClock,
+    ) -> Gate {
+        Gate {
+            store,
+            sessions: Arc::new(Sessions::new(
+                cfg.auth.idle_timeout,
+                cfg.auth.session_lifetime,
+            )),
+            audit,
+            metrics,
+            clock,
+            terminal_conns: Default::default(),
+            handshakes: Arc::new(HandshakeBudget::new(
+                cfg.limits.flood.max_handshakes,
+                cfg.limits.flood.max_handshakes_per_source,
+            )),
+            refusals: Arc::new(RefusalLimiter::new(&cfg.limits.flood)),
+            hasher: Hasher::for_this_machine(),
+            live: ArcSwap::from_pointee(Live::new(cfg)),
+        }
+    }
+
+    /// The current routes, upstream and site.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Replaces routes, upstream and site for the next requests (requests in flight finish
+    /// with what they started with).
+    pub fn reload(&self, cfg: &Config) {
+        self.live.store(Arc::new(Live::new(cfg)));
+    }
+}
