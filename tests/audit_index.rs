@@ -68,16 +68,7 @@ async fn art_12_8_index_answers_like_a_full_scan_after_kill_9_and_restart() {
     gate.terminal_credential_only();
     // Every refusal (P003 has no consent) is written one by one: this test is about the index,
     // not the refusal audit's rate limit (issue 11 item 8).
-    let text = std::fs::read_to_string(&gate.config).unwrap();
-    std::fs::write(
-        &gate.config,
-        text.replacen(
-            "[limits]\n",
-            "[limits]\nrefusal_audit_rate = 10000\nrefusal_audit_burst = 100000\n",
-            1,
-        ),
-    )
-    .unwrap();
+    gate.audit_every_refusal();
     gate.start();
     gate.add_physician("dr1");
     let pc1 = gate.add_terminal("dr1", "pc1");

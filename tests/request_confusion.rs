@@ -159,6 +159,8 @@ struct Site {
 fn site(emr_port: u16, upstream_extra: &str, tail: &str) -> Site {
     let mut gate = Gate::init(emr_port);
     gate.terminal_credential_only();
+    // The tests count refusal rows: each refusal is written (not the rate limit under test).
+    gate.audit_every_refusal();
     let text = std::fs::read_to_string(&gate.config).expect("read gate.toml");
     let text = if upstream_extra.is_empty() {
         text

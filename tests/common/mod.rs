@@ -1084,3 +1084,22 @@ pub async fn load_then_kill9(
         elapsed: started.elapsed(),
     }
 }
+
+impl Gate {
+    /// Writes every refused request to the audit one by one (no rate limit, no summary): for
+    /// tests that count refusal rows and are not about the refusal audit's limit (issue 11
+    /// item 8, whose own tests are in `flood.rs`).
+    pub fn audit_every_refusal(&self) {
+        let text = std::fs::read_to_string(&self.config).expect("read gate.toml");
+        assert!(text.contains("[limits]\n"), "gate.toml has no [limits]");
+        std::fs::write(
+            &self.config,
+            text.replacen(
+                "[limits]\n",
+                "[limits]\nrefusal_audit_rate = 10000\nrefusal_audit_burst = 100000\n",
+                1,
+            ),
+        )
+        .expect("write gate.toml");
+    }
+}
