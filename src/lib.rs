@@ -52,6 +52,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod conn_slots;
+pub mod connection;
 pub mod consent;
 pub mod dates;
 pub mod decision;

@@ -12,8 +12,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Limits, WireGuard};
+use crate::connection::{budgeted, refused_connection, serve_peer, Budgeted};
 use crate::gate::Gate;
-use crate::listener::{budgeted, refused_connection, serve_peer, Budgeted};
 use crate::metrics::Metrics;
 use crate::model::TerminalKind;
 use crate::peer::{Credential, Ingress, Peer};
