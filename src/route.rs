@@ -57,9 +57,11 @@
 //! * `spec`: a `[[route]]` as written, its problems, its compiled form and match;
 //!   `table`: the route table and [`RouteTable::resolve`] → [`Target`];
 //!   [`patient_keys`]: query parameters that name a patient.
+//! * [`own`]: the gateway's own pages under `/.seibo/`, never routed.
 
 mod error;
 mod normalise;
+pub mod own;
 mod patient_keys;
 mod spec;
 mod table;
