@@ -1,6 +1,10 @@
 //! Config validation: valid and invalid fixtures, one by one; every error names its key.
 
+use std::time::Duration;
+
 use super::*;
+use crate::route::own::WHOAMI_PATH;
+use crate::route::{RouteSpec, RouteTable};
 
 const VALID: &str = r#"
 [site]
@@ -239,4 +243,77 @@ fn signin_attempts_per_minute_has_a_default_and_a_range() {
             "{bad}: {p:?}"
         );
     }
+}
+
+fn table(specs: &[(&str, bool)]) -> RouteTable {
+    let specs: Vec<RouteSpec> = specs
+        .iter()
+        .map(|(path, no_patient)| RouteSpec {
+            path: path.to_string(),
+            category: None,
+            patient_query: None,
+            no_patient: *no_patient,
+            methods: None,
+            max_body_bytes: None,
+        })
+        .collect();
+    RouteTable::new(&specs).expect("valid routes")
+}
+
+fn emr() -> RouteTable {
+    table(&[
+        ("/patients/{patient}/{category}/**", false),
+        ("/portal/**", true),
+    ])
+}
+
+/// Issue 11 item 24: without `[site] home` the start page is the EMR's root when a route
+/// allows it, else "who am I".
+#[test]
+fn home_defaults_to_the_emr_root_when_routed_else_whoami() {
+    assert_eq!(resolve_home(&emr(), None).as_deref(), Ok(WHOAMI_PATH));
+    let with_root = table(&[("/patients/{patient}/{category}/**", false), ("/", true)]);
+    assert_eq!(resolve_home(&with_root, None).as_deref(), Ok("/"));
+    assert_eq!(
+        parse(VALID).map(|c| c.site.home).ok().as_deref(),
+        Some(WHOAMI_PATH)
+    );
+}
+
+/// Issue 11 item 24: a configured start page is a routed page without patient, written as
+/// it is forwarded; every other one is a problem naming `site.home`.
+#[test]
+fn home_must_be_a_routed_page_without_patient() {
+    let t = emr();
+    for good in ["/portal/menu", "/portal/menu?tab=today", WHOAMI_PATH] {
+        assert_eq!(resolve_home(&t, Some(good)).as_deref(), Ok(good));
+    }
+    for (bad, want) in [
+        ("portal/menu", "NotAPath"),
+        ("https://evil.example/", "NotAPath"),
+        ("//evil.example/portal", "NotAPath"),
+        ("/.seibo/logout", "OwnPage"),
+        ("/.seibo/login", "OwnPage"),
+        ("/admin", "NotRouted"),
+        ("/", "NotRouted"),
+        ("/patients/P001/basic", "NamesPatient"),
+        ("/portal/../patients/P001/basic", "NamesPatient"),
+        ("/portal/./menu", "NotCanonical"),
+        ("/portal//menu", "NotCanonical"),
+        ("/portal/%6Denu", "NotCanonical"),
+        ("/portal/a%2Fb", "NotRouted"),
+    ] {
+        let err = resolve_home(&t, Some(bad)).expect_err(bad);
+        assert!(
+            format!("{err:?}").starts_with(want),
+            "{bad}: {err:?} is not {want}"
+        );
+        assert!(err.to_string().starts_with("site.home: "), "{err}");
+    }
+    let p = problems(&VALID.replace("contact = ", "home = \"/static/./x\"\ncontact = "));
+    assert!(
+        p.iter()
+            .any(|m| m.starts_with("site.home: \"/static/./x\" is forwarded as")),
+        "{p:?}"
+    );
 }

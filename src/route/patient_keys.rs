@@ -5,13 +5,13 @@
 //! configured patient keys (`[routes] patient_query_keys`, default `patient`, `patient_id`,
 //! `pid`) must carry exactly the route's patient; on a route without a patient it is refused.
 //!
-//! Keys are compared loosely ([`super::loose_key`]: after percent-decoding, ASCII case folded,
+//! Keys are compared loosely ([`loose_key`]: after percent-decoding, ASCII case folded,
 //! `_` `-` `.` spaces and a PHP-style `[...]` suffix ignored), so `Patient_ID`, `patient-id`,
 //! `PID[]` all count. Non-ASCII keys never get this far (see [`super::unicode`]), so fullwidth,
 //! `ſ` or Kelvin-sign spellings cannot slip past the comparison. Values are compared exactly:
 //! `p001` or `P001 ` beside the route's `P001` is refused too.
 
-use super::{loose_key, RouteError};
+use super::error::RouteError;
 
 /// Query keys that name a patient unless `[routes] patient_query_keys` says otherwise.
 pub const DEFAULT_PATIENT_QUERY_KEYS: [&str; 3] = ["patient", "patient_id", "pid"];
@@ -105,5 +105,33 @@ impl PatientKeys {
             }
         }
         Ok(())
+    }
+}
+
+/// A loose form of a query key: what various backends might consider "the same name"
+/// (case-insensitive, PHP-style `name[...]` arrays, `.`/`-`/space/`_` variants).
+pub(super) fn loose_key(key: &str) -> String {
+    let base = key.split('[').next().unwrap_or(key);
+    base.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// The single value of a route's patient query parameter (`patient_query`): exactly one
+/// pair whose key is `name` (a look-alike key or a second one is refused).
+pub(super) fn query_patient(name: &str, pairs: &[(String, String)]) -> Result<String, RouteError> {
+    let wanted = loose_key(name);
+    let mut found: Option<&(String, String)> = None;
+    for pair in pairs.iter().filter(|(k, _)| loose_key(k) == wanted) {
+        if found.is_some() {
+            return Err(RouteError::BadTarget("duplicate-patient-parameter"));
+        }
+        found = Some(pair);
+    }
+    match found {
+        None => Err(RouteError::BadTarget("missing-patient-parameter")),
+        Some((k, _)) if k != name => Err(RouteError::BadTarget("lookalike-patient-parameter")),
+        Some((_, v)) => Ok(v.clone()),
     }
 }

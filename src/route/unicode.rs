@@ -20,7 +20,8 @@
 //!   `.` or `..` (then it is resolved) — `...`, `.. `, `..\u{301}` are refused, and so is a
 //!   segment of spaces alone (a trimming back end drops it);
 //! * a query key must be ASCII: no EMR names its parameters in other scripts, and an ASCII key's
-//!   every case or compatibility variant is ASCII too, so [`super::loose_key`] sees all of them.
+//!   every case or compatibility variant is ASCII too, so
+//!   [`super::patient_keys::loose_key`] sees all of them.
 //!
 //! [`normalising_backend_view`] is the adversary model the unit tests and the `lookalike` fuzz
 //! target check the rule against.
