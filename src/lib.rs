@@ -16,6 +16,7 @@
 //! ## Layout
 //!
 //! * [`listener`]: accept, source allow-list, TLS handshake, HTTP/1.1 + HTTP/2 serving.
+//! * [`ingress_backoff`]: exponential backoff (5 ms → 1 s) of accept loops after errors such as EMFILE.
 //! * [`handshake`]: the budget of handshakes in progress (apart from the connection slots).
 //! * [`refusals`]: refusals written to the audit at a bounded rate, the rest summarised.
 //! * [`tls`]: the mutual-TLS server configuration and the peer's certificate identity.
@@ -64,6 +65,7 @@ pub mod handshake;
 pub mod hashing;
 pub mod identity;
 pub mod ids;
+pub mod ingress_backoff;
 pub mod init;
 pub mod listener;
 pub mod metrics;
