@@ -324,7 +324,7 @@ pub async fn run() -> anyhow::Result<()> {
             p12pw = tdir.join("demo-pc.p12.password").display(),
         );
     };
-    let serve = crate::server::serve(cfg.clone(), Arc::new(SystemClock), &trigger, on_ready);
+    let serve = crate::server::run(cfg.clone(), Arc::new(SystemClock), &trigger, on_ready);
     tokio::pin!(serve);
     let result = tokio::select! {
         r = &mut serve => r,

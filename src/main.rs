@@ -520,7 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let c = load(&cfg)?;
             let clock = clock::serve_clock(test_clock.as_deref(), |k| std::env::var(k).ok())?;
             let (trigger, _) = seibo_gate::shutdown::channel();
-            let serve = seibo_gate::server::serve(c, clock, &trigger, |_| {});
+            let serve = seibo_gate::server::run(c, clock, &trigger, |_| {});
             tokio::pin!(serve);
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
