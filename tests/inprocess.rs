@@ -179,3 +179,30 @@ async fn in_process_gateway_on_port_0_fixed_clock_consent_window_and_drain() {
     assert!(report.records >= 4, "{report:?}");
     let _ = emr_task.await;
 }
+
+/// The binary told to bind port 0 reports the bound address in its "seibo-gate ready" log
+/// line; the harness reads it there instead of guessing a free port, at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_on_port_0_reports_its_listener() {
+    let emr = common::SampleEmr::start();
+    let mut gate = common::Gate::init(emr.port);
+    gate.terminal_credential_only();
+    gate.listen_on_port_0();
+    assert_eq!(gate.port, 0);
+    gate.add_physician("dr-nomura");
+    let pc1 = gate.add_terminal("dr-nomura", "pc-1");
+    gate.grant("P001", common::today_jst());
+    for _ in 0..2 {
+        gate.start();
+        assert_ne!(gate.port, 0, "{}", gate.log());
+        assert_eq!(
+            gate.bound_listeners(),
+            [std::net::SocketAddr::from(([127, 0, 0, 1], gate.port))]
+        );
+        let r = common::get_once(gate.port, gate.client(&pc1), "/patients/P001/labs")
+            .await
+            .expect("request");
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(gate.stop(), "stops on SIGTERM:\n{}", gate.log());
+    }
+}
