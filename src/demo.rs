@@ -18,9 +18,9 @@ use crate::audit::AuditLog;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::Config;
 use crate::init::{init, InitOptions};
-use crate::model::{Category, ConsentBy, Terminal};
+use crate::model::{Category, ConsentBy, TerminalKind};
 use crate::pages::{self, escape, Body};
-use crate::pki::{Ca, ClientKind};
+use crate::pki::Ca;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::Store;
 
@@ -215,24 +215,22 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
     store.update_physician("dr-saiyo", |p| p.must_change_password = false)?;
     let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
     let tdir = dir.join("terminals");
-    let issued = ca.issue_client(ClientKind::Terminal, "西予 一郎", "demo-pc", &tdir, 30)?;
+    let req = crate::terminal_issue::Request {
+        physician: "dr-saiyo",
+        name: "demo-pc",
+        out: &tdir,
+        days: 30,
+        now: clock.now(),
+    };
+    let issued =
+        crate::terminal_issue::certificate(&ca, TerminalKind::Terminal, "西予 一郎", &req)?;
     crate::pki::write_new_file(
         &tdir.join("demo-pc.p12.password"),
-        issued.p12_password.as_bytes(),
+        issued.files.p12_password.as_bytes(),
         0o600,
     )?;
     run(AdminRequest::TerminalRegister {
-        terminal: Terminal {
-            name: "demo-pc".into(),
-            physician: "dr-saiyo".into(),
-            fingerprint: issued.info.fingerprint.clone(),
-            serial: issued.info.serial.clone(),
-            not_after: crate::clock::rfc3339(issued.info.not_after),
-            revoked: false,
-            registered: crate::clock::rfc3339(clock.now()),
-            kind: crate::model::TerminalKind::Terminal,
-            tunnel_ip: None,
-        },
+        terminal: issued.terminal,
     })
     .await?;
     run(AdminRequest::ConsentGrant {
@@ -324,7 +322,7 @@ pub async fn run() -> anyhow::Result<()> {
             p12pw = tdir.join("demo-pc.p12.password").display(),
         );
     };
-    let serve = crate::server::serve(cfg.clone(), Arc::new(SystemClock), &trigger, on_ready);
+    let serve = crate::server::run(cfg.clone(), Arc::new(SystemClock), &trigger, on_ready);
     tokio::pin!(serve);
     let result = tokio::select! {
         r = &mut serve => r,

@@ -16,11 +16,13 @@
 //! ## Layout
 //!
 //! * [`listener`]: accept, source allow-list, TLS handshake, HTTP/1.1 + HTTP/2 serving.
+//! * [`ingress_backoff`]: exponential backoff (5 ms → 1 s) of accept loops after errors such as EMFILE.
 //! * [`handshake`]: the budget of handshakes in progress (apart from the connection slots).
 //! * [`refusals`]: refusals written to the audit at a bounded rate, the rest summarised.
 //! * [`tls`]: the mutual-TLS server configuration and the peer's certificate identity.
 //! * [`wireguard`]: the WireGuard ingress: one UDP socket, boringtun per peer, smoltcp TCP →
-//!   streams that carry the peer's identity; only the gateway's tunnel address and ports answer.
+//!   streams that carry the peer's identity; only the gateway's tunnel address and ports answer;
+//!   `wireguard::conf`: a terminal's wg-quick configuration.
 //! * [`service`]: the request path above, in one function.
 //! * [`identity`]: fingerprint → registered terminal → active physician.
 //! * [`route`]: path normalisation and the route table (URL → patient + record category).
@@ -40,7 +42,10 @@
 //! * [`hashing`]: Argon2 on a fixed pool with bounded slots and memory; [`signin_rate`]:
 //!   password tries per terminal.
 //! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
-//! * [`server`]: `serve` — everything wired together; [`metrics`]: Prometheus.
+//! * [`server`]: `bind` (every socket from the config) and `serve` (a bound gateway on a clock
+//!   until a shutdown signal) — everything wired together; [`metrics`]: Prometheus.
+//! * [`cli`]: what each `seibo-gate` subcommand does (`main.rs` parses and dispatches);
+//!   [`terminal_issue`]: a terminal's credential files and registry record.
 //! * [`fsmode`]: the state directory's file modes (umask 0077, nothing open to others).
 //! * [`demo`]: the sample EMR and the one-command demo.
 
@@ -49,6 +54,7 @@
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod conn_slots;
@@ -68,6 +74,7 @@ pub mod handshake;
 pub mod hashing;
 pub mod identity;
 pub mod ids;
+pub mod ingress_backoff;
 pub mod init;
 pub mod listener;
 pub mod metrics;
@@ -88,6 +95,7 @@ pub mod signin;
 pub mod signin_rate;
 pub mod start;
 pub mod store;
+pub mod terminal_issue;
 pub mod tls;
 pub mod tunnel;
 pub mod whoami;

@@ -28,6 +28,7 @@ use crate::connection::{
 };
 use crate::gate::Gate;
 use crate::handshake::Ticket;
+use crate::ingress_backoff::{accept_backoff, AcceptBackoff};
 use crate::peer::{Ingress, Peer};
 use crate::shutdown::Shutdown;
 use crate::tls;
@@ -50,19 +51,15 @@ impl MtlsListener {
     /// flight and closes (its slot is released when it ends, which `serve` waits for).
     pub async fn run(self, gate: Arc<Gate>, mut shutdown: Shutdown) {
         let name: Arc<str> = Arc::from(self.config.name.as_str());
+        let mut backoff = AcceptBackoff::new();
         loop {
             let accepted = tokio::select! {
                 a = self.socket.accept() => a,
                 _ = shutdown.recv() => return,
             };
-            let (stream, addr) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
+            // EMFILE and friends: back off (5 ms doubling to 1 s) instead of spinning.
+            let Some((stream, addr)) = accept_backoff(&mut backoff, accepted).await else {
+                continue;
             };
             let ingress = match self.config.kind {
                 ListenerKind::Terminal => Ingress::Mtls,

@@ -4,24 +4,18 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use seibo_gate::admin::{self, Admin, AdminRequest, AdminResponse};
-use seibo_gate::audit::{self, AuditLog, QueryFilter};
-use seibo_gate::clock::{self, Clock, SharedClock, SystemClock};
-use seibo_gate::config::{Config, ConfigError};
-use seibo_gate::exit::{self, ConfigProblem, DataError, UsageError};
-use seibo_gate::init::{self, InitOptions};
-use seibo_gate::model::{ConsentBy, SuspendReason, Terminal, TerminalKind};
-use seibo_gate::pki::{Ca, ClientKind};
-use seibo_gate::store::Store;
-
-const DEFAULT_CONFIG: &str = "/etc/seibo-gate/gate.toml";
+use seibo_gate::admin::AdminRequest;
+use seibo_gate::audit;
+use seibo_gate::cli::{self, DEFAULT_CONFIG};
+use seibo_gate::config::Config;
+use seibo_gate::exit::{self, UsageError};
+use seibo_gate::init::InitOptions;
+use seibo_gate::model::{SuspendReason, TerminalKind};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -423,34 +417,7 @@ fn init_tracing(service: bool) {
     }
 }
 
-/// A config that cannot be read, with how to point at the right one.
-#[derive(Debug, thiserror::Error)]
-#[error("{source}\n  {hint}")]
-struct ConfigNotRead {
-    #[source]
-    source: ConfigError,
-    hint: String,
-}
-
-fn load(cfg: &ConfigArg) -> anyhow::Result<Config> {
-    Config::load(&cfg.config).map_err(|e| match &e {
-        ConfigError::Read { source, .. } => {
-            let hint = if source.kind() == std::io::ErrorKind::PermissionDenied {
-                "the config must be readable by whoever runs this: root for admin commands, the \
-                 service's group for serve and check-config (chgrp seibo-gate FILE && chmod 0640 FILE)"
-                    .to_string()
-            } else {
-                format!(
-                    "which site? name its config with --config PATH or SEIBO_GATE_CONFIG=PATH \
-                     (default {DEFAULT_CONFIG}); `seibo-gate init --dir DIR` creates a new site"
-                )
-            };
-            anyhow::Error::new(ConfigNotRead { source: e, hint })
-        }
-        _ => e.into(),
-    })
-}
-
+/// Runs the parsed command: each subcommand is one call into [`seibo_gate::cli`].
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Nothing the service or an admin command creates is for group or others (issue 11
     // item 17); `init` sets its own modes (public certificates stay readable).
@@ -492,688 +459,145 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             o.listen = listen;
             o.upstream = upstream;
             o.private = private;
-            let p = init::init(&o)?;
-            println!("site created: {}", p.display());
-            println!("next: seibo-gate serve --config {}", p.display());
-            Ok(ExitCode::SUCCESS)
+            cli::init(&o)
         }
         Command::CheckConfig {
             as_user,
             no_files,
             cfg,
-        } => {
-            let c = load(&cfg)?;
-            if !no_files {
-                check_files(&c, as_user.as_deref())?;
-            }
-            println!(
-                "{}: ok (site {}, {} listener(s), {} route(s), upstream {})",
-                cfg.config.display(),
-                c.site.id,
-                c.listeners.len(),
-                c.routes.len(),
-                c.upstream.authority
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        } => cli::check::run(&cfg.config, as_user.as_deref(), no_files),
         Command::Serve { cfg, test_clock } => {
-            let c = load(&cfg)?;
-            let clock = clock::serve_clock(test_clock.as_deref(), |k| std::env::var(k).ok())?;
-            let (trigger, _) = seibo_gate::shutdown::channel();
-            let serve = seibo_gate::server::serve(c, clock, &trigger, |_| {});
-            tokio::pin!(serve);
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            tokio::select! {
-                r = &mut serve => r?,
-                _ = tokio::signal::ctrl_c() => { trigger.fire(); serve.await? }
-                _ = term.recv() => { trigger.fire(); serve.await? }
-            }
-            Ok(ExitCode::SUCCESS)
+            cli::serve(cli::load(&cfg.config)?, test_clock.as_deref()).await
         }
-        Command::Physician { cmd, cfg } => {
-            let c = load(&cfg)?;
-            let (req, json) = match cmd {
-                PhysicianCmd::Add {
-                    id,
-                    name,
-                    site,
-                    password_stdin,
-                } => {
-                    let (password, shown) = initial_password(password_stdin)?;
-                    let r = admin_call(
-                        &c,
-                        AdminRequest::PhysicianAdd {
-                            id,
-                            name,
-                            site,
-                            password_hash: Some(seibo_gate::auth::hash_password(&password)?),
-                        },
-                    )
-                    .await?;
-                    if r.ok && shown {
-                        println!("{}", r.message);
-                        println!("initial password (shown once; to be changed at first sign-in): {password}");
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    return Ok(report(r, false));
-                }
-                PhysicianCmd::Passwd { id, password_stdin } => {
-                    let (password, shown) = initial_password(password_stdin)?;
-                    let r = admin_call(
-                        &c,
-                        AdminRequest::PhysicianPasswd {
-                            id,
-                            password_hash: seibo_gate::auth::hash_password(&password)?,
-                        },
-                    )
-                    .await?;
-                    if r.ok && shown {
-                        println!("{}", r.message);
-                        println!("new one-time password (shown once): {password}");
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    return Ok(report(r, false));
-                }
-                PhysicianCmd::Suspend { id, reason } => {
-                    (AdminRequest::PhysicianSuspend { id, reason }, false)
-                }
-                PhysicianCmd::Resume { id } => (AdminRequest::PhysicianResume { id }, false),
-                PhysicianCmd::Delete { id } => (AdminRequest::PhysicianDelete { id }, false),
-                PhysicianCmd::List { json } => (AdminRequest::PhysicianList {}, json),
-            };
-            let list = matches!(req, AdminRequest::PhysicianList {});
-            let r = admin_call(&c, req).await?;
-            if list && !json && r.ok {
-                print_physicians(&r.data);
-                return Ok(ExitCode::SUCCESS);
-            }
-            Ok(report(r, json))
-        }
-        Command::Terminal { cmd, cfg } => {
-            let c = load(&cfg)?;
-            match cmd {
-                TerminalCmd::Add {
-                    physician,
-                    name,
-                    out,
-                    wireguard: false,
-                } => terminal_add(&c, TerminalKind::Terminal, &physician, &name, &out).await,
-                TerminalCmd::Add {
-                    physician,
-                    name,
-                    out,
-                    wireguard: true,
-                } => terminal_add_wireguard(&c, &physician, &name, &out).await,
-                TerminalCmd::Revoke { name } => Ok(report(
-                    admin_call(&c, AdminRequest::TerminalRevoke { name }).await?,
-                    false,
-                )),
-                TerminalCmd::List { json } => {
-                    let r = admin_call(&c, AdminRequest::TerminalList {}).await?;
-                    if !json && r.ok {
-                        print_terminals(&r.data);
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                    Ok(report(r, json))
-                }
-            }
-        }
+        Command::Physician { cmd, cfg } => physician(cmd, &cli::load(&cfg.config)?).await,
+        Command::Terminal { cmd, cfg } => terminal(cmd, &cli::load(&cfg.config)?).await,
         Command::SiteSystem { cmd, cfg } => {
-            let c = load(&cfg)?;
+            let c = cli::load(&cfg.config)?;
             match cmd {
                 SiteSystemCmd::Add { name, out } => {
-                    terminal_add(&c, TerminalKind::SiteSystem, "", &name, &out).await
+                    cli::terminal::add(&c, TerminalKind::SiteSystem, "", &name, &out).await
                 }
-                SiteSystemCmd::Revoke { name } => Ok(report(
-                    admin_call(&c, AdminRequest::TerminalRevoke { name }).await?,
-                    false,
-                )),
+                SiteSystemCmd::Revoke { name } => {
+                    cli::call_and_report(&c, AdminRequest::TerminalRevoke { name }).await
+                }
             }
         }
-        Command::Firewall { cfg } => {
-            let c = load(&cfg)?;
-            print!("{}", seibo_gate::firewall::ruleset(&c)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Consent { cmd, cfg } => {
-            let c = load(&cfg)?;
-            let (req, json) = match cmd {
-                ConsentCmd::Grant {
-                    patient,
-                    by,
-                    relation,
-                    published,
-                    allow_future,
-                    no_extension,
-                    form_ref,
-                } => {
-                    let by = match (by.as_str(), relation) {
-                        ("patient", None) => ConsentBy::Patient,
-                        ("guardian", None) => ConsentBy::Guardian,
-                        ("relative", Some(r)) => ConsentBy::Relative(r),
-                        ("relative", None) => return Err(UsageError("--by relative needs --relation (art 8.1: blood relative within the 6th degree, spouse, or in-law within the 3rd degree)".into()).into()),
-                        ("patient" | "guardian", Some(_)) => return Err(UsageError("--relation is only for --by relative".into()).into()),
-                        (other, _) => return Err(UsageError(format!("--by {other:?}: use patient, relative or guardian (art 8.1)")).into()),
-                    };
-                    let published = seibo_gate::dates::publication(
-                        &published,
-                        SystemClock.today(),
-                        c.future_grace_days,
-                        allow_future,
-                    )
-                    .map_err(UsageError)?;
-                    (
-                        AdminRequest::ConsentGrant {
-                            patient,
-                            by,
-                            published,
-                            no_extension,
-                            form_ref,
-                        },
-                        false,
-                    )
-                }
-                ConsentCmd::Withdraw { patient, form_ref } => {
-                    (AdminRequest::ConsentWithdraw { patient, form_ref }, false)
-                }
-                ConsentCmd::Show { patient, json } => (AdminRequest::ConsentShow { patient }, json),
-            };
-            let show = matches!(req, AdminRequest::ConsentShow { .. });
-            let r = admin_call(&c, req).await?;
-            if show && !json && r.ok {
-                println!("{}", serde_json::to_string_pretty(&r.data)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            Ok(report(r, json))
-        }
+        Command::Firewall { cfg } => cli::firewall(&cli::load(&cfg.config)?),
+        Command::Consent { cmd, cfg } => consent(cmd, &cli::load(&cfg.config)?).await,
         Command::Patient { cmd, cfg } => {
-            let c = load(&cfg)?;
+            let c = cli::load(&cfg.config)?;
             let PatientCmd::Delete { patient, form_ref } = cmd;
-            Ok(report(
-                admin_call(&c, AdminRequest::PatientDelete { patient, form_ref }).await?,
-                false,
-            ))
+            cli::call_and_report(&c, AdminRequest::PatientDelete { patient, form_ref }).await
         }
         Command::Purge { cfg } => {
-            let c = load(&cfg)?;
-            Ok(report(admin_call(&c, AdminRequest::Purge {}).await?, false))
+            cli::call_and_report(&cli::load(&cfg.config)?, AdminRequest::Purge {}).await
         }
-        Command::Audit { cmd, cfg } => {
-            let c = load(&cfg)?;
-            let dir = c.state_dir.join("audit");
-            match cmd {
-                AuditCmd::Verify {
-                    rebuild_index,
-                    head,
-                } => audit_verify(&c, &dir, rebuild_index, head),
-                AuditCmd::Head => {
-                    let opts = audit::VerifyOptions {
-                        index_optional: true,
-                        head: None,
-                    };
-                    match audit::verify_with(&dir, &opts) {
-                        Ok(r) => {
-                            println!("{}:{}", r.records, r.head);
-                            Ok(ExitCode::SUCCESS)
-                        }
-                        Err(e) => {
-                            eprintln!("audit log BROKEN (no head to record): {e}");
-                            Ok(ExitCode::FAILURE)
-                        }
-                    }
-                }
-                AuditCmd::Query {
-                    patient,
-                    physician,
-                    since,
-                    until,
-                    json,
-                    full_scan,
-                } => {
-                    let parse = |s: Option<String>, key: &str| -> anyhow::Result<_> {
-                        s.map(|s| {
-                            audit::parse_time_arg(&s)
-                                .map_err(|e| UsageError(format!("--{key}: {e}")))
-                        })
-                        .transpose()
-                        .map_err(Into::into)
-                    };
-                    let (since, until) = (parse(since, "since")?, parse(until, "until")?);
-                    seibo_gate::dates::query_range(
-                        since,
-                        until,
-                        SystemClock.now(),
-                        c.future_grace_days,
-                    )
-                    .map_err(UsageError)?;
-                    let filter = QueryFilter {
-                        patient,
-                        physician,
-                        since,
-                        until,
-                    };
-                    let rows = if full_scan {
-                        audit::query_full_scan(&dir, &filter)?
-                    } else {
-                        audit::query(&dir, &filter)?
-                    };
-                    let mut out = std::io::stdout().lock();
-                    use std::io::Write;
-                    for r in &rows {
-                        if json {
-                            serde_json::to_writer(&mut out, r)?;
-                            writeln!(out)?;
-                        } else {
-                            let q = &r.request;
-                            writeln!(
-                                out,
-                                "{} {:<5} {:<26} {:<7} phys={} term={} patient={} {} {} → {}",
-                                q.time,
-                                q.decision,
-                                q.reason,
-                                q.ingress,
-                                q.physician.as_deref().unwrap_or("-"),
-                                q.terminal.as_deref().unwrap_or("-"),
-                                q.patient.as_deref().unwrap_or("-"),
-                                q.method,
-                                q.path,
-                                r.status
-                                    .map(|s| s.to_string())
-                                    .unwrap_or_else(|| "-".into())
-                            )?;
-                        }
-                    }
-                    Ok(ExitCode::SUCCESS)
-                }
-            }
+        Command::Audit { cmd, cfg } => audit(cmd, &cli::load(&cfg.config)?),
+    }
+}
+
+async fn physician(cmd: PhysicianCmd, c: &Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PhysicianCmd::Add {
+            id,
+            name,
+            site,
+            password_stdin,
+        } => cli::physician::add(c, id, name, site, password_stdin).await,
+        PhysicianCmd::Passwd { id, password_stdin } => {
+            cli::physician::passwd(c, id, password_stdin).await
         }
-    }
-}
-
-/// What `serve` checks before it starts, done by `check-config` (which the unit runs first):
-/// the user the service runs as (`as_user`, else the caller) can read every file the config
-/// names and owns the state, private keys are not open to others, and every certificate and
-/// key loads.
-fn check_files(c: &Config, as_user: Option<&str>) -> anyhow::Result<()> {
-    use seibo_gate::filecheck::{self, Principal, PrincipalError};
-    let who = match as_user {
-        Some(u) => Principal::named(u).map_err(|e| match e {
-            PrincipalError::UnknownUser(_) => anyhow::Error::new(UsageError(e.to_string())),
-            e => e.into(),
-        })?,
-        None => Principal::current()?,
-    };
-    filecheck::check(c, &who)?;
-    seibo_gate::server::check_key_modes_for(c, Some(&who))?;
-    for l in &c.listeners {
-        seibo_gate::tls::server_config(&l.cert, &l.key, &c.ca.cert)
-            .map_err(|e| ConfigProblem(format!("listener {}: {e}", l.name)))?;
-    }
-    if let Some(wg) = &c.wireguard {
-        seibo_gate::tls::server_config(&wg.cert, &wg.key, &c.ca.cert)
-            .map_err(|e| ConfigProblem(format!("wireguard (in-tunnel TLS): {e}")))?;
-        let key = std::fs::read_to_string(&wg.private_key).map_err(|e| {
-            ConfigProblem(format!(
-                "wireguard.private_key {}: {e}",
-                wg.private_key.display()
-            ))
-        })?;
-        seibo_gate::wireguard::key_from_base64(key.trim()).map_err(|e| {
-            ConfigProblem(format!(
-                "wireguard.private_key {}: {e}",
-                wg.private_key.display()
-            ))
-        })?;
-    }
-    Ok(())
-}
-
-/// `audit verify [--rebuild-index] [--head SEQ:HASH]`.
-fn audit_verify(
-    c: &Config,
-    dir: &Path,
-    rebuild_index: bool,
-    head: Option<audit::RecordedHead>,
-) -> anyhow::Result<ExitCode> {
-    if rebuild_index {
-        if std::os::unix::net::UnixStream::connect(&c.admin_socket).is_ok() {
-            eprintln!(
-                "seibo-gate: a gateway is running (it answers on {}): it keeps the index itself and rebuilds it at every start; stop it before --rebuild-index",
-                c.admin_socket.display()
-            );
-            return Ok(ExitCode::FAILURE);
+        PhysicianCmd::Suspend { id, reason } => {
+            cli::call_and_report(c, AdminRequest::PhysicianSuspend { id, reason }).await
         }
-        match audit::rebuild_index(dir) {
-            Ok(n) => println!("audit index rebuilt from the log: {n} lines"),
-            Err(e) => {
-                eprintln!("audit index NOT rebuilt: {e}");
-                return Ok(ExitCode::FAILURE);
-            }
+        PhysicianCmd::Resume { id } => {
+            cli::call_and_report(c, AdminRequest::PhysicianResume { id }).await
         }
-    }
-    let opts = audit::VerifyOptions {
-        index_optional: false,
-        head,
-    };
-    match audit::verify_with(dir, &opts) {
-        Ok(r) => {
-            let witnessed = head
-                .map(|h| format!("; contains the recorded head {h}"))
-                .unwrap_or_default();
-            println!(
-                "audit log intact: {} records, head {}:{}{witnessed}",
-                r.records, r.records, r.head
-            );
-            Ok(ExitCode::SUCCESS)
+        PhysicianCmd::Delete { id } => {
+            cli::call_and_report(c, AdminRequest::PhysicianDelete { id }).await
         }
-        Err(e @ audit::VerifyError::Index(_)) => {
-            eprintln!("audit index WRONG (the log is the record; `audit verify --rebuild-index` with the gateway stopped, or its next start, derives the index again): {e}");
-            Ok(ExitCode::FAILURE)
+        PhysicianCmd::List { json } => cli::physician::list(c, json).await,
+    }
+}
+
+async fn terminal(cmd: TerminalCmd, c: &Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TerminalCmd::Add {
+            physician,
+            name,
+            out,
+            wireguard: false,
+        } => cli::terminal::add(c, TerminalKind::Terminal, &physician, &name, &out).await,
+        TerminalCmd::Add {
+            physician,
+            name,
+            out,
+            wireguard: true,
+        } => cli::terminal::add_wireguard(c, &physician, &name, &out).await,
+        TerminalCmd::Revoke { name } => {
+            cli::call_and_report(c, AdminRequest::TerminalRevoke { name }).await
         }
-        Err(e @ audit::VerifyError::HeadMismatch(_)) => {
-            eprintln!("audit log REWRITTEN: {e}");
-            Ok(ExitCode::FAILURE)
-        }
-        Err(e) => {
-            eprintln!("audit log BROKEN: {e}");
-            Ok(ExitCode::FAILURE)
-        }
+        TerminalCmd::List { json } => cli::terminal::list(c, json).await,
     }
 }
 
-/// Prints an admin response; exit 1 when refused.
-fn report(r: AdminResponse, json: bool) -> ExitCode {
-    if json {
-        println!("{}", serde_json::to_string(&r.data).unwrap_or_default());
-    } else if r.ok {
-        println!("{}", r.message);
-    }
-    if r.ok {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("seibo-gate: {}", r.message);
-        ExitCode::FAILURE
-    }
-}
-
-fn print_physicians(data: &serde_json::Value) {
-    for p in data.as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:<24} {:<16} {}",
-            p["id"].as_str().unwrap_or(""),
-            p["name"].as_str().unwrap_or(""),
-            p["site"].as_str().unwrap_or(""),
-            p["suspended"]
-                .as_str()
-                .map(|r| format!("suspended ({r})"))
-                .unwrap_or_else(|| "active".into())
-        );
-    }
-}
-
-fn print_terminals(data: &serde_json::Value) {
-    for t in data.as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:<20} {} {}",
-            t["name"].as_str().unwrap_or(""),
-            t["physician"].as_str().unwrap_or(""),
-            t["not_after"].as_str().unwrap_or(""),
-            if t["revoked"].as_bool().unwrap_or(false) {
-                "revoked"
-            } else {
-                "active"
-            }
-        );
-    }
-}
-
-/// Sends a request to the running gateway, or executes it directly when none runs.
-async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<AdminResponse> {
-    if let Some(r) = admin::call(&cfg.admin_socket, &req).await? {
-        return Ok(r);
-    }
-    let store = Store::open(&cfg.state_dir.join("registry")).with_context(|| {
-        format!(
-            "no gateway answers on {} and the store cannot be opened",
-            cfg.admin_socket.display()
-        )
-    })?;
-    seibo_gate::server::prepare_state_dir(&cfg.state_dir)?;
-    let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
-    let clock: SharedClock = Arc::new(SystemClock);
-    let a = Admin {
-        store: store.clone(),
-        audit: audit.clone(),
-        site: cfg.site.id.clone(),
-        clock,
-        metrics: None,
-        origin: "cli",
-        sessions: None,
-        terminals_changed: None,
-    };
-    let r = a.execute(req).await;
-    audit.close().await?;
-    store.flush()?;
-    Ok(r)
-}
-
-/// The physician's name when registered; otherwise says why on stderr and gives `None`
-/// (a credential is issued only to a registered physician).
-async fn registered_physician(cfg: &Config, id: &str) -> anyhow::Result<Option<String>> {
-    let r = admin_call(cfg, AdminRequest::PhysicianGet { id: id.to_string() }).await?;
-    if !r.ok {
-        eprintln!("seibo-gate: {}", r.message);
-        return Ok(None);
-    }
-    Ok(Some(r.data["name"].as_str().unwrap_or(id).to_string()))
-}
-
-/// The initial password: generated and shown, or read from standard input.
-fn initial_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
-    if !from_stdin {
-        return Ok((seibo_gate::auth::generate_password(), true));
-    }
-    let mut line = String::new();
-    std::io::stdin().read_line(&mut line)?;
-    let p = line.trim_end_matches(['\r', '\n']).to_string();
-    if p.chars().count() < 10 {
-        return Err(DataError(
-            "the password read from standard input is shorter than 10 characters".into(),
-        )
-        .into());
-    }
-    Ok((p, false))
-}
-
-async fn terminal_add(
-    cfg: &Config,
-    kind: TerminalKind,
-    physician: &str,
-    name: &str,
-    out: &Path,
-) -> anyhow::Result<ExitCode> {
-    let (cert_kind, cn) = match kind {
-        TerminalKind::Terminal => {
-            let Some(physician_name) = registered_physician(cfg, physician).await? else {
-                return Ok(ExitCode::FAILURE);
+async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ConsentCmd::Grant {
+            patient,
+            by,
+            relation,
+            published,
+            allow_future,
+            no_extension,
+            form_ref,
+        } => {
+            let g = cli::consent::Grant {
+                patient,
+                by,
+                relation,
+                published,
+                allow_future,
+                no_extension,
+                form_ref,
             };
-            (ClientKind::Terminal, physician_name)
+            cli::consent::grant(c, g).await
         }
-        TerminalKind::SiteSystem => (ClientKind::SiteSystem, format!("{name} (site system)")),
-    };
-    let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
-    let issued = ca.issue_client(cert_kind, &cn, name, out, cfg.ca.terminal_days)?;
-    let terminal = Terminal {
-        name: name.to_string(),
-        physician: physician.to_string(),
-        fingerprint: issued.info.fingerprint.clone(),
-        serial: issued.info.serial.clone(),
-        not_after: clock::rfc3339(issued.info.not_after),
-        revoked: false,
-        registered: clock::rfc3339(SystemClock.now()),
-        kind,
-        tunnel_ip: None,
-    };
-    let r = admin_call(cfg, AdminRequest::TerminalRegister { terminal }).await?;
-    if !r.ok {
-        // Not registered: the files must not be mistaken for a working credential.
-        for p in [&issued.cert_path, &issued.key_path, &issued.p12_path] {
-            let _ = std::fs::remove_file(p);
+        ConsentCmd::Withdraw { patient, form_ref } => {
+            cli::call_and_report(c, AdminRequest::ConsentWithdraw { patient, form_ref }).await
         }
-        eprintln!("seibo-gate: {}", r.message);
-        return Ok(ExitCode::FAILURE);
+        ConsentCmd::Show { patient, json } => cli::consent::show(c, patient, json).await,
     }
-    println!("{}", r.message);
-    println!("certificate: {}", issued.cert_path.display());
-    println!("private key: {}", issued.key_path.display());
-    println!("PKCS#12:     {}", issued.p12_path.display());
-    println!("PKCS#12 password (shown once): {}", issued.p12_password);
-    println!("fingerprint: {}", issued.info.fingerprint);
-    Ok(ExitCode::SUCCESS)
 }
 
-/// `terminal add --wireguard`: a key pair, a tunnel address from the pool, and a wg-quick
-/// configuration that the official WireGuard clients import as is (art 12.2).
-async fn terminal_add_wireguard(
-    cfg: &Config,
-    physician: &str,
-    name: &str,
-    out: &Path,
-) -> anyhow::Result<ExitCode> {
-    use seibo_gate::wireguard;
-    let wg = cfg.wireguard.as_ref().ok_or_else(|| {
-        ConfigProblem("the WireGuard ingress is not enabled: add a [wireguard] section (seibo-gate init --wireguard ADDR:PORT writes one)".into())
-    })?;
-    if !seibo_gate::ids::TerminalName::is_valid(name) {
-        return Err(UsageError(format!(
-            "terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)"
-        ))
-        .into());
+fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCmd::Verify {
+            rebuild_index,
+            head,
+        } => cli::audit::verify(c, rebuild_index, head),
+        AuditCmd::Head => Ok(cli::audit::head(c)),
+        AuditCmd::Query {
+            patient,
+            physician,
+            since,
+            until,
+            json,
+            full_scan,
+        } => cli::audit::query(
+            c,
+            cli::audit::Query {
+                patient,
+                physician,
+                since,
+                until,
+                json,
+                full_scan,
+            },
+        ),
     }
-    if registered_physician(cfg, physician).await?.is_none() {
-        return Ok(ExitCode::FAILURE);
-    }
-    let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
-    let terminals: Vec<Terminal> = serde_json::from_value(r.data).unwrap_or_default();
-    let used: std::collections::HashSet<std::net::Ipv4Addr> =
-        terminals.iter().filter_map(|t| t.tunnel_ip).collect();
-    let ip = wg
-        .pool
-        .iter()
-        .filter(|ip| *ip != wg.pool.network() && *ip != wg.pool.broadcast() && *ip != wg.address)
-        .find(|ip| !used.contains(ip))
-        .ok_or_else(|| {
-            ConfigProblem(format!(
-                "wireguard.pool {} has no free address left",
-                wg.pool
-            ))
-        })?;
-    let gateway_key = std::fs::read_to_string(&wg.private_key)
-        .with_context(|| format!("reading {}", wg.private_key.display()))?;
-    let gateway_public = wireguard::public_key_of(&wireguard::key_from_base64(gateway_key.trim())?);
-    let (private, public) = wireguard::generate_keypair();
-    let now = SystemClock.now();
-    let conf = format!(
-        "# Seibo Net terminal {name} of physician {physician}, issued {issued} by site {site}.\n\
-         # Import into the WireGuard client; then open https://{gw}/ in the browser.\n\
-         [Interface]\n\
-         PrivateKey = {private}\n\
-         Address = {ip}/32\n\
-         \n\
-         [Peer]\n\
-         PublicKey = {public_gw}\n\
-         Endpoint = {endpoint}\n\
-         AllowedIPs = {gw}/32\n\
-         PersistentKeepalive = {keepalive}\n",
-        issued = clock::rfc3339(now),
-        site = cfg.site.id,
-        gw = wg.address,
-        private = wireguard::key_to_base64(&private),
-        public_gw = wireguard::key_to_base64(&gateway_public),
-        endpoint = wg.endpoint,
-        keepalive = wg.keepalive_secs,
-    );
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(out)
-            .with_context(|| format!("creating {}", out.display()))?;
-    }
-    let conf_path = out.join(format!("{name}.conf"));
-    seibo_gate::pki::write_new_file(&conf_path, conf.as_bytes(), 0o600)?;
-    let days = i64::from(cfg.ca.terminal_days);
-    let terminal = Terminal {
-        name: name.to_string(),
-        physician: physician.to_string(),
-        fingerprint: seibo_gate::model::wireguard_fingerprint(&wireguard::key_to_base64(&public)),
-        serial: String::new(),
-        not_after: clock::rfc3339(now + time::Duration::days(days)),
-        revoked: false,
-        registered: clock::rfc3339(now),
-        kind: TerminalKind::Terminal,
-        tunnel_ip: Some(ip),
-    };
-    let r = admin_call(cfg, AdminRequest::TerminalRegister { terminal }).await?;
-    if !r.ok {
-        let _ = std::fs::remove_file(&conf_path);
-        eprintln!("seibo-gate: {}", r.message);
-        return Ok(ExitCode::FAILURE);
-    }
-    println!("{}", r.message);
-    println!("WireGuard configuration: {}", conf_path.display());
-    println!(
-        "tunnel address: {ip}; the physician opens https://{}/",
-        wg.address
-    );
-    println!("public key: {}", wireguard::key_to_base64(&public));
-    Ok(ExitCode::SUCCESS)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    /// Every subcommand and every argument, hidden ones included, explains itself in `--help`.
-    #[test]
-    fn every_subcommand_and_argument_has_help() {
-        fn walk(cmd: &clap::Command, path: &str, blank: &mut Vec<String>) {
-            for arg in cmd.get_arguments() {
-                let id = arg.get_id().as_str();
-                if matches!(id, "help" | "version") {
-                    continue;
-                }
-                if arg
-                    .get_help()
-                    .is_none_or(|h| h.to_string().trim().is_empty())
-                {
-                    blank.push(format!("{path} --{id}"));
-                }
-            }
-            for sub in cmd.get_subcommands() {
-                let p = format!("{path} {}", sub.get_name());
-                if sub.get_name() != "help"
-                    && sub
-                        .get_about()
-                        .is_none_or(|h| h.to_string().trim().is_empty())
-                {
-                    blank.push(p.clone());
-                }
-                walk(sub, &p, blank);
-            }
-        }
-        let cmd = Cli::command();
-        cmd.clone().debug_assert();
-        let mut blank = Vec::new();
-        walk(&cmd, "seibo-gate", &mut blank);
-        assert!(blank.is_empty(), "without help text: {blank:#?}");
-        assert!(
-            cmd.get_after_help()
-                .is_some_and(|h| h.to_string().contains("78  config")),
-            "the exit statuses follow --help"
-        );
-    }
-}
+#[path = "main/tests.rs"]
+mod tests;

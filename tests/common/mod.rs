@@ -308,6 +308,8 @@ pub struct Gate {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub port: u16,
+    /// The mutual-TLS listener binds port 0 ([`Gate::listen_on_port_0`]).
+    port_0: bool,
     child: Option<Child>,
     starts: u32,
 }
@@ -348,6 +350,7 @@ impl Gate {
             dir,
             config,
             port,
+            port_0: false,
             child: None,
             starts: 0,
         }
@@ -432,9 +435,47 @@ impl Gate {
         self.wait_ready();
     }
 
+    /// Lets the kernel choose the mutual-TLS listener's port (`listen = "127.0.0.1:0"`)
+    /// instead of [`free_port`]'s guess: `port` is 0 until a start reads the bound port from
+    /// the gateway's "seibo-gate ready" log line, and each start binds (and reads) a new one.
+    /// Call before `start`.
+    pub fn listen_on_port_0(&mut self) {
+        let text = std::fs::read_to_string(&self.config).expect("read gate.toml");
+        let old = format!("listen = \"127.0.0.1:{}\"", self.port);
+        assert!(text.contains(&old), "gate.toml has no {old}");
+        std::fs::write(
+            &self.config,
+            text.replacen(&old, "listen = \"127.0.0.1:0\"", 1),
+        )
+        .expect("write gate.toml");
+        self.port = 0;
+        self.port_0 = true;
+    }
+
+    /// The mutual-TLS listeners' addresses as the running gateway reports them in its log
+    /// ("seibo-gate ready", field `listeners`); empty until it is ready.
+    pub fn bound_listeners(&self) -> Vec<std::net::SocketAddr> {
+        let log = self.log();
+        let Some(fields) = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| v["fields"].clone())
+            .find(|f| f["message"] == "seibo-gate ready")
+        else {
+            return Vec::new();
+        };
+        fields["listeners"]
+            .as_str()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .split(", ")
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+
     fn wait_ready(&mut self) {
         let start = Instant::now();
-        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let port_0 = self.port_0;
         loop {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
@@ -442,7 +483,12 @@ impl Gate {
                     panic!("serve exited at start ({status}):\n{}", self.log());
                 }
             }
-            let tcp = StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+            if port_0 {
+                self.port = self.bound_listeners().first().map_or(0, |a| a.port());
+            }
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+            let tcp = self.port != 0
+                && StdTcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
             let admin = tcp && self.admin_answers();
             if tcp && admin {
                 return;

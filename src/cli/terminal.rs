@@ -1,0 +1,162 @@
+//! `terminal add [--wireguard] | revoke | list` and `site-system add` (art 6.1, 6.2, 12.2,
+//! 12.7): the credential is issued by [`crate::terminal_issue`], then registered; files of a
+//! terminal the registry refuses are removed.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::ExitCode;
+
+use super::{admin_call, report};
+use crate::admin::AdminRequest;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::exit::{ConfigProblem, UsageError};
+use crate::model::{Terminal, TerminalKind};
+use crate::pki::Ca;
+use crate::terminal_issue::{self, Request};
+
+/// The physician's name when registered; otherwise says why on stderr and gives `None`
+/// (a credential is issued only to a registered physician).
+async fn registered_physician(cfg: &Config, id: &str) -> anyhow::Result<Option<String>> {
+    let r = admin_call(cfg, AdminRequest::PhysicianGet { id: id.to_string() }).await?;
+    if !r.ok {
+        eprintln!("seibo-gate: {}", r.message);
+        return Ok(None);
+    }
+    Ok(Some(r.data["name"].as_str().unwrap_or(id).to_string()))
+}
+
+/// Registers `terminal`; on refusal says why, calls `remove_files` and exits 1.
+async fn register(
+    cfg: &Config,
+    terminal: Terminal,
+    remove_files: impl FnOnce(),
+) -> anyhow::Result<Option<String>> {
+    let r = admin_call(cfg, AdminRequest::TerminalRegister { terminal }).await?;
+    if !r.ok {
+        // Not registered: the files must not be mistaken for a working credential.
+        remove_files();
+        eprintln!("seibo-gate: {}", r.message);
+        return Ok(None);
+    }
+    Ok(Some(r.message))
+}
+
+/// `terminal add` (a physician's terminal) or `site-system add` (`physician` empty): a
+/// client certificate, registered.
+pub async fn add(
+    cfg: &Config,
+    kind: TerminalKind,
+    physician: &str,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    let cn = match kind {
+        TerminalKind::Terminal => {
+            let Some(physician_name) = registered_physician(cfg, physician).await? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            physician_name
+        }
+        TerminalKind::SiteSystem => format!("{name} (site system)"),
+    };
+    let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
+    let req = Request {
+        physician,
+        name,
+        out,
+        days: cfg.ca.terminal_days,
+        now: SystemClock.now(),
+    };
+    let issued = terminal_issue::certificate(&ca, kind, &cn, &req)?;
+    let files = &issued.files;
+    let Some(message) = register(cfg, issued.terminal.clone(), || issued.remove_files()).await?
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    println!("{message}");
+    println!("certificate: {}", files.cert_path.display());
+    println!("private key: {}", files.key_path.display());
+    println!("PKCS#12:     {}", files.p12_path.display());
+    println!("PKCS#12 password (shown once): {}", files.p12_password);
+    println!("fingerprint: {}", files.info.fingerprint);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `terminal add --wireguard`: a key pair, a tunnel address from the pool, and a wg-quick
+/// configuration that the official WireGuard clients import as is (art 12.2).
+pub async fn add_wireguard(
+    cfg: &Config,
+    physician: &str,
+    name: &str,
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    let wg = cfg.wireguard.as_ref().ok_or_else(|| {
+        ConfigProblem("the WireGuard ingress is not enabled: add a [wireguard] section (seibo-gate init --wireguard ADDR:PORT writes one)".into())
+    })?;
+    if !crate::ids::TerminalName::is_valid(name) {
+        return Err(UsageError(format!(
+            "terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)"
+        ))
+        .into());
+    }
+    if registered_physician(cfg, physician).await?.is_none() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
+    let terminals: Vec<Terminal> = serde_json::from_value(r.data).unwrap_or_default();
+    let used: HashSet<Ipv4Addr> = terminals.iter().filter_map(|t| t.tunnel_ip).collect();
+    let ip = crate::wireguard::conf::free_address(wg.pool, wg.address, &used).ok_or_else(|| {
+        ConfigProblem(format!(
+            "wireguard.pool {} has no free address left",
+            wg.pool
+        ))
+    })?;
+    let req = Request {
+        physician,
+        name,
+        out,
+        days: cfg.ca.terminal_days,
+        now: SystemClock.now(),
+    };
+    let issued = terminal_issue::wireguard(wg, &cfg.site.id, ip, &req)?;
+    let Some(message) = register(cfg, issued.terminal.clone(), || issued.remove_files()).await?
+    else {
+        return Ok(ExitCode::FAILURE);
+    };
+    println!("{message}");
+    println!("WireGuard configuration: {}", issued.conf_path.display());
+    println!(
+        "tunnel address: {ip}; the physician opens https://{}/",
+        wg.address
+    );
+    println!("public key: {}", issued.public_key);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `terminal list [--json]`: a table, or one JSON array.
+pub async fn list(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let r = admin_call(c, AdminRequest::TerminalList {}).await?;
+    if !json && r.ok {
+        print_terminals(&r.data);
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(report(r, json))
+}
+
+fn print_terminals(data: &serde_json::Value) {
+    for t in data.as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<20} {} {}",
+            t["name"].as_str().unwrap_or(""),
+            t["physician"].as_str().unwrap_or(""),
+            t["not_after"].as_str().unwrap_or(""),
+            if t["revoked"].as_bool().unwrap_or(false) {
+                "revoked"
+            } else {
+                "active"
+            }
+        );
+    }
+}
