@@ -33,7 +33,7 @@
 //! only when the request line is on disk, and the gateway must not forward a
 //! request whose `record` failed (fail closed).
 //!
-//! Beside the log, `DIR/audit.idx` (module [`index`]) files every line under the key of its
+//! Beside the log, `DIR/audit.idx` (module `index`) files every line under the key of its
 //! patient, so that [`query()`] with a patient reads only that patient's lines (and the log
 //! beyond the index's watermark).  It is derived: kept by its own thread off the request
 //! path, checked against the log at every open and by [`verify`], and never believed where
@@ -74,7 +74,10 @@ pub use query::{parse_time_arg, query, query_full_scan, TimeArgError};
 pub use record::{format_time, Outcome, RequestRecord, CLIENT_CLOSED, CLIENT_CLOSED_STATUS};
 pub use refusal::{ConnectionRecord, SuppressedRecord};
 pub use rows::{QueryFilter, QueryRow};
-pub use witness::{rebuild_index, verify, verify_with, RecordedHead, VerifyOptions, VerifyReport};
+pub use witness::{
+    rebuild_index, verify, verify_with, RecordedHead, RecordedHeadError, VerifyOptions,
+    VerifyReport,
+};
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use super::chain::{outcome_rid, written_kind};
 use super::error::AuditError;
 use super::record::RequestRecord;
 
-/// Filter for [`super::query`].  `since` is inclusive, `until` exclusive; both are
+/// Filter for [`super::query()`].  `since` is inclusive, `until` exclusive; both are
 /// compared as instants.
 #[derive(Debug, Clone, Default)]
 pub struct QueryFilter {

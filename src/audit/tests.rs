@@ -623,3 +623,25 @@ async fn verify_while_appending() {
     log.close().await.unwrap();
     assert_eq!(verify(tmp.path()).unwrap().records, 4000);
 }
+
+#[test]
+fn recorded_heads_parse_strictly() {
+    let h = "ab".repeat(32);
+    let r: RecordedHead = format!("12:{h}").parse().unwrap();
+    assert_eq!(r.seq, Some(12));
+    assert_eq!(r.to_string(), format!("12:{h}"));
+    let upper: RecordedHead = h.to_uppercase().parse().unwrap();
+    assert_eq!(upper.seq, None);
+    assert_eq!(upper.hash, r.hash);
+    for bad in [
+        "",
+        "12:",
+        "x:00",
+        &format!("-1:{h}"),
+        &format!("12:{}", &h[1..]),
+        &format!("{h}0"),
+        &format!("12:{}zz", &h[2..]),
+    ] {
+        assert!(bad.parse::<RecordedHead>().is_err(), "{bad:?} accepted");
+    }
+}
