@@ -51,7 +51,7 @@ fn fs_type(p: &Path) -> String {
 fn rec(i: u64) -> RequestRecord {
     let patient = format!("P{:07}", (i * 7919) % PATIENTS);
     RequestRecord {
-        time: audit::now_jst(),
+        time: audit::format_time(time::OffsetDateTime::now_utc()),
         site: "seiyo-hospital".into(),
         ingress: "mtls".into(),
         client: format!("203.0.113.{}:{}", i % 250, 40000 + i % 20000),

@@ -20,13 +20,22 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::{
-    check_anchor, index, read_head, scan_log, HeadErr, ScanErr, Scanned, VerifyError, VerifyReport,
-    HEAD_FILE, INDEX_FILE, LOG_FILE, ZERO_HASH,
-};
+use super::anchor::{check_anchor, read_head, Head, HeadErr, HEAD_FILE};
+use super::chain::{scan_log, Scan, ScanErr, Scanned, LOG_FILE, ZERO_HASH};
+use super::error::VerifyError;
+use super::index::{self, INDEX_FILE};
+
+/// Result of a successful [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Number of lines checked (= last seq).
+    pub records: u64,
+    /// `hash` of the last line (64 zeros for an empty log).
+    pub head: String,
+}
 
 /// A chain head recorded outside this machine: `SEQ:HASH` (line `SEQ` has chain hash `HASH`)
 /// or `HASH` alone (some line has it). `0:` followed by 64 zeros is the empty log.
@@ -36,15 +45,22 @@ pub struct RecordedHead {
     pub hash: [u8; 64],
 }
 
+/// A recorded head that is not `SEQ:HASH` or `HASH` (the message says which part is wrong).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RecordedHeadError(String);
+
 impl FromStr for RecordedHead {
-    type Err = String;
+    type Err = RecordedHeadError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         let (seq, hash) = match s.split_once(':') {
             Some((seq, hash)) => {
                 let seq = seq.parse::<u64>().map_err(|_| {
-                    format!("{seq:?} is not a line number (expected SEQ:HASH as `audit head` prints it)")
+                    RecordedHeadError(format!(
+                        "{seq:?} is not a line number (expected SEQ:HASH as `audit head` prints it)"
+                    ))
                 })?;
                 (Some(seq), hash)
             }
@@ -52,9 +68,9 @@ impl FromStr for RecordedHead {
         };
         let bytes = hash.as_bytes();
         if bytes.len() != 64 || !bytes.iter().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
+            return Err(RecordedHeadError(format!(
                 "{hash:?} is not a chain hash (64 hexadecimal digits, as `audit head` prints it)"
-            ));
+            )));
         }
         let mut h = [0u8; 64];
         for (d, b) in h.iter_mut().zip(bytes) {
@@ -96,27 +112,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, VerifyError> {
 /// Failures are reported in this order: a broken chain or anchor, a recorded head the log no
 /// longer contains, then the index.
 pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, VerifyError> {
-    let head = match read_head(dir) {
-        Ok(h) => h,
-        Err(HeadErr::Io(source)) => {
-            return Err(VerifyError::Io {
-                path: dir.join(HEAD_FILE),
-                source,
-            })
-        }
-        Err(HeadErr::Invalid(reason)) => {
-            return Err(VerifyError::Broken {
-                line: 0,
-                seq: None,
-                reason,
-            })
-        }
-    };
-    let log_path = dir.join(LOG_FILE);
-    let io = |source| VerifyError::Io {
-        path: log_path.clone(),
-        source,
-    };
+    let head = read_anchor(dir)?;
     // Read before the log, like the anchor: its trusted entries only describe lines already there.
     let mut check = index::Check::open(dir).map_err(VerifyError::Index)?;
     let mut index_fault = match (&check, opts.index_optional) {
@@ -131,7 +127,7 @@ pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
     let want = opts.head;
     let mut at_recorded_seq: Option<[u8; 64]> = None;
     let mut hash_seen = false;
-    let file = File::open(&log_path).map_err(io)?;
+    let log = open_log(dir)?;
     let mut on_line = |l: &Scanned| {
         if let (Some(c), None) = (check.as_mut(), &index_fault) {
             index_fault = c.line(l).err();
@@ -144,21 +140,7 @@ pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
             }
         }
     };
-    let st = scan_log(
-        file,
-        head.as_ref().map_or(0, |h| h.seq),
-        false,
-        &mut on_line,
-    )
-    .map_err(|e| match e {
-        ScanErr::Io(source) => io(source),
-        ScanErr::Broken { line, seq, reason } => VerifyError::Broken { line, seq, reason },
-    })?;
-    check_anchor(&st, head.as_ref()).map_err(|(line, seq, reason)| VerifyError::Broken {
-        line,
-        seq,
-        reason,
-    })?;
+    let st = scan_anchored(log, head.as_ref(), &mut on_line)?;
     if let Some(w) = &want {
         check_recorded_head(w, st.last_seq, at_recorded_seq, hash_seen)?;
     }
@@ -172,6 +154,49 @@ pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
         records: st.last_seq,
         head: String::from_utf8_lossy(&st.last_hash).into_owned(),
     })
+}
+
+/// The head anchor, for checking: an invalid one is a broken chain (line 0).
+fn read_anchor(dir: &Path) -> Result<Option<Head>, VerifyError> {
+    match read_head(dir) {
+        Ok(h) => Ok(h),
+        Err(HeadErr::Io(source)) => Err(VerifyError::Io {
+            path: dir.join(HEAD_FILE),
+            source,
+        }),
+        Err(HeadErr::Invalid(reason)) => Err(VerifyError::Broken {
+            line: 0,
+            seq: None,
+            reason,
+        }),
+    }
+}
+
+/// The log file, opened for a scan, with its path (for errors).
+fn open_log(dir: &Path) -> Result<(PathBuf, File), VerifyError> {
+    let path = dir.join(LOG_FILE);
+    match File::open(&path) {
+        Ok(f) => Ok((path, f)),
+        Err(source) => Err(VerifyError::Io { path, source }),
+    }
+}
+
+/// Scans the whole log (`on_line` sees every good line) and checks it against the anchor.
+fn scan_anchored(
+    (path, file): (PathBuf, File),
+    head: Option<&Head>,
+    on_line: &mut dyn FnMut(&Scanned),
+) -> Result<Scan, VerifyError> {
+    let st = scan_log(file, head.map_or(0, |h| h.seq), false, on_line).map_err(|e| match e {
+        ScanErr::Io(source) => VerifyError::Io { path, source },
+        ScanErr::Broken { line, seq, reason } => VerifyError::Broken { line, seq, reason },
+    })?;
+    check_anchor(&st, head).map_err(|(line, seq, reason)| VerifyError::Broken {
+        line,
+        seq,
+        reason,
+    })?;
+    Ok(st)
 }
 
 fn check_recorded_head(
@@ -211,27 +236,8 @@ fn check_recorded_head(
 /// the number of lines indexed. Only while no gateway has the log open (the gateway's own
 /// index thread writes the file; it also rebuilds it at every start).
 pub fn rebuild_index(dir: &Path) -> Result<u64, VerifyError> {
-    let head = match read_head(dir) {
-        Ok(h) => h,
-        Err(HeadErr::Io(source)) => {
-            return Err(VerifyError::Io {
-                path: dir.join(HEAD_FILE),
-                source,
-            })
-        }
-        Err(HeadErr::Invalid(reason)) => {
-            return Err(VerifyError::Broken {
-                line: 0,
-                seq: None,
-                reason,
-            })
-        }
-    };
-    let log_path = dir.join(LOG_FILE);
-    let file = File::open(&log_path).map_err(|source| VerifyError::Io {
-        path: log_path.clone(),
-        source,
-    })?;
+    let head = read_anchor(dir)?;
+    let log = open_log(dir)?;
     let index_err = |e: &dyn fmt::Display| VerifyError::Index(e.to_string());
     let mut rebuild = index::Rebuild::open(dir).map_err(|e| index_err(&e))?;
     let mut failed: Option<io::Error> = None;
@@ -240,24 +246,7 @@ pub fn rebuild_index(dir: &Path) -> Result<u64, VerifyError> {
             failed = rebuild.line(l).err();
         }
     };
-    let st = scan_log(
-        file,
-        head.as_ref().map_or(0, |h| h.seq),
-        false,
-        &mut on_line,
-    )
-    .map_err(|e| match e {
-        ScanErr::Io(source) => VerifyError::Io {
-            path: log_path.clone(),
-            source,
-        },
-        ScanErr::Broken { line, seq, reason } => VerifyError::Broken { line, seq, reason },
-    })?;
-    check_anchor(&st, head.as_ref()).map_err(|(line, seq, reason)| VerifyError::Broken {
-        line,
-        seq,
-        reason,
-    })?;
+    let st = scan_anchored(log, head.as_ref(), &mut on_line)?;
     if let Some(e) = failed {
         return Err(index_err(&e));
     }
@@ -265,31 +254,4 @@ pub fn rebuild_index(dir: &Path) -> Result<u64, VerifyError> {
         .finish(st.last_seq, st.good_len, st.last_hash)
         .map_err(|e| index_err(&e))?;
     Ok(st.last_seq)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recorded_heads_parse_strictly() {
-        let h = "ab".repeat(32);
-        let r: RecordedHead = format!("12:{h}").parse().unwrap();
-        assert_eq!(r.seq, Some(12));
-        assert_eq!(r.to_string(), format!("12:{h}"));
-        let upper: RecordedHead = h.to_uppercase().parse().unwrap();
-        assert_eq!(upper.seq, None);
-        assert_eq!(upper.hash, r.hash);
-        for bad in [
-            "",
-            "12:",
-            "x:00",
-            &format!("-1:{h}"),
-            &format!("12:{}", &h[1..]),
-            &format!("{h}0"),
-            &format!("12:{}zz", &h[2..]),
-        ] {
-            assert!(bad.parse::<RecordedHead>().is_err(), "{bad:?} accepted");
-        }
-    }
 }

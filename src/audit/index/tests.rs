@@ -1,9 +1,18 @@
 #![allow(clippy::unwrap_used)]
 
-use std::fs;
+use std::fs::{self, OpenOptions};
+use std::path::{Path, PathBuf};
 
-use super::*;
-use crate::audit::{query_full_scan, verify, AuditLog, Outcome, VerifyError};
+use super::format::{
+    decode_entry, entry_pos, entry_sum, Header, IndexError, ENTRY_LEN, HEADER_LEN,
+};
+use super::query;
+use super::thread::SYNC_INTERVAL;
+use crate::audit::chain::{patient_key, LOG_FILE};
+use crate::audit::{
+    query_full_scan, verify, AuditLog, Outcome, QueryFilter, QueryRow, RequestRecord, VerifyError,
+    INDEX_FILE,
+};
 
 const PATIENTS: u64 = 7;
 
