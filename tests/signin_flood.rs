@@ -51,6 +51,9 @@ fn site(per_minute: Option<u32>) -> (SampleEmr, Gate) {
         );
         std::fs::write(&gate.config, text).expect("write gate.toml");
     }
+    // The tests count every attempt's audit row: refused sign-ins are written one by one (the
+    // refusal audit's own limit is tested in `flood.rs`).
+    gate.audit_every_refusal();
     gate.start();
     gate.grant("P001", today_jst());
     (emr, gate)
