@@ -227,7 +227,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
             physician: "dr-saiyo".into(),
             fingerprint: issued.info.fingerprint.clone(),
             serial: issued.info.serial.clone(),
-            not_after: crate::clock::rfc3339(issued.info.not_after),
+            not_after: issued.info.not_after.to_offset(crate::clock::JST),
             revoked: false,
             registered: crate::clock::rfc3339(clock.now()),
             kind: crate::model::TerminalKind::Terminal,

@@ -585,7 +585,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let list = matches!(req, AdminRequest::PhysicianList {});
             let r = admin_call(&c, req).await?;
             if list && !json && r.ok {
-                print_physicians(&r.data);
+                print_physicians(r.reply()?);
                 return Ok(ExitCode::SUCCESS);
             }
             Ok(report(r, json))
@@ -612,7 +612,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 TerminalCmd::List { json } => {
                     let r = admin_call(&c, AdminRequest::TerminalList {}).await?;
                     if !json && r.ok {
-                        print_terminals(&r.data);
+                        print_terminals(r.reply()?);
                         return Ok(ExitCode::SUCCESS);
                     }
                     Ok(report(r, json))
@@ -897,33 +897,28 @@ fn report(r: AdminResponse, json: bool) -> ExitCode {
     }
 }
 
-fn print_physicians(data: &serde_json::Value) {
-    for p in data.as_array().into_iter().flatten() {
+fn print_physicians(list: Vec<seibo_gate::model::Physician>) {
+    for p in list {
         println!(
             "{:<20} {:<24} {:<16} {}",
-            p["id"].as_str().unwrap_or(""),
-            p["name"].as_str().unwrap_or(""),
-            p["site"].as_str().unwrap_or(""),
-            p["suspended"]
-                .as_str()
-                .map(|r| format!("suspended ({r})"))
+            p.id,
+            p.name,
+            p.site,
+            p.suspended
+                .map(|r| format!("suspended ({})", r.as_str()))
                 .unwrap_or_else(|| "active".into())
         );
     }
 }
 
-fn print_terminals(data: &serde_json::Value) {
-    for t in data.as_array().into_iter().flatten() {
+fn print_terminals(list: Vec<Terminal>) {
+    for t in list {
         println!(
             "{:<20} {:<20} {} {}",
-            t["name"].as_str().unwrap_or(""),
-            t["physician"].as_str().unwrap_or(""),
-            t["not_after"].as_str().unwrap_or(""),
-            if t["revoked"].as_bool().unwrap_or(false) {
-                "revoked"
-            } else {
-                "active"
-            }
+            t.name,
+            t.physician,
+            t.not_after_rfc3339(),
+            if t.revoked { "revoked" } else { "active" }
         );
     }
 }
@@ -966,7 +961,8 @@ async fn registered_physician(cfg: &Config, id: &str) -> anyhow::Result<Option<S
         eprintln!("seibo-gate: {}", r.message);
         return Ok(None);
     }
-    Ok(Some(r.data["name"].as_str().unwrap_or(id).to_string()))
+    let p: Option<seibo_gate::model::Physician> = r.reply().ok();
+    Ok(Some(p.map_or_else(|| id.to_string(), |p| p.name)))
 }
 
 /// The initial password: generated and shown, or read from standard input.
@@ -1009,7 +1005,7 @@ async fn terminal_add(
         physician: physician.to_string(),
         fingerprint: issued.info.fingerprint.clone(),
         serial: issued.info.serial.clone(),
-        not_after: clock::rfc3339(issued.info.not_after),
+        not_after: issued.info.not_after.to_offset(clock::JST),
         revoked: false,
         registered: clock::rfc3339(SystemClock.now()),
         kind,
@@ -1055,7 +1051,7 @@ async fn terminal_add_wireguard(
         return Ok(ExitCode::FAILURE);
     }
     let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
-    let terminals: Vec<Terminal> = serde_json::from_value(r.data).unwrap_or_default();
+    let terminals: Vec<Terminal> = r.reply().unwrap_or_default();
     let used: std::collections::HashSet<std::net::Ipv4Addr> =
         terminals.iter().filter_map(|t| t.tunnel_ip).collect();
     let ip = wg
@@ -1110,7 +1106,7 @@ async fn terminal_add_wireguard(
         physician: physician.to_string(),
         fingerprint: seibo_gate::model::wireguard_fingerprint(&wireguard::key_to_base64(&public)),
         serial: String::new(),
-        not_after: clock::rfc3339(now + time::Duration::days(days)),
+        not_after: (now + time::Duration::days(days)).to_offset(clock::JST),
         revoked: false,
         registered: clock::rfc3339(now),
         kind: TerminalKind::Terminal,

@@ -9,8 +9,11 @@
 //! * `meta`: `schema` → version
 //!
 //! Administrative changes are flushed before they are acknowledged. The `last_view` update of
-//! an allowed view is not flushed on the request path: sled syncs it within its flush interval,
-//! and [`Store::flush`] is called by the audit batch loop's owner (the gateway) periodically.
+//! an allowed view is not flushed on the request path: sled's own background flush
+//! (`flush_every_ms`, every 200 ms, set in [`Store::open`]) makes it durable within that
+//! interval, and the gateway calls [`Store::flush`] once more at shutdown. A crash loses at
+//! most the last 200 ms of `last_view` updates: a view's extension of the consent (art 8.3),
+//! never an identity or a consent change.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,9 +43,39 @@ pub enum StoreError {
     )]
     Schema { found: u32 },
     #[error("{0}")]
-    Conflict(String),
+    Conflict(Conflict),
     #[error("{0}")]
-    NotFound(String),
+    NotFound(Missing),
+}
+
+/// A record that is not in the registry: which kind, and its id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    #[error("no physician {0:?}")]
+    Physician(String),
+    #[error("no terminal {0:?}")]
+    Terminal(String),
+    #[error("no consent for patient {0:?}")]
+    Consent(String),
+}
+
+/// A change that contradicts what is registered: which record, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("physician {0:?} is already registered")]
+    PhysicianRegistered(String),
+    #[error("terminal {0:?} is already registered")]
+    TerminalRegistered(String),
+    /// Another terminal has this certificate key (or WireGuard key).
+    #[error("a terminal with this key is already registered")]
+    KeyRegistered { fingerprint: String },
+    #[error("tunnel address {0} is already given to another terminal")]
+    TunnelAddressTaken(std::net::Ipv4Addr),
+    #[error("patient {patient:?} already has a consent (form {form_ref}); withdraw it first")]
+    ConsentRegistered { patient: String, form_ref: String },
+    /// A purge gave up on a consent that changed under each of its tries.
+    #[error("consent of patient {0:?} kept changing during the purge")]
+    ConsentChanging(String),
 }
 
 /// A handle on the registries. Cheap to clone; all methods are safe to call concurrently.
@@ -138,9 +171,8 @@ impl Store {
             self.physicians
                 .compare_and_swap(&p.id, None as Option<&[u8]>, Some(encode(p)))?;
         if res.is_err() {
-            return Err(StoreError::Conflict(format!(
-                "physician {:?} is already registered",
-                p.id
+            return Err(StoreError::Conflict(Conflict::PhysicianRegistered(
+                p.id.clone(),
             )));
         }
         self.flush()
@@ -172,7 +204,7 @@ impl Store {
         if let Some(e) = err {
             return Err(e);
         }
-        let p = out.ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+        let p = out.ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         self.flush()?;
         Ok(p)
     }
@@ -192,7 +224,7 @@ impl Store {
         // A locked account is answered from a read: a flood of refused tries writes nothing.
         let p = self
             .physician(id)?
-            .ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         if let Some(until) = auth::locked_until(&p, now) {
             return Ok((auth::Attempt::Locked { until }, p));
         }
@@ -219,7 +251,7 @@ impl Store {
             return Err(e);
         }
         let (attempt, p) =
-            out.ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+            out.ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         if let auth::Attempt::Counted { .. } = attempt {
             self.flush()?;
         }
@@ -247,7 +279,7 @@ impl Store {
     /// `add` with the same id is a new registration with no terminals.
     pub fn delete_physician(&self, id: &str) -> Result<Vec<String>, StoreError> {
         if self.physicians.remove(id)?.is_none() {
-            return Err(StoreError::NotFound(format!("no physician {id:?}")));
+            return Err(StoreError::NotFound(Missing::Physician(id.to_string())));
         }
         let mut removed = Vec::new();
         for t in self.terminals()? {
@@ -275,16 +307,11 @@ impl Store {
 
     pub fn add_terminal(&self, t: &Terminal) -> Result<(), StoreError> {
         if t.kind == TerminalKind::Terminal && self.physician(&t.physician)?.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "no physician {:?}",
-                t.physician
-            )));
+            return Err(StoreError::NotFound(Missing::Physician(t.physician.clone())));
         }
         if let Some(ip) = t.tunnel_ip {
             if self.terminals()?.iter().any(|x| x.tunnel_ip == Some(ip)) {
-                return Err(StoreError::Conflict(format!(
-                    "tunnel address {ip} is already given to another terminal"
-                )));
+                return Err(StoreError::Conflict(Conflict::TunnelAddressTaken(ip)));
             }
         }
         if self
@@ -292,10 +319,7 @@ impl Store {
             .compare_and_swap(&t.name, None as Option<&[u8]>, Some(encode(t)))?
             .is_err()
         {
-            return Err(StoreError::Conflict(format!(
-                "terminal {:?} is already registered",
-                t.name
-            )));
+            return Err(StoreError::Conflict(Conflict::TerminalRegistered(t.name.clone())));
         }
         if self
             .fingerprints
@@ -307,9 +331,9 @@ impl Store {
             .is_err()
         {
             self.terminals.remove(&t.name)?;
-            return Err(StoreError::Conflict(
-                "a terminal with this key is already registered".into(),
-            ));
+            return Err(StoreError::Conflict(Conflict::KeyRegistered {
+                fingerprint: t.fingerprint.clone(),
+            }));
         }
         self.flush()
     }
@@ -336,7 +360,7 @@ impl Store {
     pub fn revoke_terminal(&self, name: &str) -> Result<Terminal, StoreError> {
         let mut t = self
             .terminal(name)?
-            .ok_or_else(|| StoreError::NotFound(format!("no terminal {name:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Terminal(name.to_string())))?;
         t.revoked = true;
         self.terminals.insert(name, encode(&t))?;
         self.flush()?;
@@ -366,10 +390,10 @@ impl Store {
     pub fn grant_consent(&self, c: &Consent) -> Result<(), StoreError> {
         if let Some(old) = self.consent(&c.patient)? {
             if old.withdrawn.is_none() {
-                return Err(StoreError::Conflict(format!(
-                    "patient {:?} already has a consent (form {}); withdraw it first",
-                    c.patient, old.form_ref
-                )));
+                return Err(StoreError::Conflict(Conflict::ConsentRegistered {
+                    patient: c.patient.clone(),
+                    form_ref: old.form_ref,
+                }));
             }
         }
         self.consents.insert(&c.patient, encode(c))?;
@@ -392,7 +416,7 @@ impl Store {
         let old = self
             .consents
             .remove(patient)?
-            .ok_or_else(|| StoreError::NotFound(format!("no consent for patient {patient:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
         self.flush()?;
         let mut c: Consent = decode("consents", patient.as_bytes(), &old)?;
         c.withdrawn = Some(Withdrawal {
@@ -469,9 +493,7 @@ impl Store {
                 return Ok(true);
             }
         }
-        Err(StoreError::Conflict(format!(
-            "consent of patient {patient:?} kept changing during the purge"
-        )))
+        Err(StoreError::Conflict(Conflict::ConsentChanging(patient.to_string())))
     }
 
     /// Art 11: deletes every consent due ([`Store::purge_due`]). Returns the patients purged.
@@ -512,7 +534,7 @@ mod tests {
             physician: physician.into(),
             fingerprint: fp.into(),
             serial: "01".into(),
-            not_after: "2030-01-01T00:00:00+09:00".into(),
+            not_after: time::macros::datetime!(2030-01-01 00:00:00 +09:00),
             revoked: false,
             registered: "2026-01-01T00:00:00+09:00".into(),
             kind: crate::model::TerminalKind::Terminal,
