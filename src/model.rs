@@ -261,7 +261,10 @@ mod tests {
         assert_eq!(t.tunnel_ip, None);
         assert_eq!(t.wireguard_key(), None);
         let new = serde_json::to_string(&t).unwrap();
-        assert!(new.contains(r#""not_after":"2030-01-01T00:00:00+09:00""#), "{new}");
+        assert!(
+            new.contains(r#""not_after":"2030-01-01T00:00:00+09:00""#),
+            "{new}"
+        );
         let again: Terminal = serde_json::from_str(&new).unwrap();
         assert_eq!(again, t);
     }

@@ -307,7 +307,9 @@ impl Store {
 
     pub fn add_terminal(&self, t: &Terminal) -> Result<(), StoreError> {
         if t.kind == TerminalKind::Terminal && self.physician(&t.physician)?.is_none() {
-            return Err(StoreError::NotFound(Missing::Physician(t.physician.clone())));
+            return Err(StoreError::NotFound(Missing::Physician(
+                t.physician.clone(),
+            )));
         }
         if let Some(ip) = t.tunnel_ip {
             if self.terminals()?.iter().any(|x| x.tunnel_ip == Some(ip)) {
@@ -319,7 +321,9 @@ impl Store {
             .compare_and_swap(&t.name, None as Option<&[u8]>, Some(encode(t)))?
             .is_err()
         {
-            return Err(StoreError::Conflict(Conflict::TerminalRegistered(t.name.clone())));
+            return Err(StoreError::Conflict(Conflict::TerminalRegistered(
+                t.name.clone(),
+            )));
         }
         if self
             .fingerprints
@@ -493,7 +497,9 @@ impl Store {
                 return Ok(true);
             }
         }
-        Err(StoreError::Conflict(Conflict::ConsentChanging(patient.to_string())))
+        Err(StoreError::Conflict(Conflict::ConsentChanging(
+            patient.to_string(),
+        )))
     }
 
     /// Art 11: deletes every consent due ([`Store::purge_due`]). Returns the patients purged.
@@ -744,5 +750,54 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert!(s.physician("d1").unwrap().is_some());
+    }
+
+    /// The typed conflicts and missing records say what kind of record and which id, with the
+    /// messages the admin has always seen.
+    #[test]
+    fn conflicts_and_missing_records_are_typed_with_the_same_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.add_physician(&physician("d1")).unwrap();
+        let e = s.add_physician(&physician("d1")).unwrap_err();
+        assert!(matches!(
+            &e,
+            StoreError::Conflict(Conflict::PhysicianRegistered(id)) if id == "d1"
+        ));
+        assert_eq!(e.to_string(), r#"physician "d1" is already registered"#);
+        s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
+        let e = s.add_terminal(&terminal("pc1", "d1", "bb")).unwrap_err();
+        assert_eq!(e.to_string(), r#"terminal "pc1" is already registered"#);
+        let e = s.add_terminal(&terminal("pc2", "d1", "aa")).unwrap_err();
+        assert!(matches!(
+            &e,
+            StoreError::Conflict(Conflict::KeyRegistered { fingerprint }) if fingerprint == "aa"
+        ));
+        assert_eq!(
+            e.to_string(),
+            "a terminal with this key is already registered"
+        );
+        let e = s
+            .add_terminal(&terminal("pc3", "nobody", "cc"))
+            .unwrap_err();
+        assert!(matches!(&e, StoreError::NotFound(Missing::Physician(id)) if id == "nobody"));
+        assert_eq!(e.to_string(), r#"no physician "nobody""#);
+        let e = s.revoke_terminal("pc9").unwrap_err();
+        assert_eq!(e.to_string(), r#"no terminal "pc9""#);
+        s.grant_consent(&consent("P1")).unwrap();
+        let e = s.grant_consent(&consent("P1")).unwrap_err();
+        assert!(matches!(
+            &e,
+            StoreError::Conflict(Conflict::ConsentRegistered { patient, .. }) if patient == "P1"
+        ));
+        assert_eq!(
+            e.to_string(),
+            r#"patient "P1" already has a consent (form F6); withdraw it first"#
+        );
+        let e = s
+            .withdraw_consent("P9", "F7", date!(2026 - 03 - 01))
+            .unwrap_err();
+        assert!(matches!(&e, StoreError::NotFound(Missing::Consent(p)) if p == "P9"));
+        assert_eq!(e.to_string(), r#"no consent for patient "P9""#);
     }
 }

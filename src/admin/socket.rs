@@ -117,4 +117,3 @@ pub async fn call(
         .map(Some)
         .map_err(|e| AdminSocketError::Protocol(e.to_string()))
 }
-

@@ -4,7 +4,10 @@ use super::{Admin, AdminError, AdminReply, AdminResponse};
 use crate::model::Terminal;
 
 impl Admin {
-    pub(super) fn terminal_register(&self, terminal: Terminal) -> Result<AdminResponse, AdminError> {
+    pub(super) fn terminal_register(
+        &self,
+        terminal: Terminal,
+    ) -> Result<AdminResponse, AdminError> {
         self.store.add_terminal(&terminal)?;
         Ok(AdminResponse::ok(
             format!(

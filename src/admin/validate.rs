@@ -146,7 +146,6 @@ fn consent_by(by: &ConsentBy) -> String {
     }
 }
 
-
 /// Longest admin error message kept in an audit record.
 const AUDIT_MESSAGE_MAX: usize = 240;
 
