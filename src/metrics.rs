@@ -179,191 +179,46 @@ const LATENCY_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("seibo_gate".into()), None)?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests by ingress, decision and reason.",
-            ),
-            &["ingress", "decision", "reason"],
-        )?;
-        let gateway_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_duration_seconds",
-                "Time spent in the gateway per request (identity, route, consent, audit), excluding the upstream.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["ingress"],
-        )?;
-        let upstream_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "upstream_duration_seconds",
-                "Time from forwarding to the upstream EMR's response headers.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        let tls_handshakes = IntCounterVec::new(
-            Opts::new("tls_handshakes_total", "TLS handshakes by result."),
-            &["listener", "result"],
-        )?;
-        let refused_connections = IntCounterVec::new(
-            Opts::new(
-                "refused_connections_total",
-                "Connections refused: source not allowed or connection limit (before the handshake), or the terminal's connection limit (after it).",
-            ),
-            &["listener", "cause"],
-        )?;
-        let connections = IntGaugeVec::new(
-            Opts::new("connections", "Open client connections."),
-            &["ingress"],
-        )?;
-        let audit_records = IntCounter::new(
-            "audit_records_total",
-            "Audit records appended (request and outcome lines).",
-        )?;
-        let audit_failures = IntCounter::new(
-            "audit_failures_total",
-            "Requests refused because their audit record could not be written.",
-        )?;
-        let audit_write_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "audit_write_duration_seconds",
-                "Time until a request's audit record is durable on disk.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        let audit_chain_intact = IntGauge::new(
-            "audit_chain_intact",
-            "1 when the audit log's hash chain verified at the last check, 0 when broken.",
-        )?;
-        let audit_index_intact = IntGauge::new(
-            "audit_index_intact",
-            "1 when the audit index agreed with the log at the last check, 0 when it disagrees \
-             (per-patient queries then scan the whole log; rebuilt at the next start).",
-        )?;
-        let audit_chain_records = IntGauge::new(
-            "audit_chain_records",
-            "Records covered by the last audit chain verification.",
-        )?;
-        let audit_verifications = IntCounterVec::new(
-            Opts::new(
-                "audit_verifications_total",
-                "Audit chain verifications run by the gateway, by result.",
-            ),
-            &["result"],
-        )?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new("upstream_errors_total", "Upstream EMR failures by kind."),
-            &["kind"],
-        )?;
-        let consent_events = IntCounterVec::new(
-            Opts::new("consent_events_total", "Consent registry events by kind."),
-            &["kind"],
-        )?;
-        let cert_expiry = IntGaugeVec::new(
-            Opts::new(
-                "certificate_expiry_timestamp_seconds",
-                "Expiry (notAfter) of the listener's server certificate, in Unix seconds.",
-            ),
-            &["listener"],
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Build information; the value is always 1."),
-            &["version"],
-        )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "config_reloads_total",
-                "Configuration reloads (SIGHUP) by result.",
-            ),
-            &["result"],
-        )?;
-        let signins = IntCounterVec::new(
-            Opts::new("signin_attempts_total", "Sign-in attempts by result."),
-            &["result"],
-        )?;
-        let lockouts = IntCounter::new(
-            "signin_lockouts_total",
-            "Accounts locked after repeated wrong passwords.",
-        )?;
-        let sessions = IntGauge::new("sessions", "Open sign-in sessions.")?;
-        let wg_handshakes = IntCounter::new(
-            "wireguard_handshakes_total",
-            "WireGuard handshakes completed with registered peers.",
-        )?;
-        let wg_peers = IntGauge::new("wireguard_peers", "Registered WireGuard peers.")?;
-        let wg_peers_up =
-            IntGauge::new("wireguard_peers_up", "WireGuard peers with a live session.")?;
-        let wg_rx_bytes = IntCounter::new(
-            "wireguard_received_bytes_total",
-            "Bytes received on the WireGuard UDP socket.",
-        )?;
-        let wg_tx_bytes = IntCounter::new(
-            "wireguard_sent_bytes_total",
-            "Bytes sent on the WireGuard UDP socket.",
-        )?;
-        let wg_dropped = IntCounterVec::new(
-            Opts::new(
-                "wireguard_dropped_packets_total",
-                "WireGuard packets dropped, by cause (unknown key, wrong source or destination, ...).",
-            ),
-            &["cause"],
-        )?;
-        let up = IntGauge::new("up", "1 while the gateway is serving.")?;
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(gateway_seconds.clone()),
-            Box::new(upstream_seconds.clone()),
-            Box::new(tls_handshakes.clone()),
-            Box::new(refused_connections.clone()),
-            Box::new(connections.clone()),
-            Box::new(audit_records.clone()),
-            Box::new(audit_failures.clone()),
-            Box::new(audit_write_seconds.clone()),
-            Box::new(audit_chain_intact.clone()),
-            Box::new(audit_index_intact.clone()),
-            Box::new(audit_chain_records.clone()),
-            Box::new(audit_verifications.clone()),
-            Box::new(upstream_errors.clone()),
-            Box::new(consent_events.clone()),
-            Box::new(cert_expiry.clone()),
-            Box::new(build_info.clone()),
-            Box::new(up.clone()),
-            Box::new(reloads.clone()),
-            Box::new(signins.clone()),
-            Box::new(lockouts.clone()),
-            Box::new(sessions.clone()),
-            Box::new(wg_handshakes.clone()),
-            Box::new(wg_peers.clone()),
-            Box::new(wg_peers_up.clone()),
-            Box::new(wg_rx_bytes.clone()),
-            Box::new(wg_tx_bytes.clone()),
-            Box::new(wg_dropped.clone()),
-        ] {
-            registry.register(c)?;
-        }
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        // Known label sets at zero (listener-labelled ones: `init_listener`, `init_wireguard`).
-        for (vec, values) in [
-            (&upstream_errors, labels::UPSTREAM_ERROR_KINDS),
-            (&signins, labels::SIGNIN_RESULTS),
-            (&reloads, labels::RELOAD_RESULTS),
-            (&wg_dropped, labels::WIREGUARD_DROP_CAUSES),
-            (&consent_events, labels::CONSENT_EVENT_KINDS),
-            (&audit_verifications, labels::VERIFICATION_RESULTS),
-        ] {
-            for v in values {
-                vec.with_label_values(&[v]).inc_by(0);
-            }
-        }
-        for ingress in labels::INGRESSES {
-            connections.with_label_values(&[ingress]).set(0);
-            // The rate of allowed views is what dashboards divide by.
-            requests
-                .with_label_values(&[ingress, "allow", "allowed"])
-                .inc_by(0);
-        }
+        let Traffic {
+            requests,
+            gateway_seconds,
+            upstream_seconds,
+            upstream_errors,
+        } = Traffic::new(&registry)?;
+        let Conns {
+            tls_handshakes,
+            refused_connections,
+            connections,
+        } = Conns::new(&registry)?;
+        let AuditFamily {
+            audit_records,
+            audit_failures,
+            audit_write_seconds,
+            audit_chain_intact,
+            audit_index_intact,
+            audit_chain_records,
+            audit_verifications,
+        } = AuditFamily::new(&registry)?;
+        let SignIn {
+            signins,
+            lockouts,
+            sessions,
+        } = SignIn::new(&registry)?;
+        let Wireguard {
+            wg_handshakes,
+            wg_peers,
+            wg_peers_up,
+            wg_rx_bytes,
+            wg_tx_bytes,
+            wg_dropped,
+        } = Wireguard::new(&registry)?;
+        let Site {
+            consent_events,
+            cert_expiry,
+            build_info,
+            reloads,
+            up,
+        } = Site::new(&registry)?;
         let flood = FloodMetrics::new(&registry)?;
         Ok(Metrics {
             registry,
@@ -503,5 +358,306 @@ impl Metrics {
             tracing::warn!(error = %e, "metrics encoding failed");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+// ---- the families [`Metrics::new`] is made of: each registers its metrics and exports its
+// known label sets at zero (listener-labelled ones: `init_listener`, `init_wireguard`).
+
+/// Registers `c` in `registry` and gives it back.
+fn registered<C>(registry: &Registry, c: C) -> Result<C, prometheus::Error>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+/// A registered counter with one label, every value in `values` exported at zero.
+fn counter_vec(
+    registry: &Registry,
+    opts: Opts,
+    label: &str,
+    values: &[&str],
+) -> Result<IntCounterVec, prometheus::Error> {
+    let vec = registered(registry, IntCounterVec::new(opts, &[label])?)?;
+    for v in values {
+        vec.with_label_values(&[v]).inc_by(0);
+    }
+    Ok(vec)
+}
+
+fn latency(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+}
+
+/// Requests and the upstream.
+struct Traffic {
+    requests: IntCounterVec,
+    gateway_seconds: HistogramVec,
+    upstream_seconds: Histogram,
+    upstream_errors: IntCounterVec,
+}
+
+impl Traffic {
+    fn new(registry: &Registry) -> Result<Traffic, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "requests_total",
+                "Requests by ingress, decision and reason.",
+            ),
+            &["ingress", "decision", "reason"],
+        )?;
+        let gateway_seconds = HistogramVec::new(
+            latency(
+                "gateway_duration_seconds",
+                "Time spent in the gateway per request (identity, route, consent, audit), excluding the upstream.",
+            ),
+            &["ingress"],
+        )?;
+        let upstream_seconds = Histogram::with_opts(latency(
+            "upstream_duration_seconds",
+            "Time from forwarding to the upstream EMR's response headers.",
+        ))?;
+        let upstream_errors = counter_vec(
+            registry,
+            Opts::new("upstream_errors_total", "Upstream EMR failures by kind."),
+            "kind",
+            labels::UPSTREAM_ERROR_KINDS,
+        )?;
+        let requests = registered(registry, requests)?;
+        for ingress in labels::INGRESSES {
+            // The rate of allowed views is what dashboards divide by.
+            requests
+                .with_label_values(&[ingress, "allow", "allowed"])
+                .inc_by(0);
+        }
+        Ok(Traffic {
+            requests,
+            gateway_seconds: registered(registry, gateway_seconds)?,
+            upstream_seconds: registered(registry, upstream_seconds)?,
+            upstream_errors,
+        })
+    }
+}
+
+/// Connections and TLS handshakes.
+struct Conns {
+    tls_handshakes: IntCounterVec,
+    refused_connections: IntCounterVec,
+    connections: IntGaugeVec,
+}
+
+impl Conns {
+    fn new(registry: &Registry) -> Result<Conns, prometheus::Error> {
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new("tls_handshakes_total", "TLS handshakes by result."),
+            &["listener", "result"],
+        )?;
+        let refused_connections = IntCounterVec::new(
+            Opts::new(
+                "refused_connections_total",
+                "Connections refused: source not allowed or connection limit (before the handshake), or the terminal's connection limit (after it).",
+            ),
+            &["listener", "cause"],
+        )?;
+        let connections = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new("connections", "Open client connections."),
+                &["ingress"],
+            )?,
+        )?;
+        for ingress in labels::INGRESSES {
+            connections.with_label_values(&[ingress]).set(0);
+        }
+        Ok(Conns {
+            tls_handshakes: registered(registry, tls_handshakes)?,
+            refused_connections: registered(registry, refused_connections)?,
+            connections,
+        })
+    }
+}
+
+/// The audit log: records, failures, durability time, verification.
+struct AuditFamily {
+    audit_records: IntCounter,
+    audit_failures: IntCounter,
+    audit_write_seconds: Histogram,
+    audit_chain_intact: IntGauge,
+    audit_index_intact: IntGauge,
+    audit_chain_records: IntGauge,
+    audit_verifications: IntCounterVec,
+}
+
+impl AuditFamily {
+    fn new(registry: &Registry) -> Result<AuditFamily, prometheus::Error> {
+        let audit_records = IntCounter::new(
+            "audit_records_total",
+            "Audit records appended (request and outcome lines).",
+        )?;
+        let audit_failures = IntCounter::new(
+            "audit_failures_total",
+            "Requests refused because their audit record could not be written.",
+        )?;
+        let audit_write_seconds = Histogram::with_opts(latency(
+            "audit_write_duration_seconds",
+            "Time until a request's audit record is durable on disk.",
+        ))?;
+        let audit_chain_intact = IntGauge::new(
+            "audit_chain_intact",
+            "1 when the audit log's hash chain verified at the last check, 0 when broken.",
+        )?;
+        let audit_index_intact = IntGauge::new(
+            "audit_index_intact",
+            "1 when the audit index agreed with the log at the last check, 0 when it disagrees \
+             (per-patient queries then scan the whole log; rebuilt at the next start).",
+        )?;
+        let audit_chain_records = IntGauge::new(
+            "audit_chain_records",
+            "Records covered by the last audit chain verification.",
+        )?;
+        Ok(AuditFamily {
+            audit_records: registered(registry, audit_records)?,
+            audit_failures: registered(registry, audit_failures)?,
+            audit_write_seconds: registered(registry, audit_write_seconds)?,
+            audit_chain_intact: registered(registry, audit_chain_intact)?,
+            audit_index_intact: registered(registry, audit_index_intact)?,
+            audit_chain_records: registered(registry, audit_chain_records)?,
+            audit_verifications: counter_vec(
+                registry,
+                Opts::new(
+                    "audit_verifications_total",
+                    "Audit chain verifications run by the gateway, by result.",
+                ),
+                "result",
+                labels::VERIFICATION_RESULTS,
+            )?,
+        })
+    }
+}
+
+/// Sign-in: attempts, lockouts, sessions.
+struct SignIn {
+    signins: IntCounterVec,
+    lockouts: IntCounter,
+    sessions: IntGauge,
+}
+
+impl SignIn {
+    fn new(registry: &Registry) -> Result<SignIn, prometheus::Error> {
+        let lockouts = IntCounter::new(
+            "signin_lockouts_total",
+            "Accounts locked after repeated wrong passwords.",
+        )?;
+        let sessions = IntGauge::new("sessions", "Open sign-in sessions.")?;
+        Ok(SignIn {
+            signins: counter_vec(
+                registry,
+                Opts::new("signin_attempts_total", "Sign-in attempts by result."),
+                "result",
+                labels::SIGNIN_RESULTS,
+            )?,
+            lockouts: registered(registry, lockouts)?,
+            sessions: registered(registry, sessions)?,
+        })
+    }
+}
+
+/// The WireGuard ingress (art 12.2).
+struct Wireguard {
+    wg_handshakes: IntCounter,
+    wg_peers: IntGauge,
+    wg_peers_up: IntGauge,
+    wg_rx_bytes: IntCounter,
+    wg_tx_bytes: IntCounter,
+    wg_dropped: IntCounterVec,
+}
+
+impl Wireguard {
+    fn new(registry: &Registry) -> Result<Wireguard, prometheus::Error> {
+        let wg_handshakes = IntCounter::new(
+            "wireguard_handshakes_total",
+            "WireGuard handshakes completed with registered peers.",
+        )?;
+        let wg_peers = IntGauge::new("wireguard_peers", "Registered WireGuard peers.")?;
+        let wg_peers_up =
+            IntGauge::new("wireguard_peers_up", "WireGuard peers with a live session.")?;
+        let wg_rx_bytes = IntCounter::new(
+            "wireguard_received_bytes_total",
+            "Bytes received on the WireGuard UDP socket.",
+        )?;
+        let wg_tx_bytes = IntCounter::new(
+            "wireguard_sent_bytes_total",
+            "Bytes sent on the WireGuard UDP socket.",
+        )?;
+        Ok(Wireguard {
+            wg_handshakes: registered(registry, wg_handshakes)?,
+            wg_peers: registered(registry, wg_peers)?,
+            wg_peers_up: registered(registry, wg_peers_up)?,
+            wg_rx_bytes: registered(registry, wg_rx_bytes)?,
+            wg_tx_bytes: registered(registry, wg_tx_bytes)?,
+            wg_dropped: counter_vec(
+                registry,
+                Opts::new(
+                    "wireguard_dropped_packets_total",
+                    "WireGuard packets dropped, by cause (unknown key, wrong source or destination, ...).",
+                ),
+                "cause",
+                labels::WIREGUARD_DROP_CAUSES,
+            )?,
+        })
+    }
+}
+
+/// The site's own figures: consent events, certificates, build, reloads, up.
+struct Site {
+    consent_events: IntCounterVec,
+    cert_expiry: IntGaugeVec,
+    build_info: IntGaugeVec,
+    reloads: IntCounterVec,
+    up: IntGauge,
+}
+
+impl Site {
+    fn new(registry: &Registry) -> Result<Site, prometheus::Error> {
+        let cert_expiry = IntGaugeVec::new(
+            Opts::new(
+                "certificate_expiry_timestamp_seconds",
+                "Expiry (notAfter) of the listener's server certificate, in Unix seconds.",
+            ),
+            &["listener"],
+        )?;
+        let build_info = registered(
+            registry,
+            IntGaugeVec::new(
+                Opts::new("build_info", "Build information; the value is always 1."),
+                &["version"],
+            )?,
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let up = IntGauge::new("up", "1 while the gateway is serving.")?;
+        Ok(Site {
+            consent_events: counter_vec(
+                registry,
+                Opts::new("consent_events_total", "Consent registry events by kind."),
+                "kind",
+                labels::CONSENT_EVENT_KINDS,
+            )?,
+            cert_expiry: registered(registry, cert_expiry)?,
+            build_info,
+            reloads: counter_vec(
+                registry,
+                Opts::new(
+                    "config_reloads_total",
+                    "Configuration reloads (SIGHUP) by result.",
+                ),
+                "result",
+                labels::RELOAD_RESULTS,
+            )?,
+            up: registered(registry, up)?,
+        })
     }
 }
