@@ -184,15 +184,32 @@ impl Store {
         id: &str,
         f: impl Fn(&mut Physician),
     ) -> Result<Physician, StoreError> {
+        let ((), p) = self
+            .modify_physician(id, f)?
+            .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
+        self.flush()?;
+        Ok(p)
+    }
+
+    /// Applies `f` to physician `id` in one atomic read-modify-write, not flushed. sled may run
+    /// the closure more than once (when the record changed meanwhile): the last run's result
+    /// is the one stored and returned. `None` when there is no such physician.
+    fn modify_physician<R>(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Physician) -> R,
+    ) -> Result<Option<(R, Physician)>, StoreError> {
         let mut out = None;
         let mut err = None;
         self.physicians.fetch_and_update(id, |old| {
+            out = None;
+            err = None;
             let old = old?;
             match decode::<Physician>("physicians", id.as_bytes(), old) {
                 Ok(mut p) => {
-                    f(&mut p);
+                    let r = f(&mut p);
                     let v = encode(&p);
-                    out = Some(p);
+                    out = Some((r, p));
                     Some(v)
                 }
                 Err(e) => {
@@ -201,12 +218,10 @@ impl Store {
                 }
             }
         })?;
-        if let Some(e) = err {
-            return Err(e);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        let p = out.ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
-        self.flush()?;
-        Ok(p)
     }
 
     /// Reserves one password try of physician `id` (art 13.1, issue 11 item 1): the lock test
@@ -228,30 +243,9 @@ impl Store {
         if let Some(until) = auth::locked_until(&p, now) {
             return Ok((auth::Attempt::Locked { until }, p));
         }
-        let mut out = None;
-        let mut err = None;
-        self.physicians.fetch_and_update(id, |old| {
-            let old = old?;
-            match decode::<Physician>("physicians", id.as_bytes(), old) {
-                Ok(mut p) => {
-                    let attempt = auth::reserve_attempt(&mut p, now, max_failures, lockout);
-                    let v = encode(&p);
-                    err = None;
-                    out = Some((attempt, p));
-                    Some(v)
-                }
-                Err(e) => {
-                    out = None;
-                    err = Some(e);
-                    Some(old.to_vec())
-                }
-            }
-        })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let (attempt, p) =
-            out.ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
+        let (attempt, p) = self
+            .modify_physician(id, |p| auth::reserve_attempt(p, now, max_failures, lockout))?
+            .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         if let auth::Attempt::Counted { .. } = attempt {
             self.flush()?;
         }
