@@ -56,7 +56,6 @@ enum Job {
 pub struct Hasher {
     slots: Arc<Semaphore>,
     jobs: mpsc::Sender<Job>,
-    workers: usize,
 }
 
 impl std::fmt::Debug for Job {
@@ -94,12 +93,7 @@ impl Hasher {
         Hasher {
             slots: Arc::new(Semaphore::new(slots.max(workers))),
             jobs: tx,
-            workers,
         }
-    }
-
-    pub fn workers(&self) -> usize {
-        self.workers
     }
 
     /// A slot for one check or hash, or [`Busy`] when all are taken (never waits).
@@ -234,7 +228,7 @@ pub fn verify_with(memory: &mut Vec<Block>, password: &str, hash: &str) -> bool 
 }
 
 /// [`crate::auth::hash_password`], in caller-provided memory.
-pub fn hash_with(memory: &mut Vec<Block>, password: &str) -> Result<String, AuthError> {
+fn hash_with(memory: &mut Vec<Block>, password: &str) -> Result<String, AuthError> {
     let err = |e: &dyn std::fmt::Display| AuthError::Hash(e.to_string());
     let salt = SaltString::encode_b64(&rand::rng().random::<[u8; 16]>()).map_err(|e| err(&e))?;
     let params = Params::default();
@@ -328,7 +322,6 @@ mod tests {
         let h = Hasher {
             slots: Arc::new(Semaphore::new(1)),
             jobs: tx,
-            workers: 0,
         };
         let d = h.try_slot().unwrap();
         // Polled once (the job is sent), then dropped.

@@ -93,13 +93,10 @@ fn resolve_until(
     if terminal.revoked {
         return Ok(Err(IdentityRefusal::TerminalRevoked));
     }
-    let not_after = match OffsetDateTime::parse(
-        &terminal.not_after,
-        &time::format_description::well_known::Rfc3339,
-    ) {
-        Ok(t) if t >= now => t,
-        _ => return Ok(Err(IdentityRefusal::TerminalExpired)),
-    };
+    let not_after = terminal.not_after;
+    if not_after < now {
+        return Ok(Err(IdentityRefusal::TerminalExpired));
+    }
     let Some(physician) = store.physician(&terminal.physician)? else {
         return Ok(Err(IdentityRefusal::UnknownPhysician));
     };

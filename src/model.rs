@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use time::Date;
+use time::{Date, OffsetDateTime};
 
 // Calendar dates are written `YYYY-MM-DD` (Japan dates), in the registry and on the admin socket.
 time::serde::format_description!(pub ymd, Date, "[year]-[month]-[day]");
@@ -168,8 +168,10 @@ pub struct Terminal {
     /// Lower-case hex SHA-256 of the certificate's SubjectPublicKeyInfo.
     pub fingerprint: String,
     pub serial: String,
-    /// Certificate validity end, RFC 3339.
-    pub not_after: String,
+    /// Certificate validity end (stored as RFC 3339 with its offset, Japan time when written
+    /// by the gateway: `2027-04-01T09:00:00+09:00`).
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
     pub revoked: bool,
     pub registered: String,
     /// Terminal or site system; older records are terminals.
@@ -180,9 +182,26 @@ pub struct Terminal {
     pub tunnel_ip: Option<std::net::Ipv4Addr>,
 }
 
+/// What the registry key of a WireGuard terminal starts with (its public key in base64 follows).
+pub const WIREGUARD_PREFIX: &str = "wg:";
+
 /// Registry key of a WireGuard terminal: `wg:` + its public key in base64.
 pub fn wireguard_fingerprint(public_key_b64: &str) -> String {
-    format!("wg:{public_key_b64}")
+    format!("{WIREGUARD_PREFIX}{public_key_b64}")
+}
+
+impl Terminal {
+    /// The WireGuard public key (base64) of a WireGuard terminal; `None` for a certificate.
+    pub fn wireguard_key(&self) -> Option<&str> {
+        self.fingerprint.strip_prefix(WIREGUARD_PREFIX)
+    }
+
+    /// [`Terminal::not_after`] as it is stored and listed (RFC 3339, its own offset).
+    pub fn not_after_rfc3339(&self) -> String {
+        self.not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| self.not_after.unix_timestamp().to_string())
+    }
 }
 
 /// Who gave consent (art 8.1).
@@ -221,4 +240,58 @@ pub struct Withdrawal {
     pub form_ref: String,
     #[serde(with = "ymd")]
     pub date: Date,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A terminal record as written before `not_after` was typed: it loads, and is written
+    /// back byte for byte.
+    #[test]
+    fn terminal_record_of_an_older_gateway_loads_and_round_trips() {
+        let old = r#"{"name":"pc-1","physician":"dr-a","fingerprint":"ab12","serial":"01","not_after":"2030-01-01T00:00:00+09:00","revoked":false,"registered":"2025-04-01T09:30:15.123456789+09:00"}"#;
+        let t: Terminal = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            t.not_after,
+            time::macros::datetime!(2030-01-01 00:00:00 +09:00)
+        );
+        assert_eq!(t.not_after_rfc3339(), "2030-01-01T00:00:00+09:00");
+        assert_eq!(t.kind, TerminalKind::Terminal);
+        assert_eq!(t.tunnel_ip, None);
+        assert_eq!(t.wireguard_key(), None);
+        let new = serde_json::to_string(&t).unwrap();
+        assert!(
+            new.contains(r#""not_after":"2030-01-01T00:00:00+09:00""#),
+            "{new}"
+        );
+        let again: Terminal = serde_json::from_str(&new).unwrap();
+        assert_eq!(again, t);
+    }
+
+    /// A time written by the gateway (`clock::rfc3339`, with nanoseconds) is stored the same.
+    #[test]
+    fn terminal_not_after_is_stored_as_clock_rfc3339_writes_it() {
+        let at = time::macros::datetime!(2031-02-03 04:05:06.789 UTC);
+        let t = Terminal {
+            name: "wg-1".into(),
+            physician: "dr-a".into(),
+            fingerprint: wireguard_fingerprint("S2V5"),
+            serial: String::new(),
+            not_after: at.to_offset(crate::clock::JST),
+            revoked: false,
+            registered: crate::clock::rfc3339(at),
+            kind: TerminalKind::Terminal,
+            tunnel_ip: None,
+        };
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["not_after"], crate::clock::rfc3339(at));
+        assert_eq!(t.wireguard_key(), Some("S2V5"));
+    }
+
+    #[test]
+    fn terminal_with_a_malformed_expiry_does_not_load() {
+        let bad = r#"{"name":"pc-1","physician":"dr-a","fingerprint":"ab12","serial":"01","not_after":"next year","revoked":false,"registered":""}"#;
+        assert!(serde_json::from_str::<Terminal>(bad).is_err());
+    }
 }

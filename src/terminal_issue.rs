@@ -85,7 +85,7 @@ pub fn certificate(
         physician: req.physician.to_string(),
         fingerprint: files.info.fingerprint.clone(),
         serial: files.info.serial.clone(),
-        not_after: crate::clock::rfc3339(files.info.not_after),
+        not_after: files.info.not_after.to_offset(crate::clock::JST),
         revoked: false,
         registered: crate::clock::rfc3339(req.now),
         kind,
@@ -156,7 +156,8 @@ pub fn wireguard(
         physician: req.physician.to_string(),
         fingerprint: wireguard_fingerprint(&public_key),
         serial: String::new(),
-        not_after: crate::clock::rfc3339(req.now + time::Duration::days(i64::from(req.days))),
+        not_after: (req.now + time::Duration::days(i64::from(req.days)))
+            .to_offset(crate::clock::JST),
         revoked: false,
         registered: crate::clock::rfc3339(req.now),
         kind: TerminalKind::Terminal,

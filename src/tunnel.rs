@@ -38,7 +38,7 @@ pub fn peers(store: &Store) -> Result<Vec<WgPeer>, StoreError> {
         .into_iter()
         .filter(|t| t.kind == TerminalKind::Terminal && !t.revoked)
         .filter_map(|t| {
-            let key = t.fingerprint.strip_prefix("wg:")?;
+            let key = t.wireguard_key()?;
             let public_key = wireguard::key_from_base64(key).ok()?;
             Some(WgPeer {
                 public_key,

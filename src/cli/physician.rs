@@ -58,22 +58,21 @@ pub async fn passwd(c: &Config, id: String, password_stdin: bool) -> anyhow::Res
 pub async fn list(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let r = admin_call(c, AdminRequest::PhysicianList {}).await?;
     if !json && r.ok {
-        print_physicians(&r.data);
+        print_physicians(r.reply()?);
         return Ok(ExitCode::SUCCESS);
     }
     Ok(report(r, json))
 }
 
-fn print_physicians(data: &serde_json::Value) {
-    for p in data.as_array().into_iter().flatten() {
+fn print_physicians(list: Vec<crate::model::Physician>) {
+    for p in list {
         println!(
             "{:<20} {:<24} {:<16} {}",
-            p["id"].as_str().unwrap_or(""),
-            p["name"].as_str().unwrap_or(""),
-            p["site"].as_str().unwrap_or(""),
-            p["suspended"]
-                .as_str()
-                .map(|r| format!("suspended ({r})"))
+            p.id,
+            p.name,
+            p.site,
+            p.suspended
+                .map(|r| format!("suspended ({})", r.as_str()))
                 .unwrap_or_else(|| "active".into())
         );
     }

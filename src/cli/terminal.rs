@@ -24,7 +24,8 @@ async fn registered_physician(cfg: &Config, id: &str) -> anyhow::Result<Option<S
         eprintln!("seibo-gate: {}", r.message);
         return Ok(None);
     }
-    Ok(Some(r.data["name"].as_str().unwrap_or(id).to_string()))
+    let p: crate::model::Physician = r.reply()?;
+    Ok(Some(p.name))
 }
 
 /// Registers `terminal`; on refusal says why, calls `remove_files` and exits 1.
@@ -105,7 +106,7 @@ pub async fn add_wireguard(
         return Ok(ExitCode::FAILURE);
     }
     let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
-    let terminals: Vec<Terminal> = serde_json::from_value(r.data).unwrap_or_default();
+    let terminals: Vec<Terminal> = r.reply()?;
     let used: HashSet<Ipv4Addr> = terminals.iter().filter_map(|t| t.tunnel_ip).collect();
     let ip = crate::wireguard::conf::free_address(wg.pool, wg.address, &used).ok_or_else(|| {
         ConfigProblem(format!(
@@ -139,24 +140,20 @@ pub async fn add_wireguard(
 pub async fn list(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let r = admin_call(c, AdminRequest::TerminalList {}).await?;
     if !json && r.ok {
-        print_terminals(&r.data);
+        print_terminals(r.reply()?);
         return Ok(ExitCode::SUCCESS);
     }
     Ok(report(r, json))
 }
 
-fn print_terminals(data: &serde_json::Value) {
-    for t in data.as_array().into_iter().flatten() {
+fn print_terminals(list: Vec<Terminal>) {
+    for t in list {
         println!(
             "{:<20} {:<20} {} {}",
-            t["name"].as_str().unwrap_or(""),
-            t["physician"].as_str().unwrap_or(""),
-            t["not_after"].as_str().unwrap_or(""),
-            if t["revoked"].as_bool().unwrap_or(false) {
-                "revoked"
-            } else {
-                "active"
-            }
+            t.name,
+            t.physician,
+            t.not_after_rfc3339(),
+            if t.revoked { "revoked" } else { "active" }
         );
     }
 }

@@ -1,9 +1,12 @@
 //! Prometheus metrics, held in one registry owned by the gateway (no global statics). No
 //! physician or patient identifier ever becomes a label: per-person usage is in the audit.
 
+mod families;
+
+use families::{AuditFamily, Conns, SignIn, Site, Traffic, Wireguard};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the gateway exports, prefixed `seibo_gate_`.
@@ -171,199 +174,49 @@ pub mod labels {
     pub const VERIFICATION_RESULTS: &[&str] = &["intact", "index-wrong", "broken"];
 }
 
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
-
 impl Metrics {
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new_custom(Some("seibo_gate".into()), None)?;
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "requests_total",
-                "Requests by ingress, decision and reason.",
-            ),
-            &["ingress", "decision", "reason"],
-        )?;
-        let gateway_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "gateway_duration_seconds",
-                "Time spent in the gateway per request (identity, route, consent, audit), excluding the upstream.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["ingress"],
-        )?;
-        let upstream_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "upstream_duration_seconds",
-                "Time from forwarding to the upstream EMR's response headers.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        let tls_handshakes = IntCounterVec::new(
-            Opts::new("tls_handshakes_total", "TLS handshakes by result."),
-            &["listener", "result"],
-        )?;
-        let refused_connections = IntCounterVec::new(
-            Opts::new(
-                "refused_connections_total",
-                "Connections refused: source not allowed or connection limit (before the handshake), or the terminal's connection limit (after it).",
-            ),
-            &["listener", "cause"],
-        )?;
-        let connections = IntGaugeVec::new(
-            Opts::new("connections", "Open client connections."),
-            &["ingress"],
-        )?;
-        let audit_records = IntCounter::new(
-            "audit_records_total",
-            "Audit records appended (request and outcome lines).",
-        )?;
-        let audit_failures = IntCounter::new(
-            "audit_failures_total",
-            "Requests refused because their audit record could not be written.",
-        )?;
-        let audit_write_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "audit_write_duration_seconds",
-                "Time until a request's audit record is durable on disk.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )?;
-        let audit_chain_intact = IntGauge::new(
-            "audit_chain_intact",
-            "1 when the audit log's hash chain verified at the last check, 0 when broken.",
-        )?;
-        let audit_index_intact = IntGauge::new(
-            "audit_index_intact",
-            "1 when the audit index agreed with the log at the last check, 0 when it disagrees \
-             (per-patient queries then scan the whole log; rebuilt at the next start).",
-        )?;
-        let audit_chain_records = IntGauge::new(
-            "audit_chain_records",
-            "Records covered by the last audit chain verification.",
-        )?;
-        let audit_verifications = IntCounterVec::new(
-            Opts::new(
-                "audit_verifications_total",
-                "Audit chain verifications run by the gateway, by result.",
-            ),
-            &["result"],
-        )?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new("upstream_errors_total", "Upstream EMR failures by kind."),
-            &["kind"],
-        )?;
-        let consent_events = IntCounterVec::new(
-            Opts::new("consent_events_total", "Consent registry events by kind."),
-            &["kind"],
-        )?;
-        let cert_expiry = IntGaugeVec::new(
-            Opts::new(
-                "certificate_expiry_timestamp_seconds",
-                "Expiry (notAfter) of the listener's server certificate, in Unix seconds.",
-            ),
-            &["listener"],
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Build information; the value is always 1."),
-            &["version"],
-        )?;
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "config_reloads_total",
-                "Configuration reloads (SIGHUP) by result.",
-            ),
-            &["result"],
-        )?;
-        let signins = IntCounterVec::new(
-            Opts::new("signin_attempts_total", "Sign-in attempts by result."),
-            &["result"],
-        )?;
-        let lockouts = IntCounter::new(
-            "signin_lockouts_total",
-            "Accounts locked after repeated wrong passwords.",
-        )?;
-        let sessions = IntGauge::new("sessions", "Open sign-in sessions.")?;
-        let wg_handshakes = IntCounter::new(
-            "wireguard_handshakes_total",
-            "WireGuard handshakes completed with registered peers.",
-        )?;
-        let wg_peers = IntGauge::new("wireguard_peers", "Registered WireGuard peers.")?;
-        let wg_peers_up =
-            IntGauge::new("wireguard_peers_up", "WireGuard peers with a live session.")?;
-        let wg_rx_bytes = IntCounter::new(
-            "wireguard_received_bytes_total",
-            "Bytes received on the WireGuard UDP socket.",
-        )?;
-        let wg_tx_bytes = IntCounter::new(
-            "wireguard_sent_bytes_total",
-            "Bytes sent on the WireGuard UDP socket.",
-        )?;
-        let wg_dropped = IntCounterVec::new(
-            Opts::new(
-                "wireguard_dropped_packets_total",
-                "WireGuard packets dropped, by cause (unknown key, wrong source or destination, ...).",
-            ),
-            &["cause"],
-        )?;
-        let up = IntGauge::new("up", "1 while the gateway is serving.")?;
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(gateway_seconds.clone()),
-            Box::new(upstream_seconds.clone()),
-            Box::new(tls_handshakes.clone()),
-            Box::new(refused_connections.clone()),
-            Box::new(connections.clone()),
-            Box::new(audit_records.clone()),
-            Box::new(audit_failures.clone()),
-            Box::new(audit_write_seconds.clone()),
-            Box::new(audit_chain_intact.clone()),
-            Box::new(audit_index_intact.clone()),
-            Box::new(audit_chain_records.clone()),
-            Box::new(audit_verifications.clone()),
-            Box::new(upstream_errors.clone()),
-            Box::new(consent_events.clone()),
-            Box::new(cert_expiry.clone()),
-            Box::new(build_info.clone()),
-            Box::new(up.clone()),
-            Box::new(reloads.clone()),
-            Box::new(signins.clone()),
-            Box::new(lockouts.clone()),
-            Box::new(sessions.clone()),
-            Box::new(wg_handshakes.clone()),
-            Box::new(wg_peers.clone()),
-            Box::new(wg_peers_up.clone()),
-            Box::new(wg_rx_bytes.clone()),
-            Box::new(wg_tx_bytes.clone()),
-            Box::new(wg_dropped.clone()),
-        ] {
-            registry.register(c)?;
-        }
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        // Known label sets at zero (listener-labelled ones: `init_listener`, `init_wireguard`).
-        for (vec, values) in [
-            (&upstream_errors, labels::UPSTREAM_ERROR_KINDS),
-            (&signins, labels::SIGNIN_RESULTS),
-            (&reloads, labels::RELOAD_RESULTS),
-            (&wg_dropped, labels::WIREGUARD_DROP_CAUSES),
-            (&consent_events, labels::CONSENT_EVENT_KINDS),
-            (&audit_verifications, labels::VERIFICATION_RESULTS),
-        ] {
-            for v in values {
-                vec.with_label_values(&[v]).inc_by(0);
-            }
-        }
-        for ingress in labels::INGRESSES {
-            connections.with_label_values(&[ingress]).set(0);
-            // The rate of allowed views is what dashboards divide by.
-            requests
-                .with_label_values(&[ingress, "allow", "allowed"])
-                .inc_by(0);
-        }
+        let Traffic {
+            requests,
+            gateway_seconds,
+            upstream_seconds,
+            upstream_errors,
+        } = Traffic::new(&registry)?;
+        let Conns {
+            tls_handshakes,
+            refused_connections,
+            connections,
+        } = Conns::new(&registry)?;
+        let AuditFamily {
+            audit_records,
+            audit_failures,
+            audit_write_seconds,
+            audit_chain_intact,
+            audit_index_intact,
+            audit_chain_records,
+            audit_verifications,
+        } = AuditFamily::new(&registry)?;
+        let SignIn {
+            signins,
+            lockouts,
+            sessions,
+        } = SignIn::new(&registry)?;
+        let Wireguard {
+            wg_handshakes,
+            wg_peers,
+            wg_peers_up,
+            wg_rx_bytes,
+            wg_tx_bytes,
+            wg_dropped,
+        } = Wireguard::new(&registry)?;
+        let Site {
+            consent_events,
+            cert_expiry,
+            build_info,
+            reloads,
+            up,
+        } = Site::new(&registry)?;
         let flood = FloodMetrics::new(&registry)?;
         Ok(Metrics {
             registry,

@@ -9,8 +9,11 @@
 //! * `meta`: `schema` → version
 //!
 //! Administrative changes are flushed before they are acknowledged. The `last_view` update of
-//! an allowed view is not flushed on the request path: sled syncs it within its flush interval,
-//! and [`Store::flush`] is called by the audit batch loop's owner (the gateway) periodically.
+//! an allowed view is not flushed on the request path: sled's own background flush
+//! (`flush_every_ms`, every 200 ms, set in [`Store::open`]) makes it durable within that
+//! interval, and the gateway calls [`Store::flush`] once more at shutdown. A crash loses at
+//! most the last 200 ms of `last_view` updates: a view's extension of the consent (art 8.3),
+//! never an identity or a consent change.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,9 +43,39 @@ pub enum StoreError {
     )]
     Schema { found: u32 },
     #[error("{0}")]
-    Conflict(String),
+    Conflict(Conflict),
     #[error("{0}")]
-    NotFound(String),
+    NotFound(Missing),
+}
+
+/// A record that is not in the registry: which kind, and its id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Missing {
+    #[error("no physician {0:?}")]
+    Physician(String),
+    #[error("no terminal {0:?}")]
+    Terminal(String),
+    #[error("no consent for patient {0:?}")]
+    Consent(String),
+}
+
+/// A change that contradicts what is registered: which record, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    #[error("physician {0:?} is already registered")]
+    PhysicianRegistered(String),
+    #[error("terminal {0:?} is already registered")]
+    TerminalRegistered(String),
+    /// Another terminal has this certificate key (or WireGuard key).
+    #[error("a terminal with this key is already registered")]
+    KeyRegistered { fingerprint: String },
+    #[error("tunnel address {0} is already given to another terminal")]
+    TunnelAddressTaken(std::net::Ipv4Addr),
+    #[error("patient {patient:?} already has a consent (form {form_ref}); withdraw it first")]
+    ConsentRegistered { patient: String, form_ref: String },
+    /// A purge gave up on a consent that changed under each of its tries.
+    #[error("consent of patient {0:?} kept changing during the purge")]
+    ConsentChanging(String),
 }
 
 /// A handle on the registries. Cheap to clone; all methods are safe to call concurrently.
@@ -138,9 +171,8 @@ impl Store {
             self.physicians
                 .compare_and_swap(&p.id, None as Option<&[u8]>, Some(encode(p)))?;
         if res.is_err() {
-            return Err(StoreError::Conflict(format!(
-                "physician {:?} is already registered",
-                p.id
+            return Err(StoreError::Conflict(Conflict::PhysicianRegistered(
+                p.id.clone(),
             )));
         }
         self.flush()
@@ -152,15 +184,32 @@ impl Store {
         id: &str,
         f: impl Fn(&mut Physician),
     ) -> Result<Physician, StoreError> {
+        let ((), p) = self
+            .modify_physician(id, f)?
+            .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
+        self.flush()?;
+        Ok(p)
+    }
+
+    /// Applies `f` to physician `id` in one atomic read-modify-write, not flushed. sled may run
+    /// the closure more than once (when the record changed meanwhile): the last run's result
+    /// is the one stored and returned. `None` when there is no such physician.
+    fn modify_physician<R>(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Physician) -> R,
+    ) -> Result<Option<(R, Physician)>, StoreError> {
         let mut out = None;
         let mut err = None;
         self.physicians.fetch_and_update(id, |old| {
+            out = None;
+            err = None;
             let old = old?;
             match decode::<Physician>("physicians", id.as_bytes(), old) {
                 Ok(mut p) => {
-                    f(&mut p);
+                    let r = f(&mut p);
                     let v = encode(&p);
-                    out = Some(p);
+                    out = Some((r, p));
                     Some(v)
                 }
                 Err(e) => {
@@ -169,12 +218,10 @@ impl Store {
                 }
             }
         })?;
-        if let Some(e) = err {
-            return Err(e);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(out),
         }
-        let p = out.ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
-        self.flush()?;
-        Ok(p)
     }
 
     /// Reserves one password try of physician `id` (art 13.1, issue 11 item 1): the lock test
@@ -192,34 +239,13 @@ impl Store {
         // A locked account is answered from a read: a flood of refused tries writes nothing.
         let p = self
             .physician(id)?
-            .ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         if let Some(until) = auth::locked_until(&p, now) {
             return Ok((auth::Attempt::Locked { until }, p));
         }
-        let mut out = None;
-        let mut err = None;
-        self.physicians.fetch_and_update(id, |old| {
-            let old = old?;
-            match decode::<Physician>("physicians", id.as_bytes(), old) {
-                Ok(mut p) => {
-                    let attempt = auth::reserve_attempt(&mut p, now, max_failures, lockout);
-                    let v = encode(&p);
-                    err = None;
-                    out = Some((attempt, p));
-                    Some(v)
-                }
-                Err(e) => {
-                    out = None;
-                    err = Some(e);
-                    Some(old.to_vec())
-                }
-            }
-        })?;
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let (attempt, p) =
-            out.ok_or_else(|| StoreError::NotFound(format!("no physician {id:?}")))?;
+        let (attempt, p) = self
+            .modify_physician(id, |p| auth::reserve_attempt(p, now, max_failures, lockout))?
+            .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         if let auth::Attempt::Counted { .. } = attempt {
             self.flush()?;
         }
@@ -247,7 +273,7 @@ impl Store {
     /// `add` with the same id is a new registration with no terminals.
     pub fn delete_physician(&self, id: &str) -> Result<Vec<String>, StoreError> {
         if self.physicians.remove(id)?.is_none() {
-            return Err(StoreError::NotFound(format!("no physician {id:?}")));
+            return Err(StoreError::NotFound(Missing::Physician(id.to_string())));
         }
         let mut removed = Vec::new();
         for t in self.terminals()? {
@@ -275,16 +301,13 @@ impl Store {
 
     pub fn add_terminal(&self, t: &Terminal) -> Result<(), StoreError> {
         if t.kind == TerminalKind::Terminal && self.physician(&t.physician)?.is_none() {
-            return Err(StoreError::NotFound(format!(
-                "no physician {:?}",
-                t.physician
+            return Err(StoreError::NotFound(Missing::Physician(
+                t.physician.clone(),
             )));
         }
         if let Some(ip) = t.tunnel_ip {
             if self.terminals()?.iter().any(|x| x.tunnel_ip == Some(ip)) {
-                return Err(StoreError::Conflict(format!(
-                    "tunnel address {ip} is already given to another terminal"
-                )));
+                return Err(StoreError::Conflict(Conflict::TunnelAddressTaken(ip)));
             }
         }
         if self
@@ -292,9 +315,8 @@ impl Store {
             .compare_and_swap(&t.name, None as Option<&[u8]>, Some(encode(t)))?
             .is_err()
         {
-            return Err(StoreError::Conflict(format!(
-                "terminal {:?} is already registered",
-                t.name
+            return Err(StoreError::Conflict(Conflict::TerminalRegistered(
+                t.name.clone(),
             )));
         }
         if self
@@ -307,9 +329,9 @@ impl Store {
             .is_err()
         {
             self.terminals.remove(&t.name)?;
-            return Err(StoreError::Conflict(
-                "a terminal with this key is already registered".into(),
-            ));
+            return Err(StoreError::Conflict(Conflict::KeyRegistered {
+                fingerprint: t.fingerprint.clone(),
+            }));
         }
         self.flush()
     }
@@ -336,7 +358,7 @@ impl Store {
     pub fn revoke_terminal(&self, name: &str) -> Result<Terminal, StoreError> {
         let mut t = self
             .terminal(name)?
-            .ok_or_else(|| StoreError::NotFound(format!("no terminal {name:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Terminal(name.to_string())))?;
         t.revoked = true;
         self.terminals.insert(name, encode(&t))?;
         self.flush()?;
@@ -366,10 +388,10 @@ impl Store {
     pub fn grant_consent(&self, c: &Consent) -> Result<(), StoreError> {
         if let Some(old) = self.consent(&c.patient)? {
             if old.withdrawn.is_none() {
-                return Err(StoreError::Conflict(format!(
-                    "patient {:?} already has a consent (form {}); withdraw it first",
-                    c.patient, old.form_ref
-                )));
+                return Err(StoreError::Conflict(Conflict::ConsentRegistered {
+                    patient: c.patient.clone(),
+                    form_ref: old.form_ref,
+                }));
             }
         }
         self.consents.insert(&c.patient, encode(c))?;
@@ -392,7 +414,7 @@ impl Store {
         let old = self
             .consents
             .remove(patient)?
-            .ok_or_else(|| StoreError::NotFound(format!("no consent for patient {patient:?}")))?;
+            .ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
         self.flush()?;
         let mut c: Consent = decode("consents", patient.as_bytes(), &old)?;
         c.withdrawn = Some(Withdrawal {
@@ -469,8 +491,8 @@ impl Store {
                 return Ok(true);
             }
         }
-        Err(StoreError::Conflict(format!(
-            "consent of patient {patient:?} kept changing during the purge"
+        Err(StoreError::Conflict(Conflict::ConsentChanging(
+            patient.to_string(),
         )))
     }
 
@@ -487,240 +509,4 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::ConsentBy;
-    use time::macros::date;
-
-    fn physician(id: &str) -> Physician {
-        Physician {
-            id: id.into(),
-            name: "Dr".into(),
-            site: "s".into(),
-            suspended: None,
-            registered: "2026-01-01T00:00:00+09:00".into(),
-            password_hash: None,
-            must_change_password: false,
-            failed_logins: 0,
-            locked_until: None,
-        }
-    }
-
-    fn terminal(name: &str, physician: &str, fp: &str) -> Terminal {
-        Terminal {
-            name: name.into(),
-            physician: physician.into(),
-            fingerprint: fp.into(),
-            serial: "01".into(),
-            not_after: "2030-01-01T00:00:00+09:00".into(),
-            revoked: false,
-            registered: "2026-01-01T00:00:00+09:00".into(),
-            kind: crate::model::TerminalKind::Terminal,
-            tunnel_ip: None,
-        }
-    }
-
-    fn consent(patient: &str) -> Consent {
-        Consent {
-            patient: patient.into(),
-            by: ConsentBy::Relative("spouse".into()),
-            site: "s".into(),
-            form_ref: "F6".into(),
-            published: date!(2026 - 01 - 01),
-            no_extension: false,
-            last_view: None,
-            withdrawn: None,
-        }
-    }
-
-    #[test]
-    fn art_7_deleting_a_physician_removes_their_terminals_and_re_registration_is_new() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.add_physician(&physician("d1")).unwrap();
-        assert!(s.add_physician(&physician("d1")).is_err());
-        s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
-        assert!(s.add_terminal(&terminal("pc2", "d1", "aa")).is_err());
-        assert!(s.add_terminal(&terminal("pc3", "nobody", "bb")).is_err());
-        assert_eq!(s.delete_physician("d1").unwrap(), vec!["pc1".to_string()]);
-        assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
-        s.add_physician(&physician("d1")).unwrap();
-        assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
-    }
-
-    /// Art 4, 7, 12.7: a connection's cached identity is reused only while the registry is
-    /// unchanged; a revocation, suspension, resumption or deregistration is seen at the next
-    /// request, and expiry is checked against the clock even on a cache hit.
-    #[test]
-    fn art_12_7_connection_identity_cache_sees_every_registry_change() {
-        use crate::identity::{ConnIdentity, IdentityRefusal};
-        use time::macros::datetime;
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.add_physician(&physician("d1")).unwrap();
-        s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
-        let now = datetime!(2026-11-26 10:00 +9);
-        let conn = ConnIdentity::default();
-        let first = conn.resolve(&s, "aa", now).unwrap().unwrap();
-        let again = conn.resolve(&s, "aa", now).unwrap().unwrap();
-        assert!(
-            std::sync::Arc::ptr_eq(&first, &again),
-            "unchanged registry: reused"
-        );
-
-        // Expiry is checked on a cache hit too.
-        let later = datetime!(2030-01-01 00:00:01 +9);
-        assert_eq!(
-            conn.resolve(&s, "aa", later).unwrap().unwrap_err(),
-            IdentityRefusal::TerminalExpired
-        );
-
-        s.suspend_physician("d1", SuspendReason::Violation).unwrap();
-        assert_eq!(
-            conn.resolve(&s, "aa", now).unwrap().unwrap_err(),
-            IdentityRefusal::PhysicianSuspended
-        );
-        s.resume_physician("d1").unwrap();
-        let resumed = conn.resolve(&s, "aa", now).unwrap().unwrap();
-        assert!(
-            !std::sync::Arc::ptr_eq(&first, &resumed),
-            "re-read after a change"
-        );
-        assert!(resumed.physician.suspended.is_none());
-
-        // Any acknowledged change invalidates, also one that does not touch this terminal.
-        let before = s.generation();
-        s.grant_consent(&consent("P1")).unwrap();
-        assert_ne!(s.generation(), before);
-        let after_other = conn.resolve(&s, "aa", now).unwrap().unwrap();
-        assert!(!std::sync::Arc::ptr_eq(&resumed, &after_other));
-
-        s.revoke_terminal("pc1").unwrap();
-        assert_eq!(
-            conn.resolve(&s, "aa", now).unwrap().unwrap_err(),
-            IdentityRefusal::TerminalRevoked
-        );
-        s.add_terminal(&terminal("pc2", "d1", "bb")).unwrap();
-        let conn2 = ConnIdentity::default();
-        conn2.resolve(&s, "bb", now).unwrap().unwrap();
-        s.delete_physician("d1").unwrap();
-        assert_eq!(
-            conn2.resolve(&s, "bb", now).unwrap().unwrap_err(),
-            IdentityRefusal::UnknownTerminal
-        );
-    }
-
-    /// Art 13.1 (issue 11 item 1): 40 tries reserved at once from 8 threads: exactly
-    /// `max_failures` are counted (and may check a password), the one that reaches the limit
-    /// locks, every other is refused as locked; a success clears the count and the lock.
-    #[test]
-    fn art_13_1_concurrent_reservations_count_at_most_max_failures() {
-        use time::macros::datetime;
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.add_physician(&physician("d1")).unwrap();
-        let now = datetime!(2026-11-26 10:00 +9);
-        let lockout = time::Duration::minutes(15);
-        let results: Vec<auth::Attempt> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    scope.spawn(|| {
-                        (0..5)
-                            .map(|_| s.reserve_signin_attempt("d1", now, 5, lockout).unwrap().0)
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap())
-                .collect()
-        });
-        let counted = results
-            .iter()
-            .filter(|a| matches!(a, auth::Attempt::Counted { .. }))
-            .count();
-        let locking = results
-            .iter()
-            .filter(|a| matches!(a, auth::Attempt::Counted { locks: true }))
-            .count();
-        assert_eq!((counted, locking), (5, 1), "{results:?}");
-        let p = s.physician("d1").unwrap().unwrap();
-        assert!(auth::locked_until(&p, now).is_some());
-        s.signin_succeeded("d1").unwrap();
-        let p = s.physician("d1").unwrap().unwrap();
-        assert_eq!((p.failed_logins, p.locked_until), (0, None));
-        assert!(s.reserve_signin_attempt("nobody", now, 5, lockout).is_err());
-    }
-
-    #[test]
-    fn art_4_suspend_and_resume() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.add_physician(&physician("d1")).unwrap();
-        let p = s.suspend_physician("d1", SuspendReason::Violation).unwrap();
-        assert_eq!(p.suspended, Some(SuspendReason::Violation));
-        assert_eq!(s.physician("d1").unwrap().unwrap().suspended, p.suspended);
-        assert!(s.resume_physician("d1").unwrap().suspended.is_none());
-        assert!(s.suspend_physician("zz", SuspendReason::Request).is_err());
-    }
-
-    #[test]
-    fn art_9_2_withdrawal_wins_over_a_concurrent_view() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.grant_consent(&consent("P1")).unwrap();
-        assert!(s.grant_consent(&consent("P1")).is_err());
-        s.touch_consent("P1", date!(2026 - 02 - 01)).unwrap();
-        assert_eq!(
-            s.consent("P1").unwrap().unwrap().last_view,
-            Some(date!(2026 - 02 - 01))
-        );
-        let w = s
-            .withdraw_consent("P1", "F7", date!(2026 - 02 - 02))
-            .unwrap();
-        assert_eq!(w.withdrawn.map(|w| w.form_ref), Some("F7".to_string()));
-        // Art 11: the registration is gone at once; a late view does not bring it back.
-        assert!(s.consent("P1").unwrap().is_none());
-        s.touch_consent("P1", date!(2026 - 02 - 03)).unwrap();
-        assert!(s.consent("P1").unwrap().is_none());
-        assert!(s
-            .withdraw_consent("P1", "F7b", date!(2026 - 02 - 03))
-            .is_err());
-        // A fresh form 6 after a withdrawal registers anew.
-        s.grant_consent(&consent("P1")).unwrap();
-        assert!(s.consent("P1").unwrap().unwrap().withdrawn.is_none());
-    }
-
-    #[test]
-    fn art_11_purge_deletes_ended_and_withdrawn_consents() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        s.grant_consent(&consent("P1")).unwrap();
-        let mut old = consent("P2");
-        old.published = date!(2020 - 01 - 01);
-        s.grant_consent(&old).unwrap();
-        // A withdrawn consent left by an older version (withdrawal now deletes at once).
-        let mut withdrawn = consent("P3");
-        withdrawn.withdrawn = Some(Withdrawal {
-            form_ref: "F7".into(),
-            date: date!(2026 - 03 - 01),
-        });
-        s.grant_consent(&withdrawn).unwrap();
-        let mut purged = s.purge(date!(2026 - 11 - 26)).unwrap();
-        purged.sort();
-        assert_eq!(purged, vec!["P2".to_string(), "P3".to_string()]);
-        assert!(s.consent("P1").unwrap().is_some());
-    }
-
-    #[test]
-    fn reopen_keeps_everything_and_checks_schema() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Store::open(dir.path()).unwrap();
-            s.add_physician(&physician("d1")).unwrap();
-        }
-        let s = Store::open(dir.path()).unwrap();
-        assert!(s.physician("d1").unwrap().is_some());
-    }
-}
+mod tests;

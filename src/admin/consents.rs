@@ -1,0 +1,124 @@
+//! Consent and patient requests that change the registry (art 8, 9, 11), and the purge.
+
+use time::Date;
+
+use super::{outcome, Admin, AdminError, AdminReply, AdminResponse};
+use crate::consent;
+use crate::model::{Consent, ConsentBy};
+use crate::store::Missing;
+
+impl Admin {
+    pub(super) fn consent_grant(
+        &self,
+        patient: String,
+        by: ConsentBy,
+        published: Date,
+        no_extension: bool,
+        form_ref: String,
+    ) -> Result<AdminResponse, AdminError> {
+        let c = Consent {
+            patient,
+            by,
+            site: self.site.clone(),
+            form_ref,
+            published,
+            no_extension,
+            last_view: None,
+            withdrawn: None,
+        };
+        self.store.grant_consent(&c)?;
+        self.count("grant", 1);
+        Ok(AdminResponse::ok(
+            format!(
+                "consent for patient {} registered: records from {}, access until {} (extended by each view{})",
+                c.patient,
+                consent::records_from(c.published),
+                consent::access_until(&c),
+                if c.no_extension { " — declined" } else { "" }
+            ),
+            AdminReply::Consent(c),
+        ))
+    }
+
+    /// Withdrawal (form 7): access stops now and the registration is deleted.
+    pub(super) fn consent_withdraw(
+        &self,
+        patient: &str,
+        form_ref: &str,
+    ) -> Result<AdminResponse, AdminError> {
+        let c = self
+            .store
+            .withdraw_consent(patient, form_ref, self.clock.today())?;
+        self.count("withdraw", 1);
+        Ok(AdminResponse::ok(
+            format!(
+                "consent of patient {patient} withdrawn: access stops now, and the registration is deleted (art 11; the withdrawal stays in the audit log)"
+            ),
+            AdminReply::Consent(c),
+        ))
+    }
+
+    /// Form 8: the patient's registered data is deleted (the audit history stays).
+    pub(super) fn patient_delete(&self, patient: &str) -> Result<AdminResponse, AdminError> {
+        if !self.store.delete_consent(patient)? {
+            return Err(AdminError::NotFound(Missing::Consent(patient.to_string())));
+        }
+        self.count("delete", 1);
+        Ok(AdminResponse::ok(
+            format!("patient {patient}'s registered data deleted (audit history kept)"),
+            AdminReply::Nothing,
+        ))
+    }
+
+    /// The `purge` request: every consent due today, deleted by [`Admin::purge`].
+    pub(super) async fn purge_due(&self) -> Result<AdminResponse, AdminError> {
+        let purged = self.purge(self.clock.today()).await?;
+        Ok(AdminResponse::ok(
+            format!("{} patient(s) purged", purged.len()),
+            AdminReply::Names(purged),
+        ))
+    }
+
+    /// Art 11: every consent due is deleted, each after its own audit record (op
+    /// `patient-purge`, the patient, why it is due) is durable; a record that cannot be
+    /// written stops the purge there (fail closed).
+    async fn purge(&self, today: Date) -> Result<Vec<String>, AdminError> {
+        let mut purged = Vec::new();
+        for c in self.store.purge_due(today)? {
+            let why = match &c.withdrawn {
+                Some(w) => format!("art 11: consent withdrawn (form {})", w.form_ref),
+                None => format!(
+                    "art 11: access ended on {} (999 days after the last view or the publication)",
+                    consent::access_until(&c)
+                ),
+            };
+            let started = std::time::Instant::now();
+            let rec = self.record("patient-purge", "allow", None, Some(c.patient.clone()), why);
+            let rid = self.audit.record(rec).await?;
+            let done = self.store.purge_if_due(&c.patient, today);
+            let status = match &done {
+                Ok(true) => 200,
+                // Viewed or granted anew since it was read: kept.
+                Ok(false) => 409,
+                Err(_) => 500,
+            };
+            self.audit
+                .outcome_synced(rid, outcome(status, started))
+                .await?;
+            if done? {
+                purged.push(c.patient);
+            }
+        }
+        if !purged.is_empty() {
+            self.count("purge", purged.len() as u64);
+        }
+        Ok(purged)
+    }
+
+    /// Counts a consent event (`consent_events_total{kind}`).
+    fn count(&self, kind: &str, n: u64) {
+        if let Some(m) = &self.metrics {
+            m.consent_events.with_label_values(&[kind]).inc_by(n);
+        }
+    }
+}

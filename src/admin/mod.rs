@@ -1,0 +1,379 @@
+//! The admin surface: typed requests that change the registries, executed by the running
+//! gateway on its Unix socket (sled allows one process), or directly on the store when no
+//! gateway runs. One JSON request line in, one JSON response line out.
+//!
+//! Every change is written to the audit log too (ingress `admin`), so the legal record shows
+//! who was registered, suspended, consented or withdrawn, and when.
+//!
+//! * this file: the requests, the replies, the errors, and [`Admin::execute`] (audit first);
+//! * [`validate`](validate()): the checks of a request's input before anything is written;
+//! * `physicians`, `terminals`, `consents`, `reads`: the handlers, one family each;
+//! * `socket`: the Unix socket ([`bind`], [`serve`], [`call`]).
+
+mod consents;
+mod physicians;
+mod reads;
+mod reply;
+mod socket;
+mod terminals;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use time::Date;
+
+use crate::audit::{AuditError, AuditLog, Outcome, RequestRecord};
+use crate::clock::{self, SharedClock};
+use crate::ids::{PatientId, PhysicianId};
+use crate::metrics::Metrics;
+use crate::model::{ConsentBy, SuspendReason, Terminal};
+use crate::session::Sessions;
+use crate::store::{Store, StoreError};
+
+pub use reply::{AdminReply, AdminResponse, ConsentView};
+pub use socket::{bind, call, serve, AdminSocketError};
+pub use validate::validate;
+
+/// Longest request line accepted on the socket.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AdminRequest {
+    PhysicianAdd {
+        id: String,
+        name: String,
+        site: Option<String>,
+        /// Argon2id hash of the initial password (hashed by the CLI; never sent in clear).
+        #[serde(default)]
+        password_hash: Option<String>,
+    },
+    /// Resets the password to a new one-time one and ends the physician's sessions.
+    PhysicianPasswd {
+        id: String,
+        password_hash: String,
+    },
+    PhysicianGet {
+        id: String,
+    },
+    PhysicianSuspend {
+        id: String,
+        reason: SuspendReason,
+    },
+    PhysicianResume {
+        id: String,
+    },
+    PhysicianDelete {
+        id: String,
+    },
+    PhysicianList {},
+    TerminalRegister {
+        terminal: Terminal,
+    },
+    TerminalRevoke {
+        name: String,
+    },
+    TerminalList {},
+    ConsentGrant {
+        patient: String,
+        by: ConsentBy,
+        #[serde(with = "crate::model::ymd")]
+        published: Date,
+        no_extension: bool,
+        form_ref: String,
+    },
+    ConsentWithdraw {
+        patient: String,
+        form_ref: String,
+    },
+    ConsentShow {
+        patient: String,
+    },
+    PatientDelete {
+        patient: String,
+        form_ref: String,
+    },
+    Purge {},
+}
+
+impl AdminRequest {
+    fn op(&self) -> &'static str {
+        match self {
+            AdminRequest::PhysicianAdd { .. } => "physician-add",
+            AdminRequest::PhysicianGet { .. } => "physician-get",
+            AdminRequest::PhysicianPasswd { .. } => "physician-passwd",
+            AdminRequest::PhysicianSuspend { .. } => "physician-suspend",
+            AdminRequest::PhysicianResume { .. } => "physician-resume",
+            AdminRequest::PhysicianDelete { .. } => "physician-delete",
+            AdminRequest::PhysicianList {} => "physician-list",
+            AdminRequest::TerminalRegister { .. } => "terminal-register",
+            AdminRequest::TerminalRevoke { .. } => "terminal-revoke",
+            AdminRequest::TerminalList {} => "terminal-list",
+            AdminRequest::ConsentGrant { .. } => "consent-grant",
+            AdminRequest::ConsentWithdraw { .. } => "consent-withdraw",
+            AdminRequest::ConsentShow { .. } => "consent-show",
+            AdminRequest::PatientDelete { .. } => "patient-delete",
+            AdminRequest::Purge {} => "purge",
+        }
+    }
+
+    /// True for requests that change the registry (audited before the change).
+    pub fn mutates(&self) -> bool {
+        !matches!(
+            self,
+            AdminRequest::PhysicianGet { .. }
+                | AdminRequest::PhysicianList {}
+                | AdminRequest::TerminalList {}
+                | AdminRequest::ConsentShow { .. }
+        )
+    }
+
+    /// True for requests that change which terminals are registered (the WireGuard ingress
+    /// reloads its peers after them).
+    fn touches_terminals(&self) -> bool {
+        matches!(
+            self,
+            AdminRequest::TerminalRegister { .. }
+                | AdminRequest::TerminalRevoke { .. }
+                | AdminRequest::PhysicianDelete { .. }
+        )
+    }
+}
+
+/// What admin requests act on.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    pub store: Store,
+    pub audit: AuditLog,
+    pub site: String,
+    pub clock: SharedClock,
+    pub metrics: Option<Metrics>,
+    /// Where the request came from, for the audit (`admin-socket` or `cli`).
+    pub origin: &'static str,
+    /// The running gateway's sign-in sessions, ended by suspension, revocation and resets.
+    pub sessions: Option<Arc<Sessions>>,
+    /// Woken when terminals change, so the WireGuard ingress reloads its peers at once.
+    pub terminals_changed: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Why an admin request was refused or failed; its status goes to the audit's outcome line.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The request itself is not acceptable (checked before anything is written).
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(crate::store::Missing),
+    #[error("{0}")]
+    Conflict(crate::store::Conflict),
+    #[error("{0}")]
+    Store(StoreError),
+    /// A record could not be written: nothing more is changed (fail closed).
+    #[error("audit record could not be written (fail closed): {0}")]
+    Audit(#[from] AuditError),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => AdminError::NotFound(m),
+            StoreError::Conflict(c) => AdminError::Conflict(c),
+            other => AdminError::Store(other),
+        }
+    }
+}
+
+impl AdminError {
+    /// The HTTP-like status written as the outcome of the request's audit record.
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::Invalid(_) => 400,
+            AdminError::NotFound(_) => 404,
+            AdminError::Conflict(_) => 409,
+            AdminError::Store(_) => 500,
+            AdminError::Audit(_) => 503,
+        }
+    }
+
+    /// A short, stable word for the audit's `reason`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AdminError::Invalid(_) => "invalid-input",
+            AdminError::NotFound(_) => "not-found",
+            AdminError::Conflict(_) => "conflict",
+            AdminError::Store(_) => "store-error",
+            AdminError::Audit(_) => "audit-unavailable",
+        }
+    }
+}
+
+impl Admin {
+    /// Executes one request, audited (art 12.8):
+    ///
+    /// * a request that changes the registry is recorded *before* the change (decision
+    ///   `allow`: admitted and about to be applied), durably; if that record cannot be written
+    ///   nothing is changed and the request fails (fail closed). The change's result follows
+    ///   as the record's outcome line (200 applied, 404, 409, 500), also durable before the
+    ///   answer;
+    /// * a request refused for its input (checked before anything is written), and a read
+    ///   that is refused (an unknown physician or patient), is recorded with decision `deny`,
+    ///   the reason and its outcome status;
+    /// * a read that succeeds changes nothing and is not recorded.
+    pub async fn execute(&self, req: AdminRequest) -> AdminResponse {
+        let op = req.op();
+        let started = std::time::Instant::now();
+        let (physician, patient, note) = validate::subject(&req);
+        if let Err(e) = validate(&req) {
+            return self.refused(op, physician, patient, &e, started).await;
+        }
+        if !req.mutates() {
+            return match self.apply(req).await {
+                Ok(r) => r,
+                Err(e) => self.refused(op, physician, patient, &e, started).await,
+            };
+        }
+        let touches_terminals = req.touches_terminals();
+        let rec = self.record(op, "allow", physician, patient, note);
+        let rid = match self.audit.record(rec).await {
+            Ok(rid) => rid,
+            Err(e) => {
+                return AdminResponse::err(format!(
+                    "{op} refused and not applied: its audit record could not be written (fail closed): {e}"
+                ))
+            }
+        };
+        // Never let a password hash reach the audit or a log.
+        let result = self.apply(req).await;
+        if touches_terminals && result.is_ok() {
+            if let Some(n) = &self.terminals_changed {
+                n.notify_one();
+            }
+        }
+        let status = result.as_ref().map_or_else(AdminError::status, |_| 200);
+        let outcome = self
+            .audit
+            .outcome_synced(rid, outcome(status, started))
+            .await;
+        let mut resp = result.unwrap_or_else(|e| AdminResponse::err(e.to_string()));
+        if let Err(e) = outcome {
+            resp.ok = false;
+            resp.message = format!(
+                "{} — but the outcome line of its audit record (seq {rid}) could not be written: {e}",
+                resp.message
+            );
+        }
+        resp
+    }
+
+    /// Applies an admitted request: each family's handler answers its own requests.
+    async fn apply(&self, req: AdminRequest) -> Result<AdminResponse, AdminError> {
+        match req {
+            AdminRequest::PhysicianAdd {
+                id,
+                name,
+                site,
+                password_hash,
+            } => self.physician_add(id, name, site, password_hash),
+            AdminRequest::PhysicianPasswd { id, password_hash } => {
+                self.physician_passwd(&id, password_hash)
+            }
+            AdminRequest::PhysicianSuspend { id, reason } => self.physician_suspend(&id, reason),
+            AdminRequest::PhysicianResume { id } => self.physician_resume(&id),
+            AdminRequest::PhysicianDelete { id } => self.physician_delete(&id),
+            AdminRequest::TerminalRegister { terminal } => self.terminal_register(terminal),
+            AdminRequest::TerminalRevoke { name } => self.terminal_revoke(&name),
+            AdminRequest::ConsentGrant {
+                patient,
+                by,
+                published,
+                no_extension,
+                form_ref,
+            } => self.consent_grant(patient, by, published, no_extension, form_ref),
+            AdminRequest::ConsentWithdraw { patient, form_ref } => {
+                self.consent_withdraw(&patient, &form_ref)
+            }
+            AdminRequest::PatientDelete { patient, .. } => self.patient_delete(&patient),
+            AdminRequest::Purge {} => self.purge_due().await,
+            AdminRequest::PhysicianGet { id } => self.physician_get(&id),
+            AdminRequest::PhysicianList {} => self.physician_list(),
+            AdminRequest::TerminalList {} => self.terminal_list(),
+            AdminRequest::ConsentShow { patient } => self.consent_show(&patient),
+        }
+    }
+
+    /// The audit record of an admin request (ingress `admin`). Ids that are not valid are
+    /// left out of the physician and patient fields (the reason says what was asked).
+    fn record(
+        &self,
+        op: &str,
+        decision: &str,
+        physician: Option<String>,
+        patient: Option<String>,
+        reason: String,
+    ) -> RequestRecord {
+        RequestRecord {
+            time: clock::rfc3339(self.clock.now()),
+            site: self.site.clone(),
+            ingress: "admin".into(),
+            client: self.origin.into(),
+            terminal: None,
+            physician: physician.filter(|p| PhysicianId::is_valid(p)),
+            method: "ADMIN".into(),
+            path: op.into(),
+            patient: patient.filter(|p| PatientId::is_valid(p)),
+            category: None,
+            decision: decision.into(),
+            reason,
+            serial: None,
+            cn: None,
+        }
+    }
+
+    /// Records a refused request (decision `deny`, the error's kind and message, its status
+    /// as the outcome) and answers with the error.
+    async fn refused(
+        &self,
+        op: &str,
+        physician: Option<String>,
+        patient: Option<String>,
+        e: &AdminError,
+        started: std::time::Instant,
+    ) -> AdminResponse {
+        let reason = format!("{}: {}", e.kind(), validate::capped(&e.to_string()));
+        let rec = self.record(op, "deny", physician, patient, reason);
+        let written = match self.audit.record(rec).await {
+            Ok(rid) => self
+                .audit
+                .outcome_synced(rid, outcome(e.status(), started))
+                .await
+                .map(|_| ()),
+            Err(err) => Err(err),
+        };
+        match written {
+            Ok(()) => AdminResponse::err(e.to_string()),
+            Err(err) => AdminResponse::err(format!(
+                "{e} (and the refusal's audit record could not be written: {err})"
+            )),
+        }
+    }
+
+    /// Ends the running gateway's sign-in sessions that `pred` picks; how many.
+    fn end_sessions(&self, pred: impl Fn(&crate::session::Session) -> bool) -> usize {
+        self.sessions
+            .as_ref()
+            .map(|s| s.end_where(pred))
+            .unwrap_or(0)
+    }
+}
+
+fn outcome(status: u16, started: std::time::Instant) -> Outcome {
+    Outcome {
+        status,
+        bytes: 0,
+        duration_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+    }
+}

@@ -1,0 +1,31 @@
+//! Terminal requests that change the registry (art 6.2, 12.7).
+
+use super::{Admin, AdminError, AdminReply, AdminResponse};
+use crate::model::Terminal;
+
+impl Admin {
+    pub(super) fn terminal_register(
+        &self,
+        terminal: Terminal,
+    ) -> Result<AdminResponse, AdminError> {
+        self.store.add_terminal(&terminal)?;
+        Ok(AdminResponse::ok(
+            format!(
+                "terminal {} registered to physician {}",
+                terminal.name, terminal.physician
+            ),
+            AdminReply::Terminal(terminal),
+        ))
+    }
+
+    /// Revocation: refused from the next request on; the terminal's sessions end.
+    pub(super) fn terminal_revoke(&self, name: &str) -> Result<AdminResponse, AdminError> {
+        let t = self.store.revoke_terminal(name)?;
+        let fp = t.fingerprint.clone();
+        self.end_sessions(|x| x.terminal == fp);
+        Ok(AdminResponse::ok(
+            format!("terminal {name} revoked"),
+            AdminReply::Terminal(t),
+        ))
+    }
+}

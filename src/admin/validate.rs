@@ -1,0 +1,157 @@
+//! Checks of an admin request's input before anything is written, and what its audit record
+//! says about it.
+
+use super::{AdminError, AdminRequest};
+use crate::ids::{PatientId, PhysicianId};
+use crate::model::ConsentBy;
+
+/// Longest form reference (form 6, 7 or 8 number) accepted.
+const FORM_REF_MAX: usize = 128;
+
+/// Checks what a request says before anything is written or changed: ids, names, form
+/// references, the relation of a consenting relative (art 8.1).
+pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
+    let physician_id = |v: &str| {
+        PhysicianId::parse(v)
+            .map(drop)
+            .map_err(|e| AdminError::Invalid(e.to_string()))
+    };
+    let patient_id = |v: &str| {
+        PatientId::parse(v)
+            .map(drop)
+            .map_err(|e| AdminError::Invalid(e.to_string()))
+    };
+    let name = |v: &str| {
+        if crate::ids::TerminalName::is_valid(v) {
+            Ok(())
+        } else {
+            Err(AdminError::Invalid(format!(
+                "terminal name {v:?}: use letters, digits, '.', '_' or '-'"
+            )))
+        }
+    };
+    let form = |v: &str| {
+        if v.trim().is_empty()
+            || v.chars().count() > FORM_REF_MAX
+            || v.chars().any(char::is_control)
+        {
+            Err(AdminError::Invalid(format!(
+                "form reference {v:?}: 1-{FORM_REF_MAX} characters, no control characters"
+            )))
+        } else {
+            Ok(())
+        }
+    };
+    match req {
+        AdminRequest::PhysicianAdd { id: p, name: n, .. } => {
+            physician_id(p)?;
+            if n.trim().is_empty() || n.chars().count() > 200 || n.chars().any(char::is_control) {
+                return Err(AdminError::Invalid(format!(
+                    "physician name {n:?}: 1-200 characters, no control characters"
+                )));
+            }
+            Ok(())
+        }
+        AdminRequest::PhysicianPasswd { id: p, .. }
+        | AdminRequest::PhysicianGet { id: p }
+        | AdminRequest::PhysicianSuspend { id: p, .. }
+        | AdminRequest::PhysicianResume { id: p }
+        | AdminRequest::PhysicianDelete { id: p } => physician_id(p),
+        AdminRequest::TerminalRegister { terminal } => {
+            name(&terminal.name)?;
+            if terminal.kind == crate::model::TerminalKind::Terminal {
+                physician_id(&terminal.physician)?;
+            }
+            Ok(())
+        }
+        AdminRequest::TerminalRevoke { name: n } => name(n),
+        AdminRequest::ConsentGrant {
+            patient,
+            by,
+            form_ref,
+            ..
+        } => {
+            patient_id(patient)?;
+            form(form_ref)?;
+            if let ConsentBy::Relative(rel) = by {
+                if rel.trim().is_empty()
+                    || rel.chars().count() > 100
+                    || rel.chars().any(char::is_control)
+                {
+                    return Err(AdminError::Invalid(
+                        "--relation is required when a relative consents (art 8.1), at most 100 characters".into(),
+                    ));
+                }
+            }
+            Ok(())
+        }
+        AdminRequest::ConsentWithdraw { patient, form_ref }
+        | AdminRequest::PatientDelete { patient, form_ref } => {
+            patient_id(patient)?;
+            form(form_ref)
+        }
+        AdminRequest::ConsentShow { patient } => patient_id(patient),
+        AdminRequest::PhysicianList {} | AdminRequest::TerminalList {} | AdminRequest::Purge {} => {
+            Ok(())
+        }
+    }
+}
+
+/// The physician and patient an admin request is about, and a note for the audit.
+pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, String) {
+    match req {
+        AdminRequest::PhysicianAdd { id, .. }
+        | AdminRequest::PhysicianPasswd { id, .. }
+        | AdminRequest::PhysicianResume { id }
+        | AdminRequest::PhysicianDelete { id }
+        | AdminRequest::PhysicianGet { id } => (Some(id.clone()), None, String::new()),
+        AdminRequest::PhysicianSuspend { id, reason } => {
+            (Some(id.clone()), None, reason.as_str().to_string())
+        }
+        AdminRequest::TerminalRegister { terminal } => (
+            Some(terminal.physician.clone()),
+            None,
+            format!("terminal {}", capped(&terminal.name)),
+        ),
+        AdminRequest::TerminalRevoke { name } => (None, None, format!("terminal {}", capped(name))),
+        AdminRequest::ConsentGrant {
+            patient,
+            by,
+            form_ref,
+            ..
+        } => (
+            None,
+            Some(patient.clone()),
+            format!("form {} by {}", capped(form_ref), consent_by(by)),
+        ),
+        AdminRequest::ConsentWithdraw { patient, form_ref }
+        | AdminRequest::PatientDelete { patient, form_ref } => (
+            None,
+            Some(patient.clone()),
+            format!("form {}", capped(form_ref)),
+        ),
+        AdminRequest::ConsentShow { patient } => (None, Some(patient.clone()), String::new()),
+        AdminRequest::PhysicianList {} | AdminRequest::TerminalList {} | AdminRequest::Purge {} => {
+            (None, None, String::new())
+        }
+    }
+}
+
+/// Who consented, as the audit says it (art 8.1): `patient`, `guardian`, `relative (spouse)`.
+fn consent_by(by: &ConsentBy) -> String {
+    match by {
+        ConsentBy::Patient => "patient".into(),
+        ConsentBy::Guardian => "guardian".into(),
+        ConsentBy::Relative(r) => format!("relative ({})", capped(r)),
+    }
+}
+
+/// Longest admin error message kept in an audit record.
+const AUDIT_MESSAGE_MAX: usize = 240;
+
+pub(super) fn capped(msg: &str) -> String {
+    match msg.char_indices().nth(AUDIT_MESSAGE_MAX) {
+        Some((at, _)) => format!("{}…", &msg[..at]),
+        None => msg.to_string(),
+    }
+}
