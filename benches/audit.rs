@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-use seibo_gate::audit::{self, AuditLog, Outcome, QueryFilter, RequestRecord};
+use seibo_gate::audit::{self, AuditLog, Decision, Ingress, Outcome, QueryFilter, RequestRecord};
+use seibo_gate::model::Category;
 
 const PATIENTS: u64 = 10_000;
 
@@ -53,15 +54,15 @@ fn rec(i: u64) -> RequestRecord {
     RequestRecord {
         time: audit::format_time(time::OffsetDateTime::now_utc()),
         site: "seiyo-hospital".into(),
-        ingress: "mtls".into(),
+        ingress: Ingress::Mtls,
         client: format!("203.0.113.{}:{}", i % 250, 40000 + i % 20000),
         terminal: Some(format!("pc-{}", i % 500)),
         physician: Some(format!("dr-{}", i % 500)),
         method: "GET".into(),
         path: format!("/patients/{patient}/labs"),
         patient: Some(patient),
-        category: Some("labs".into()),
-        decision: "allow".into(),
+        category: Some(Category::Labs),
+        decision: Decision::Allow,
         reason: "allowed".into(),
         serial: Some("3f9a0c1e5b7d2468".into()),
         cn: Some("pc-17".into()),

@@ -236,7 +236,7 @@ fn audit_record(gate: &Gate, ex: &Exchange, step: &Step) -> RequestRecord {
     RequestRecord {
         time: clock::rfc3339(ex.now),
         site: ex.live.site.id.clone(),
-        ingress: ex.peer.ingress.as_str().to_string(),
+        ingress: ex.peer.ingress.into(),
         client: ex.peer.addr.to_string(),
         terminal,
         physician,
@@ -245,8 +245,8 @@ fn audit_record(gate: &Gate, ex: &Exchange, step: &Step) -> RequestRecord {
             .map(|t| t.path_and_query())
             .unwrap_or_else(|| ex.received.clone()),
         patient: target.and_then(|t| t.patient.clone()),
-        category: target.and_then(|t| t.category.map(|c| c.as_str().to_string())),
-        decision: step.decision().as_str().to_string(),
+        category: target.and_then(|t| t.category),
+        decision: step.decision(),
         reason: step.reason().to_string(),
         serial: credential.serial().map(str::to_string),
         cn: credential.cn().map(str::to_string),

@@ -93,7 +93,13 @@ impl Admin {
                 ),
             };
             let started = std::time::Instant::now();
-            let rec = self.record("patient-purge", "allow", None, Some(c.patient.clone()), why);
+            let rec = self.record(
+                "patient-purge",
+                crate::audit::Decision::Allow,
+                None,
+                Some(c.patient.clone()),
+                why,
+            );
             let rid = self.audit.record(rec).await?;
             let done = self.store.purge_if_due(&c.patient, today);
             let status = match &done {

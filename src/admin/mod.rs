@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
-use crate::audit::{AuditError, AuditLog, Outcome, RequestRecord};
+use crate::audit::{AuditError, AuditLog, Decision, Ingress, Outcome, RequestRecord};
 use crate::clock::{self, SharedClock};
 use crate::ids::{PatientId, PhysicianId};
 use crate::metrics::Metrics;
@@ -237,7 +237,7 @@ impl Admin {
             };
         }
         let touches_terminals = req.touches_terminals();
-        let rec = self.record(op, "allow", physician, patient, note);
+        let rec = self.record(op, Decision::Allow, physician, patient, note);
         let rid = match self.audit.record(rec).await {
             Ok(rid) => rid,
             Err(e) => {
@@ -310,7 +310,7 @@ impl Admin {
     fn record(
         &self,
         op: &str,
-        decision: &str,
+        decision: Decision,
         physician: Option<String>,
         patient: Option<String>,
         reason: String,
@@ -318,7 +318,7 @@ impl Admin {
         RequestRecord {
             time: clock::rfc3339(self.clock.now()),
             site: self.site.clone(),
-            ingress: "admin".into(),
+            ingress: Ingress::Admin,
             client: self.origin.into(),
             terminal: None,
             physician: physician.filter(|p| PhysicianId::is_valid(p)),
@@ -326,7 +326,7 @@ impl Admin {
             path: op.into(),
             patient: patient.filter(|p| PatientId::is_valid(p)),
             category: None,
-            decision: decision.into(),
+            decision,
             reason,
             serial: None,
             cn: None,
@@ -344,7 +344,7 @@ impl Admin {
         started: std::time::Instant,
     ) -> AdminResponse {
         let reason = format!("{}: {}", e.kind(), validate::capped(&e.to_string()));
-        let rec = self.record(op, "deny", physician, patient, reason);
+        let rec = self.record(op, Decision::Deny, physician, patient, reason);
         let written = match self.audit.record(rec).await {
             Ok(rid) => self
                 .audit

@@ -23,7 +23,47 @@ impl Decision {
 
 impl std::fmt::Display for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, not `write_str`: `{:<5}` in `audit query`'s table lines them up.
+        f.pad(self.as_str())
+    }
+}
+
+/// How the audited request arrived: one of the gateway's ingresses (see
+/// [`crate::peer::Ingress`]), or the admin surface (socket or direct command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ingress {
+    Mtls,
+    WireGuard,
+    Site,
+    Admin,
+}
+
+impl Ingress {
+    /// The name the log, the metrics and the logs use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ingress::Mtls => "mtls",
+            Ingress::WireGuard => "wireguard",
+            Ingress::Site => "site",
+            Ingress::Admin => "admin",
+        }
+    }
+}
+
+impl From<crate::peer::Ingress> for Ingress {
+    fn from(i: crate::peer::Ingress) -> Ingress {
+        match i {
+            crate::peer::Ingress::Mtls => Ingress::Mtls,
+            crate::peer::Ingress::WireGuard => Ingress::WireGuard,
+            crate::peer::Ingress::Site => Ingress::Site,
+        }
+    }
+}
+
+impl std::fmt::Display for Ingress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 

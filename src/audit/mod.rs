@@ -71,7 +71,7 @@ pub use chain::LOG_FILE;
 pub use error::{AuditError, VerifyError};
 pub use handle::AuditLog;
 pub use index::INDEX_FILE;
-pub use kinds::Decision;
+pub use kinds::{Decision, Ingress};
 pub use query::{parse_time_arg, query, query_full_scan, TimeArgError};
 pub use record::{format_time, Outcome, RequestRecord, CLIENT_CLOSED, CLIENT_CLOSED_STATUS};
 pub use refusal::{ConnectionRecord, SuppressedRecord};

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::kinds::{Decision, Ingress};
+use crate::model::Category;
+
 /// Formats an instant as RFC 3339 with the +09:00 offset (the `time` of every record).
 pub use crate::clock::rfc3339 as format_time;
 
@@ -12,17 +15,18 @@ pub struct RequestRecord {
     /// RFC 3339 with the Japan offset, e.g. `2026-04-01T09:00:00.123+09:00` (see [`format_time`]).
     pub time: String,
     pub site: String,
-    /// `"mtls"`, `"wireguard"` or `"site"`.
-    pub ingress: String,
+    /// `"mtls"`, `"wireguard"`, `"site"` or `"admin"`.
+    pub ingress: Ingress,
     pub client: String,
     pub terminal: Option<String>,
     pub physician: Option<String>,
     pub method: String,
     pub path: String,
     pub patient: Option<String>,
-    pub category: Option<String>,
+    /// The record category (art 8.2), serialised as in the route table (`"labs"`, ...).
+    pub category: Option<Category>,
     /// `"allow"` or `"deny"`.
-    pub decision: String,
+    pub decision: Decision,
     pub reason: String,
     pub serial: Option<String>,
     pub cn: Option<String>,

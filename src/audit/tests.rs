@@ -13,6 +13,7 @@ use super::chain::{
 };
 use super::*;
 use crate::clock::JST;
+use crate::model::Category;
 
 fn now_jst() -> String {
     format_time(OffsetDateTime::now_utc())
@@ -22,15 +23,19 @@ fn rec(i: u64) -> RequestRecord {
     RequestRecord {
         time: now_jst(),
         site: "seibo".into(),
-        ingress: "mtls".into(),
+        ingress: Ingress::Mtls,
         client: format!("10.0.0.{}:4433", i % 250),
         terminal: Some(format!("T{}", i % 7)),
         physician: Some(format!("DR{}", i % 3)),
         method: "GET".into(),
         path: format!("/emr/patient/{i}"),
         patient: Some(format!("P{}", i % 5)),
-        category: Some("lab".into()),
-        decision: if i.is_multiple_of(4) { "deny" } else { "allow" }.into(),
+        category: Some(Category::Labs),
+        decision: if i.is_multiple_of(4) {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        },
         reason: "consent".into(),
         serial: Some("01ab".into()),
         cn: Some("Dr. Tanaka \"quoted\" 田中".into()),

@@ -13,6 +13,8 @@ use crate::audit::{
     query_full_scan, verify, AuditLog, Outcome, QueryFilter, QueryRow, RequestRecord, VerifyError,
     INDEX_FILE,
 };
+use crate::audit::{Decision, Ingress};
+use crate::model::Category;
 
 const PATIENTS: u64 = 7;
 
@@ -22,15 +24,15 @@ fn rec(i: u64) -> RequestRecord {
     RequestRecord {
         time: format!("2026-04-0{}T09:00:00+09:00", 1 + i % 3),
         site: "seibo".into(),
-        ingress: "mtls".into(),
+        ingress: Ingress::Mtls,
         client: "10.0.0.1:4433".into(),
         terminal: Some("T1".into()),
         physician: Some(format!("DR{}", i % 3)),
         method: "GET".into(),
         path: format!("/patients/x/{i}"),
         patient: (!i.is_multiple_of(11)).then(|| format!("P{}", i % PATIENTS)),
-        category: Some("labs".into()),
-        decision: "allow".into(),
+        category: Some(Category::Labs),
+        decision: Decision::Allow,
         reason: "allowed".into(),
         serial: None,
         cn: Some("pc \"1\"".into()),
