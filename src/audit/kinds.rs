@@ -81,5 +81,27 @@ mod tests {
                 Some(d)
             );
         }
+        assert_eq!(format!("[{:<5}]", Decision::Deny), "[deny ]");
+    }
+
+    #[test]
+    fn ingresses_serialise_to_the_logs_strings() {
+        for (i, s) in [
+            (Ingress::Mtls, "mtls"),
+            (Ingress::WireGuard, "wireguard"),
+            (Ingress::Site, "site"),
+            (Ingress::Admin, "admin"),
+        ] {
+            assert_eq!(serde_json::to_string(&i).ok(), Some(format!("\"{s}\"")));
+            assert_eq!(i.as_str(), s);
+            assert_eq!(
+                serde_json::from_str::<Ingress>(&format!("\"{s}\"")).ok(),
+                Some(i)
+            );
+        }
+        assert_eq!(
+            Ingress::from(crate::peer::Ingress::WireGuard),
+            Ingress::WireGuard
+        );
     }
 }
