@@ -33,14 +33,23 @@ pub use aliases::{
 /// Headers the gateway sets for the EMR; any copy sent by a client is removed first.
 pub const IDENTITY_PREFIX: &str = "x-seibo-";
 
+/// The boxed cause of a body or client failure (hyper's and http-body's errors).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("cannot reach the EMR: {0}")]
-    Connect(String),
+    /// The EMR could not be reached, or the exchange with it failed.
+    #[error("cannot reach the EMR")]
+    Connect(#[source] hyper_util::client::legacy::Error),
     #[error("the EMR did not answer within {0:?}")]
     Timeout(std::time::Duration),
-    #[error("bad request to the EMR: {0}")]
-    Request(String),
+    /// The checked target does not make a URI with the upstream's base (never expected: the
+    /// target was normalised by the route table).
+    #[error("bad request target for the EMR")]
+    Target(#[from] http::uri::InvalidUri),
+    /// The client did not send its request body within the upstream's response timeout.
+    #[error("the request body was not received in time")]
+    BodyTimeout,
     /// The client's request body outgrew the route's limit while it was being forwarded.
     #[error("the request body is larger than the route allows")]
     BodyTooLarge,
@@ -49,8 +58,8 @@ pub enum ForwardError {
     BodyNotAllowed,
     /// The client's request body failed while it was being read or forwarded: the client went
     /// away mid-body (issue 11 item 9). Not the EMR's fault.
-    #[error("the client's request body ended early: {0}")]
-    ClientBody(String),
+    #[error("the client's request body ended early")]
+    ClientBody(#[source] Cause),
 }
 
 /// Methods whose requests carry no body (RFC 9110: GET, HEAD, DELETE, OPTIONS and TRACE
@@ -220,12 +229,29 @@ impl Forwarder {
         id: &Forwarded<'_>,
         max_body: u64,
     ) -> Result<Response<Incoming>, ForwardError> {
-        let uri: Uri = format!("{}{}", self.base, path_and_query)
-            .parse()
-            .map_err(|e: http::uri::InvalidUri| ForwardError::Request(e.to_string()))?;
-        *req.uri_mut() = uri;
+        *req.uri_mut() = format!("{}{}", self.base, path_and_query).parse::<Uri>()?;
         *req.version_mut() = http::Version::HTTP_11;
-        let h = req.headers_mut();
+        self.request_headers(req.headers_mut(), id);
+        let timeout = self.upstream.response_timeout;
+        let req = checked_body(req, max_body, timeout).await?;
+        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
+            Err(_) => return Err(ForwardError::Timeout(timeout)),
+            Ok(Err(e)) if is_length_limit(&e) => return Err(ForwardError::BodyTooLarge),
+            Ok(Err(e)) if is_client_body(&e) => return Err(ForwardError::ClientBody(Box::new(e))),
+            Ok(Err(e)) => return Err(ForwardError::Connect(e)),
+            Ok(Ok(r)) => r,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        aliases::strip_fingerprint(&mut parts.headers);
+        self.rewrite_location(&mut parts.headers);
+        pages::protect(&mut parts.headers);
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The request's headers for the EMR: the client's hop-by-hop, identity-like and session
+    /// headers removed, the upstream's `Host`, and the gateway's identity headers.
+    fn request_headers(&self, h: &mut HeaderMap, id: &Forwarded<'_>) {
         strip_hop_by_hop(h);
         self.upstream.strip_headers.strip(h);
         strip_session_cookie(h);
@@ -252,83 +278,6 @@ impl Forwarder {
         }
         put(h, "x-forwarded-for", &id.client_ip);
         put(h, "x-forwarded-proto", "https");
-
-        let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
-        let timeout = self.upstream.response_timeout;
-        let req = if carries_no_body(req.method()) {
-            // Nothing but the head goes to the EMR. A declared length was refused before
-            // routing; a stream left open (HTTP/2 DATA frames without a length) must be empty.
-            let (mut parts, body) = req.into_parts();
-            if !http_body::Body::is_end_stream(&body) {
-                match tokio::time::timeout(timeout, Limited::new(body, 0).collect()).await {
-                    Err(_) => {
-                        return Err(ForwardError::Request(
-                            "request body not received in time".into(),
-                        ))
-                    }
-                    Ok(Err(e)) if e.is::<LengthLimitError>() => {
-                        return Err(ForwardError::BodyNotAllowed)
-                    }
-                    Ok(Err(e)) => return Err(ForwardError::Request(format!("request body: {e}"))),
-                    Ok(Ok(_)) => {}
-                }
-            }
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Request::from_parts(parts, pages::full(bytes::Bytes::new()))
-        } else if req.headers().contains_key(header::CONTENT_LENGTH)
-            || http_body::Body::is_end_stream(req.body())
-        {
-            // A declared length (checked against the limit already) is enforced by hyper;
-            // the limit stays as a backstop.
-            req.map(|b| Limited::new(b, limit).boxed())
-        } else {
-            // A body without a length (HTTP/2 streams it) is read up to the limit first, so
-            // that one over the limit is refused before anything reaches the EMR.
-            let (mut parts, body) = req.into_parts();
-            let bytes = match tokio::time::timeout(timeout, Limited::new(body, limit).collect())
-                .await
-            {
-                Err(_) => {
-                    return Err(ForwardError::Request(
-                        "request body not received in time".into(),
-                    ))
-                }
-                Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(ForwardError::BodyTooLarge),
-                Ok(Err(e)) => return Err(ForwardError::ClientBody(e.to_string())),
-                Ok(Ok(c)) => c.to_bytes(),
-            };
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            Request::from_parts(parts, pages::full(bytes))
-        };
-        let resp = match tokio::time::timeout(timeout, self.client.request(req)).await {
-            Err(_) => return Err(ForwardError::Timeout(timeout)),
-            Ok(Err(e)) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                if is_length_limit(&e) {
-                    return Err(ForwardError::BodyTooLarge);
-                }
-                let client_body = is_client_body(&e);
-                while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    src = s.source();
-                }
-                if client_body {
-                    return Err(ForwardError::ClientBody(msg));
-                }
-                return Err(ForwardError::Connect(msg));
-            }
-            Ok(Ok(r)) => r,
-        };
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        aliases::strip_fingerprint(&mut parts.headers);
-        self.rewrite_location(&mut parts.headers);
-        pages::protect(&mut parts.headers);
-        Ok(Response::from_parts(parts, body))
     }
 
     /// `Location: http://emr.internal/x` → `/x`, so the browser stays on the gateway.
@@ -355,6 +304,49 @@ impl Forwarder {
             h.insert(header::LOCATION, v);
         }
     }
+}
+
+/// The request's body as it may reach the EMR: none at all on a method that carries none
+/// (an HTTP/2 stream left open must be empty); a declared length enforced by hyper with the
+/// route's limit as a backstop; a body without a length (HTTP/2 streams it) read up to the
+/// limit first, so that one over the limit is refused before anything reaches the EMR.
+async fn checked_body(
+    req: Request<Incoming>,
+    max_body: u64,
+    timeout: std::time::Duration,
+) -> Result<Request<Body>, ForwardError> {
+    let limit = usize::try_from(max_body).unwrap_or(usize::MAX);
+    if carries_no_body(req.method()) {
+        let (mut parts, body) = req.into_parts();
+        if !http_body::Body::is_end_stream(&body) {
+            match tokio::time::timeout(timeout, Limited::new(body, 0).collect()).await {
+                Err(_) => return Err(ForwardError::BodyTimeout),
+                Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                    return Err(ForwardError::BodyNotAllowed)
+                }
+                Ok(Err(e)) => return Err(ForwardError::ClientBody(e)),
+                Ok(Ok(_)) => {}
+            }
+        }
+        parts.headers.remove(header::CONTENT_LENGTH);
+        return Ok(Request::from_parts(parts, pages::full(bytes::Bytes::new())));
+    }
+    if req.headers().contains_key(header::CONTENT_LENGTH)
+        || http_body::Body::is_end_stream(req.body())
+    {
+        return Ok(req.map(|b| Limited::new(b, limit).boxed()));
+    }
+    let (mut parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Err(_) => return Err(ForwardError::BodyTimeout),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return Err(ForwardError::BodyTooLarge),
+        Ok(Err(e)) => return Err(ForwardError::ClientBody(e)),
+        Ok(Ok(c)) => c.to_bytes(),
+    };
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    Ok(Request::from_parts(parts, pages::full(bytes)))
 }
 
 /// True when a client error was caused by the body we gave it, the client's request body

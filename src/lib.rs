@@ -63,6 +63,7 @@ pub mod consent;
 pub mod dates;
 pub mod decision;
 pub mod demo;
+pub mod errors;
 pub mod exchange;
 pub mod exit;
 pub mod filecheck;

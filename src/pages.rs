@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Full};
 
 use crate::config::Site;
 use crate::decision::Refusal;
+use crate::identity::IdentityRefusal;
 use crate::route::RouteError;
 
 /// The body type of every response the gateway sends.
@@ -60,27 +61,39 @@ pub const PRINT_GUARD: &[u8] = br#"<style media="print">body,frameset{display:no
 
 const SIGN_IN_LINK: &str = r#"<p><a href="/.seibo/login">サインイン / Sign in</a></p>"#;
 
+/// The words for a target or a request head the gateway will not pass on.
+const MALFORMED: Text = Text {
+    title_ja: "要求の形式が正しくありません",
+    title_en: "The request is malformed",
+    body_ja: "アドレス（URL）に使用できない文字や形式が含まれています。ブラウザのアドレス欄を確認してください。",
+    body_en: "The address (URL) contains characters or a form that cannot be used. Please check the address.",
+    extra: "",
+};
+
+/// The words for a refused terminal or physician (art 12.7, 4).
+fn identity_text(i: &IdentityRefusal) -> Text {
+    use IdentityRefusal::*;
+    match i {
+        UnknownTerminal | TerminalRevoked | TerminalExpired => Text {
+            title_ja: "この端末からは利用できません",
+            title_en: "This terminal cannot use Seibo Net",
+            body_ja: "この端末は登録されていないか、登録が取り消されたか、証明書の有効期限が切れています。端末の登録（様式3）について下記の窓口にお問い合わせください。",
+            body_en: "This terminal is not registered, its registration was revoked, or its certificate has expired. Please contact the office below about registering the terminal (form 3).",
+            extra: "",
+        },
+        UnknownPhysician | PhysicianSuspended => Text {
+            title_ja: "利用医の登録が有効ではありません",
+            title_en: "Your user registration is not active",
+            body_ja: "この端末に登録された利用医の利用が停止されているか、登録が抹消されています。下記の窓口にお問い合わせください。",
+            body_en: "The physician registered to this terminal is suspended or deregistered. Please contact the office below.",
+            extra: "",
+        },
+    }
+}
+
 fn text(r: &Refusal) -> Text {
     match r {
-        Refusal::Identity(i) => {
-            use crate::identity::IdentityRefusal::*;
-            match i {
-                UnknownTerminal | TerminalRevoked | TerminalExpired => Text {
-                    title_ja: "この端末からは利用できません",
-                    title_en: "This terminal cannot use Seibo Net",
-                    body_ja: "この端末は登録されていないか、登録が取り消されたか、証明書の有効期限が切れています。端末の登録（様式3）について下記の窓口にお問い合わせください。",
-                    body_en: "This terminal is not registered, its registration was revoked, or its certificate has expired. Please contact the office below about registering the terminal (form 3).",
-                    extra: "",
-                },
-                UnknownPhysician | PhysicianSuspended => Text {
-                    title_ja: "利用医の登録が有効ではありません",
-                    title_en: "Your user registration is not active",
-                    body_ja: "この端末に登録された利用医の利用が停止されているか、登録が抹消されています。下記の窓口にお問い合わせください。",
-                    body_en: "The physician registered to this terminal is suspended or deregistered. Please contact the office below.",
-                    extra: "",
-                },
-            }
-        }
+        Refusal::Identity(i) => identity_text(i),
         Refusal::Consent(_) => Text {
             title_ja: "この患者さんの診療情報は閲覧できません",
             title_en: "This patient's records cannot be viewed",
@@ -102,13 +115,7 @@ fn text(r: &Refusal) -> Text {
             body_en: "Seibo Net allows viewing records only.",
             extra: "",
         },
-        Refusal::Route(_) | Refusal::BadRequest(_) => Text {
-            title_ja: "要求の形式が正しくありません",
-            title_en: "The request is malformed",
-            body_ja: "アドレス（URL）に使用できない文字や形式が含まれています。ブラウザのアドレス欄を確認してください。",
-            body_en: "The address (URL) contains characters or a form that cannot be used. Please check the address.",
-            extra: "",
-        },
+        Refusal::Route(_) | Refusal::BadRequest(_) => MALFORMED,
         Refusal::StoreUnavailable | Refusal::AuditUnavailable => Text {
             title_ja: "ただいま利用できません",
             title_en: "Seibo Net is temporarily unavailable",

@@ -374,7 +374,7 @@ async fn forward(
 /// A failed forward as a refusal, counted as an upstream error when it is the EMR's.
 fn upstream_refusal(gate: &Gate, e: ForwardError) -> Refusal {
     if !matches!(e, ForwardError::ClientBody(_)) {
-        tracing::warn!(error = %e, "upstream failed");
+        tracing::warn!(error = %crate::errors::chain(&e), "upstream failed");
     }
     let (kind, refusal) = match e {
         // The client's streamed body outgrew the route's limit: not the EMR's fault.
@@ -382,7 +382,7 @@ fn upstream_refusal(gate: &Gate, e: ForwardError) -> Refusal {
         ForwardError::BodyNotAllowed => return Refusal::BadRequest(BODY_ON_BODYLESS_METHOD),
         ForwardError::ClientBody(_) => return Refusal::BadRequest(CLIENT_CLOSED),
         ForwardError::Timeout(_) => ("timeout", Refusal::UpstreamTimeout),
-        ForwardError::Connect(_) | ForwardError::Request(_) => {
+        ForwardError::Connect(_) | ForwardError::Target(_) | ForwardError::BodyTimeout => {
             ("connect", Refusal::UpstreamUnreachable)
         }
     };

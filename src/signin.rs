@@ -490,13 +490,6 @@ async fn change_password(
     };
     let current = field(&form, "current").unwrap_or("").to_string();
     let new = field(&form, "new").unwrap_or("").to_string();
-    let failed = |ja: &str, en: &str| {
-        deny(
-            Refusal::PasswordChangeRequired,
-            "password-change-failed",
-            password_form(live, StatusCode::BAD_REQUEST, ja, &escape(en)),
-        )
-    };
     let Ok(slot) = gate.hasher.try_slot() else {
         return throttled(gate, live, Throttle::Busy);
     };
@@ -539,7 +532,8 @@ async fn change_password(
                 ),
             );
         }
-        return failed(
+        return password_change_failed(
+            live,
             "現在のパスワードが正しくありません。5回続けて誤るとしばらくロックされます。",
             "The current password is wrong. After 5 wrong attempts in a row the account is locked for a while.",
         );
@@ -547,113 +541,62 @@ async fn change_password(
     if let Err(e) = gate.store.signin_succeeded(&p.id) {
         tracing::error!(error = %e, "could not reset the failure count");
     }
-    if let Err(why) = auth::password_policy(&p.id, &current, &new) {
-        return failed("新しいパスワードが条件を満たしていません。", why);
+    set_password(gate, live, slot, &p.id, &current, new, &token).await
+}
+
+/// The new password, once the current one was right: checked against the policy, hashed on
+/// the slot already held, stored; the session continues to the page first asked for.
+async fn set_password(
+    gate: &Gate,
+    live: &Live,
+    slot: hashing::Slot,
+    id: &str,
+    current: &str,
+    new: String,
+    token: &str,
+) -> OwnPage {
+    if let Err(why) = auth::password_policy(id, current, &new) {
+        return password_change_failed(live, "新しいパスワードが条件を満たしていません。", why);
     }
     let hash = match slot.hash(new).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %e, "could not hash a new password");
-            return failed(
+            return password_change_failed(
+                live,
                 "パスワードを保存できませんでした。",
                 "The password could not be stored.",
             );
         }
     };
     drop(slot);
-    let saved = gate.store.update_physician(&p.id, |x| {
+    let saved = gate.store.update_physician(id, |x| {
         x.password_hash = Some(hash.clone());
         x.must_change_password = false;
     });
     if let Err(e) = saved {
         tracing::error!(error = %e, "could not store a new password");
-        return failed(
+        return password_change_failed(
+            live,
             "パスワードを保存できませんでした。",
             "The password could not be stored.",
         );
     }
     let back = gate
         .sessions
-        .password_changed(&token)
+        .password_changed(token)
         .unwrap_or_else(|| live.site.home.clone());
     allow("password-changed", pages::redirect(&back))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn next_must_stay_on_the_gateway() {
-        let home = "/portal/menu";
-        assert_eq!(
-            safe_next(Some("/patients/P1/labs?x=1"), home),
-            "/patients/P1/labs?x=1"
-        );
-        assert_eq!(safe_next(Some(WHOAMI_PATH), home), WHOAMI_PATH);
-        for bad in [
-            "//evil.example/",
-            "https://evil.example/",
-            "/\\evil",
-            "/.seibo/login",
-            "/.seibo/logout",
-            "/.seibo/whoami?x=1",
-            "/\u{85}",
-            "x",
-        ] {
-            assert_eq!(safe_next(Some(bad), home), home, "{bad}");
-        }
-        assert_eq!(safe_next(None, home), home);
-    }
-
-    /// A real browser posts the sign-in form with `Origin: null` (the page is
-    /// `Referrer-Policy: no-referrer`) and `Sec-Fetch-Site: same-origin`.
-    #[test]
-    fn forms_from_the_gateways_own_pages_are_same_origin() {
-        let post = |headers: &[(&str, &str)]| {
-            let mut b = Request::post("/.seibo/login").header(header::HOST, "localhost:8443");
-            for (k, v) in headers {
-                b = b.header(*k, *v);
-            }
-            same_origin(&b.body(()).unwrap())
-        };
-        assert!(post(&[]));
-        assert!(post(&[
-            ("origin", "null"),
-            ("sec-fetch-site", "same-origin")
-        ]));
-        assert!(post(&[("origin", "https://localhost:8443")]));
-        assert!(post(&[
-            ("origin", "https://localhost:8443"),
-            ("sec-fetch-site", "same-origin")
-        ]));
-        assert!(!post(&[("origin", "null")]));
-        assert!(!post(&[("origin", "https://evil.example")]));
-        assert!(!post(&[
-            ("origin", "null"),
-            ("sec-fetch-site", "cross-site")
-        ]));
-        assert!(!post(&[("sec-fetch-site", "same-site")]));
-        assert!(!post(&[
-            ("origin", "https://evil.example"),
-            ("sec-fetch-site", "same-origin")
-        ]));
-    }
-
-    #[test]
-    fn own_paths_are_reserved() {
-        assert!(is_own_path("/.seibo/login"));
-        assert!(is_own_path("/.seibo"));
-        assert!(!is_own_path("/.seibox"));
-        assert!(!is_own_path("/patients/P1/labs"));
-    }
-
-    #[test]
-    fn login_url_round_trips_next() {
-        let u = login_url("/patients/P001/labs?a=1&b=2");
-        assert_eq!(
-            query_param(&u, "next").as_deref(),
-            Some("/patients/P001/labs?a=1&b=2")
-        );
-    }
+/// The password form again, with why the change failed.
+fn password_change_failed(live: &Live, ja: &str, en: &str) -> OwnPage {
+    deny(
+        Refusal::PasswordChangeRequired,
+        "password-change-failed",
+        password_form(live, StatusCode::BAD_REQUEST, ja, &escape(en)),
+    )
 }
+
+#[cfg(test)]
+mod tests;

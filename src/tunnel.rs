@@ -86,108 +86,128 @@ pub async fn serve(
     slots: Arc<tokio::sync::Semaphore>,
     mut shutdown: Shutdown,
 ) {
+    let tunnel = Arc::new(Tunnel {
+        gate,
+        limits,
+        slots,
+        https_port,
+    });
     loop {
         let stream = tokio::select! {
             s = streams.recv() => s,
             _ = shutdown.recv() => return,
         };
         let Some(stream) = stream else { return };
+        let acceptor = TlsAcceptor::from(tls.load_full());
+        tokio::spawn(
+            tunnel
+                .clone()
+                .connection(stream, acceptor, shutdown.clone()),
+        );
+    }
+}
+
+/// What every stream of the tunnel is served with.
+struct Tunnel {
+    gate: Arc<Gate>,
+    limits: Limits,
+    /// Connection slots shared with the mutual-TLS listeners.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// The in-tunnel HTTPS port; the other (plain HTTP, port 80) only redirects.
+    https_port: u16,
+}
+
+impl Tunnel {
+    /// One stream from a registered peer: TLS on the HTTPS port (within the handshake budget),
+    /// plain HTTP on the other; then served as a connection of that peer.
+    async fn connection(
+        self: Arc<Self>,
+        stream: WgStream,
+        acceptor: TlsAcceptor,
+        shutdown: Shutdown,
+    ) {
         let peer = Peer {
             ingress: Ingress::WireGuard,
             addr: stream.remote(),
             credential: Credential::wireguard(&stream.peer_key(), stream.peer_name()),
         };
-        let gate = gate.clone();
-        let limits = limits.clone();
-        let conn_shutdown = shutdown.clone();
-        let acceptor = TlsAcceptor::from(tls.load_full());
-        let ticket = gate.handshakes.admit(peer.addr.ip());
-        let slots = slots.clone();
-        tokio::spawn(async move {
-            let addr = peer.addr;
-            if stream.local_port() != https_port {
-                drop(ticket);
-                let Ok(_slot) = slots.try_acquire_owned() else {
-                    refused_connection(
-                        &gate,
-                        Ingress::WireGuard,
-                        "wireguard",
-                        addr,
-                        "connection-limit",
-                        Some(&peer.credential),
-                    );
-                    return;
-                };
-                serve_peer(
-                    gate,
-                    peer,
-                    stream,
-                    false,
-                    &limits,
-                    "wireguard",
-                    conn_shutdown,
-                )
-                .await;
+        let ticket = self.gate.handshakes.admit(peer.addr.ip());
+        if stream.local_port() != self.https_port {
+            drop(ticket);
+            let Some(_slot) = self.slot(&peer) else {
                 return;
-            }
-            let count = |result: &str| {
-                gate.metrics
-                    .tls_handshakes
-                    .with_label_values(&["wireguard", result])
-                    .inc();
             };
-            let refused = |reason: &'static str| {
-                count(reason);
-                refused_connection(
-                    &gate,
-                    Ingress::WireGuard,
-                    "wireguard",
-                    addr,
-                    reason,
-                    Some(&peer.credential),
-                );
-            };
-            let accepted = budgeted(
-                &gate,
-                ticket,
-                limits.handshake_timeout,
-                acceptor.accept(stream),
+            serve_peer(
+                self.gate.clone(),
+                peer,
+                stream,
+                false,
+                &self.limits,
+                "wireguard",
+                shutdown,
             )
             .await;
-            match accepted {
-                Budgeted::Done(Ok(tls)) => {
-                    count("ok");
-                    let Ok(_slot) = slots.try_acquire_owned() else {
-                        refused_connection(
-                            &gate,
-                            Ingress::WireGuard,
-                            "wireguard",
-                            addr,
-                            "connection-limit",
-                            Some(&peer.credential),
-                        );
-                        return;
-                    };
-                    let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_peer(
-                        gate.clone(),
-                        peer.clone(),
-                        tls,
-                        http2,
-                        &limits,
-                        "wireguard",
-                        conn_shutdown,
-                    )
-                    .await;
-                }
-                Budgeted::Done(Err(e)) => {
-                    tracing::debug!(client = %addr, error = %e, "TLS handshake in the tunnel failed");
-                    refused("protocol");
-                }
-                Budgeted::TimedOut => refused("timeout"),
-                Budgeted::Evicted => refused("evicted"),
+            return;
+        }
+        let timeout = self.limits.handshake_timeout;
+        let tls = match budgeted(&self.gate, ticket, timeout, acceptor.accept(stream)).await {
+            Budgeted::Done(Ok(tls)) => tls,
+            Budgeted::Done(Err(e)) => {
+                tracing::debug!(client = %peer.addr, error = %e, "TLS handshake in the tunnel failed");
+                return self.refused(&peer, "protocol");
             }
-        });
+            Budgeted::TimedOut => return self.refused(&peer, "timeout"),
+            Budgeted::Evicted => return self.refused(&peer, "evicted"),
+        };
+        self.count_handshake("ok");
+        let Some(_slot) = self.slot(&peer) else {
+            return;
+        };
+        let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        serve_peer(
+            self.gate.clone(),
+            peer,
+            tls,
+            http2,
+            &self.limits,
+            "wireguard",
+            shutdown,
+        )
+        .await;
+    }
+
+    /// A connection slot, or `None` after the refusal is counted and audited.
+    fn slot(&self, peer: &Peer) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            self.refuse(peer, "connection-limit");
+        }
+        slot
+    }
+
+    fn count_handshake(&self, result: &str) {
+        self.gate
+            .metrics
+            .tls_handshakes
+            .with_label_values(&["wireguard", result])
+            .inc();
+    }
+
+    /// A failed in-tunnel handshake: counted, then refused.
+    fn refused(&self, peer: &Peer, reason: &'static str) {
+        self.count_handshake(reason);
+        self.refuse(peer, reason);
+    }
+
+    fn refuse(&self, peer: &Peer, reason: &'static str) {
+        refused_connection(
+            &self.gate,
+            Ingress::WireGuard,
+            "wireguard",
+            peer.addr,
+            reason,
+            Some(&peer.credential),
+        );
     }
 }
 
