@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use seibo_gate::audit::{self, AuditLog, Decision, Ingress, Outcome, QueryFilter, RequestRecord};
-use seibo_gate::model::Category;
+use seibo_gate::registry::model::Category;
 
 const PATIENTS: u64 = 10_000;
 

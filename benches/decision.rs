@@ -12,14 +12,14 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use serde_json::json;
 use time::{Date, OffsetDateTime};
 
-use seibo_gate::clock;
+use seibo_gate::ops::clock;
 use std::sync::Arc;
 
-use seibo_gate::decision::{self, Decision, Refusal};
-use seibo_gate::identity;
-use seibo_gate::model::{Consent, Physician, Terminal};
-use seibo_gate::route::{RouteSpec, RouteTable};
-use seibo_gate::store::Store;
+use seibo_gate::policy::decision::{self, Decision, Refusal};
+use seibo_gate::policy::identity;
+use seibo_gate::policy::route::{RouteSpec, RouteTable};
+use seibo_gate::registry::model::{Consent, Physician, Terminal};
+use seibo_gate::registry::store::Store;
 
 /// Identity, then route and consent, as the request path runs them (without the connection's
 /// identity cache).

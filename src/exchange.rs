@@ -8,7 +8,7 @@ use http::{header, Method, Request};
 use time::OffsetDateTime;
 
 use crate::gate::{Gate, Live};
-use crate::peer::Peer;
+use crate::ingress::peer::Peer;
 
 /// Longest request-target the audit records as received (bytes, before the ellipsis).
 const MAX_RECEIVED: usize = 2048;

@@ -6,19 +6,19 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::audit::limiter::RefusalLimiter;
 use crate::audit::AuditLog;
-use crate::clock::SharedClock;
-use crate::config::{Auth, Config, Limits, Policy, Site};
-use crate::conn_slots::TerminalConns;
-use crate::forward::Forwarder;
-use crate::handshake::HandshakeBudget;
-use crate::hashing::Hasher;
-use crate::metrics::Metrics;
-use crate::refusals::RefusalLimiter;
-use crate::route::RouteTable;
-use crate::session::Sessions;
-use crate::signin_rate::SigninRate;
-use crate::store::Store;
+use crate::egress::forward::Forwarder;
+use crate::ingress::handshake::HandshakeBudget;
+use crate::ingress::slots::TerminalConns;
+use crate::ops::clock::SharedClock;
+use crate::ops::metrics::Metrics;
+use crate::policy::hashing::Hasher;
+use crate::policy::route::RouteTable;
+use crate::policy::session::Sessions;
+use crate::policy::signin_rate::SigninRate;
+use crate::registry::store::Store;
+use crate::site::config::{Auth, Config, Limits, Policy, Site};
 
 /// Everything a request needs, shared by all connections.
 #[derive(Debug)]

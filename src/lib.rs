@@ -7,97 +7,62 @@
 //! ## The request path
 //!
 //! ```text
-//! listener ──▶ peer identity ──▶ decision ────────────────▶ audit ──▶ forward ──▶ outcome
-//! (mTLS,       (certificate      (terminal + physician,     (durable   (private   (status,
-//!  allow-list)  fingerprint)      route → patient+category,  before     EMR only)  bytes,
-//!                                 consent window)            forward)             duration)
+//! ingress ─────────▶ policy ──────────────────────▶ audit ─────▶ egress ──────▶ outcome
+//! (mTLS or          (framing, terminal + physician, (durable      (the private  (status,
+//!  WireGuard:        session, route → patient +      before        EMR only)     bytes,
+//!  a Peer)           category, consent window)       forwarding)                 duration)
 //! ```
+//!
+//! [`service::handle`] reads top to bottom as that path: one [`exchange::Exchange`] per
+//! request, [`policy::check`] answers with a [`policy::Plan`], the audit record is written, the
+//! request is forwarded or answered, and [`outcome`] writes how it ended.
 //!
 //! ## Layout
 //!
-//! * [`listener`]: accept, source allow-list, TLS handshake, HTTP/1.1 + HTTP/2 serving.
-//! * [`ingress_backoff`]: exponential backoff (5 ms → 1 s) of accept loops after errors such as EMFILE.
-//! * [`handshake`]: the budget of handshakes in progress (apart from the connection slots).
-//! * [`refusals`]: refusals written to the audit at a bounded rate, the rest summarised.
-//! * [`tls`]: the mutual-TLS server configuration and the peer's certificate identity.
-//! * [`wireguard`]: the WireGuard ingress: one UDP socket, boringtun per peer, smoltcp TCP →
-//!   streams that carry the peer's identity; only the gateway's tunnel address and ports answer;
-//!   `wireguard::conf`: a terminal's wg-quick configuration.
-//! * [`service`]: the request path above, in one function.
-//! * [`identity`]: fingerprint → registered terminal → active physician.
-//! * [`route`]: path normalisation and the route table (URL → patient + record category).
-//! * [`consent`]: the consent window (999 days, 2 years back, extension, withdrawal).
-//! * [`decision`]: identity, route and consent combined into allow or a typed refusal.
-//! * [`forward`]: the pooled client to the EMR, restricted to the private segment.
-//! * [`audit`]: the hash-chained, append-only audit log with group commit.
-//! * [`pages`]: every page the gateway answers with (Japanese first, English second).
-//! * [`start`]: the site's start page (`[site] home`), where `/` and sign-in lead.
-//! * [`whoami`]: the "who am I" page (physician, terminal, ingress, session end).
-//! * [`store`]: the registries in sled; [`model`]: their value types.
-//! * [`admin`]: admin requests, over the gateway's Unix socket or directly.
-//! * [`config`]: TOML → validated [`config::Config`]; [`init`]: a new site's files;
-//!   [`filecheck`]: can the service user read every file the config names (`check-config`).
-//! * [`dates`]: dates typed by an admin, checked against today.
-//! * [`exit`]: the command's exit statuses (sysexits) and the error → status map.
-//! * [`hashing`]: Argon2 on a fixed pool with bounded slots and memory; [`signin_rate`]:
-//!   password tries per terminal.
-//! * [`pki`]: the terminal CA, server and client certificates, PKCS#12.
-//! * [`server`]: `bind` (every socket from the config) and `serve` (a bound gateway on a clock
-//!   until a shutdown signal) — everything wired together; [`metrics`]: Prometheus.
-//! * [`cli`]: what each `seibo-gate` subcommand does (`main.rs` parses and dispatches);
-//!   [`terminal_issue`]: a terminal's credential files and registry record.
-//! * [`fsmode`]: the state directory's file modes (umask 0077, nothing open to others).
-//! * [`demo`]: the sample EMR and the one-command demo.
+//! The folders follow the request path; no module uses one that uses it back.
+//!
+//! * [`ingress`]: the connection layer — the mutual-TLS [`ingress::listener`], the
+//!   [`ingress::wireguard`] ingress and the TLS [`ingress::tunnel`] inside it, what both share
+//!   ([`ingress::connection`]: handshake budget, refusals, serving a connection), the
+//!   connection's identity ([`ingress::peer`]), [`ingress::tls`], [`ingress::handshake`],
+//!   [`ingress::slots`], [`ingress::backoff`].
+//! * [`service`]: the request path in one function; [`gate`]: what every request shares (and
+//!   the reloadable configuration); [`exchange`]: one request's context; [`outcome`]: every
+//!   request's outcome line, client-closed requests, refusal responses; [`pages`]: every page
+//!   the gateway answers with (Japanese first, English second).
+//! * [`policy`]: every refusal check in order — [`policy::identity`] (credential → terminal →
+//!   physician), [`policy::session`] and [`policy::signin`] (the second factor, with
+//!   [`policy::auth`], [`policy::hashing`], [`policy::signin_rate`]), [`policy::route`] (URL →
+//!   patient + record category), [`policy::consent`] (the viewing window),
+//!   [`policy::decision`] (the typed decision and refusals); the gateway's own pages
+//!   ([`policy::own_paths`], [`policy::whoami`]) and the start page ([`policy::start`]).
+//! * [`egress`]: [`egress::forward`], the pooled client to the EMR in the private segment.
+//! * [`audit`]: the hash-chained, append-only audit log with group commit, its index, verify
+//!   and query, and the rate limit of refusal records ([`audit::limiter`]).
+//! * [`registry`]: the registries in sled ([`registry::store`]), their value types
+//!   ([`registry::model`]) and ids ([`registry::ids`]).
+//! * [`admin`]: admin requests over the gateway's Unix socket or directly, and a terminal's
+//!   credential ([`admin::terminal_issue`]); [`cli`]: what each `seibo-gate` subcommand does
+//!   (`main.rs` parses and dispatches).
+//! * [`site`]: a site's files — [`site::config`] (TOML → validated types), [`site::init`],
+//!   [`site::pki`], [`site::firewall`], [`site::filecheck`], [`site::fsmode`].
+//! * [`ops`]: [`ops::server`] (bind, serve, reload, drain), [`ops::metrics`],
+//!   [`ops::shutdown`], [`ops::clock`] (Japan time), [`ops::exit`], [`ops::dates`],
+//!   [`ops::errors`], [`ops::demo`].
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
-pub mod auth;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod conn_slots;
-pub mod connection;
-pub mod consent;
-pub mod dates;
-pub mod decision;
-pub mod demo;
-pub mod errors;
+pub mod egress;
 pub mod exchange;
-pub mod exit;
-pub mod filecheck;
-pub mod firewall;
-pub mod forward;
-pub mod fsmode;
 pub mod gate;
-pub mod handshake;
-pub mod hashing;
-pub mod identity;
-pub mod ids;
-pub mod ingress_backoff;
-pub mod init;
-pub mod listener;
-pub mod metrics;
-pub mod model;
+pub mod ingress;
+pub mod ops;
 pub mod outcome;
-pub mod own_paths;
 pub mod pages;
-pub mod peer;
-pub mod pki;
 pub mod policy;
-pub mod refusals;
-pub mod route;
-pub mod server;
+pub mod registry;
 pub mod service;
-pub mod session;
-pub mod shutdown;
-pub mod signin;
-pub mod signin_rate;
-pub mod start;
-pub mod store;
-pub mod terminal_issue;
-pub mod tls;
-pub mod tunnel;
-pub mod whoami;
-pub mod wireguard;
+pub mod site;

@@ -1,5 +1,5 @@
 //! The `seibo-gate` command line: a thin layer over the library. Exit statuses follow
-//! sysexits (`seibo_gate::exit`, printed after `--help`): 0 success, 1 refused, 64 usage,
+//! sysexits (`seibo_gate::ops::exit`, printed after `--help`): 0 success, 1 refused, 64 usage,
 //! 78 config, and the others for data, I/O and permission errors.
 
 use std::io::IsTerminal;
@@ -12,10 +12,10 @@ use clap::{Args, Parser, Subcommand};
 use seibo_gate::admin::AdminRequest;
 use seibo_gate::audit;
 use seibo_gate::cli::{self, DEFAULT_CONFIG};
-use seibo_gate::config::Config;
-use seibo_gate::exit::{self, UsageError};
-use seibo_gate::init::InitOptions;
-use seibo_gate::model::{SuspendReason, TerminalKind};
+use seibo_gate::ops::exit::{self, UsageError};
+use seibo_gate::registry::model::{SuspendReason, TerminalKind};
+use seibo_gate::site::config::Config;
+use seibo_gate::site::init::InitOptions;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -425,15 +425,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         cli.command,
         Command::Init { .. } | Command::SampleEmr { .. }
     ) {
-        seibo_gate::fsmode::restrict_umask();
+        seibo_gate::site::fsmode::restrict_umask();
     }
     match cli.command {
         Command::Demo => {
-            seibo_gate::demo::run().await?;
+            seibo_gate::ops::demo::run().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SampleEmr { listen } => {
-            seibo_gate::demo::run_sample_emr(listen).await?;
+            seibo_gate::ops::demo::run_sample_emr(listen).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Init {

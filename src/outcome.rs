@@ -15,12 +15,12 @@ use hyper::body::Incoming;
 use crate::audit::{
     AuditError, AuditLog, Decision, Outcome, RequestRecord, CLIENT_CLOSED, CLIENT_CLOSED_STATUS,
 };
-use crate::decision::Refusal;
 use crate::exchange::Exchange;
 use crate::gate::Gate;
-use crate::identity::IdentityRefusal;
-use crate::own_paths::{login_url, PASSWORD_PATH};
 use crate::pages::{self, Body, BodyError};
+use crate::policy::decision::Refusal;
+use crate::policy::identity::IdentityRefusal;
+use crate::policy::own_paths::{login_url, PASSWORD_PATH};
 
 /// Counts, audits and logs the outcome of a response the gateway answers itself.
 pub fn finish(
@@ -81,7 +81,7 @@ pub fn refusal_response(r: &Refusal, ex: &Exchange) -> Response<Body> {
 
 /// Marks a response after which the connection is closed (HTTP/1: no keep-alive; HTTP/2:
 /// GOAWAY): a revoked, expired or unknown terminal gets its refusal and no connection to repeat
-/// it on (issue 11 item 8). The connection layer acts on it (`crate::listener::serve_peer`).
+/// it on (issue 11 item 8). The connection layer acts on it (`crate::ingress::connection::serve_peer`).
 #[derive(Debug, Clone, Copy)]
 pub struct CloseConnection;
 

@@ -7,10 +7,10 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 
-use crate::config::Site;
-use crate::decision::Refusal;
-use crate::identity::IdentityRefusal;
-use crate::route::RouteError;
+use crate::policy::decision::Refusal;
+use crate::policy::identity::IdentityRefusal;
+use crate::policy::route::RouteError;
+use crate::site::config::Site;
 
 /// The body type of every response the gateway sends.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BodyError>;
@@ -357,7 +357,7 @@ pub fn plain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::ConsentRefusal;
+    use crate::policy::consent::ConsentRefusal;
 
     fn site() -> Site {
         Site {

@@ -19,21 +19,21 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::audit::{Decision, RequestRecord, CLIENT_CLOSED, CLIENT_CLOSED_STATUS};
-use crate::clock;
-use crate::decision::{Allowed, Denied, Refusal, Verdict};
+use crate::egress::forward::{ForwardError, Forwarded};
 use crate::exchange::Exchange;
-use crate::forward::{ForwardError, Forwarded};
 use crate::gate::Gate;
-use crate::identity::{self, ConnIdentity, Who};
+use crate::ingress::peer::Peer;
+use crate::ops::clock;
 use crate::outcome::{
     close_if_identity, count_and_time, finish, record_abandonable, refusal_response, AuditedBody,
     ClientClosedGuard,
 };
-use crate::own_paths::WHOAMI_PATH;
 use crate::pages::{self, Body};
-use crate::peer::Peer;
+use crate::policy::decision::{Allowed, Denied, Refusal, Verdict};
+use crate::policy::identity::{self, ConnIdentity, Who};
+use crate::policy::own_paths::WHOAMI_PATH;
+use crate::policy::route::Target;
 use crate::policy::{self, Plan, BODY_ON_BODYLESS_METHOD};
-use crate::route::Target;
 
 /// What the request path does, once the policy has spoken and the gateway's own pages have
 /// answered: the audit record is written from it. Built once per request and moved into the
@@ -128,7 +128,7 @@ pub async fn handle(
     let record = audit_record(&gate, &ex, &step);
 
     // Refusals beyond the terminal's and the source's audit rate are counted into a summary
-    // record instead of written one by one (issue 11 item 8; `crate::refusals`).
+    // record instead of written one by one (issue 11 item 8; `crate::audit::limiter`).
     if let Some(refusal) = step.refusal().cloned() {
         let reason = step.reason();
         if !admit_refusal(&gate, &ex, &record, reason) {
@@ -136,7 +136,7 @@ pub async fn handle(
                 Step::Answer { response, .. } => response,
                 _ => refusal_response(&refusal, &ex),
             };
-            // Not logged one by one either: the summary is (`crate::server`).
+            // Not logged one by one either: the summary is (`crate::ops::server`).
             let resp = count_and_time(&gate, &ex, Decision::Deny, reason, resp);
             return Ok(close_if_identity(&refusal, resp));
         }
@@ -202,13 +202,13 @@ pub async fn handle(
 }
 
 /// The gateway's own pages under `/.seibo/`: "who am I", or sign-in, password change and
-/// sign-out ([`crate::signin`]).
+/// sign-out ([`crate::policy::signin`]).
 async fn own_page(gate: &Gate, ex: &Exchange, who: Arc<Who>, req: Request<Incoming>) -> Step {
     let path = ex.target.split('?').next().unwrap_or(&ex.target);
     let page = if ex.method == http::Method::GET && path == WHOAMI_PATH {
-        crate::whoami::page(gate, &ex.live, &ex.peer, &who, &req, ex.now)
+        crate::policy::whoami::page(gate, &ex.live, &ex.peer, &who, &req, ex.now)
     } else {
-        crate::signin::handle(gate, &ex.live, &ex.peer, &who, req, &ex.target, ex.now).await
+        crate::policy::signin::handle(gate, &ex.live, &ex.peer, &who, req, &ex.target, ex.now).await
     };
     Step::Answer {
         who,
@@ -256,7 +256,7 @@ fn audit_record(gate: &Gate, ex: &Exchange, step: &Step) -> RequestRecord {
 /// True when this refusal is written to the audit; false when it is beyond the terminal's or
 /// the source's audit rate and only counted into the next summary.
 fn admit_refusal(gate: &Gate, ex: &Exchange, record: &RequestRecord, reason: &str) -> bool {
-    let who = crate::refusals::Subject {
+    let who = crate::audit::limiter::Subject {
         ingress: ex.peer.ingress.as_str(),
         source: ex.peer.addr.ip(),
         fingerprint: Some(ex.peer.credential.fingerprint()),
@@ -265,7 +265,7 @@ fn admit_refusal(gate: &Gate, ex: &Exchange, record: &RequestRecord, reason: &st
     };
     let admitted = gate
         .refusals
-        .admit(crate::refusals::Kind::Request, &who, reason, ex.now);
+        .admit(crate::audit::limiter::Kind::Request, &who, reason, ex.now);
     if !admitted {
         gate.metrics
             .flood
@@ -374,7 +374,7 @@ async fn forward(
 /// A failed forward as a refusal, counted as an upstream error when it is the EMR's.
 fn upstream_refusal(gate: &Gate, e: ForwardError) -> Refusal {
     if !matches!(e, ForwardError::ClientBody(_)) {
-        tracing::warn!(error = %crate::errors::chain(&e), "upstream failed");
+        tracing::warn!(error = %crate::ops::errors::chain(&e), "upstream failed");
     }
     let (kind, refusal) = match e {
         // The client's streamed body outgrew the route's limit: not the EMR's fault.

@@ -573,8 +573,8 @@ fn start_at(gate: &mut Gate, day: time::Date) {
         .arg(&gate.config)
         .args(["--test-clock", &format!("{}T12:00:00+09:00", ymd(day))])
         .env(
-            seibo_gate::clock::TEST_CLOCK_ENV,
-            seibo_gate::clock::TEST_CLOCK_CONSENT,
+            seibo_gate::ops::clock::TEST_CLOCK_ENV,
+            seibo_gate::ops::clock::TEST_CLOCK_CONSENT,
         );
     gate.start_command(c);
 }
@@ -615,7 +615,7 @@ async fn art_11_daily_purge_keeps_day_999_after_the_last_view_and_deletes_day_10
         .arg("--config")
         .arg(&gate.config)
         .args(["--test-clock", "2026-01-01T12:00:00+09:00"])
-        .env_remove(seibo_gate::clock::TEST_CLOCK_ENV);
+        .env_remove(seibo_gate::ops::clock::TEST_CLOCK_ENV);
     gate.spawn_command(c);
     let status = gate.wait_exit(START_LIMIT).expect("serve must exit");
     assert!(!status.success());
@@ -791,7 +791,7 @@ async fn art_12_8_metrics_of_known_label_sets_are_exported_at_zero_from_the_star
     let emr = SampleEmr::start();
     let mut gate = Gate::init(emr.port);
     gate.start();
-    let addr = seibo_gate::config::Config::load(&gate.config)
+    let addr = seibo_gate::site::config::Config::load(&gate.config)
         .unwrap()
         .metrics
         .expect("metrics listener");

@@ -77,7 +77,7 @@ fn site(emr_port: u16, limits: &str, upstream: &str, routes: &str) -> Site {
 
 /// The gateway's Prometheus text.
 fn metrics(gate: &Gate) -> String {
-    let cfg = seibo_gate::config::Config::load(&gate.config).unwrap();
+    let cfg = seibo_gate::site::config::Config::load(&gate.config).unwrap();
     let addr = cfg.metrics.expect("metrics listener");
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -574,7 +574,7 @@ async fn expired_not_yet_valid_wrong_usage_and_foreign_ca_certificates_refused_a
     let ca_pem = std::fs::read_to_string(s.gate.path("ca/terminal-ca.crt")).unwrap();
     let ca_key = std::fs::read_to_string(s.gate.path("ca/terminal-ca.key")).unwrap();
     // The site's CA can be loaded as the issuer of the test certificates.
-    seibo_gate::pki::Ca::load(
+    seibo_gate::site::pki::Ca::load(
         &s.gate.path("ca/terminal-ca.crt"),
         &s.gate.path("ca/terminal-ca.key"),
     )

@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::{client_config, Conn, Terminal, REQUEST_LIMIT, START_LIMIT};
 use seibo_gate::admin::{self, AdminRequest};
 use seibo_gate::audit::{self, QueryFilter};
-use seibo_gate::clock::{FixedClock, SharedClock};
-use seibo_gate::model::ConsentBy;
+use seibo_gate::ops::clock::{FixedClock, SharedClock};
+use seibo_gate::registry::model::ConsentBy;
 
 /// The audit's rows as `audit query --json` prints them.
 fn audit_rows(dir: &std::path::Path) -> Vec<serde_json::Value> {
@@ -50,20 +50,20 @@ async fn audit_has(dir: &std::path::Path, what: &str, pred: impl Fn(&serde_json:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_process_gateway_on_port_0_fixed_clock_consent_window_and_drain() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (trigger, shutdown) = seibo_gate::shutdown::channel();
+    let (trigger, shutdown) = seibo_gate::ops::shutdown::channel();
 
     // The upstream: the sample EMR, in-process on a port the kernel chose.
     let emr_socket = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind the EMR");
     let emr = emr_socket.local_addr().expect("EMR address");
-    let emr_task = tokio::spawn(seibo_gate::demo::serve_sample_emr(
+    let emr_task = tokio::spawn(seibo_gate::ops::demo::serve_sample_emr(
         emr_socket,
         shutdown.clone(),
     ));
 
     // A site made now: `init`, physician dr-saiyo, terminal demo-pc (certificate issued now).
-    let site = seibo_gate::demo::setup(dir.path(), emr)
+    let site = seibo_gate::ops::demo::setup(dir.path(), emr)
         .await
         .expect("demo site");
     let mut cfg = site.config.clone();
@@ -81,13 +81,13 @@ async fn in_process_gateway_on_port_0_fixed_clock_consent_window_and_drain() {
     let clock: SharedClock = Arc::new(FixedClock(now));
     let today = clock.today();
 
-    let bound = seibo_gate::server::bind(cfg).await.expect("bind");
+    let bound = seibo_gate::ops::server::bind(cfg).await.expect("bind");
     let ready = bound.ready();
     assert_eq!(ready.listeners.len(), 1, "{ready:?}");
     let addr = ready.listeners[0];
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{addr}");
     assert_eq!(ready.metrics, None);
-    let gateway = tokio::spawn(seibo_gate::server::serve(
+    let gateway = tokio::spawn(seibo_gate::ops::server::serve(
         bound,
         clock.clone(),
         shutdown.clone(),
@@ -159,7 +159,7 @@ async fn in_process_gateway_on_port_0_fixed_clock_consent_window_and_drain() {
     assert_eq!(allowed["decision"], "allow", "{allowed:#?}");
     assert_eq!(
         allowed["time"],
-        seibo_gate::clock::rfc3339(now),
+        seibo_gate::ops::clock::rfc3339(now),
         "the record carries the fixed clock's time"
     );
 

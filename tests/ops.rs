@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use seibo_gate::config::Config;
-use seibo_gate::metrics::Metrics;
+use seibo_gate::ops::metrics::Metrics;
+use seibo_gate::site::config::Config;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -122,8 +122,8 @@ fn rendered_metrics() -> String {
     m.lockouts.inc();
     m.sessions.set(2);
     m.observe_wireguard(
-        &seibo_gate::wireguard::WgStats::default(),
-        &seibo_gate::wireguard::WgStats {
+        &seibo_gate::ingress::wireguard::WgStats::default(),
+        &seibo_gate::ingress::wireguard::WgStats {
             handshakes: 1,
             peers: 2,
             peers_up: 1,
@@ -683,7 +683,7 @@ fn firewall_rulesets_pass_nft_check() {
     let mut rulesets = Vec::new();
     for rel in CONFIGS {
         let cfg = load(rel);
-        let rules = match seibo_gate::firewall::ruleset(&cfg) {
+        let rules = match seibo_gate::site::firewall::ruleset(&cfg) {
             Ok(r) => r,
             Err(e) => panic!("{rel}: {e}"),
         };

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn metrics_addr(g: &Gate) -> std::net::SocketAddr {
-    seibo_gate::config::Config::load(&g.config)
+    seibo_gate::site::config::Config::load(&g.config)
         .expect("config")
         .metrics
         .expect("metrics listener configured")

@@ -497,13 +497,13 @@ async fn demo_pages_show_the_sites_name_not_its_id() {
         .tempdir()
         .expect("tempdir");
     // The EMR address is only written into the config here; nothing connects to it.
-    let site = seibo_gate::demo::setup(dir.path(), "127.0.0.1:9".parse().expect("addr"))
+    let site = seibo_gate::ops::demo::setup(dir.path(), "127.0.0.1:9".parse().expect("addr"))
         .await
         .expect("demo setup");
     assert_eq!(site.config.site.id, "demo-site");
     assert_ne!(site.config.site.name, site.config.site.id);
     let page = seibo_gate::pages::refusal(
-        &seibo_gate::decision::Refusal::DownloadBlocked,
+        &seibo_gate::policy::decision::Refusal::DownloadBlocked,
         &site.config.site,
     );
     let body = page.into_body().collect().await.expect("body").to_bytes();

@@ -12,7 +12,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use seibo_gate::route::{
+use seibo_gate::policy::route::{
     backend_fold, normalising_backend_view, RouteSpec, RouteTable, DEFAULT_PATIENT_QUERY_KEYS,
 };
 

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use seibo_gate::route::{normalise_path, RouteSpec, RouteTable};
+use seibo_gate::policy::route::{normalise_path, RouteSpec, RouteTable};
 
 fn table() -> &'static RouteTable {
     static T: OnceLock<RouteTable> = OnceLock::new();

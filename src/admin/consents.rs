@@ -3,9 +3,9 @@
 use time::Date;
 
 use super::{outcome, Admin, AdminError, AdminReply, AdminResponse};
-use crate::consent;
-use crate::model::{Consent, ConsentBy};
-use crate::store::Missing;
+use crate::policy::consent;
+use crate::registry::model::{Consent, ConsentBy};
+use crate::registry::store::Missing;
 
 impl Admin {
     pub(super) fn consent_grant(

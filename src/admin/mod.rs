@@ -15,6 +15,7 @@ mod physicians;
 mod reads;
 mod reply;
 mod socket;
+pub mod terminal_issue;
 mod terminals;
 mod validate;
 
@@ -27,12 +28,12 @@ use serde::{Deserialize, Serialize};
 use time::Date;
 
 use crate::audit::{AuditError, AuditLog, Decision, Ingress, Outcome, RequestRecord};
-use crate::clock::{self, SharedClock};
-use crate::ids::{PatientId, PhysicianId};
-use crate::metrics::Metrics;
-use crate::model::{ConsentBy, SuspendReason, Terminal};
-use crate::session::Sessions;
-use crate::store::{Store, StoreError};
+use crate::ops::clock::{self, SharedClock};
+use crate::ops::metrics::Metrics;
+use crate::policy::session::Sessions;
+use crate::registry::ids::{PatientId, PhysicianId};
+use crate::registry::model::{ConsentBy, SuspendReason, Terminal};
+use crate::registry::store::{Store, StoreError};
 
 pub use reply::{AdminReply, AdminResponse, ConsentView};
 pub use socket::{bind, call, serve, AdminSocketError};
@@ -81,7 +82,7 @@ pub enum AdminRequest {
     ConsentGrant {
         patient: String,
         by: ConsentBy,
-        #[serde(with = "crate::model::ymd")]
+        #[serde(with = "crate::registry::model::ymd")]
         published: Date,
         no_extension: bool,
         form_ref: String,
@@ -167,9 +168,9 @@ pub enum AdminError {
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
-    NotFound(crate::store::Missing),
+    NotFound(crate::registry::store::Missing),
     #[error("{0}")]
-    Conflict(crate::store::Conflict),
+    Conflict(crate::registry::store::Conflict),
     #[error("{0}")]
     Store(StoreError),
     /// A record could not be written: nothing more is changed (fail closed).
@@ -362,7 +363,7 @@ impl Admin {
     }
 
     /// Ends the running gateway's sign-in sessions that `pred` picks; how many.
-    fn end_sessions(&self, pred: impl Fn(&crate::session::Session) -> bool) -> usize {
+    fn end_sessions(&self, pred: impl Fn(&crate::policy::session::Session) -> bool) -> usize {
         self.sessions
             .as_ref()
             .map(|s| s.end_where(pred))

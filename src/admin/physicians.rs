@@ -1,8 +1,8 @@
 //! Physician requests that change the registry (art 3, 4, 6.3, 7).
 
 use super::{Admin, AdminError, AdminReply, AdminResponse};
-use crate::clock;
-use crate::model::{Physician, SuspendReason};
+use crate::ops::clock;
+use crate::registry::model::{Physician, SuspendReason};
 
 impl Admin {
     pub(super) fn physician_add(

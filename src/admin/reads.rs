@@ -1,8 +1,8 @@
 //! Requests that only read the registry (a read that succeeds is not audited).
 
 use super::{Admin, AdminError, AdminReply, AdminResponse, ConsentView};
-use crate::consent;
-use crate::store::Missing;
+use crate::policy::consent;
+use crate::registry::store::Missing;
 
 impl Admin {
     pub(super) fn physician_get(&self, id: &str) -> Result<AdminResponse, AdminError> {

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::Date;
 
 use super::AdminSocketError;
-use crate::model::{Consent, Physician, Terminal};
+use crate::registry::model::{Consent, Physician, Terminal};
 
 /// One answer line on the admin socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,10 +51,10 @@ pub struct ConsentView {
     #[serde(flatten)]
     pub consent: Consent,
     /// The first day of the records the consent opens (art 8.2: 2 years before publication).
-    #[serde(with = "crate::model::ymd")]
+    #[serde(with = "crate::registry::model::ymd")]
     pub records_from: Date,
     /// The last day of access (999 days after the last view or the publication).
-    #[serde(with = "crate::model::ymd")]
+    #[serde(with = "crate::registry::model::ymd")]
     pub access_until: Date,
     /// True when the consent allows a view today.
     pub allowed_today: bool,

@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{Admin, AdminRequest, AdminResponse, MAX_REQUEST};
-use crate::shutdown::Shutdown;
+use crate::ops::shutdown::Shutdown;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminSocketError {

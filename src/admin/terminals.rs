@@ -1,7 +1,7 @@
 //! Terminal requests that change the registry (art 6.2, 12.7).
 
 use super::{Admin, AdminError, AdminReply, AdminResponse};
-use crate::model::Terminal;
+use crate::registry::model::Terminal;
 
 impl Admin {
     pub(super) fn terminal_register(

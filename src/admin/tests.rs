@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::SuspendReason;
+use crate::registry::model::SuspendReason;
 /// The wire format is stable JSON: scripts may speak it.
 #[test]
 fn admin_request_wire_format() {
@@ -20,7 +20,7 @@ fn admin_request_wire_format() {
 /// The typed replies are the same JSON as the values built by hand before them.
 #[test]
 fn typed_replies_keep_the_wire_json() {
-    use crate::model::{Consent, ConsentBy};
+    use crate::registry::model::{Consent, ConsentBy};
     use time::macros::date;
     let c = Consent {
         patient: "P1".into(),
@@ -38,21 +38,23 @@ fn typed_replies_keep_the_wire_json() {
     if let serde_json::Value::Object(m) = &mut old {
         m.insert(
             "records_from".into(),
-            crate::consent::records_from(c.published).to_string().into(),
+            crate::policy::consent::records_from(c.published)
+                .to_string()
+                .into(),
         );
         m.insert(
             "access_until".into(),
-            crate::consent::access_until(&c).to_string().into(),
+            crate::policy::consent::access_until(&c).to_string().into(),
         );
         m.insert(
             "allowed_today".into(),
-            crate::consent::evaluate(&c, today).is_ok().into(),
+            crate::policy::consent::evaluate(&c, today).is_ok().into(),
         );
     }
     let view = ConsentView {
-        records_from: crate::consent::records_from(c.published),
-        access_until: crate::consent::access_until(&c),
-        allowed_today: crate::consent::evaluate(&c, today).is_ok(),
+        records_from: crate::policy::consent::records_from(c.published),
+        access_until: crate::policy::consent::access_until(&c),
+        allowed_today: crate::policy::consent::evaluate(&c, today).is_ok(),
         consent: c.clone(),
     };
     let r = AdminResponse::ok("m", AdminReply::ConsentView(view.clone()));
@@ -73,7 +75,7 @@ fn typed_replies_keep_the_wire_json() {
     let r = AdminResponse::ok("m", AdminReply::Names(vec!["a".into(), "b".into()]));
     assert_eq!(r.data, serde_json::json!(["a", "b"]));
     assert_eq!(r.reply::<Vec<String>>().unwrap(), ["a", "b"]);
-    assert!(r.reply::<crate::model::Physician>().is_err());
+    assert!(r.reply::<crate::registry::model::Physician>().is_err());
     assert_eq!(
         serde_json::to_string(&AdminResponse::err("no")).unwrap(),
         r#"{"ok":false,"message":"no","data":null}"#

@@ -2,8 +2,8 @@
 //! says about it.
 
 use super::{AdminError, AdminRequest};
-use crate::ids::{PatientId, PhysicianId};
-use crate::model::ConsentBy;
+use crate::registry::ids::{PatientId, PhysicianId};
+use crate::registry::model::ConsentBy;
 
 /// Longest form reference (form 6, 7 or 8 number) accepted.
 const FORM_REF_MAX: usize = 128;
@@ -22,7 +22,7 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             .map_err(|e| AdminError::Invalid(e.to_string()))
     };
     let name = |v: &str| {
-        if crate::ids::TerminalName::is_valid(v) {
+        if crate::registry::ids::TerminalName::is_valid(v) {
             Ok(())
         } else {
             Err(AdminError::Invalid(format!(
@@ -59,7 +59,7 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
         | AdminRequest::PhysicianDelete { id: p } => physician_id(p),
         AdminRequest::TerminalRegister { terminal } => {
             name(&terminal.name)?;
-            if terminal.kind == crate::model::TerminalKind::Terminal {
+            if terminal.kind == crate::registry::model::TerminalKind::Terminal {
                 physician_id(&terminal.physician)?;
             }
             Ok(())

@@ -29,7 +29,7 @@ impl std::fmt::Display for Decision {
 }
 
 /// How the audited request arrived: one of the gateway's ingresses (see
-/// [`crate::peer::Ingress`]), or the admin surface (socket or direct command).
+/// [`crate::ingress::peer::Ingress`]), or the admin surface (socket or direct command).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ingress {
@@ -51,12 +51,12 @@ impl Ingress {
     }
 }
 
-impl From<crate::peer::Ingress> for Ingress {
-    fn from(i: crate::peer::Ingress) -> Ingress {
+impl From<crate::ingress::peer::Ingress> for Ingress {
+    fn from(i: crate::ingress::peer::Ingress) -> Ingress {
         match i {
-            crate::peer::Ingress::Mtls => Ingress::Mtls,
-            crate::peer::Ingress::WireGuard => Ingress::WireGuard,
-            crate::peer::Ingress::Site => Ingress::Site,
+            crate::ingress::peer::Ingress::Mtls => Ingress::Mtls,
+            crate::ingress::peer::Ingress::WireGuard => Ingress::WireGuard,
+            crate::ingress::peer::Ingress::Site => Ingress::Site,
         }
     }
 }
@@ -100,7 +100,7 @@ mod tests {
             );
         }
         assert_eq!(
-            Ingress::from(crate::peer::Ingress::WireGuard),
+            Ingress::from(crate::ingress::peer::Ingress::WireGuard),
             Ingress::WireGuard
         );
     }

@@ -59,6 +59,7 @@ mod error;
 mod handle;
 mod index;
 mod kinds;
+pub mod limiter;
 mod query;
 mod record;
 mod refusal;

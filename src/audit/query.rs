@@ -14,7 +14,7 @@ use super::chain::{for_each_line, LOG_FILE};
 use super::error::{io_err, AuditError};
 use super::index;
 use super::rows::{QueryFilter, QueryRow, QueryState};
-use crate::clock::JST;
+use crate::ops::clock::JST;
 
 /// A query time argument that is neither RFC 3339 nor a date.
 #[derive(Debug, thiserror::Error)]

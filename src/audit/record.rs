@@ -4,10 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::kinds::{Decision, Ingress};
-use crate::model::Category;
+use crate::registry::model::Category;
 
 /// Formats an instant as RFC 3339 with the +09:00 offset (the `time` of every record).
-pub use crate::clock::rfc3339 as format_time;
+pub use crate::ops::clock::rfc3339 as format_time;
 
 /// One request decision, as written to the log (`"kind":"request"`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 //!
 //! `connection`: a connection refused before any request (allow-list, handshake failure or
 //! timeout, dropped from the handshake budget, connection limits). `suppressed`: refusals
-//! beyond the per-terminal and per-source rate ([`crate::refusals`]), counted instead of
+//! beyond the per-terminal and per-source rate ([`crate::audit::limiter`]), counted instead of
 //! written one by one: who, why, how many, first and last time. Both are chained and verified
 //! like every line; the index files them under "no patient".
 

@@ -12,8 +12,8 @@ use super::chain::{
     encode_line, hex_sha256, outcome_rid, written_kind, BodyOut, HASH_SUFFIX_LEN, ZERO_HASH,
 };
 use super::*;
-use crate::clock::JST;
-use crate::model::Category;
+use crate::ops::clock::JST;
+use crate::registry::model::Category;
 
 fn now_jst() -> String {
     format_time(OffsetDateTime::now_utc())

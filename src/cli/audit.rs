@@ -5,9 +5,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use crate::audit::{self, QueryFilter, QueryRow, RecordedHead, VerifyError, VerifyOptions};
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::exit::UsageError;
+use crate::ops::clock::{Clock, SystemClock};
+use crate::ops::exit::UsageError;
+use crate::site::config::Config;
 
 /// `audit query`'s arguments as typed.
 #[derive(Debug, Clone, Default)]
@@ -109,7 +109,7 @@ pub fn query(c: &Config, q: Query) -> anyhow::Result<ExitCode> {
             .map_err(Into::into)
     };
     let (since, until) = (parse(q.since, "since")?, parse(q.until, "until")?);
-    crate::dates::query_range(since, until, SystemClock.now(), c.future_grace_days)
+    crate::ops::dates::query_range(since, until, SystemClock.now(), c.future_grace_days)
         .map_err(UsageError)?;
     let filter = QueryFilter {
         patient: q.patient,

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::exit::{ConfigProblem, UsageError};
-use crate::filecheck::{self, Principal, PrincipalError};
+use crate::ops::exit::{ConfigProblem, UsageError};
+use crate::site::config::Config;
+use crate::site::filecheck::{self, Principal, PrincipalError};
 
 /// `check-config [--as USER] [--no-files]` of the config at `path`.
 pub fn run(path: &Path, as_user: Option<&str>, no_files: bool) -> anyhow::Result<ExitCode> {
@@ -38,13 +38,13 @@ pub fn check_files(c: &Config, as_user: Option<&str>) -> anyhow::Result<()> {
         None => Principal::current()?,
     };
     filecheck::check(c, &who)?;
-    crate::server::check_key_modes_for(c, Some(&who))?;
+    crate::ops::server::check_key_modes_for(c, Some(&who))?;
     for l in &c.listeners {
-        crate::tls::server_config(&l.cert, &l.key, &c.ca.cert)
+        crate::ingress::tls::server_config(&l.cert, &l.key, &c.ca.cert)
             .map_err(|e| ConfigProblem(format!("listener {}: {e}", l.name)))?;
     }
     if let Some(wg) = &c.wireguard {
-        crate::tls::server_config(&wg.cert, &wg.key, &c.ca.cert)
+        crate::ingress::tls::server_config(&wg.cert, &wg.key, &c.ca.cert)
             .map_err(|e| ConfigProblem(format!("wireguard (in-tunnel TLS): {e}")))?;
         let key_problem = |e: &dyn std::fmt::Display| {
             ConfigProblem(format!(
@@ -53,7 +53,7 @@ pub fn check_files(c: &Config, as_user: Option<&str>) -> anyhow::Result<()> {
             ))
         };
         let key = std::fs::read_to_string(&wg.private_key).map_err(|e| key_problem(&e))?;
-        crate::wireguard::key_from_base64(key.trim()).map_err(|e| key_problem(&e))?;
+        crate::ingress::wireguard::key_from_base64(key.trim()).map_err(|e| key_problem(&e))?;
     }
     Ok(())
 }

@@ -4,10 +4,10 @@ use std::process::ExitCode;
 
 use super::{admin_call, report};
 use crate::admin::AdminRequest;
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::exit::UsageError;
-use crate::model::ConsentBy;
+use crate::ops::clock::{Clock, SystemClock};
+use crate::ops::exit::UsageError;
+use crate::registry::model::ConsentBy;
+use crate::site::config::Config;
 
 /// `consent grant`'s arguments as typed.
 #[derive(Debug, Clone)]
@@ -16,7 +16,7 @@ pub struct Grant {
     /// `patient`, `relative` or `guardian`.
     pub by: String,
     pub relation: Option<String>,
-    /// `YYYY-MM-DD`, checked against today ([`crate::dates::publication`]).
+    /// `YYYY-MM-DD`, checked against today ([`crate::ops::dates::publication`]).
     pub published: String,
     pub allow_future: bool,
     pub no_extension: bool,
@@ -38,7 +38,7 @@ pub fn consent_by(by: &str, relation: Option<String>) -> Result<ConsentBy, Usage
 /// `consent grant`: registers a consent (form 6).
 pub async fn grant(c: &Config, g: Grant) -> anyhow::Result<ExitCode> {
     let by = consent_by(&g.by, g.relation)?;
-    let published = crate::dates::publication(
+    let published = crate::ops::dates::publication(
         &g.published,
         SystemClock.today(),
         c.future_grace_days,

@@ -1,7 +1,7 @@
 //! What the `seibo-gate` subcommands do, behind the binary's argument parsing (`main.rs`):
 //! each function takes the parsed arguments, talks to the running gateway over its admin
 //! socket (or opens the registries itself when none runs), prints what the command prints and
-//! gives its exit status. Errors are `anyhow` chains of typed errors; [`crate::exit::code_for`]
+//! gives its exit status. Errors are `anyhow` chains of typed errors; [`crate::ops::exit::code_for`]
 //! maps them to the exit status.
 //!
 //! * [`physician`], [`terminal`], [`consent`]: the registries (art 3–9, 12.7);
@@ -18,10 +18,10 @@ use anyhow::Context;
 
 use crate::admin::{self, Admin, AdminRequest, AdminResponse};
 use crate::audit::AuditLog;
-use crate::clock::{SharedClock, SystemClock};
-use crate::config::{Config, ConfigError};
-use crate::init::InitOptions;
-use crate::store::Store;
+use crate::ops::clock::{SharedClock, SystemClock};
+use crate::registry::store::Store;
+use crate::site::config::{Config, ConfigError};
+use crate::site::init::InitOptions;
 
 pub mod audit;
 pub mod check;
@@ -87,7 +87,7 @@ pub async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<Admin
             cfg.admin_socket.display()
         )
     })?;
-    crate::server::prepare_state_dir(&cfg.state_dir)?;
+    crate::ops::server::prepare_state_dir(&cfg.state_dir)?;
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
     let clock: SharedClock = Arc::new(SystemClock);
     let a = Admin {
@@ -113,18 +113,18 @@ pub async fn call_and_report(cfg: &Config, req: AdminRequest) -> anyhow::Result<
 
 /// `init`: a new site's files.
 pub fn init(o: &InitOptions) -> anyhow::Result<ExitCode> {
-    let p = crate::init::init(o)?;
+    let p = crate::site::init::init(o)?;
     println!("site created: {}", p.display());
     println!("next: seibo-gate serve --config {}", p.display());
     Ok(ExitCode::SUCCESS)
 }
 
 /// `serve`: the gateway until SIGINT or SIGTERM; `test_clock` as `serve --test-clock`
-/// ([`crate::clock::serve_clock`]).
+/// ([`crate::ops::clock::serve_clock`]).
 pub async fn serve(c: Config, test_clock: Option<&str>) -> anyhow::Result<ExitCode> {
-    let clock = crate::clock::serve_clock(test_clock, |k| std::env::var(k).ok())?;
-    let (trigger, _) = crate::shutdown::channel();
-    let serve = crate::server::run(c, clock, &trigger, |_| {});
+    let clock = crate::ops::clock::serve_clock(test_clock, |k| std::env::var(k).ok())?;
+    let (trigger, _) = crate::ops::shutdown::channel();
+    let serve = crate::ops::server::run(c, clock, &trigger, |_| {});
     tokio::pin!(serve);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -137,6 +137,6 @@ pub async fn serve(c: Config, test_clock: Option<&str>) -> anyhow::Result<ExitCo
 
 /// `firewall`: the nftables ruleset on standard output.
 pub fn firewall(c: &Config) -> anyhow::Result<ExitCode> {
-    print!("{}", crate::firewall::ruleset(c)?);
+    print!("{}", crate::site::firewall::ruleset(c)?);
     Ok(ExitCode::SUCCESS)
 }

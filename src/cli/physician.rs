@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use super::{admin_call, report};
 use crate::admin::AdminRequest;
-use crate::config::Config;
-use crate::exit::DataError;
+use crate::ops::exit::DataError;
+use crate::site::config::Config;
 
 /// `physician add`: registers the physician with a one-time initial password, shown once
 /// unless read from standard input.
@@ -23,7 +23,7 @@ pub async fn add(
             id,
             name,
             site,
-            password_hash: Some(crate::auth::hash_password(&password)?),
+            password_hash: Some(crate::policy::auth::hash_password(&password)?),
         },
     )
     .await?;
@@ -42,7 +42,7 @@ pub async fn passwd(c: &Config, id: String, password_stdin: bool) -> anyhow::Res
         c,
         AdminRequest::PhysicianPasswd {
             id,
-            password_hash: crate::auth::hash_password(&password)?,
+            password_hash: crate::policy::auth::hash_password(&password)?,
         },
     )
     .await?;
@@ -64,7 +64,7 @@ pub async fn list(c: &Config, json: bool) -> anyhow::Result<ExitCode> {
     Ok(report(r, json))
 }
 
-fn print_physicians(list: Vec<crate::model::Physician>) {
+fn print_physicians(list: Vec<crate::registry::model::Physician>) {
     for p in list {
         println!(
             "{:<20} {:<24} {:<16} {}",
@@ -81,7 +81,7 @@ fn print_physicians(list: Vec<crate::model::Physician>) {
 /// The initial password: generated and shown, or read from standard input.
 fn initial_password(from_stdin: bool) -> anyhow::Result<(String, bool)> {
     if !from_stdin {
-        return Ok((crate::auth::generate_password(), true));
+        return Ok((crate::policy::auth::generate_password(), true));
     }
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;

@@ -1,5 +1,5 @@
 //! `terminal add [--wireguard] | revoke | list` and `site-system add` (art 6.1, 6.2, 12.2,
-//! 12.7): the credential is issued by [`crate::terminal_issue`], then registered; files of a
+//! 12.7): the credential is issued by [`crate::admin::terminal_issue`], then registered; files of a
 //! terminal the registry refuses are removed.
 
 use std::collections::HashSet;
@@ -8,13 +8,13 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::{admin_call, report};
+use crate::admin::terminal_issue::{self, Request};
 use crate::admin::AdminRequest;
-use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
-use crate::exit::{ConfigProblem, UsageError};
-use crate::model::{Terminal, TerminalKind};
-use crate::pki::Ca;
-use crate::terminal_issue::{self, Request};
+use crate::ops::clock::{Clock, SystemClock};
+use crate::ops::exit::{ConfigProblem, UsageError};
+use crate::registry::model::{Terminal, TerminalKind};
+use crate::site::config::Config;
+use crate::site::pki::Ca;
 
 /// The physician's name when registered; otherwise says why on stderr and gives `None`
 /// (a credential is issued only to a registered physician).
@@ -24,7 +24,7 @@ async fn registered_physician(cfg: &Config, id: &str) -> anyhow::Result<Option<S
         eprintln!("seibo-gate: {}", r.message);
         return Ok(None);
     }
-    let p: crate::model::Physician = r.reply()?;
+    let p: crate::registry::model::Physician = r.reply()?;
     Ok(Some(p.name))
 }
 
@@ -96,7 +96,7 @@ pub async fn add_wireguard(
     let wg = cfg.wireguard.as_ref().ok_or_else(|| {
         ConfigProblem("the WireGuard ingress is not enabled: add a [wireguard] section (seibo-gate init --wireguard ADDR:PORT writes one)".into())
     })?;
-    if !crate::ids::TerminalName::is_valid(name) {
+    if !crate::registry::ids::TerminalName::is_valid(name) {
         return Err(UsageError(format!(
             "terminal name {name:?}: use letters, digits, '.', '_' or '-' (it names the .conf file)"
         ))
@@ -108,12 +108,14 @@ pub async fn add_wireguard(
     let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
     let terminals: Vec<Terminal> = r.reply()?;
     let used: HashSet<Ipv4Addr> = terminals.iter().filter_map(|t| t.tunnel_ip).collect();
-    let ip = crate::wireguard::conf::free_address(wg.pool, wg.address, &used).ok_or_else(|| {
-        ConfigProblem(format!(
-            "wireguard.pool {} has no free address left",
-            wg.pool
-        ))
-    })?;
+    let ip = crate::ingress::wireguard::conf::free_address(wg.pool, wg.address, &used).ok_or_else(
+        || {
+            ConfigProblem(format!(
+                "wireguard.pool {} has no free address left",
+                wg.pool
+            ))
+        },
+    )?;
     let req = Request {
         physician,
         name,

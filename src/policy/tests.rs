@@ -14,13 +14,13 @@ use time::{Date, Duration, OffsetDateTime};
 
 use super::*;
 use crate::audit::AuditLog;
-use crate::clock::{FixedClock, JST};
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::model::{Consent, Physician, Terminal};
-use crate::peer::Credential;
-use crate::session;
-use crate::store::Store;
+use crate::ingress::peer::Credential;
+use crate::ops::clock::{FixedClock, JST};
+use crate::ops::metrics::Metrics;
+use crate::policy::session;
+use crate::registry::model::{Consent, Physician, Terminal};
+use crate::registry::store::Store;
+use crate::site::config::Config;
 
 /// The table's "now": consents are dated from it.
 const NOW: OffsetDateTime = datetime!(2026-11-27 10:00 +09:00);

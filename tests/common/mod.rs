@@ -813,7 +813,7 @@ pub fn client_config(ca: &Path, terminal: Option<&Terminal>) -> Arc<ClientConfig
 fn client_config_with_roots(ca: &Path, terminal: Option<&Terminal>) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
-    for c in seibo_gate::pki::load_certs(ca).expect("CA certificate") {
+    for c in seibo_gate::site::pki::load_certs(ca).expect("CA certificate") {
         roots.add(c).expect("add root");
     }
     let builder = ClientConfig::builder_with_provider(provider)
@@ -823,8 +823,8 @@ fn client_config_with_roots(ca: &Path, terminal: Option<&Terminal>) -> Arc<Clien
     let mut cfg = match terminal {
         Some(t) => builder
             .with_client_auth_cert(
-                seibo_gate::pki::load_certs(&t.cert).expect("terminal cert"),
-                seibo_gate::pki::load_key(&t.key).expect("terminal key"),
+                seibo_gate::site::pki::load_certs(&t.cert).expect("terminal cert"),
+                seibo_gate::site::pki::load_key(&t.key).expect("terminal key"),
             )
             .expect("client auth"),
         None => builder.with_no_client_auth(),

@@ -14,7 +14,7 @@ use crate::audit::{
     INDEX_FILE,
 };
 use crate::audit::{Decision, Ingress};
-use crate::model::Category;
+use crate::registry::model::Category;
 
 const PATIENTS: u64 = 7;
 

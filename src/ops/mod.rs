@@ -1,0 +1,12 @@
+//! Running the gateway: [`server`] wires every stage together (bind, serve, reload, drain),
+//! [`metrics`] for Prometheus, [`shutdown`], the Japan-time [`clock`], the command's
+//! [`exit`] statuses, admin [`dates`], error chains for logs ([`errors`]), and the [`demo`].
+
+pub mod clock;
+pub mod dates;
+pub mod demo;
+pub mod errors;
+pub mod exit;
+pub mod metrics;
+pub mod server;
+pub mod shutdown;
