@@ -365,6 +365,8 @@ fn outcome(p: &Plan) -> String {
     }
 }
 
+/// Art 4, 6.1, 6.3, 8.1–8.3, 9.2, 12.7 and 13.1: each row of the table gets its plan, and every
+/// refusal reason of the policy has a row.
 #[test]
 fn policy_table_every_row_gets_its_plan() {
     let w = world();
