@@ -15,7 +15,7 @@ mod physicians;
 mod reads;
 mod reply;
 mod socket;
-pub mod terminal_issue;
+pub(crate) mod terminal_issue;
 mod terminals;
 mod validate;
 

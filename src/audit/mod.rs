@@ -59,7 +59,7 @@ mod error;
 mod handle;
 mod index;
 mod kinds;
-pub mod limiter;
+pub(crate) mod limiter;
 mod query;
 mod record;
 mod refusal;

@@ -26,13 +26,6 @@ use crate::site::config::{in_networks, Upstream};
 
 mod aliases;
 
-pub use aliases::{
-    canonical_name, StripHeaderError, StripList, DEFAULT_STRIP_HEADERS, EMR_FINGERPRINT_HEADERS,
-};
-
-/// Headers the gateway sets for the EMR; any copy sent by a client is removed first.
-pub const IDENTITY_PREFIX: &str = "x-seibo-";
-
 /// The boxed cause of a body or client failure (hyper's and http-body's errors).
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
@@ -165,14 +158,6 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(n);
     }
     h.remove(header::PROXY_AUTHORIZATION);
-}
-
-/// Removes every header a client could use to pose as someone, or to change the URL or method
-/// the EMR acts on: the default list ([`DEFAULT_STRIP_HEADERS`]) in any spelling (`_` and `.`
-/// read as `-`, any case). The forwarder uses the site's list (`[upstream] strip_headers`
-/// added to the defaults).
-pub fn strip_identity(h: &mut HeaderMap) {
-    StripList::default().strip(h);
 }
 
 /// The gateway's session cookie is the gateway's: the EMR never sees it.

@@ -1,4 +1,4 @@
 //! Step 4 of the request path: the way out, to the web EMR in the private segment only
 //! ([`forward`]).
 
-pub mod forward;
+pub(crate) mod forward;

@@ -13,12 +13,12 @@
 //! * [`handshake`], [`slots`], [`backoff`]: the handshake budget, connections per terminal,
 //!   the accept loops' backoff.
 
-pub mod backoff;
-pub mod connection;
-pub mod handshake;
-pub mod listener;
-pub mod peer;
-pub mod slots;
-pub mod tls;
-pub mod tunnel;
+pub(crate) mod backoff;
+pub(crate) mod connection;
+pub(crate) mod handshake;
+pub(crate) mod listener;
+pub(crate) mod peer;
+pub(crate) mod slots;
+pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub mod wireguard;

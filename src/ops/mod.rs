@@ -3,9 +3,9 @@
 //! [`exit`] statuses, admin [`dates`], error chains for logs ([`errors`]), and the [`demo`].
 
 pub mod clock;
-pub mod dates;
+pub(crate) mod dates;
 pub mod demo;
-pub mod errors;
+pub(crate) mod errors;
 pub mod exit;
 pub mod metrics;
 pub mod server;

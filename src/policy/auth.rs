@@ -7,7 +7,7 @@
 //! Each try is counted before its password is checked ([`reserve_attempt`]), so concurrent
 //! tries cannot share one count.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHasher, SaltString};
 use argon2::Argon2;
 use rand::Rng;
 use time::{Duration, OffsetDateTime};
@@ -30,8 +30,11 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
-/// True when `password` matches the stored hash. A malformed hash never matches.
-pub fn verify_password(password: &str, hash: &str) -> bool {
+/// True when `password` matches the stored hash; a malformed hash never matches. For tests:
+/// the request path checks passwords on the bounded pool ([`crate::policy::hashing`]).
+#[cfg(test)]
+pub(crate) fn verify_password(password: &str, hash: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
     match PasswordHash::new(hash) {
         Ok(h) => Argon2::default()
             .verify_password(password.as_bytes(), &h)

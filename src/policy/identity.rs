@@ -176,7 +176,7 @@ pub fn describe(store: &Store, fingerprint: &str) -> (Option<String>, Option<Str
 }
 
 /// Header in which a trusted site system names the physician (art 6.1). It is stripped from
-/// every other client's requests (see [`crate::egress::forward::strip_identity`]).
+/// every other client's requests (see `site::config::strip`, the default strip list).
 pub const SITE_PHYSICIAN_HEADER: &str = "x-seibo-site-physician";
 
 /// Art 6.1: a registered site system (the hospital's own EMR network) asserts the physician;

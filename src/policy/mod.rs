@@ -13,18 +13,18 @@
 //! After forwarding, one more check reads the EMR's response: [`check_response`] (downloads,
 //! art 13.2). Nothing here does I/O but registry reads: it decides, the request path acts.
 
-pub mod auth;
-pub mod consent;
+pub(crate) mod auth;
+pub(crate) mod consent;
 pub mod decision;
-pub mod hashing;
+pub(crate) mod hashing;
 pub mod identity;
-pub mod own_paths;
+pub(crate) mod own_paths;
 pub mod route;
-pub mod session;
-pub mod signin;
-pub mod signin_rate;
-pub mod start;
-pub mod whoami;
+pub(crate) mod session;
+pub(crate) mod signin;
+pub(crate) mod signin_rate;
+pub(crate) mod start;
+pub(crate) mod whoami;
 
 use std::sync::Arc;
 

@@ -9,7 +9,7 @@ use crate::pages::Body;
 use crate::policy::decision::Verdict;
 
 pub use crate::policy::route::own::{
-    is_own_path, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH, PREFIX, WHOAMI_PATH,
+    is_own_path, LOGIN_PATH, LOGOUT_PATH, PASSWORD_PATH, WHOAMI_PATH,
 };
 
 /// A page of the gateway's own, with what the audit records of it.

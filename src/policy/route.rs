@@ -61,7 +61,7 @@
 
 mod error;
 mod normalise;
-pub mod own;
+pub(crate) mod own;
 mod patient_keys;
 mod spec;
 mod table;

@@ -4,7 +4,7 @@
 //! ([`fsmode`]).
 
 pub mod config;
-pub mod filecheck;
+pub(crate) mod filecheck;
 pub mod firewall;
 pub mod fsmode;
 pub mod init;

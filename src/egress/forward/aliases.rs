@@ -1,10 +1,8 @@
 //! Response headers that tell a client what the EMR runs on, stripped here. The request
 //! headers a client must never hand the EMR (issue 11 item 3) are parsed with the config
-//! ([`crate::site::config::StripList`]) and re-exported here, so the forwarder names them as before.
+//! ([`crate::site::config::StripList`], `[upstream] strip_headers`) and applied by the forwarder.
 
 use http::HeaderMap;
-
-pub use crate::site::config::{canonical_name, StripHeaderError, StripList, DEFAULT_STRIP_HEADERS};
 
 /// Response headers that advertise the EMR's software: never passed to the client.
 pub const EMR_FINGERPRINT_HEADERS: &[&str] = &[

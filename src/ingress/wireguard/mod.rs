@@ -34,7 +34,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-pub mod conf;
+pub(crate) mod conf;
 mod filter;
 mod stack;
 mod stream;
