@@ -27,8 +27,10 @@ pub struct Exchange {
     /// The request-target as written: path and query, or the whole target when it has no path
     /// (an authority-form `CONNECT host:port` is routed, and refused, as written — never as `/`).
     pub target: String,
-    /// What the audit names when the target is refused before routing (issue 11 item 10).
-    pub received: String,
+    /// The request-target as received, and the HTTP version: what the audit names when the
+    /// target is refused before routing ([`Exchange::received`], issue 11 item 10).
+    uri: http::Uri,
+    version: http::Version,
     /// The client asks for a page (a browser), not data.
     pub wants_html: bool,
 }
@@ -47,9 +49,18 @@ impl Exchange {
             now: gate.clock.now(),
             method: req.method().clone(),
             target,
-            received: received_target(req.version(), req.uri()),
+            uri: req.uri().clone(),
+            version: req.version(),
             wants_html: accepts_html(req.headers()),
         }
+    }
+}
+
+impl Exchange {
+    /// The request-target as the client sent it, for the audit of a request refused before
+    /// routing (built only then: an allowed request is audited with its routed target).
+    pub fn received(&self) -> String {
+        received_target(self.version, &self.uri)
     }
 }
 

@@ -243,7 +243,7 @@ fn audit_record(gate: &Gate, ex: &Exchange, step: &Step) -> RequestRecord {
         method: ex.method.as_str().to_string(),
         path: target
             .map(|t| t.path_and_query())
-            .unwrap_or_else(|| ex.received.clone()),
+            .unwrap_or_else(|| ex.received()),
         patient: target.and_then(|t| t.patient.clone()),
         category: target.and_then(|t| t.category),
         decision: step.decision(),
