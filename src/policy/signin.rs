@@ -366,6 +366,41 @@ async fn check_password(slot: &hashing::Slot, password: String, hash: Option<Str
     }
 }
 
+/// One password try, before its password is checked: a hashing slot (429 page without one),
+/// then the try counted atomically with the lock test (art 13.1). Gives the slot, whether a
+/// wrong password now locks the account, and the physician as stored; or the page to answer
+/// (busy, locked, registry unavailable) with `locked_reason` in the audit.
+fn reserve_try(
+    gate: &Gate,
+    live: &Live,
+    who: &Who,
+    now: OffsetDateTime,
+    locked_reason: &'static str,
+    return_to: &str,
+) -> Result<(hashing::Slot, bool, crate::registry::model::Physician), Box<OwnPage>> {
+    let Ok(slot) = gate.hasher.try_slot() else {
+        return Err(Box::new(throttled(gate, live, Throttle::Busy)));
+    };
+    let reserved = gate.store.reserve_signin_attempt(
+        &who.physician.id,
+        now,
+        live.auth.max_failures,
+        lockout(live),
+    );
+    let (attempt, p) = reserved.map_err(|e| Box::new(store_unavailable(live, &e)))?;
+    match attempt {
+        auth::Attempt::Locked { until } => {
+            gate.metrics.signins.with_label_values(&["locked"]).inc();
+            Err(Box::new(deny(
+                Refusal::Session(SessionRefusal::Missing),
+                locked_reason,
+                locked_form(live, until, return_to),
+            )))
+        }
+        auth::Attempt::Counted { locks } => Ok((slot, locks, p)),
+    }
+}
+
 fn lockout(live: &Live) -> time::Duration {
     time::Duration::try_from(live.auth.lockout).unwrap_or(time::Duration::MINUTE)
 }
@@ -396,29 +431,9 @@ async fn login(
     let next = safe_next(field(&form, "next"), &live.site.home);
     let id = field(&form, "id").unwrap_or("").trim().to_string();
     let password = field(&form, "password").unwrap_or("").to_string();
-    let Ok(slot) = gate.hasher.try_slot() else {
-        return throttled(gate, live, Throttle::Busy);
-    };
-    let reserved = gate.store.reserve_signin_attempt(
-        &who.physician.id,
-        now,
-        live.auth.max_failures,
-        lockout(live),
-    );
-    let (attempt, p) = match reserved {
-        Ok(r) => r,
-        Err(e) => return store_unavailable(live, &e),
-    };
-    let locks = match attempt {
-        auth::Attempt::Locked { until } => {
-            metrics.signins.with_label_values(&["locked"]).inc();
-            return deny(
-                Refusal::Session(SessionRefusal::Missing),
-                "login-locked",
-                locked_form(live, until, &next),
-            );
-        }
-        auth::Attempt::Counted { locks } => locks,
+    let (slot, locks, p) = match reserve_try(gate, live, who, now, "login-locked", &next) {
+        Ok(t) => t,
+        Err(page) => return *page,
     };
     // The physician signing in must be the one the terminal is registered to.
     let ok = id == p.id && check_password(&slot, password, p.password_hash.clone()).await;
@@ -490,29 +505,16 @@ async fn change_password(
     };
     let current = field(&form, "current").unwrap_or("").to_string();
     let new = field(&form, "new").unwrap_or("").to_string();
-    let Ok(slot) = gate.hasher.try_slot() else {
-        return throttled(gate, live, Throttle::Busy);
-    };
-    let reserved = gate.store.reserve_signin_attempt(
-        &who.physician.id,
+    let (slot, locks, p) = match reserve_try(
+        gate,
+        live,
+        who,
         now,
-        live.auth.max_failures,
-        lockout(live),
-    );
-    let (attempt, p) = match reserved {
-        Ok(r) => r,
-        Err(e) => return store_unavailable(live, &e),
-    };
-    let locks = match attempt {
-        auth::Attempt::Locked { until } => {
-            metrics.signins.with_label_values(&["locked"]).inc();
-            return deny(
-                Refusal::Session(SessionRefusal::Missing),
-                "password-change-locked",
-                locked_form(live, until, PASSWORD_PATH),
-            );
-        }
-        auth::Attempt::Counted { locks } => locks,
+        "password-change-locked",
+        PASSWORD_PATH,
+    ) {
+        Ok(t) => t,
+        Err(page) => return *page,
     };
     if !check_password(&slot, current.clone(), p.password_hash.clone()).await {
         metrics
