@@ -159,6 +159,9 @@ impl Sessions {
         self.with_shard(&k, |m| {
             let s = m.get_mut(&k)?;
             s.must_change_password = false;
+            // The change is the physician's activity until it completes (hashing the new
+            // password can take a while on a busy machine): the idle clock starts again now.
+            s.last_seen = Instant::now();
             s.return_to.take()
         })
     }
@@ -249,6 +252,20 @@ mod tests {
         let (t, _) = s.create("dr1", "fp", false);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(s.check(&t, "fp").unwrap_err(), SessionRefusal::Expired);
+    }
+
+    /// Art 13.1: a completed password change is activity: the idle clock starts again then,
+    /// however long the change took (a slow hash on a busy machine must not sign the physician
+    /// out on the way back to the page first asked for).
+    #[test]
+    fn art_13_1_a_password_change_restarts_the_idle_clock() {
+        let s = Sessions::new(Duration::from_millis(200), Duration::from_secs(3600));
+        let (t, _) = s.create("dr1", "fp", true);
+        std::thread::sleep(Duration::from_millis(150));
+        s.password_changed(&t);
+        std::thread::sleep(Duration::from_millis(150));
+        // 300 ms since the sign-in, 150 ms since the change: still signed in.
+        assert!(s.check(&t, "fp").is_ok());
     }
 
     #[test]
