@@ -366,6 +366,17 @@ async fn check_password(slot: &hashing::Slot, password: String, hash: Option<Str
     }
 }
 
+/// A wrong password counted in the metrics (`locked-now` when it locked the account).
+fn count_wrong_password(metrics: &crate::ops::metrics::Metrics, locks: bool) {
+    metrics
+        .signins
+        .with_label_values(&[if locks { "locked-now" } else { "failed" }])
+        .inc();
+    if locks {
+        metrics.lockouts.inc();
+    }
+}
+
 /// One password try, before its password is checked: a hashing slot (429 page without one),
 /// then the try counted atomically with the lock test (art 13.1). Gives the slot, whether a
 /// wrong password now locks the account, and the physician as stored; or the page to answer
@@ -439,13 +450,7 @@ async fn login(
     let ok = id == p.id && check_password(&slot, password, p.password_hash.clone()).await;
     drop(slot);
     if !ok {
-        metrics
-            .signins
-            .with_label_values(&[if locks { "locked-now" } else { "failed" }])
-            .inc();
-        if locks {
-            metrics.lockouts.inc();
-        }
+        count_wrong_password(metrics, locks);
         return deny(
             Refusal::Session(SessionRefusal::Missing),
             if locks { "login-locked-now" } else { "login-failed" },
@@ -517,12 +522,8 @@ async fn change_password(
         Err(page) => return *page,
     };
     if !check_password(&slot, current.clone(), p.password_hash.clone()).await {
-        metrics
-            .signins
-            .with_label_values(&[if locks { "locked-now" } else { "failed" }])
-            .inc();
+        count_wrong_password(metrics, locks);
         if locks {
-            metrics.lockouts.inc();
             gate.sessions.end(&token);
             let until = auth::locked_until(&p, now).unwrap_or(now + lockout(live));
             return deny(

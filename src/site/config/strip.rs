@@ -118,6 +118,18 @@ pub fn canonical_name(name: &str) -> String {
         .collect()
 }
 
+/// `name` (any case, `_` and `.` read as `-`) equals the canonical `canonical`.
+fn canonical_eq(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical).all(|(&a, &b)| {
+            let a = match a {
+                b'_' | b'.' => b'-',
+                a => a.to_ascii_lowercase(),
+            };
+            a == b
+        })
+}
+
 /// The validated strip list: exact canonical names and canonical prefixes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StripList {
@@ -172,12 +184,19 @@ impl StripList {
         }
     }
 
-    /// True when a client's header `name` must not reach the EMR.
+    /// True when a client's header `name` must not reach the EMR. Compared in canonical form
+    /// byte by byte, without building the canonical name: this runs for every header of every
+    /// forwarded request.
     pub fn matches(&self, name: &str) -> bool {
-        let c = canonical_name(name);
-        self.exact.contains(&c)
-            || self.prefixes.iter().any(|p| c.starts_with(p.as_str()))
-            || (c != name.to_ascii_lowercase() && FRAMING_HEADERS.contains(&c.as_str()))
+        let n = name.as_bytes();
+        self.exact.iter().any(|e| canonical_eq(n, e.as_bytes()))
+            || self
+                .prefixes
+                .iter()
+                .any(|p| n.len() >= p.len() && canonical_eq(&n[..p.len()], p.as_bytes()))
+            // A name that becomes a framing header only by reading `_` or `.` as `-`.
+            || (n.iter().any(|b| matches!(b, b'_' | b'.'))
+                && FRAMING_HEADERS.iter().any(|f| canonical_eq(n, f.as_bytes())))
     }
 
     /// Removes every matching header.
