@@ -115,7 +115,7 @@ fn text(r: &Refusal) -> Text {
             body_en: "Seibo Net allows viewing records only.",
             extra: "",
         },
-        Refusal::Route(_) | Refusal::BadRequest(_) => MALFORMED,
+        Refusal::Route(_) | Refusal::BadRequest(_) | Refusal::ClientClosed => MALFORMED,
         Refusal::StoreUnavailable | Refusal::AuditUnavailable => Text {
             title_ja: "ただいま利用できません",
             title_en: "Seibo Net is temporarily unavailable",

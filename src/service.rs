@@ -280,7 +280,7 @@ fn admit_refusal(gate: &Gate, ex: &Exchange, record: &RequestRecord, reason: &st
 /// body too large, or the client gone mid-body).
 fn forward_refused(gate: &Gate, ex: &Exchange, rid: u64, r: &Refusal) -> Response<Body> {
     let resp = pages::refusal(r, &ex.live.site);
-    if *r == Refusal::BadRequest(CLIENT_CLOSED) {
+    if *r == Refusal::ClientClosed {
         // The client went away mid-body: its outcome says so (issue 11 item 9).
         let resp = count_and_time(gate, ex, Decision::Deny, CLIENT_CLOSED, resp);
         ClientClosedGuard::armed(gate.audit.clone(), rid, ex.started)
@@ -380,7 +380,7 @@ fn upstream_refusal(gate: &Gate, e: ForwardError) -> Refusal {
         // The client's streamed body outgrew the route's limit: not the EMR's fault.
         ForwardError::BodyTooLarge => return Refusal::BodyTooLarge,
         ForwardError::BodyNotAllowed => return Refusal::BadRequest(BODY_ON_BODYLESS_METHOD),
-        ForwardError::ClientBody(_) => return Refusal::BadRequest(CLIENT_CLOSED),
+        ForwardError::ClientBody(_) => return Refusal::ClientClosed,
         ForwardError::Timeout(_) => ("timeout", Refusal::UpstreamTimeout),
         ForwardError::Connect(_) | ForwardError::Target(_) | ForwardError::BodyTimeout => {
             ("connect", Refusal::UpstreamUnreachable)

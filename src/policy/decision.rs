@@ -99,6 +99,10 @@ pub enum Refusal {
     /// client): answer 400, never forward.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// The client went away while its request body was being forwarded (issue 11 item 9): its
+    /// outcome says `client-closed`; the page is never seen.
+    #[error("the client went away")]
+    ClientClosed,
     /// The request body is larger than the route allows.
     #[error("the request body is too large")]
     BodyTooLarge,
@@ -126,6 +130,7 @@ impl Refusal {
             Refusal::DownloadBlocked => "download-blocked",
             Refusal::SiteSystem(r) => r.reason(),
             Refusal::BadRequest(r) => r,
+            Refusal::ClientClosed => "client-closed",
             Refusal::BodyTooLarge => "body-too-large",
             Refusal::HeadersTooLarge => "headers-too-large",
             Refusal::TooManyConnections => "too-many-connections",
@@ -142,7 +147,9 @@ impl Refusal {
             Refusal::Session(_) => StatusCode::UNAUTHORIZED,
             Refusal::Route(RouteError::NoRoute) => StatusCode::NOT_FOUND,
             Refusal::Route(RouteError::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
-            Refusal::Route(_) | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Route(_) | Refusal::BadRequest(_) | Refusal::ClientClosed => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
