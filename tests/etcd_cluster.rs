@@ -48,22 +48,22 @@ fn foreign_client(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
         BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
         KeyPair, KeyUsagePurpose,
     };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let ca_key = KeyPair::generate().expect("test setup");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("test setup");
     p.distinguished_name.push(DnType::CommonName, "Foreign CA");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
-    let ca = p.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::from_ca_cert_pem(&ca.pem(), ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    let ca = p.self_signed(&ca_key).expect("test setup");
+    let issuer = Issuer::from_ca_cert_pem(&ca.pem(), ca_key).expect("test setup");
+    let key = KeyPair::generate().expect("test setup");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("test setup");
     p.distinguished_name
         .push(DnType::CommonName, "foreign gateway");
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = p.signed_by(&key, &issuer).unwrap();
+    let cert = p.signed_by(&key, &issuer).expect("test setup");
     let (c, k) = (dir.join("foreign.crt"), dir.join("foreign.key"));
-    std::fs::write(&c, cert.pem()).unwrap();
-    std::fs::write(&k, key.serialize_pem()).unwrap();
+    std::fs::write(&c, cert.pem()).expect("test setup");
+    std::fs::write(&k, key.serialize_pem()).expect("test setup");
     (c, k)
 }
 
@@ -604,9 +604,9 @@ struct EchoBackend {
 
 impl EchoBackend {
     fn start(name: &'static str) -> EchoBackend {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = TcpListener::bind(("127.0.0.1", 0)).expect("test setup");
+        listener.set_nonblocking(true).expect("test setup");
+        let port = listener.local_addr().expect("test setup").port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -630,7 +630,7 @@ impl EchoBackend {
     fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
-            t.join().unwrap();
+            t.join().expect("echo listener thread");
         }
     }
 }
@@ -642,9 +642,10 @@ impl Drop for EchoBackend {
 }
 
 fn echo(s: TcpStream, name: &str) {
-    s.set_nonblocking(false).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut w = s.try_clone().unwrap();
+    s.set_nonblocking(false).expect("test setup");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("test setup");
+    let mut w = s.try_clone().expect("test setup");
     if w.write_all(format!("{name}\n").as_bytes()).is_err() {
         return;
     }
@@ -665,15 +666,17 @@ fn echo(s: TcpStream, name: &str) {
 /// Connects through `port`, reads the backend's name, checks that a line comes back.
 fn via(port: u16) -> String {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut w = s.try_clone().unwrap();
+    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("test setup");
+    let mut w = s.try_clone().expect("test setup");
     let mut r = BufReader::new(s);
     let mut name = String::new();
-    r.read_line(&mut name).unwrap();
-    w.write_all(b"ping\n").unwrap();
+    r.read_line(&mut name).expect("read the backend's name");
+    w.write_all(b"ping\n").expect("test setup");
     let mut back = String::new();
-    r.read_line(&mut back).unwrap();
+    r.read_line(&mut back).expect("read the echo");
     assert_eq!(back, "ping\n", "echo through {port}");
     name.trim().to_string()
 }
