@@ -291,15 +291,20 @@ fn forward_refused(gate: &Gate, ex: &Exchange, rid: u64, r: &Refusal) -> Respons
 }
 
 /// Art 8.3: an allowed view moves the patient's `last_view` to today (the decision read the
-/// consent: later views of the day need no write).
-fn record_view(gate: &Gate, a: &Allowed) -> Result<(), Refusal> {
+/// consent: later views of the day need no write). The write runs beside the request and
+/// never delays it (on the regional registry it is an etcd transaction); it only moves
+/// `last_view` forward, and a failure loses one day's extension, never a refusal.
+fn record_view(gate: &Gate, a: &Allowed) {
     if let (Some(patient), true) = (&a.target.patient, a.first_view_today) {
-        if let Err(e) = gate.store.touch_consent(patient, gate.clock.today()) {
-            tracing::error!(error = %e, "consent update failed");
-            return Err(Refusal::StoreUnavailable);
-        }
+        let store = gate.store.clone();
+        let patient = patient.clone();
+        let today = gate.clock.today();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_consent(&patient, today).await {
+                tracing::error!(error = %e, "last_view update failed");
+            }
+        });
     }
-    Ok(())
 }
 
 /// The forward stage: the view recorded, the request sent to the EMR in the private segment,
@@ -312,7 +317,7 @@ async fn forward(
     req: Request<Incoming>,
     rid: u64,
 ) -> Result<Response<Body>, Refusal> {
-    record_view(gate, a)?;
+    record_view(gate, a);
     let live = &ex.live;
     let ingress = ex.peer.ingress.as_str();
     gate.metrics

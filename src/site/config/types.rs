@@ -40,6 +40,8 @@ pub struct Config {
     /// `[admin] future_grace_days`: how far ahead a date given to an admin command may lie
     /// without `--allow-future` (`src/dates.rs`).
     pub future_grace_days: u32,
+    /// `[registry]`: sled (embedded) or the regional registry on etcd.
+    pub registry: super::RegistryConfig,
 }
 
 #[derive(Debug, Clone)]
