@@ -26,6 +26,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+pub mod etcd;
+pub mod haproxy;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_seibo-gate");
 
