@@ -1068,10 +1068,12 @@ pub struct KillLoad {
 }
 
 /// What a [`load_then_kill9`] run did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct KillLoadResult {
     /// Requests answered (by any status) before the kill.
     pub answered: usize,
+    /// The path of every answered request (a response the client received in full).
+    pub answered_paths: Vec<String>,
     /// Requests sent (at most `max_requests`).
     pub sent: usize,
     pub elapsed: Duration,
@@ -1096,23 +1098,27 @@ pub async fn load_then_kill9(
         let (answered, sent, cfg) = (answered.clone(), sent.clone(), cfg.clone());
         let port = gate.port;
         tasks.push(tokio::spawn(async move {
+            let mut paths = Vec::new();
             let Ok(mut conn) = Conn::open(port, cfg).await else {
-                return;
+                return paths;
             };
             let mut n = 0usize;
             while started.elapsed() < load.limit
                 && sent.fetch_add(1, Ordering::SeqCst) < load.max_requests
             {
                 n += 1;
-                match conn.get(&path(i, n)).await {
+                let p = path(i, n);
+                match conn.get(&p).await {
                     Ok(r) => {
                         check(&r);
                         answered.fetch_add(1, Ordering::SeqCst);
+                        paths.push(p);
                     }
                     // The gateway was killed: this connection is gone.
-                    Err(_) => return,
+                    Err(_) => return paths,
                 }
             }
+            paths
         }));
     }
     while answered.load(Ordering::SeqCst) < load.kill_at_answers
@@ -1121,14 +1127,18 @@ pub async fn load_then_kill9(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     gate.kill9();
+    let mut answered_paths = Vec::new();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("client task ends after the kill")
-            .expect("client task did not panic");
+        answered_paths.extend(
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("client task ends after the kill")
+                .expect("client task did not panic"),
+        );
     }
     KillLoadResult {
         answered: answered.load(Ordering::SeqCst),
+        answered_paths,
         sent: sent.load(Ordering::SeqCst).min(load.max_requests),
         elapsed: started.elapsed(),
     }
