@@ -34,6 +34,8 @@ pub(super) struct RawConfig {
     /// `[routes]`: settings for the whole route table.
     #[serde(default, rename = "routes")]
     pub(super) route_options: RawRouteOptions,
+    #[serde(default)]
+    pub(super) registry: super::registry::RawRegistry,
     /// `[network]`: the sites of the regional network (issue 14).
     #[serde(default)]
     pub(super) network: Option<RawNetwork>,

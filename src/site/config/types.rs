@@ -40,6 +40,8 @@ pub struct Config {
     /// `[admin] future_grace_days`: how far ahead a date given to an admin command may lie
     /// without `--allow-future` (`src/dates.rs`).
     pub future_grace_days: u32,
+    /// `[registry]`: sled (embedded) or the regional registry on etcd.
+    pub registry: super::RegistryConfig,
     /// `[network]`: the sites of the regional network, when this site is part of one.
     pub network: Option<Network>,
     /// `[peer]`: the read-only peer API for the network-wide audit query.

@@ -51,6 +51,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) 
         );
     }
     let future_grace_days = admin(&raw.admin, problems);
+    let registry = super::registry::registry(&raw.registry, base, problems);
     let routes = routes(&raw.routes, &raw.route_options, problems);
     let network = raw
         .network
@@ -85,6 +86,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) 
         routes: routes?,
         route_specs: raw.routes,
         future_grace_days,
+        registry,
         network,
         peer,
     })
