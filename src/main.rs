@@ -41,11 +41,17 @@ struct ConfigArg {
 enum Command {
     /// Run everything on loopback with a sample EMR and print curl lines to try (Ctrl-C stops).
     Demo,
-    /// Create a new site: config, terminal CA, server certificate, state directory.
+    /// Create a new site: config, terminal CA, server certificate, state directory; with
+    /// --join, a site of a network from the bundle `site add` wrote.
     Init {
-        /// Directory to create the site in (e.g. /etc/seibo-gate); never overwritten.
-        #[arg(long)]
-        dir: PathBuf,
+        /// Directory to create the site in (e.g. /etc/seibo-gate); never overwritten. With
+        /// --join, default: the bundle's directory.
+        #[arg(long, required_unless_present = "join")]
+        dir: Option<PathBuf>,
+        /// Join a network: the bundle `seibo-gate site add` wrote at the network's home (its
+        /// site id, name and certificates are used; --site and --name are ignored).
+        #[arg(long, value_name = "BUNDLE")]
+        join: Option<PathBuf>,
         /// The site's id: letters, digits, '-' or '_' (shown in the audit and on pages).
         #[arg(long, default_value = "seiyo-hospital")]
         site: String,
@@ -67,6 +73,18 @@ enum Command {
         /// Enable the WireGuard ingress on this UDP address (art 12.2).
         #[arg(long)]
         wireguard: Option<SocketAddr>,
+    },
+    /// The regional network (issue 14): created once at its home, the liaison office (art 6.2).
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
+    /// The network's sites: `site add` at the network's home writes another site's bundle.
+    Site {
+        #[command(subcommand)]
+        cmd: SiteCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
     },
     /// Validate a config and check that the service's user can read every file it names;
     /// names each bad key and file and exits 78 when something is wrong.
@@ -150,6 +168,83 @@ enum Command {
         /// Address to serve the sample EMR on (plain HTTP).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Create the network at its home: the regional terminal CA (name-constrained), the etcd
+    /// CA, the first site's gateway and gate.toml, and the network's site list.
+    Init {
+        /// Directory to create the first site in (e.g. /etc/seibo-gate); never overwritten.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The network's id; the regional registry's etcd prefix is /ID/.
+        #[arg(long, default_value = "seibo-net")]
+        network: String,
+        /// The first site's id.
+        #[arg(long, default_value = "seiyo-hospital")]
+        site: String,
+        /// The first site's name at the foot of every page.
+        #[arg(long)]
+        name: Option<String>,
+        /// A DNS name or address the site's gateway is reached at (repeatable; the first is
+        /// the one other sites dial).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Address the mutual-TLS listener binds.
+        #[arg(long, default_value = "0.0.0.0:443")]
+        listen: SocketAddr,
+        /// Address the read-only peer API binds (other sites' audit queries).
+        #[arg(long, default_value = "0.0.0.0:8843")]
+        peer_listen: SocketAddr,
+        /// The web EMR behind the gateway: http://HOST[:PORT] in the private segment.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        upstream: String,
+        /// Private-segment network (repeatable); default: the upstream's address.
+        #[arg(long = "private")]
+        private: Vec<String>,
+        /// Prometheus scrape endpoint, or "off".
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: String,
+        /// Enable the WireGuard ingress on this UDP address (art 12.2).
+        #[arg(long)]
+        wireguard: Option<SocketAddr>,
+        /// The regional registry's etcd client URL (repeatable), e.g. https://10.20.0.7:2379.
+        #[arg(long = "etcd", required = true)]
+        etcd: Vec<String>,
+        /// A DNS domain or IP network the regional CA may vouch for (repeatable): every
+        /// site's hosts must lie inside. Default: the first site's hosts (+ 10.77.0.0/16,
+        /// the WireGuard network, always).
+        #[arg(long)]
+        permit: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SiteCmd {
+    /// At the network's home: issue another site's certificates and etcd credentials and
+    /// write its bundle (for `seibo-gate init --join BUNDLE` there).
+    Add {
+        /// The new site's id (e.g. nomura-clinic).
+        #[arg(long)]
+        site: String,
+        /// Its name at the foot of every page.
+        #[arg(long)]
+        name: Option<String>,
+        /// A DNS name or address its gateway is reached at (repeatable; the first is the one
+        /// other sites dial).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Address its read-only peer API binds.
+        #[arg(long, default_value = "0.0.0.0:8843")]
+        peer_listen: SocketAddr,
+        /// Its WireGuard ingress's UDP address (art 12.2), when it has one.
+        #[arg(long)]
+        wireguard: Option<SocketAddr>,
+        /// The bundle's directory (new or empty; created 0700).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -423,7 +518,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // item 17); `init` sets its own modes (public certificates stay readable).
     if !matches!(
         cli.command,
-        Command::Init { .. } | Command::SampleEmr { .. }
+        Command::Init { .. }
+            | Command::SampleEmr { .. }
+            | Command::Network { .. }
+            | Command::Site { .. }
     ) {
         seibo_gate::site::fsmode::restrict_umask();
     }
@@ -436,8 +534,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seibo_gate::ops::demo::run_sample_emr(listen).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Network { cmd } => network(cmd),
+        Command::Site { cmd, cfg } => {
+            let home = cli::load(&cfg.config)?;
+            let SiteCmd::Add {
+                site,
+                name,
+                hosts,
+                peer_listen,
+                wireguard,
+                out,
+            } = cmd;
+            let o = seibo_gate::site::network::SiteAddOptions {
+                site,
+                name,
+                hosts,
+                peer_listen,
+                wireguard,
+                out,
+            };
+            cli::network::add(&home, &o)
+        }
         Command::Init {
             dir,
+            join,
             site,
             name,
             listen,
@@ -446,20 +566,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics,
             wireguard,
         } => {
+            let dir = match (dir, &join) {
+                (Some(d), _) => d,
+                (None, Some(bundle)) => bundle.clone(),
+                (None, None) => return Err(UsageError("--dir DIR is required".into()).into()),
+            };
             let mut o = InitOptions::new(&dir);
             o.wireguard = wireguard;
-            o.metrics = match metrics.as_str() {
-                "off" => None,
-                m => Some(m.parse().map_err(|e| {
-                    UsageError(format!("--metrics {m:?}: not ADDR:PORT or \"off\": {e}"))
-                })?),
-            };
+            o.metrics = parse_metrics(&metrics)?;
             o.site = site;
             o.name = name;
             o.listen = listen;
             o.upstream = upstream;
             o.private = private;
-            cli::init(&o)
+            match join {
+                Some(bundle) => cli::network::join(&bundle, &o),
+                None => cli::init(&o),
+            }
         }
         Command::CheckConfig {
             as_user,
@@ -494,6 +617,50 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Audit { cmd, cfg } => audit(cmd, &cli::load(&cfg.config)?),
     }
+}
+
+/// `--metrics ADDR:PORT` or `off`.
+fn parse_metrics(m: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match m {
+        "off" => Ok(None),
+        m => Ok(Some(m.parse().map_err(|e| {
+            UsageError(format!("--metrics {m:?}: not ADDR:PORT or \"off\": {e}"))
+        })?)),
+    }
+}
+
+fn network(cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
+    let NetworkCmd::Init {
+        dir,
+        network,
+        site,
+        name,
+        hosts,
+        listen,
+        peer_listen,
+        upstream,
+        private,
+        metrics,
+        wireguard,
+        etcd,
+        permit,
+    } = cmd;
+    let mut o = InitOptions::new(&dir);
+    o.wireguard = wireguard;
+    o.metrics = parse_metrics(&metrics)?;
+    o.site = site;
+    o.name = name;
+    o.listen = listen;
+    o.upstream = upstream;
+    o.private = private;
+    cli::network::init(&seibo_gate::site::network::NetworkInitOptions {
+        site: o,
+        network,
+        hosts,
+        peer_listen,
+        etcd,
+        permit,
+    })
 }
 
 async fn physician(cmd: PhysicianCmd, c: &Config) -> anyhow::Result<ExitCode> {

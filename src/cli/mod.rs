@@ -26,6 +26,7 @@ use crate::site::init::InitOptions;
 pub mod audit;
 pub mod check;
 pub mod consent;
+pub mod network;
 pub mod physician;
 pub mod terminal;
 

@@ -101,7 +101,11 @@ pub(super) fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-pub(super) fn parse_nets(key: &str, items: &[String], problems: &mut Vec<String>) -> Vec<IpNetwork> {
+pub(super) fn parse_nets(
+    key: &str,
+    items: &[String],
+    problems: &mut Vec<String>,
+) -> Vec<IpNetwork> {
     let mut out = Vec::new();
     for (i, s) in items.iter().enumerate() {
         match s.parse::<IpNetwork>() {

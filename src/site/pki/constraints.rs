@@ -38,9 +38,10 @@ impl FromStr for Permit {
     fn from_str(s: &str) -> Result<Permit, PkiError> {
         let s = s.trim();
         if let Ok(n) = s.parse::<IpNetwork>() {
-            return Ok(Permit::Ip(IpNetwork::new(n.network(), n.prefix()).map_err(
-                |e| PkiError::Invalid(format!("permitted network {s:?}: {e}")),
-            )?));
+            return Ok(Permit::Ip(
+                IpNetwork::new(n.network(), n.prefix())
+                    .map_err(|e| PkiError::Invalid(format!("permitted network {s:?}: {e}")))?,
+            ));
         }
         let d = s.trim_start_matches('.').to_ascii_lowercase();
         let label_ok = |l: &str| {
@@ -85,10 +86,9 @@ impl Permit {
     fn subtree(&self) -> GeneralSubtree {
         match self {
             Permit::Dns(d) => GeneralSubtree::DnsName(d.clone()),
-            Permit::Ip(n) => GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(
-                n.network(),
-                n.prefix(),
-            )),
+            Permit::Ip(n) => {
+                GeneralSubtree::IpAddress(CidrSubnet::from_addr_prefix(n.network(), n.prefix()))
+            }
         }
     }
 }

@@ -24,8 +24,8 @@ mod p12;
 mod tests;
 
 pub use ca::{create_ca, create_constrained_ca, Ca, IssuedClient, LeafSpec};
-pub use constraints::{host_permitted, permitted_subtrees, Permit};
 pub use cert::cert_info;
+pub use constraints::{host_permitted, permitted_subtrees, Permit};
 pub use files::{load_certs, load_key, write_new_file};
 
 use cert::parse_cert;
