@@ -419,9 +419,10 @@ enum AuditCmd {
     /// Records, oldest first; JSON lines with --json. With --patient it reads the index
     /// (audit.idx) and the lines it names, checked against the log; otherwise the whole log.
     Query {
-        /// Only this patient's records.
+        /// Only this patient's records. With --network: SITE:ID, repeatable (the patient's
+        /// id in each site's EMR); a bare ID is asked of every site not named.
         #[arg(long)]
-        patient: Option<String>,
+        patient: Vec<String>,
         /// Only this physician's records.
         #[arg(long)]
         physician: Option<String>,
@@ -435,8 +436,13 @@ enum AuditCmd {
         #[arg(long)]
         json: bool,
         /// Read the whole log, not the index.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "network")]
         full_scan: bool,
+        /// Ask every site of [network] over the peer API (mutual TLS with this site's
+        /// gateway certificate) and merge the rows by time, the site on each; a site that
+        /// does not answer is named and the exit status is 69.
+        #[arg(long)]
+        network: bool,
     },
     /// Check the hash chain, the head anchor and the index (which must be there); exits
     /// non-zero naming the first broken record. The chain is not keyed: record `audit head`
@@ -615,8 +621,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge { cfg } => {
             cli::call_and_report(&cli::load(&cfg.config)?, AdminRequest::Purge {}).await
         }
-        Command::Audit { cmd, cfg } => audit(cmd, &cli::load(&cfg.config)?),
+        Command::Audit { cmd, cfg } => audit(cmd, &cli::load(&cfg.config)?).await,
     }
+}
+
+/// `audit query --patient` without --network: one id at most.
+fn one_patient(mut p: Vec<String>) -> anyhow::Result<Option<String>> {
+    if p.len() > 1 {
+        return Err(UsageError(
+            "--patient: one patient at most (several, SITE:ID each, with --network)".into(),
+        )
+        .into());
+    }
+    Ok(p.pop())
 }
 
 /// `--metrics ADDR:PORT` or `off`.
@@ -737,7 +754,7 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
+async fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCmd::Verify {
             rebuild_index,
@@ -750,11 +767,30 @@ fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
             since,
             until,
             json,
+            full_scan: _,
+            network: true,
+        } => {
+            let q = cli::audit_network::NetworkQuery {
+                patients: patient,
+                physician,
+                since,
+                until,
+                json,
+            };
+            cli::audit_network::query(c, q).await
+        }
+        AuditCmd::Query {
+            patient,
+            physician,
+            since,
+            until,
+            json,
             full_scan,
+            network: false,
         } => cli::audit::query(
             c,
             cli::audit::Query {
-                patient,
+                patient: one_patient(patient)?,
                 physician,
                 since,
                 until,

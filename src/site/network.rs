@@ -246,7 +246,7 @@ pub(crate) fn create_private_dir(d: &Path) -> Result<(), NetworkError> {
 }
 
 /// `HOST:PORT` for a host that may be an IPv6 address.
-pub(crate) fn host_port(host: &str, port: u16) -> String {
+pub fn host_port(host: &str, port: u16) -> String {
     if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
