@@ -432,10 +432,18 @@ fn peer_egress_rules(rules: &mut Rules, cfg: &Config) {
         );
         match s.peer_host.parse::<IpAddr>() {
             Ok(IpAddr::V4(ip)) => {
-                let _ = writeln!(rules.output, "	ip daddr {ip} tcp dport {} accept", s.peer_port);
+                let _ = writeln!(
+                    rules.output,
+                    "	ip daddr {ip} tcp dport {} accept",
+                    s.peer_port
+                );
             }
             Ok(IpAddr::V6(ip)) => {
-                let _ = writeln!(rules.output, "	ip6 daddr {ip} tcp dport {} accept", s.peer_port);
+                let _ = writeln!(
+                    rules.output,
+                    "	ip6 daddr {ip} tcp dport {} accept",
+                    s.peer_port
+                );
             }
             Err(_) => {
                 let _ = writeln!(
