@@ -545,3 +545,69 @@ fn art_6_2_regional_ca_carries_name_constraints_and_cannot_vouch_for_other_sites
     );
     assert!(!bundle.path().join("elsewhere").exists());
 }
+
+/// The example configs tell the truth (issue 14): the two sites of Seibo Net by their names,
+/// each listing both; every source network a hospital listener allows is the clinic's (or the
+/// hospital's own LAN) — no clinic outside the network; the peer APIs allow each other only;
+/// and nowhere in the repository's text is the hospital misnamed.
+#[test]
+fn art_6_2_example_configs_name_the_two_sites_and_allow_no_clinic_outside_the_network() {
+    use seibo_gate::site::config::Config;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |rel: &str| Config::load(&root.join(rel)).expect("example config loads");
+    let h = load("config/seiyo-hospital.toml");
+    let c = load("config/nomura-clinic.toml");
+    assert_eq!(h.site.name, "西予市民病院 / Seiyo City Hospital");
+    assert_eq!(c.site.name, "野村診療所 / Nomura Clinic");
+    for cfg in [&h, &c] {
+        let n = cfg.network.as_ref().expect("[network]");
+        let ids: Vec<&str> = n.sites.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, [HOSPITAL, CLINIC]);
+    }
+    let site_addr = |cfg: &Config, id: &str| -> std::net::IpAddr {
+        let n = cfg.network.as_ref().expect("[network]");
+        n.site(id)
+            .and_then(|s| s.peer_host.parse().ok())
+            .expect("an address")
+    };
+    let clinic_addr = site_addr(&h, CLINIC);
+    let hospital_lan: ipnetwork::IpNetwork = "10.10.0.0/16".parse().expect("net");
+    for l in &h.listeners {
+        for net in &l.allow {
+            let clinic_range = net.contains(clinic_addr)
+                || matches!(net, ipnetwork::IpNetwork::V6(v6) if v6.to_string() == "2001:db8:51::/48");
+            assert!(
+                clinic_range || *net == hospital_lan,
+                "hospital listener {} allows {net}: neither the Nomura Clinic nor the hospital LAN",
+                l.name
+            );
+        }
+    }
+    let hp = h.peer.as_ref().expect("[peer]");
+    assert!(hp
+        .allow
+        .iter()
+        .all(|n| n.contains(clinic_addr) || n.is_ipv6()));
+    let cp = c.peer.as_ref().expect("[peer]");
+    let hospital_addr = site_addr(&c, HOSPITAL);
+    assert!(cp
+        .allow
+        .iter()
+        .all(|n| n.contains(hospital_addr) || n.is_ipv6()));
+
+    let mut texts = vec![root.join("README.md")];
+    for dir in ["config", "docs", "certs"] {
+        for e in std::fs::read_dir(root.join(dir)).expect("dir").flatten() {
+            texts.push(e.path());
+        }
+    }
+    for p in texts {
+        let t = std::fs::read_to_string(&p).unwrap_or_default();
+        assert!(!t.contains("西陽"), "{} misnames 西予市民病院", p.display());
+        assert!(
+            !t.contains("野村医院"),
+            "{} misnames 野村診療所",
+            p.display()
+        );
+    }
+}
