@@ -5,7 +5,9 @@
 //! maps them to the exit status.
 //!
 //! * [`physician`], [`terminal`], [`consent`]: the registries (art 3–9, 12.7);
-//! * [`audit`]: `audit verify`, `audit head`, `audit query` (art 12.8);
+//! * [`audit`]: `audit verify`, `audit head`, `audit query` (art 12.8); [`audit_network`]:
+//!   `audit query --network`, every site of the network asked over the peer API;
+//! * [`network`]: `network init`, `site add`, `init --join` (issue 14);
 //! * [`check`]: the `check-config` command;
 //! * here: loading the config, admin calls and their report, `init`, `serve`, `patient
 //!   delete`, `purge`, `firewall`.
@@ -24,8 +26,10 @@ use crate::site::config::{Config, ConfigError};
 use crate::site::init::InitOptions;
 
 pub mod audit;
+pub mod audit_network;
 pub mod check;
 pub mod consent;
+pub mod network;
 pub mod physician;
 pub mod registry;
 pub mod terminal;

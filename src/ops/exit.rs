@@ -98,6 +98,16 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             _ => None,
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::site::network::NetworkError>() {
+        use crate::site::network::NetworkError;
+        return match e {
+            NetworkError::Exists(_) => Some(CANTCREAT),
+            NetworkError::Invalid(_) => Some(USAGE),
+            NetworkError::File { .. } => Some(CONFIG),
+            // The cause (an init, PKI or I/O error) says.
+            _ => None,
+        };
+    }
     if let Some(e) = e.downcast_ref::<InitError>() {
         return match e {
             InitError::Exists(_) => Some(CANTCREAT),

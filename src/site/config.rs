@@ -8,6 +8,7 @@
 //! * `home`: `[site] home`, the start page, checked against the route table
 //!   ([`resolve_home`]);
 //! * `registry`: `[registry]`, the registry backend (sled, or etcd for the regional registry);
+//! * `network`: `[network]` and `[peer]`, the regional network's sites and the peer API;
 //! * `strip`: the request headers never forwarded ([`StripList`], `[upstream] strip_headers`).
 
 use std::net::IpAddr;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 
 mod home;
+mod network;
 mod raw;
 mod registry;
 mod strip;
@@ -26,8 +28,8 @@ pub use home::{resolve_home, HomeError};
 pub use registry::{EtcdConfig, RegistryBackend, RegistryConfig, DEFAULT_MAX_STALE_SECS};
 pub use strip::{canonical_name, StripHeaderError, StripList, DEFAULT_STRIP_HEADERS};
 pub use types::{
-    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Policy, Site, Upstream,
-    WireGuard,
+    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Network, NetworkSite,
+    PeerApi, Policy, Site, SiteTunnel, Upstream, WireGuard,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -359,6 +359,21 @@ impl Gate {
         }
     }
 
+    /// A site whose directory `dir` (holding `gate.toml`) the test made itself, e.g. with
+    /// `network init` or `init --join`; its mutual-TLS listener on 127.0.0.1:`port`.
+    pub fn from_site_dir(dir: tempfile::TempDir, port: u16) -> Gate {
+        let config = dir.path().join("gate.toml");
+        assert!(config.exists(), "{} has no gate.toml", dir.path().display());
+        Gate {
+            dir,
+            config,
+            port,
+            port_0: false,
+            child: None,
+            starts: 0,
+        }
+    }
+
     /// Test-bench mode (`[auth] password = "off"`): the terminal credential alone lets a
     /// physician through, without the sign-in (art 13.1 second factor). For tests that prove
     /// the other rules and speak to the EMR directly; call before `start`.

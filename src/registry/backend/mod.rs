@@ -48,6 +48,9 @@ pub(crate) enum Backend {
     Etcd(Arc<etcd::Regional>),
 }
 
+/// A tree's (key, value) pairs, in key order.
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One named tree of the registry.
 #[derive(Clone, Debug)]
 pub(crate) struct Tree {
@@ -119,7 +122,7 @@ impl Tree {
     }
 
     /// Every entry, in key order.
-    pub(crate) fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    pub(crate) fn entries(&self) -> Result<Entries, KvError> {
         match &self.imp {
             TreeImpl::Sled(t) => t
                 .iter()
@@ -192,11 +195,11 @@ impl Tree {
     pub(crate) async fn update(
         &self,
         key: &[u8],
-        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+        f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
     ) -> Result<(), KvError> {
         match &self.imp {
             TreeImpl::Sled(t) => {
-                t.fetch_and_update(key, |old| f(old))?;
+                t.fetch_and_update(key, f)?;
                 Ok(())
             }
             TreeImpl::Etcd { reg, name } => reg.update(name, key, f).await,

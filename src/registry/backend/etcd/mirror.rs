@@ -2,9 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+/// One tree: key → (value, mod revision).
+type TreeCopy = BTreeMap<Vec<u8>, (Vec<u8>, i64)>;
+
 #[derive(Debug, Default)]
 pub(super) struct Mirror {
-    trees: HashMap<String, BTreeMap<Vec<u8>, (Vec<u8>, i64)>>,
+    trees: HashMap<String, TreeCopy>,
 }
 
 impl Mirror {
