@@ -188,6 +188,42 @@ fn three_member_tls_cluster_serves_certified_clients_and_refuses_others() {
     assert!(from_site.status.success(), "{}", show(&from_site));
 }
 
+/// Issue 13 (`check-config` validates `[registry]` and says when etcd cannot be reached): a
+/// site from `seibo-gate init` pointed at the cluster by the harness passes `check-config`,
+/// which reaches the registry; with every member stopped it fails, naming the endpoints.
+#[test]
+fn a_site_configured_by_the_harness_passes_check_config_and_fails_it_without_etcd() {
+    let mut cluster = EtcdCluster::start(3);
+    let gate = common::Gate::init(common::free_port());
+    cluster.configure_gateway(&gate.config, "/seibo-net/", 15);
+    let ok = gate.cli(&["check-config"]);
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert!(
+        stdout(&ok).contains(&format!(
+            "regional registry: reached {}",
+            cluster.endpoint(0)
+        )),
+        "{}",
+        show(&ok)
+    );
+    for i in 0..3 {
+        cluster.stop_member(i);
+    }
+    let t = Instant::now();
+    let down = gate.cli(&["check-config"]);
+    assert!(!down.status.success(), "{}", show(&down));
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        err.contains("regional registry: cannot be reached at"),
+        "{}",
+        show(&down)
+    );
+    eprintln!(
+        "timing: check-config with etcd down answered after {:?}",
+        t.elapsed()
+    );
+}
+
 /// Issue 13: the `etcd-client` crate (rustls + ring, no process-level crypto provider
 /// installed) talks to the cluster with TLS and the gateway's client certificate: put, get, a
 /// compare-and-set transaction, and a prefix watch that sees a put made through `etcdctl`.
