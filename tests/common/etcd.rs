@@ -559,6 +559,24 @@ impl EtcdCluster {
             })
     }
 
+    /// The member that leads now, as `etcdctl endpoint status` of the running members reports
+    /// it (`None` while there is no leader or no member answers).
+    pub fn leader(&self) -> Option<usize> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json", "--command-timeout=2s"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows = v.as_array()?;
+        let leader = rows
+            .iter()
+            .filter_map(|r| r["Status"]["leader"].as_u64())
+            .find(|l| *l != 0)?;
+        let endpoint = rows
+            .iter()
+            .find(|r| r["Status"]["header"]["member_id"].as_u64() == Some(leader))?["Endpoint"]
+            .as_str()?
+            .to_string();
+        (0..self.members.len()).find(|&i| self.endpoint(i) == endpoint)
+    }
+
     /// Waits until `etcdctl endpoint health` passes for every running member (each check needs
     /// the quorum: it is a linearizable read), at most `limit`. Returns how long it took, or
     /// why not (a member that exited, or the last health output).
