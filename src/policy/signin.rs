@@ -471,6 +471,11 @@ async fn login(
     let (token, s) =
         gate.sessions
             .create(&p.id, peer.credential.fingerprint(), p.must_change_password);
+    if let Err(e) = gate.sessions.publish(&token).await {
+        // Not shared with the other gateways: no half session (fail closed).
+        gate.sessions.end(&token);
+        return store_unavailable(live, &e);
+    }
     let to = if s.must_change_password {
         // Back to the page first asked for once the password is changed.
         gate.sessions.remember_return(&token, &next);

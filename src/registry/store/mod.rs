@@ -93,6 +93,8 @@ pub struct Store {
     terminals: Tree,
     fingerprints: Tree,
     consents: Tree,
+    /// Shared sign-in sessions (regional registry only; sled sessions stay in memory).
+    sessions: Tree,
 }
 
 impl From<sled::Error> for StoreError {
@@ -166,6 +168,7 @@ impl Store {
             terminals: backend.tree("terminals")?,
             fingerprints: backend.tree("fingerprints")?,
             consents: backend.tree("consents")?,
+            sessions: backend.tree("sessions")?,
             backend,
             generation,
         })
@@ -214,6 +217,65 @@ impl Store {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+    }
+
+    /// True when sign-in sessions are shared by every gateway (the regional registry).
+    pub fn shares_sessions(&self) -> bool {
+        self.backend.is_regional()
+    }
+
+    /// Publishes a sign-in session to every gateway, under a lease of `idle` (the idle
+    /// timeout: a session nobody uses anywhere disappears). The lease id; `None` for sled.
+    pub async fn session_put(
+        &self,
+        key: &str,
+        value: impl FnOnce(i64) -> Vec<u8>,
+        idle: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        match self.backend.etcd() {
+            Some(reg) => Ok(Some(
+                reg.put_leased("sessions", key.as_bytes(), value, idle)
+                    .await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// A shared session as published (from the in-memory copy).
+    pub fn session_get(&self, key: &str) -> Option<Vec<u8>> {
+        if !self.backend.is_regional() {
+            return None;
+        }
+        self.sessions.get(key.as_bytes()).ok().flatten()
+    }
+
+    /// Every shared session (key, value) in the in-memory copy (empty for sled).
+    pub fn shared_sessions(&self) -> Vec<(String, Vec<u8>)> {
+        if !self.backend.is_regional() {
+            return Vec::new();
+        }
+        self.sessions
+            .entries()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect()
+    }
+
+    /// Ends a shared session at every gateway.
+    pub async fn session_remove(&self, key: &str) -> Result<(), StoreError> {
+        if self.backend.is_regional() {
+            self.sessions.remove(key.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Restarts a shared session's idle clock (its lease) at every gateway.
+    pub async fn session_refresh(&self, lease: i64) -> Result<(), StoreError> {
+        if let Some(reg) = self.backend.etcd() {
+            reg.keep_alive(lease).await?;
+        }
+        Ok(())
     }
 
     /// `registry status`: backend, revision, staleness, members.

@@ -160,15 +160,44 @@ impl Regional {
         }
     }
 
-    /// Unconditional put (the value does not depend on what was there).
-    pub(crate) async fn put(&self, tree: &str, key: &[u8], value: Vec<u8>) -> Result<(), KvError> {
+    /// Puts `value` under a new lease of `ttl`: the key disappears (everywhere) when the lease
+    /// is not kept alive. Returns the lease, after this gateway has applied the put.
+    pub(crate) async fn put_leased(
+        &self,
+        tree: &str,
+        key: &[u8],
+        value: impl FnOnce(i64) -> Vec<u8>,
+        ttl: Duration,
+    ) -> Result<i64, KvError> {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let lease = self.client.lease_client().grant(secs, None).await?.id();
+        let value = value(lease);
         let resp = self
             .client
             .kv_client()
-            .put(self.key(tree, key), value, None)
+            .put(
+                self.key(tree, key),
+                value,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
+            )
             .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
-        self.wait_applied(rev).await
+        self.wait_applied(rev).await?;
+        Ok(lease)
+    }
+
+    /// Renews a lease for its whole TTL (one keep-alive round trip).
+    pub(crate) async fn keep_alive(&self, lease: i64) -> Result<(), KvError> {
+        let (mut keeper, mut stream) = self.client.lease_client().keep_alive(lease).await?;
+        keeper.keep_alive().await?;
+        match tokio::time::timeout(Duration::from_secs(3), stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => Ok(()),
+            Ok(Ok(_)) => Err(KvError::Unavailable(format!("lease {lease:x} has expired"))),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(KvError::Unavailable(
+                "lease keep-alive: no answer within 3 s".into(),
+            )),
+        }
     }
 
     /// One read-modify-write as an etcd transaction: `f` sees the value at a mod revision, and
