@@ -157,6 +157,13 @@ enum Command {
         #[command(flatten)]
         cfg: ConfigArg,
     },
+    /// The registry backend: status, and moving registrations between sled and etcd.
+    Registry {
+        #[command(subcommand)]
+        cmd: RegistryCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Delete consents whose access ended 999 days after the last view, and withdrawn ones (art 11).
     Purge {
         #[command(flatten)]
@@ -169,6 +176,22 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistryCmd {
+    /// Backend, revision applied, staleness and etcd members (exit 69 when not serving).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every physician, terminal and consent as JSON lines (file mode 0600, never overwritten).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a file from `registry export`, then add every record to this config's registry.
+    Import { file: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -594,7 +617,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             as_user,
             no_files,
             cfg,
-        } => cli::check::run(&cfg.config, as_user.as_deref(), no_files),
+        } => cli::check::run(&cfg.config, as_user.as_deref(), no_files).await,
         Command::Serve { cfg, test_clock } => {
             cli::serve(cli::load(&cfg.config)?, test_clock.as_deref()).await
         }
@@ -622,6 +645,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cli::call_and_report(&cli::load(&cfg.config)?, AdminRequest::Purge {}).await
         }
         Command::Audit { cmd, cfg } => audit(cmd, &cli::load(&cfg.config)?).await,
+        Command::Registry { cmd, cfg } => {
+            let c = cli::load(&cfg.config)?;
+            match cmd {
+                RegistryCmd::Status { json } => cli::registry::status(&c, json).await,
+                RegistryCmd::Export { out } => cli::registry::export(&c, &out).await,
+                RegistryCmd::Import { file } => cli::registry::import(&c, &file).await,
+            }
+        }
     }
 }
 

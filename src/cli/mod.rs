@@ -31,6 +31,7 @@ pub mod check;
 pub mod consent;
 pub mod network;
 pub mod physician;
+pub mod registry;
 pub mod terminal;
 
 /// The config every command but `init` and `demo` reads when none is named.
@@ -85,12 +86,16 @@ pub async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<Admin
     if let Some(r) = admin::call(&cfg.admin_socket, &req).await? {
         return Ok(r);
     }
-    let store = Store::open(&cfg.state_dir.join("registry")).with_context(|| {
+    let store = Store::open_configured(cfg).await.with_context(|| {
         format!(
             "no gateway answers on {} and the store cannot be opened",
             cfg.admin_socket.display()
         )
     })?;
+    store
+        .ready(std::time::Duration::from_secs(10))
+        .await
+        .with_context(|| format!("no gateway answers on {}", cfg.admin_socket.display()))?;
     crate::ops::server::prepare_state_dir(&cfg.state_dir)?;
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
     let clock: SharedClock = Arc::new(SystemClock);

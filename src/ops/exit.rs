@@ -119,8 +119,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             StoreError::Decode { .. } | StoreError::Schema { .. } => Some(DATAERR),
             StoreError::Conflict(_) | StoreError::NotFound(_) => Some(REFUSED),
-            StoreError::Sled(sled::Error::Io(_)) => None,
-            StoreError::Sled(_) => Some(IOERR),
+            StoreError::Backend(crate::registry::KvError::Sled(sled::Error::Io(_))) => None,
+            StoreError::Backend(crate::registry::KvError::Setup(_)) => Some(CONFIG),
+            StoreError::Backend(_) => Some(UNAVAILABLE),
         };
     }
     if let Some(e) = e.downcast_ref::<AuditError>() {

@@ -144,7 +144,7 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
     crate::site::fsmode::restrict_umask();
     check_key_modes(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
-    let store = Store::open(&cfg.state_dir.join("registry"))?;
+    let store = Store::open_configured(&cfg).await?;
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
     let metrics = Metrics::new()?;
     // `AuditLog::open` has just checked the whole chain and its anchor and brought the index in
@@ -434,6 +434,10 @@ impl Running<'_> {
     fn spawn_background(&self, tasks: &mut tokio::task::JoinSet<()>) {
         let cfg = self.cfg;
         tasks.spawn(tasks::sweep_sessions(
+            self.gate.clone(),
+            self.shutdown.clone(),
+        ));
+        tasks.spawn(tasks::registry_health(
             self.gate.clone(),
             self.shutdown.clone(),
         ));
