@@ -611,3 +611,137 @@ fn art_6_2_example_configs_name_the_two_sites_and_allow_no_clinic_outside_the_ne
         );
     }
 }
+
+/// `curl` with a cookie jar: a POST of `form` (or a GET when empty) on `port`.
+fn curl_jar(port: u16, ca: &Path, t: &Terminal, jar: &Path, path: &str, form: &str) -> CurlReply {
+    let jar = s(jar);
+    let mut extra = vec!["-c", jar, "-b", jar];
+    if !form.is_empty() {
+        extra.extend(["--data", form]);
+    }
+    curl(port, ca, Some(t), path, &extra)
+}
+
+fn header<'a>(r: &'a CurlReply, name: &str) -> &'a str {
+    r.headers
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or("")
+        .trim()
+}
+
+/// Art 6.2–6.3: registered once at the hospital's liaison office — over the regional registry
+/// (a real three-member etcd cluster whose CA is the network's etcd CA from `network init`, the
+/// gateways using the etcd credentials `network init` and `site add` issued), the physician's
+/// ID and password and the terminal's certificate, issued and set at the hospital, reach the
+/// clinic's EMR; nothing was registered at the clinic.
+#[test]
+fn art_6_2_registered_once_at_the_hospital_the_terminal_and_password_reach_the_clinic() {
+    let emr_h = SampleEmr::start();
+    let emr_c = SampleEmr::start();
+    let (hdir, bundle, cdir, [hp, _, cp, _]) = create(emr_h.port);
+    let cluster = common::etcd::EtcdCluster::start_with_ca(
+        3,
+        &hdir.path().join("network/etcd-ca.crt"),
+        &hdir.path().join("network/etcd-ca.key"),
+    );
+    run_ok(&[
+        "init",
+        "--join",
+        s(&bundle.path().join("nomura")),
+        "--dir",
+        s(cdir.path()),
+        "--listen",
+        &format!("127.0.0.1:{cp}"),
+        "--upstream",
+        &format!("http://127.0.0.1:{}", emr_c.port),
+        "--private",
+        "127.0.0.0/8",
+        "--metrics",
+        "off",
+    ]);
+    let mut hospital = Gate::from_site_dir(hdir, hp);
+    let mut clinic = Gate::from_site_dir(cdir, cp);
+    let endpoints = cluster
+        .endpoints()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for g in [&hospital, &clinic] {
+        let text = std::fs::read_to_string(&g.config).expect("read");
+        let text = text.replace(
+            "endpoints = [\"https://127.0.0.1:2379\"]",
+            &format!("endpoints = [{endpoints}]"),
+        );
+        std::fs::write(&g.config, text).expect("write");
+        let out = g.cli(&["check-config"]);
+        assert!(
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("regional registry: reached"),
+            "the site's own etcd credentials reach the cluster: {}",
+            show(&out)
+        );
+    }
+    hospital.start();
+    clinic.start();
+
+    // At the hospital only: the physician, the terminal, the first sign-in and its change.
+    hospital.add_physician_with_password("dr-saiyo", "西予 医師", "initial-Pass-2026");
+    let terminal = hospital.add_terminal("dr-saiyo", "saiyo-pc");
+    hospital.grant("P001", today_jst());
+    clinic.grant("P003", today_jst());
+    let ca = hospital.ca();
+    let jar_h = hospital.path("jar");
+    let r = curl_jar(
+        hp,
+        &ca,
+        &terminal,
+        &jar_h,
+        "/.seibo/login",
+        "id=dr-saiyo&password=initial-Pass-2026&next=%2Fpatients%2FP001%2Flabs",
+    );
+    assert_eq!(
+        (r.status, header(&r, "location")),
+        (Some(303), "/.seibo/password"),
+        "{r:?}"
+    );
+    let r = curl_jar(
+        hp,
+        &ca,
+        &terminal,
+        &jar_h,
+        "/.seibo/password",
+        "current=initial-Pass-2026&new=Saiyo-Net-Pass-2026",
+    );
+    assert_eq!(r.status, Some(303), "{r:?}");
+    let r = curl_jar(hp, &ca, &terminal, &jar_h, "/patients/P001/labs", "");
+    assert_eq!(r.status, Some(200), "{r:?}");
+
+    // At the clinic: the same terminal and the password set at the hospital.
+    let jar_c = clinic.path("jar");
+    let r = curl_jar(
+        cp,
+        &ca,
+        &terminal,
+        &jar_c,
+        "/.seibo/login",
+        "id=dr-saiyo&password=Saiyo-Net-Pass-2026&next=%2Fpatients%2FP003%2Flabs",
+    );
+    assert_eq!(
+        (r.status, header(&r, "location")),
+        // curl's head, lower-cased by the harness.
+        (Some(303), "/patients/p003/labs"),
+        "{r:?}"
+    );
+    let r = curl_jar(cp, &ca, &terminal, &jar_c, "/patients/P003/labs", "");
+    assert_eq!(r.status, Some(200), "{r:?}");
+    assert!(
+        r.body
+            .contains("<th>x-seibo-site</th><td>nomura-clinic</td>"),
+        "{r:?}"
+    );
+    let listed = clinic.ok(&["physician", "list"]);
+    assert!(listed.contains("dr-saiyo"), "{listed}");
+    drop(cluster);
+}
