@@ -745,3 +745,139 @@ fn art_6_2_registered_once_at_the_hospital_the_terminal_and_password_reach_the_c
     assert!(listed.contains("dr-saiyo"), "{listed}");
     drop(cluster);
 }
+
+/// Art 6.2 (the regional registry's PKI): `network etcd-member` certifies an etcd member from
+/// the network's etcd CA; a real etcd started with those files (client-certificate
+/// authentication on client and peer URLs) accepts the hospital's and the clinic's own etcd
+/// credentials (`check-config` reaches it) and nothing from another CA.
+#[test]
+fn art_6_2_network_etcd_member_certifies_a_member_the_sites_credentials_reach() {
+    let (hdir, bundle, cdir, _) = create(1);
+    run_ok(&[
+        "init",
+        "--join",
+        s(&bundle.path().join("nomura")),
+        "--dir",
+        s(cdir.path()),
+        "--metrics",
+        "off",
+    ]);
+    let home = hdir.path().join("gate.toml");
+    let members = tempfile::tempdir().expect("tempdir");
+    let out = run_ok(&[
+        "network",
+        "etcd-member",
+        "--config",
+        s(&home),
+        "--name",
+        "hospital-etcd",
+        "--host",
+        "127.0.0.1",
+        "--out",
+        s(members.path()),
+    ]);
+    assert!(out.contains("--client-cert-auth"), "{out}");
+    let m = members.path();
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("https://127.0.0.1:{peer}");
+    let log = std::fs::File::create(m.join("etcd.log")).expect("log");
+    let mut etcd = Command::new("etcd")
+        .args(["--name", "hospital-etcd", "--data-dir"])
+        .arg(m.join("data"))
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("hospital-etcd={peer_url}")])
+        .args(["--cert-file", s(&m.join("hospital-etcd.crt"))])
+        .args(["--key-file", s(&m.join("hospital-etcd.key"))])
+        .args([
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            s(&m.join("etcd-ca.crt")),
+        ])
+        .args(["--peer-cert-file", s(&m.join("hospital-etcd.crt"))])
+        .args(["--peer-key-file", s(&m.join("hospital-etcd.key"))])
+        .args([
+            "--peer-client-cert-auth",
+            "--peer-trusted-ca-file",
+            s(&m.join("etcd-ca.crt")),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("etcd must be installed (scripts/install-test-tools)");
+    assert!(wait_for_tcp(client, START_LIMIT), "etcd did not listen");
+    let reached = |config: &Path| -> bool {
+        let text = std::fs::read_to_string(config).expect("read");
+        std::fs::write(
+            config,
+            text.replace(
+                "endpoints = [\"https://127.0.0.1:2379\"]",
+                &format!("endpoints = [\"{client_url}\"]"),
+            ),
+        )
+        .expect("write");
+        // Bounded: etcd elects itself within a second or two.
+        let start = std::time::Instant::now();
+        loop {
+            let out = run(&["check-config", "--config", s(config)]);
+            if out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("regional registry: reached")
+            {
+                return true;
+            }
+            if start.elapsed() > START_LIMIT {
+                eprintln!("{}", show(&out));
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let hospital_ok = reached(&home);
+    let clinic_ok = reached(&cdir.path().join("gate.toml"));
+    // A client certificate from another CA (the regional terminal CA's site-gateway one) is
+    // refused by etcd.
+    let foreign = {
+        let cfg = cdir.path().join("gate.toml");
+        let text = std::fs::read_to_string(&cfg).expect("read");
+        std::fs::write(
+            &cfg,
+            text.replace(
+                "cert = \"registry/gateway.crt\"",
+                "cert = \"peer/site.crt\"",
+            )
+            .replace("key = \"registry/gateway.key\"", "key = \"peer/site.key\""),
+        )
+        .expect("write");
+        run(&["check-config", "--config", s(&cfg)])
+    };
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let log = std::fs::read_to_string(m.join("etcd.log")).unwrap_or_default();
+    assert!(
+        hospital_ok,
+        "the hospital's credentials reach the member:\n{log}"
+    );
+    assert!(
+        clinic_ok,
+        "the clinic's credentials reach the member:\n{log}"
+    );
+    assert!(
+        foreign.status.code() == Some(69)
+            && String::from_utf8_lossy(&foreign.stderr)
+                .contains("regional registry: cannot be reached"),
+        "a certificate of another CA must not reach etcd: {}",
+        show(&foreign)
+    );
+}
