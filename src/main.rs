@@ -195,6 +195,7 @@ enum RegistryCmd {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum NetworkCmd {
     /// Create the network at its home: the regional terminal CA (name-constrained), the etcd
     /// CA, the first site's gateway and gate.toml, and the network's site list.
