@@ -881,3 +881,124 @@ fn art_6_2_network_etcd_member_certifies_a_member_the_sites_credentials_reach() 
         show(&foreign)
     );
 }
+
+/// Art 12.2 with the network (issue 14): a WireGuard terminal issued at the hospital gets one
+/// `.conf` with one `[Peer]` per site gateway — each site's public key, endpoint and its own
+/// address inside the tunnel — and an address of its own that is no site's.
+#[test]
+fn art_12_2_a_wireguard_terminal_of_the_network_gets_one_peer_per_site() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (home, bundle) = (root.path().join("hospital"), root.path().join("bundle"));
+    let (hp, hpp, cpp) = (free_port(), free_port(), free_port());
+    run_ok(&[
+        "network",
+        "init",
+        "--dir",
+        s(&home),
+        "--site",
+        HOSPITAL,
+        "--host",
+        "127.0.0.1",
+        "--listen",
+        &format!("127.0.0.1:{hp}"),
+        "--peer-listen",
+        &format!("127.0.0.1:{hpp}"),
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--metrics",
+        "off",
+        "--wireguard",
+        "127.0.0.1:51820",
+        "--etcd",
+        "https://127.0.0.1:2379",
+    ]);
+    run_ok(&[
+        "site",
+        "add",
+        "--config",
+        s(&home.join("gate.toml")),
+        "--site",
+        CLINIC,
+        "--host",
+        "127.0.0.1",
+        "--peer-listen",
+        &format!("127.0.0.1:{cpp}"),
+        "--wireguard",
+        "0.0.0.0:51821",
+        "--out",
+        s(&bundle),
+    ]);
+    let hospital = home.join("gate.toml");
+    registry_to_sled(&hospital);
+    let cfg = ["--config", s(&hospital)];
+    run_ok(
+        &[
+            &["physician", "add", "--id", "dr-saiyo", "--name", "Dr Saiyo"][..],
+            &cfg,
+        ]
+        .concat(),
+    );
+    let terms = root.path().join("terms");
+    let out = run_ok(
+        &[
+            &[
+                "terminal",
+                "add",
+                "--physician",
+                "dr-saiyo",
+                "--name",
+                "saiyo-wg",
+                "--wireguard",
+            ][..],
+            &["--out", s(&terms)],
+            &cfg,
+        ]
+        .concat(),
+    );
+    assert!(
+        out.contains("and https://10.77.0.254/ for nomura-clinic (nomura-clinic)"),
+        "{out}"
+    );
+    let conf = std::fs::read_to_string(terms.join("saiyo-wg.conf")).expect("the .conf");
+    assert_eq!(conf.matches("[Interface]").count(), 1, "{conf}");
+    assert_eq!(conf.matches("[Peer]").count(), 2, "{conf}");
+    let toml_value = |file: &Path, key: &str| -> Vec<String> {
+        std::fs::read_to_string(file)
+            .expect("read")
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key} = \"")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .collect()
+    };
+    let keys = toml_value(&hospital, "wireguard_public_key");
+    assert_eq!(
+        keys.len(),
+        2,
+        "both sites' keys in the home's [[network.sites]]"
+    );
+    for (key, address, endpoint) in [
+        (&keys[0], "10.77.0.1", "127.0.0.1:51820"),
+        (&keys[1], "10.77.0.254", "127.0.0.1:51821"),
+    ] {
+        assert!(
+            conf.contains(&format!(
+                "[Peer]\nPublicKey = {key}\nEndpoint = {endpoint}\nAllowedIPs = {address}/32\n"
+            )),
+            "a [Peer] for {address}: {conf}"
+        );
+    }
+    let clinic_key = std::fs::read_to_string(bundle.join("wireguard/gateway.key")).expect("key");
+    let clinic_secret = clinic_key.trim();
+    assert!(
+        !conf.contains(clinic_secret),
+        "never a gateway's private key"
+    );
+    let address = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("Address = "))
+        .expect("Address");
+    assert!(
+        address.starts_with("10.77.0.") && !["10.77.0.1/32", "10.77.0.254/32"].contains(&address),
+        "the terminal's own address: {address}"
+    );
+}
