@@ -443,6 +443,50 @@ fn art_12_8_peer_api_refuses_a_terminal_certificate_and_serves_audit_queries_onl
         .filter(|r| r["ingress"] == "peer" && r["decision"] == "deny")
         .collect();
     assert_eq!(refusals.len(), 2, "{refusals:#?}");
+
+    // A renewed site-gateway certificate is served after SIGHUP, without a restart.
+    let ca = seibo_gate::site::pki::Ca::load(
+        &n.hospital.path("ca/terminal-ca.crt"),
+        &n.hospital.path("ca/terminal-ca.key"),
+    )
+    .expect("the regional CA");
+    for f in ["peer/site.crt", "peer/site.key"] {
+        std::fs::rename(n.clinic.path(f), n.clinic.path(&format!("{f}.old"))).expect("move");
+    }
+    let renewed = ca
+        .issue_site_gateway(
+            CLINIC,
+            &["localhost".into(), "127.0.0.1".into()],
+            &n.clinic.path("peer/site.crt"),
+            &n.clinic.path("peer/site.key"),
+        )
+        .expect("renew");
+    let pid = n.clinic.pid().expect("running").to_string();
+    run_ok_cmd("kill", &["-HUP", &pid]);
+    let served_serial = || -> Option<String> {
+        let cfg = client_config(&n.hospital.ca(), None);
+        rt.block_on(async {
+            let tls = tls_connect(n.clinic_peer, cfg).await.ok()?;
+            let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+            seibo_gate::site::pki::cert_info(leaf.as_ref())
+                .ok()
+                .map(|i| i.serial)
+        })
+    };
+    let start = std::time::Instant::now();
+    while served_serial().as_deref() != Some(renewed.serial.as_str()) {
+        assert!(
+            start.elapsed() < START_LIMIT,
+            "the renewed certificate is not served after SIGHUP:\n{}",
+            n.clinic.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_ok_cmd(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("run");
+    assert!(out.status.success(), "{cmd} {args:?}: {}", show(&out));
 }
 
 /// Art 6.2: the regional CA that physicians install carries name constraints (read with
