@@ -717,7 +717,10 @@ fn firewall_rulesets_pass_nft_check() {
     assert!(hospital.contains("ip daddr 198.51.100.20 tcp dport 8843 accept"));
     assert!(clinic.contains("ip saddr @listener1_v4 tcp dport 8843 accept"));
     assert!(clinic.contains("ip daddr 203.0.113.10 tcp dport 8843 accept"));
-    assert!(!hospital.contains("ip daddr 203.0.113.10 tcp dport 8843"), "not to itself");
+    assert!(
+        !hospital.contains("ip daddr 203.0.113.10 tcp dport 8843"),
+        "not to itself"
+    );
     assert!(
         clinic.contains("udp dport 53 accept"),
         "named EMR needs DNS"
