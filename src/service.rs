@@ -298,15 +298,20 @@ fn forward_refused(gate: &Gate, ex: &Exchange, rid: u64, r: &Refusal) -> Respons
 }
 
 /// Art 8.3: an allowed view moves the patient's `last_view` to today (the decision read the
-/// consent: later views of the day need no write).
-fn record_view(gate: &Gate, a: &Allowed) -> Result<(), Refusal> {
+/// consent: later views of the day need no write). The write runs beside the request and
+/// never delays it (on the regional registry it is an etcd transaction); it only moves
+/// `last_view` forward, and a failure loses one day's extension, never a refusal.
+fn record_view(gate: &Gate, a: &Allowed) {
     if let (Some(patient), true) = (&a.target.patient, a.first_view_today) {
-        if let Err(e) = gate.store.touch_consent(patient, gate.clock.today()) {
-            tracing::error!(error = %e, "consent update failed");
-            return Err(Refusal::StoreUnavailable);
-        }
+        let store = gate.store.clone();
+        let patient = patient.clone();
+        let today = gate.clock.today();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_consent(&patient, today).await {
+                tracing::error!(error = %e, "last_view update failed");
+            }
+        });
     }
-    Ok(())
 }
 
 /// The forward stage once the request's record is durable: the view recorded, the request
@@ -319,7 +324,7 @@ async fn forward(
     req: Request<Incoming>,
     rid: u64,
 ) -> Result<Response<Body>, Refusal> {
-    record_view(gate, a)?;
+    record_view(gate, a);
     let resp = send(gate, ex, a, req).await;
     respond(gate, ex, resp, rid)
 }
@@ -355,10 +360,7 @@ async fn forward_while_recording(
     audited(gate, audit_started);
     // From here every way out writes the outcome, as in `handle`.
     let guard = ClientClosedGuard::armed(gate.audit.clone(), rid, ex.started);
-    if let Err(r) = record_view(gate, a) {
-        guard.disarm();
-        return forward_refused(gate, ex, rid, &r);
-    }
+    record_view(gate, a);
     let resp = match early {
         Some(resp) => resp,
         None => emr.await,

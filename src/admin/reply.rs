@@ -43,6 +43,8 @@ pub enum AdminReply {
     ConsentView(ConsentView),
     /// `patient-delete`: nothing (`null`).
     Nothing,
+    /// `registry-status`: [`crate::registry::RegistryStatus`].
+    Registry(crate::registry::RegistryStatus),
 }
 
 /// A consent with what it means today (`consent show`).

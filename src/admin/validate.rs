@@ -91,9 +91,10 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             form(form_ref)
         }
         AdminRequest::ConsentShow { patient } => patient_id(patient),
-        AdminRequest::PhysicianList {} | AdminRequest::TerminalList {} | AdminRequest::Purge {} => {
-            Ok(())
-        }
+        AdminRequest::PhysicianList {}
+        | AdminRequest::TerminalList {}
+        | AdminRequest::RegistryStatus {}
+        | AdminRequest::Purge {} => Ok(()),
     }
 }
 
@@ -131,9 +132,10 @@ pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, St
             format!("form {}", capped(form_ref)),
         ),
         AdminRequest::ConsentShow { patient } => (None, Some(patient.clone()), String::new()),
-        AdminRequest::PhysicianList {} | AdminRequest::TerminalList {} | AdminRequest::Purge {} => {
-            (None, None, String::new())
-        }
+        AdminRequest::PhysicianList {}
+        | AdminRequest::TerminalList {}
+        | AdminRequest::RegistryStatus {}
+        | AdminRequest::Purge {} => (None, None, String::new()),
     }
 }
 

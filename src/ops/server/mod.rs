@@ -23,6 +23,7 @@ use crate::admin::{self, Admin};
 use crate::audit::{AuditError, AuditLog};
 use crate::gate::Gate;
 use crate::ingress::listener::MtlsListener;
+use crate::ingress::peer_api::{self, BoundPeerApi};
 use crate::ingress::tls::{self, TlsError};
 use crate::ingress::tunnel;
 use crate::ingress::wireguard::{WgHandle, WgStream};
@@ -74,6 +75,8 @@ pub struct Ready {
     pub metrics: Option<SocketAddr>,
     /// The WireGuard UDP socket, when enabled.
     pub wireguard: Option<SocketAddr>,
+    /// The read-only peer API (`[peer]`), when configured.
+    pub peer: Option<SocketAddr>,
 }
 
 /// A listener's TLS configuration, swapped by `SIGHUP` for new connections.
@@ -105,6 +108,7 @@ pub struct Bound {
     metrics_socket: Option<TcpListener>,
     admin_socket: UnixListener,
     tunnel: Option<BoundTunnel>,
+    peer_api: Option<BoundPeerApi>,
 }
 
 impl Bound {
@@ -121,6 +125,10 @@ impl Bound {
                 .as_ref()
                 .and_then(|s| s.local_addr().ok()),
             wireguard: self.tunnel.as_ref().map(|t| t.handle.local_addr()),
+            peer: self
+                .peer_api
+                .as_ref()
+                .and_then(|p| p.socket.local_addr().ok()),
         }
     }
 
@@ -136,7 +144,7 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
     crate::site::fsmode::restrict_umask();
     check_key_modes(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
-    let store = Store::open(&cfg.state_dir.join("registry"))?;
+    let store = Store::open_configured(&cfg).await?;
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
     let metrics = Metrics::new()?;
     // `AuditLog::open` has just checked the whole chain and its anchor and brought the index in
@@ -177,6 +185,10 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         }
         None => None,
     };
+    let peer_api = match &cfg.peer {
+        Some(p) => Some(bind_peer_api(p, &cfg).await?),
+        None => None,
+    };
     Ok(Bound {
         cfg,
         store,
@@ -186,6 +198,29 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         metrics_socket,
         admin_socket,
         tunnel,
+        peer_api,
+    })
+}
+
+/// Binds the read-only peer API (`[peer]`): its site-gateway certificate, clients only site
+/// gateways of the regional CA (`[ca] cert`).
+async fn bind_peer_api(p: &config::PeerApi, cfg: &Config) -> Result<BoundPeerApi, ServeError> {
+    let tls = peer_api::verify::server_config(&p.cert, &p.key, &cfg.ca.cert).map_err(|source| {
+        ServeError::Tls {
+            name: "peer".into(),
+            source,
+        }
+    })?;
+    let socket = TcpListener::bind(p.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: p.listen,
+            source,
+        })?;
+    Ok(BoundPeerApi {
+        socket,
+        tls,
+        allow: p.allow.clone(),
     })
 }
 
@@ -253,6 +288,7 @@ async fn serve_with(
         metrics_socket,
         admin_socket,
         tunnel,
+        peer_api,
     } = bound;
     let gate = Arc::new(Gate::new(
         &cfg,
@@ -286,6 +322,20 @@ async fn serve_with(
         shutdown: &shutdown,
     };
     let mut tasks = running.spawn_ingress(listeners, tunnel, metrics_socket, admin_socket);
+    if let Some(p) = peer_api {
+        let svc = Arc::new(peer_api::PeerService {
+            site: cfg.site.id.clone(),
+            audit_dir: cfg.state_dir.join("audit"),
+            audit: audit.clone(),
+            clock: admin.clock.clone(),
+        });
+        tasks.spawn(peer_api::serve(
+            p,
+            svc,
+            cfg.limits.handshake_timeout,
+            shutdown.clone(),
+        ));
+    }
     running.spawn_background(&mut tasks);
 
     metrics.up.set(1);
@@ -293,6 +343,7 @@ async fn serve_with(
         site = %cfg.site.id,
         listeners = ?ready.listeners,
         metrics = ?ready.metrics,
+        peer = ?ready.peer,
         upstream = %cfg.upstream.authority,
         routes = cfg.routes.len(),
         "seibo-gate ready"
@@ -383,6 +434,10 @@ impl Running<'_> {
     fn spawn_background(&self, tasks: &mut tokio::task::JoinSet<()>) {
         let cfg = self.cfg;
         tasks.spawn(tasks::sweep_sessions(
+            self.gate.clone(),
+            self.shutdown.clone(),
+        ));
+        tasks.spawn(tasks::registry_health(
             self.gate.clone(),
             self.shutdown.clone(),
         ));

@@ -17,13 +17,15 @@
 
 mod ca;
 mod cert;
+mod constraints;
 mod files;
 mod p12;
 #[cfg(test)]
 mod tests;
 
-pub use ca::{create_ca, Ca, IssuedClient};
+pub use ca::{create_ca, create_constrained_ca, Ca, IssuedClient, LeafSpec};
 pub use cert::cert_info;
+pub use constraints::{host_permitted, permitted_subtrees, Permit};
 pub use files::{load_certs, load_key, write_new_file};
 
 use cert::parse_cert;
@@ -49,6 +51,8 @@ const BACKDATE: Duration = Duration::minutes(5);
 pub const OU_TERMINAL: &str = "terminal";
 /// Subject OU marking a trusted in-hospital site system certificate.
 pub const OU_SITE_SYSTEM: &str = "site-system";
+/// Subject OU marking a site gateway of the network (the peer API's only clients).
+pub const OU_SITE_GATEWAY: &str = "site-gateway";
 /// Length of the generated PKCS#12 password.
 const P12_PASSWORD_LEN: usize = 20;
 /// Password alphabet without look-alikes (no 0/O/o, 1/l/I/i).
@@ -94,6 +98,8 @@ pub enum PkiError {
 pub enum ClientKind {
     Terminal,
     SiteSystem,
+    /// Another site's gateway in the network (issue 14: the read-only peer API).
+    SiteGateway,
 }
 
 impl ClientKind {
@@ -102,6 +108,7 @@ impl ClientKind {
         match self {
             ClientKind::Terminal => OU_TERMINAL,
             ClientKind::SiteSystem => OU_SITE_SYSTEM,
+            ClientKind::SiteGateway => OU_SITE_GATEWAY,
         }
     }
 
@@ -109,6 +116,7 @@ impl ClientKind {
         match ou {
             OU_TERMINAL => Some(ClientKind::Terminal),
             OU_SITE_SYSTEM => Some(ClientKind::SiteSystem),
+            OU_SITE_GATEWAY => Some(ClientKind::SiteGateway),
             _ => None,
         }
     }
