@@ -219,6 +219,15 @@ impl Store {
         }
     }
 
+    /// Regional registry: brings this gateway's copy up to etcd's current revision (bounded;
+    /// see `Regional::catch_up`). Sled is always current: true at once.
+    pub async fn catch_up(&self) -> bool {
+        match self.backend.etcd() {
+            Some(reg) => reg.catch_up().await,
+            None => true,
+        }
+    }
+
     /// True when sign-in sessions are shared by every gateway (the regional registry).
     pub fn shares_sessions(&self) -> bool {
         self.backend.is_regional()
