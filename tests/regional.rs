@@ -128,6 +128,17 @@ struct Page {
 }
 
 impl Browser {
+    /// `POST /.seibo/login` with `id` and `password` at `port`.
+    async fn login(&mut self, port: u16, id: &str, password: &str, next: &str) -> Page {
+        self.send(
+            port,
+            "POST",
+            "/.seibo/login",
+            &[("id", id), ("password", password), ("next", next)],
+        )
+        .await
+    }
+
     async fn send(&mut self, port: u16, method: &str, target: &str, form: &[(&str, &str)]) -> Page {
         self.try_send(port, method, target, form)
             .await
@@ -207,15 +218,11 @@ async fn art_13_1_sessions_and_lockouts_hold_across_gateways() {
     };
     // First sign-in through A with the one-time password, the forced change through A.
     let r = br
-        .send(
+        .login(
             p.a.port,
-            "POST",
-            "/.seibo/login",
-            &[
-                ("id", "dr-two"),
-                ("password", "initial-pass-123"),
-                ("next", "/patients/P001/labs"),
-            ],
+            "dr-two",
+            "initial-pass-123",
+            "/patients/P001/labs",
         )
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
@@ -264,32 +271,12 @@ async fn art_13_1_sessions_and_lockouts_hold_across_gateways() {
     br.cookie = None;
     for i in 0..5 {
         let port = if i % 2 == 0 { p.a.port } else { p.b.port };
-        let r = br
-            .send(
-                port,
-                "POST",
-                "/.seibo/login",
-                &[
-                    ("id", "dr-two"),
-                    ("password", "wrong-password"),
-                    ("next", "/"),
-                ],
-            )
-            .await;
+        let r = br.login(port, "dr-two", "wrong-password", "/").await;
         assert_ne!(r.status, 303, "try {i}: {}", r.body);
     }
     for port in [p.a.port, p.b.port] {
         let r = br
-            .send(
-                port,
-                "POST",
-                "/.seibo/login",
-                &[
-                    ("id", "dr-two"),
-                    ("password", "a-new-long-passphrase-42"),
-                    ("next", "/"),
-                ],
-            )
+            .login(port, "dr-two", "a-new-long-passphrase-42", "/")
             .await;
         assert_ne!(r.status, 303, "locked at both gateways: {}", r.body);
     }
@@ -426,16 +413,7 @@ async fn art_13_1_behind_haproxy_one_session_and_at_most_five_checks_across_gate
     };
     let port = front.port();
     let r = br
-        .send(
-            port,
-            "POST",
-            "/.seibo/login",
-            &[
-                ("id", id),
-                ("password", "initial-pass-123"),
-                ("next", "/patients/P001/labs"),
-            ],
-        )
+        .login(port, id, "initial-pass-123", "/patients/P001/labs")
         .await;
     assert_eq!(r.status, 303, "{}", r.body);
     let r = br
@@ -495,18 +473,7 @@ async fn art_13_1_behind_haproxy_one_session_and_at_most_five_checks_across_gate
         assert_ne!(status, 303, "a wrong password never signs in");
     }
     for g in [&p.a, &p.b] {
-        let r = br
-            .send(
-                g.port,
-                "POST",
-                "/.seibo/login",
-                &[
-                    ("id", id),
-                    ("password", "a-new-long-passphrase-42"),
-                    ("next", "/"),
-                ],
-            )
-            .await;
+        let r = br.login(g.port, id, "a-new-long-passphrase-42", "/").await;
         assert_ne!(r.status, 303, "locked at both gateways: {}", r.body);
     }
     let all: Vec<String> = login_reasons(&p.a, id)

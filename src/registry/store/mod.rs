@@ -724,5 +724,15 @@ impl Store {
     }
 }
 
+/// Tests: runs a store write (async: the etcd backend awaits its transaction) to completion.
+#[cfg(test)]
+pub(crate) fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
 #[cfg(test)]
 mod tests;
