@@ -40,7 +40,13 @@ struct ConfigArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run everything on loopback with a sample EMR and print curl lines to try (Ctrl-C stops).
-    Demo,
+    Demo {
+        /// Both sites of Seibo Net (hospital and clinic) on one regional registry: needs the
+        /// `etcd` binary (Debian etcd-server); shows a consent given at the clinic used at the
+        /// hospital and a withdrawal at the hospital refused at the clinic.
+        #[arg(long)]
+        network: bool,
+    },
     /// Create a new site: config, terminal CA, server certificate, state directory; with
     /// --join, a site of a network from the bundle `site add` wrote.
     Init {
@@ -182,19 +188,25 @@ enum Command {
 enum RegistryCmd {
     /// Backend, revision applied, staleness and etcd members (exit 69 when not serving).
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Every physician, terminal and consent as JSON lines (file mode 0600, never overwritten).
     Export {
+        /// The file to write (must not exist).
         #[arg(long)]
         out: PathBuf,
     },
     /// Check a file from `registry export`, then add every record to this config's registry.
-    Import { file: PathBuf },
+    Import {
+        /// A JSON-lines file written by `registry export`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum NetworkCmd {
     /// Create the network at its home: the regional terminal CA (name-constrained), the etcd
     /// CA, the first site's gateway and gate.toml, and the network's site list.
@@ -242,6 +254,25 @@ enum NetworkCmd {
         #[arg(long)]
         permit: Vec<String>,
     },
+    /// At the network's home: an etcd member's certificate (server and client) from the
+    /// network's etcd CA, for the regional registry's members (--cert-file, --peer-cert-file;
+    /// etcd-ca.crt as --trusted-ca-file and --peer-trusted-ca-file).
+    EtcdMember(EtcdMemberArgs),
+}
+
+#[derive(Args, Debug)]
+struct EtcdMemberArgs {
+    /// The member's name (names its files; its certificate's CN).
+    #[arg(long)]
+    name: String,
+    /// An address or DNS name its client and peer URLs use (repeatable).
+    #[arg(long = "host", required = true)]
+    hosts: Vec<String>,
+    /// Directory for NAME.crt, NAME.key and etcd-ca.crt (created 0700).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    cfg: ConfigArg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -497,7 +528,10 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_tracing(matches!(cli.command, Command::Serve { .. } | Command::Demo));
+    init_tracing(matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Demo { .. }
+    ));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -555,8 +589,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         seibo_gate::site::fsmode::restrict_umask();
     }
     match cli.command {
-        Command::Demo => {
+        Command::Demo { network: false } => {
             seibo_gate::ops::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { network: true } => {
+            seibo_gate::ops::demo_network::run().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SampleEmr { listen } => {
@@ -678,37 +716,43 @@ fn parse_metrics(m: &str) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 fn network(cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
-    let NetworkCmd::Init {
-        dir,
-        network,
-        site,
-        name,
-        hosts,
-        listen,
-        peer_listen,
-        upstream,
-        private,
-        metrics,
-        wireguard,
-        etcd,
-        permit,
-    } = cmd;
-    let mut o = InitOptions::new(&dir);
-    o.wireguard = wireguard;
-    o.metrics = parse_metrics(&metrics)?;
-    o.site = site;
-    o.name = name;
-    o.listen = listen;
-    o.upstream = upstream;
-    o.private = private;
-    cli::network::init(&seibo_gate::site::network::NetworkInitOptions {
-        site: o,
-        network,
-        hosts,
-        peer_listen,
-        etcd,
-        permit,
-    })
+    match cmd {
+        NetworkCmd::EtcdMember(a) => {
+            cli::network::etcd_member(&cli::load(&a.cfg.config)?, &a.name, &a.hosts, &a.out)
+        }
+        NetworkCmd::Init {
+            dir,
+            network,
+            site,
+            name,
+            hosts,
+            listen,
+            peer_listen,
+            upstream,
+            private,
+            metrics,
+            wireguard,
+            etcd,
+            permit,
+        } => {
+            let mut o = InitOptions::new(&dir);
+            o.wireguard = wireguard;
+            o.metrics = parse_metrics(&metrics)?;
+            o.site = site;
+            o.name = name;
+            o.listen = listen;
+            o.upstream = upstream;
+            o.private = private;
+            cli::network::init(&seibo_gate::site::network::NetworkInitOptions {
+                site: o,
+                network,
+                hosts,
+                peer_listen,
+                etcd,
+                permit,
+            })
+        }
+    }
 }
 
 async fn physician(cmd: PhysicianCmd, c: &Config) -> anyhow::Result<ExitCode> {

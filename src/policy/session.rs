@@ -253,7 +253,24 @@ impl Sessions {
         let published = store.session_get(&hex::encode(k)).is_some();
         let local = self.with_shard(k, |m| m.get(k).cloned());
         let mut s = match (local, published) {
-            (Some(s), true) => s,
+            (Some(mut s), true) => {
+                // A forced password change done through another gateway counts here too.
+                if s.must_change_password
+                    && store
+                        .physician(&s.physician)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|p| !p.must_change_password)
+                {
+                    s.must_change_password = false;
+                    self.with_shard(k, |m| {
+                        if let Some(x) = m.get_mut(k) {
+                            x.must_change_password = false;
+                        }
+                    });
+                }
+                s
+            }
             (Some(_), false) => {
                 self.with_shard(k, |m| m.remove(k));
                 return Err(SessionRefusal::Expired);
@@ -340,6 +357,7 @@ impl Sessions {
     /// Ends every session matching `pred` (suspension, revocation, password reset).
     pub fn end_where(&self, pred: impl Fn(&Session) -> bool) -> usize {
         let mut n = 0;
+        let mut ended_here = std::collections::HashSet::new();
         for shard in &self.shards {
             let mut g = match shard.lock() {
                 Ok(g) => g,
@@ -350,6 +368,7 @@ impl Sessions {
                 let end = pred(s);
                 if end {
                     self.unpublish(k);
+                    ended_here.insert(hex::encode(k));
                 }
                 !end
             });
@@ -358,6 +377,9 @@ impl Sessions {
         // Sessions opened through other gateways and not used here yet.
         if let Some(store) = &self.shared {
             for (k, raw) in store.shared_sessions() {
+                if ended_here.contains(&k) {
+                    continue;
+                }
                 let Ok(s) = serde_json::from_slice::<SharedSession>(&raw) else {
                     continue;
                 };

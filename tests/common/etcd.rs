@@ -201,6 +201,22 @@ impl EtcdCluster {
 
     /// [`EtcdCluster::start`] with other timeouts or auto-compaction.
     pub fn start_with(n: usize, options: EtcdOptions) -> EtcdCluster {
+        EtcdCluster::start_signed_by(n, options, None)
+    }
+
+    /// [`EtcdCluster::start`] with the caller's CA (certificate and key PEM files, e.g. the
+    /// network's etcd CA that `seibo-gate network init` writes): the members' certificates and
+    /// the harness's client certificates are signed by it, so that credentials the caller's CA
+    /// issued (a site's `registry/gateway.crt`) are accepted.
+    pub fn start_with_ca(n: usize, ca_cert: &Path, ca_key: &Path) -> EtcdCluster {
+        EtcdCluster::start_signed_by(n, EtcdOptions::default(), Some((ca_cert, ca_key)))
+    }
+
+    fn start_signed_by(
+        n: usize,
+        options: EtcdOptions,
+        given_ca: Option<(&Path, &Path)>,
+    ) -> EtcdCluster {
         assert!(n >= 1, "an etcd cluster needs at least one member");
         require_tool("etcd");
         require_tool("etcdctl");
@@ -211,7 +227,17 @@ impl EtcdCluster {
             .expect("tempdir for etcd");
         let d = dir.path();
 
-        let ca = make_ca(d, "seibo-gate test etcd CA");
+        let ca = match given_ca {
+            Some((cert, key)) => {
+                let pem = fs::read_to_string(cert).expect("read the given CA certificate");
+                let key = fs::read_to_string(key).expect("read the given CA key");
+                fs::write(d.join("ca.crt"), &pem).expect("write ca.crt");
+                write_key(&d.join("ca.key"), &key);
+                let key = KeyPair::from_pem(&key).expect("the given CA key");
+                Issuer::from_ca_cert_pem(&pem, key).expect("the given CA as issuer")
+            }
+            None => make_ca(d, "seibo-gate test etcd CA"),
+        };
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         issue(d, &ca, "gateway", vec![ClientAuth], false);
         issue(d, &ca, "etcdctl", vec![ClientAuth], false);
@@ -418,6 +444,26 @@ impl EtcdCluster {
         )
     }
 
+    /// Points a site made by `seibo-gate init` at this cluster: [`EtcdCluster::write_credentials`]
+    /// beside `config` (its `gate.toml`) and [`EtcdCluster::registry_toml`] appended to it.
+    /// Panics if the file already has a `[registry]` section.
+    pub fn configure_gateway(&self, config: &Path, prefix: &str, max_stale_secs: u64) {
+        let site = config.parent().expect("gate.toml has a directory");
+        self.write_credentials(site);
+        let mut text = fs::read_to_string(config).expect("read gate.toml");
+        assert!(
+            !text.lines().any(|l| l.trim() == "[registry]"),
+            "{} already has a [registry] section",
+            config.display()
+        );
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push('\n');
+        text.push_str(&self.registry_toml(prefix, max_stale_secs));
+        fs::write(config, text).expect("write gate.toml");
+    }
+
     /// `etcd-client` options for this cluster: TLS with the CA and the gateway's certificate,
     /// 2 s connect timeout, 5 s request timeout.
     pub fn connect_options(&self) -> etcd_client::ConnectOptions {
@@ -537,6 +583,24 @@ impl EtcdCluster {
             .unwrap_or_else(|e| {
                 panic!("run etcdctl (run scripts/install-test-tools if it is missing): {e}")
             })
+    }
+
+    /// The member that leads now, as `etcdctl endpoint status` of the running members reports
+    /// it (`None` while there is no leader or no member answers).
+    pub fn leader(&self) -> Option<usize> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json", "--command-timeout=2s"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows = v.as_array()?;
+        let leader = rows
+            .iter()
+            .filter_map(|r| r["Status"]["leader"].as_u64())
+            .find(|l| *l != 0)?;
+        let endpoint = rows
+            .iter()
+            .find(|r| r["Status"]["header"]["member_id"].as_u64() == Some(leader))?["Endpoint"]
+            .as_str()?
+            .to_string();
+        (0..self.members.len()).find(|&i| self.endpoint(i) == endpoint)
     }
 
     /// Waits until `etcdctl endpoint health` passes for every running member (each check needs
