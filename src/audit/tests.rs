@@ -442,6 +442,7 @@ async fn query_prefilter_is_exact() {
         physician: Some(physician.into()),
         path: path.into(),
         cn: Some("\"patient\":\"P1\"".into()),
+        staff: None,
         ..rec(1)
     };
     let a = log.record(mk("P1", "DR1", "/a")).await.unwrap();

@@ -6,6 +6,7 @@
 //! * `terminals`: terminal name → [`Terminal`] (JSON)
 //! * `fingerprints`: SPKI SHA-256 (hex) → terminal name
 //! * `consents`: patient id → [`Consent`] (JSON)
+//! * `staff`: staff id → [`Staff`] (JSON): the liaison office's console accounts (issue 15)
 //! * `meta`: `schema` → version
 //!
 //! Administrative changes are flushed before they are acknowledged. The `last_view` update of
@@ -25,7 +26,7 @@ use time::Date;
 use crate::policy::auth;
 use crate::policy::consent;
 use crate::registry::model::{
-    Consent, Physician, SuspendReason, Terminal, TerminalKind, Withdrawal,
+    Consent, Physician, Staff, SuspendReason, Terminal, TerminalKind, Withdrawal,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -59,6 +60,8 @@ pub enum Missing {
     Terminal(String),
     #[error("no consent for patient {0:?}")]
     Consent(String),
+    #[error("no staff member {0:?}")]
+    Staff(String),
 }
 
 /// A change that contradicts what is registered: which record, and why.
@@ -66,6 +69,8 @@ pub enum Missing {
 pub enum Conflict {
     #[error("physician {0:?} is already registered")]
     PhysicianRegistered(String),
+    #[error("staff member {0:?} is already registered")]
+    StaffRegistered(String),
     #[error("terminal {0:?} is already registered")]
     TerminalRegistered(String),
     /// Another terminal has this certificate key (or WireGuard key).
@@ -90,6 +95,7 @@ pub struct Store {
     terminals: sled::Tree,
     fingerprints: sled::Tree,
     consents: sled::Tree,
+    staff: sled::Tree,
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -135,6 +141,7 @@ impl Store {
             terminals: db.open_tree("terminals")?,
             fingerprints: db.open_tree("fingerprints")?,
             consents: db.open_tree("consents")?,
+            staff: db.open_tree("staff")?,
             db,
             generation: Arc::new(AtomicU64::new(0)),
         })
@@ -496,6 +503,80 @@ impl Store {
         Err(StoreError::Conflict(Conflict::ConsentChanging(
             patient.to_string(),
         )))
+    }
+
+    // ---- staff of the liaison office (issue 15) ----
+
+    pub fn staff(&self, id: &str) -> Result<Option<Staff>, StoreError> {
+        self.staff
+            .get(id)?
+            .map(|v| decode("staff", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn staff_list(&self) -> Result<Vec<Staff>, StoreError> {
+        self.staff
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode("staff", &k, &v)
+            })
+            .collect()
+    }
+
+    /// The staff member whose certificate key has this fingerprint (a few accounts: a scan).
+    pub fn staff_by_fingerprint(&self, fp: &str) -> Result<Option<Staff>, StoreError> {
+        Ok(self.staff_list()?.into_iter().find(|s| s.fingerprint == fp))
+    }
+
+    pub async fn add_staff(&self, s: &Staff) -> Result<(), StoreError> {
+        if self
+            .staff
+            .compare_and_swap(&s.id, None as Option<&[u8]>, Some(encode(s)))?
+            .is_err()
+        {
+            return Err(StoreError::Conflict(Conflict::StaffRegistered(
+                s.id.clone(),
+            )));
+        }
+        self.flush()
+    }
+
+    /// Applies `f` to staff member `id` atomically (sled may run it more than once) and
+    /// flushes when `f` answers true (changed). Returns `f`'s last answer and the record.
+    pub async fn update_staff(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Staff) -> bool,
+    ) -> Result<Staff, StoreError> {
+        let mut out = None;
+        let mut err = None;
+        let mut changed = false;
+        self.staff.fetch_and_update(id, |old| {
+            out = None;
+            err = None;
+            let old = old?;
+            match decode::<Staff>("staff", id.as_bytes(), old) {
+                Ok(mut s) => {
+                    changed = f(&mut s);
+                    let v = encode(&s);
+                    out = Some(s);
+                    Some(v)
+                }
+                Err(e) => {
+                    err = Some(e);
+                    Some(old.to_vec())
+                }
+            }
+        })?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let s = out.ok_or_else(|| StoreError::NotFound(Missing::Staff(id.to_string())))?;
+        if changed {
+            self.flush()?;
+        }
+        Ok(s)
     }
 
     /// Art 11: deletes every consent due ([`Store::purge_due`]). Returns the patients purged.

@@ -49,6 +49,8 @@ const BACKDATE: Duration = Duration::minutes(5);
 pub const OU_TERMINAL: &str = "terminal";
 /// Subject OU marking a trusted in-hospital site system certificate.
 pub const OU_SITE_SYSTEM: &str = "site-system";
+/// Subject OU of a liaison-office staff certificate (the office console, issue 15).
+pub const OU_STAFF: &str = "liaison-office-staff";
 /// Length of the generated PKCS#12 password.
 const P12_PASSWORD_LEN: usize = 20;
 /// Password alphabet without look-alikes (no 0/O/o, 1/l/I/i).
@@ -94,6 +96,8 @@ pub enum PkiError {
 pub enum ClientKind {
     Terminal,
     SiteSystem,
+    /// A liaison-office staff terminal (the office console's first factor, issue 15).
+    Staff,
 }
 
 impl ClientKind {
@@ -102,6 +106,7 @@ impl ClientKind {
         match self {
             ClientKind::Terminal => OU_TERMINAL,
             ClientKind::SiteSystem => OU_SITE_SYSTEM,
+            ClientKind::Staff => OU_STAFF,
         }
     }
 
@@ -109,6 +114,7 @@ impl ClientKind {
         match ou {
             OU_TERMINAL => Some(ClientKind::Terminal),
             OU_SITE_SYSTEM => Some(ClientKind::SiteSystem),
+            OU_STAFF => Some(ClientKind::Staff),
             _ => None,
         }
     }
