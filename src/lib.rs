@@ -59,6 +59,7 @@ pub(crate) mod egress;
 pub(crate) mod exchange;
 pub(crate) mod gate;
 pub mod ingress;
+pub mod office;
 pub mod ops;
 pub(crate) mod outcome;
 pub mod pages;

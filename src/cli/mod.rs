@@ -27,6 +27,7 @@ pub mod audit;
 pub mod check;
 pub mod consent;
 pub mod physician;
+pub mod staff;
 pub mod terminal;
 
 /// The config every command but `init` and `demo` reads when none is named.

@@ -74,6 +74,8 @@ pub struct Ready {
     pub metrics: Option<SocketAddr>,
     /// The WireGuard UDP socket, when enabled.
     pub wireguard: Option<SocketAddr>,
+    /// The liaison office's console (`[office]`), when enabled.
+    pub office: Option<SocketAddr>,
 }
 
 /// A listener's TLS configuration, swapped by `SIGHUP` for new connections.
@@ -105,6 +107,7 @@ pub struct Bound {
     metrics_socket: Option<TcpListener>,
     admin_socket: UnixListener,
     tunnel: Option<BoundTunnel>,
+    office: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 impl Bound {
@@ -121,6 +124,7 @@ impl Bound {
                 .as_ref()
                 .and_then(|s| s.local_addr().ok()),
             wireguard: self.tunnel.as_ref().map(|t| t.handle.local_addr()),
+            office: self.office.as_ref().and_then(|(s, _)| s.local_addr().ok()),
         }
     }
 
@@ -177,6 +181,24 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         }
         None => None,
     };
+    // The liaison office's console (issue 15): its own listener, never a physician's.
+    let office = match &cfg.office {
+        Some(o) => {
+            let tls = crate::office::listener::server_config(&o.cert, &o.key, &cfg.ca.cert)
+                .map_err(|source| ServeError::Tls {
+                    name: "office".into(),
+                    source,
+                })?;
+            let socket = TcpListener::bind(o.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: o.listen,
+                    source,
+                })?;
+            Some((socket, tls))
+        }
+        None => None,
+    };
     Ok(Bound {
         cfg,
         store,
@@ -186,6 +208,7 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         metrics_socket,
         admin_socket,
         tunnel,
+        office,
     })
 }
 
@@ -253,6 +276,7 @@ async fn serve_with(
         metrics_socket,
         admin_socket,
         tunnel,
+        office,
     } = bound;
     let gate = Arc::new(Gate::new(
         &cfg,
@@ -286,12 +310,27 @@ async fn serve_with(
         shutdown: &shutdown,
     };
     let mut tasks = running.spawn_ingress(listeners, tunnel, metrics_socket, admin_socket);
+    if let (Some((socket, tls)), Some(o)) = (office, &cfg.office) {
+        let console = Arc::new(crate::office::Console::new(
+            &cfg,
+            o,
+            admin.clone(),
+            gate.clone(),
+        ));
+        tasks.spawn(crate::office::listener::run(
+            socket,
+            tls,
+            console,
+            shutdown.clone(),
+        ));
+    }
     running.spawn_background(&mut tasks);
 
     metrics.up.set(1);
     tracing::info!(
         site = %cfg.site.id,
         listeners = ?ready.listeners,
+        office = ?ready.office,
         metrics = ?ready.metrics,
         upstream = %cfg.upstream.authority,
         routes = cfg.routes.len(),
