@@ -39,6 +39,7 @@ fn rec(i: u64) -> RequestRecord {
         reason: "consent".into(),
         serial: Some("01ab".into()),
         cn: Some("Dr. Tanaka \"quoted\" 田中".into()),
+        staff: None,
     }
 }
 
@@ -442,7 +443,6 @@ async fn query_prefilter_is_exact() {
         physician: Some(physician.into()),
         path: path.into(),
         cn: Some("\"patient\":\"P1\"".into()),
-        staff: None,
         ..rec(1)
     };
     let a = log.record(mk("P1", "DR1", "/a")).await.unwrap();
