@@ -524,9 +524,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Staff { cmd, cfg } => {
             let c = cli::load(&cfg.config)?;
             match cmd {
-                StaffCmd::Add { id, name, role, out } => {
-                    cli::staff::add(&c, id, name, role, &out).await
-                }
+                StaffCmd::Add {
+                    id,
+                    name,
+                    role,
+                    out,
+                } => cli::staff::add(&c, id, name, role, &out).await,
                 StaffCmd::Suspend { id } => {
                     cli::call_and_report(&c, AdminRequest::StaffSuspend { id }).await
                 }

@@ -78,7 +78,10 @@ fn staff_add(gate: &Gate, id: &str, role: &str) -> StaffAccount {
         "--out",
         dir.to_str().expect("utf-8"),
     ]);
-    assert!(out.contains(&format!("staff member {id} registered ({role})")), "{out}");
+    assert!(
+        out.contains(&format!("staff member {id} registered ({role})")),
+        "{out}"
+    );
     StaffAccount {
         id: id.to_string(),
         cert: Terminal {
@@ -194,7 +197,11 @@ fn art_2_9_12_8_liaison_office_console_in_a_real_browser() {
         "the browser test failed ({status}):\n{stdout}\n{stderr}\n{}",
         gate.log()
     );
-    assert_eq!(stdout.lines().last(), Some("office: ok"), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("office: ok"),
+        "{stdout}\n{stderr}"
+    );
     for step in [
         "the console cookie is HttpOnly, Secure, SameSite=Strict",
         "the .p12 is downloaded",
@@ -221,7 +228,10 @@ fn art_2_9_12_8_liaison_office_console_in_a_real_browser() {
     assert!(pictures.len() >= 18, "{pictures:?}");
     for p in &pictures {
         let bytes = std::fs::read(p).unwrap_or_else(|e| panic!("{p}: {e}"));
-        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000, "{p}");
+        assert!(
+            bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 1000,
+            "{p}"
+        );
     }
 
     // Every change was audited before it took effect, with the clerk, the forms and the site.
@@ -239,7 +249,9 @@ fn art_2_9_12_8_liaison_office_console_in_a_real_browser() {
     ] {
         let found = by_clerk(op);
         assert!(
-            found.iter().any(|r| r["decision"] == "allow" && r["status"] == 200),
+            found
+                .iter()
+                .any(|r| r["decision"] == "allow" && r["status"] == 200),
             "{op} by clerk-1 in {rows:#?}"
         );
         assert!(
@@ -249,7 +261,10 @@ fn art_2_9_12_8_liaison_office_console_in_a_real_browser() {
             "{found:?}"
         );
     }
-    let grant = by_clerk("consent-grant")[0]["reason"].as_str().unwrap_or("").to_string();
+    let grant = by_clerk("consent-grant")[0]["reason"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
     for part in [
         "form 様式6-2026-118",
         "relative (spouse)",
@@ -268,10 +283,16 @@ fn art_2_9_12_8_liaison_office_console_in_a_real_browser() {
     // The physician's two requests are in the log as the report showed them.
     let views: Vec<_> = rows
         .iter()
-        .filter(|r| r["ingress"] == "mtls" && r["patient"] == "P001" && r["physician"] == "dr-office")
+        .filter(|r| {
+            r["ingress"] == "mtls" && r["patient"] == "P001" && r["physician"] == "dr-office"
+        })
         .collect();
-    assert!(views.iter().any(|r| r["decision"] == "allow" && r["terminal"] == "office-pc"));
-    assert!(views.iter().any(|r| r["decision"] == "deny" && r["terminal"] == "office-pc"));
+    assert!(views
+        .iter()
+        .any(|r| r["decision"] == "allow" && r["terminal"] == "office-pc"));
+    assert!(views
+        .iter()
+        .any(|r| r["decision"] == "deny" && r["terminal"] == "office-pc"));
     // Opening the disclosure report is itself recorded.
     assert!(rows.iter().any(|r| r["path"] == "office-disclosure-report"
         && r["patient"] == "P001"
@@ -281,7 +302,14 @@ fn art_2_9_12_8_liaison_office_console_in_a_real_browser() {
 }
 
 /// Cookie-jar curl against the console with a staff certificate.
-fn office_curl(port: u16, gate: &Gate, t: &Terminal, path: &str, jar: &Path, extra: &[&str]) -> CurlReply {
+fn office_curl(
+    port: u16,
+    gate: &Gate,
+    t: &Terminal,
+    path: &str,
+    jar: &Path,
+    extra: &[&str],
+) -> CurlReply {
     let jar = jar.to_str().expect("utf-8");
     let mut args = vec!["-c", jar, "-b", jar];
     args.extend_from_slice(extra);
@@ -331,21 +359,45 @@ fn art_6_2_13_1_console_refuses_wrong_certificates_sources_and_forms() {
         }) {
             break;
         }
-        assert!(Instant::now() < deadline, "no office connection refusal in {text}");
+        assert!(
+            Instant::now() < deadline,
+            "no office connection refusal in {text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
     // A physician's certificate never opens the console.
     let r = office_curl(office, &gate, &physician, "/office/", &jar, &from2);
     assert_eq!(r.status, Some(403), "{r:?}");
-    assert!(r.body.contains("職員端末の証明書ではありません"), "{}", r.body);
-    assert!(r.headers.contains("cache-control: no-store"), "{}", r.headers);
+    assert!(
+        r.body.contains("職員端末の証明書ではありません"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.headers.contains("cache-control: no-store"),
+        "{}",
+        r.headers
+    );
     // A staff certificate never opens the EMR.
-    let r = curl(gate.port, &gate.ca(), Some(&admin.cert), "/patients/P001/basic", &[]);
+    let r = curl(
+        gate.port,
+        &gate.ca(),
+        Some(&admin.cert),
+        "/patients/P001/basic",
+        &[],
+    );
     assert!(r.status == Some(403) || r.status == Some(401), "{r:?}");
     assert!(!r.body.contains("西予 花子"), "{}", r.body);
     // The console serves /office/ only; the physician listener never the console.
-    let r = office_curl(office, &gate, &admin.cert, "/patients/P001/basic", &jar, &from2);
+    let r = office_curl(
+        office,
+        &gate,
+        &admin.cert,
+        "/patients/P001/basic",
+        &jar,
+        &from2,
+    );
     assert_eq!(r.status, Some(404), "{r:?}");
     let r = curl(gate.port, &gate.ca(), Some(&physician), "/office/", &[]);
     assert!(
@@ -372,9 +424,14 @@ fn art_6_2_13_1_console_refuses_wrong_certificates_sources_and_forms() {
     };
     let r = post("/office/login", &[&id, &pw, &csrf], &[]);
     assert_eq!(r.status, Some(303), "{r:?}");
-    assert!(r.headers.contains("location: /office/password"), "{}", r.headers);
     assert!(
-        r.headers.contains("set-cookie: __host-seibo_office=") && r.headers.contains("samesite=strict"),
+        r.headers.contains("location: /office/password"),
+        "{}",
+        r.headers
+    );
+    assert!(
+        r.headers.contains("set-cookie: __host-seibo_office=")
+            && r.headers.contains("samesite=strict"),
         "{}",
         r.headers
     );
@@ -382,20 +439,38 @@ fn art_6_2_13_1_console_refuses_wrong_certificates_sources_and_forms() {
     let session_csrf = csrf_of(&r.body);
     let csrf = format!("csrf={session_csrf}");
     let current = format!("current={}", admin.otp);
-    let r = post("/office/password", &[&current, "new=Kanri-Sha-2026!", &csrf], &[]);
+    let r = post(
+        "/office/password",
+        &[&current, "new=Kanri-Sha-2026!", &csrf],
+        &[],
+    );
     assert_eq!(r.status, Some(303), "{r:?}");
     let r = office_curl(office, &gate, &admin.cert, "/office/staff", &jar, &from2);
     assert_eq!(r.status, Some(200), "an admin opens the staff page: {r:?}");
     assert!(r.body.contains("clerk-2"), "{}", r.body);
 
     // Cross-site: a foreign Origin, then no and a wrong CSRF token with a valid session.
-    let grant = ["patient=P002", "form6=x", "form5=y", "explained_by=dr-a", "by=patient"];
+    let grant = [
+        "patient=P002",
+        "form6=x",
+        "form5=y",
+        "explained_by=dr-a",
+        "by=patient",
+    ];
     let mut with_csrf = grant.to_vec();
     with_csrf.push(&csrf);
-    let r = post("/office/consents/grant", &with_csrf, &["-H", "Origin: https://evil.example"]);
+    let r = post(
+        "/office/consents/grant",
+        &with_csrf,
+        &["-H", "Origin: https://evil.example"],
+    );
     assert_eq!(r.status, Some(403), "{r:?}");
     assert!(r.body.contains("別のサイトからの送信"), "{}", r.body);
-    let r = post("/office/consents/grant", &with_csrf, &["-H", "Sec-Fetch-Site: cross-site"]);
+    let r = post(
+        "/office/consents/grant",
+        &with_csrf,
+        &["-H", "Sec-Fetch-Site: cross-site"],
+    );
     assert_eq!(r.status, Some(403), "{r:?}");
     let r = post("/office/consents/grant", &grant, &[]);
     assert_eq!(r.status, Some(403), "no token: {r:?}");
@@ -408,15 +483,26 @@ fn art_6_2_13_1_console_refuses_wrong_certificates_sources_and_forms() {
     // missing, so a clear 400 page, not a stack trace).
     let r = post("/office/consents/grant", &with_csrf, &[]);
     assert_eq!(r.status, Some(400), "{r:?}");
-    assert!(r.body.contains("入力を確認してください") && r.body.contains("not a date"), "{}", r.body);
+    assert!(
+        r.body.contains("入力を確認してください") && r.body.contains("not a date"),
+        "{}",
+        r.body
+    );
     let rows = gate.audit_rows();
     for reason in ["cross-site-post", "csrf-token-wrong"] {
         assert!(
-            rows.iter().any(|r| r["staff"] == "admin-1" && r["reason"] == reason && r["decision"] == "deny"),
+            rows.iter().any(|r| r["staff"] == "admin-1"
+                && r["reason"] == reason
+                && r["decision"] == "deny"),
             "{reason} not audited: {rows:#?}"
         );
     }
-    assert!(gate.cli(&["consent", "show", "--patient", "P002"]).status.code() == Some(1));
+    assert!(
+        gate.cli(&["consent", "show", "--patient", "P002"])
+            .status
+            .code()
+            == Some(1)
+    );
 
     // Five wrong passwords lock a staff account; the right one is then refused too.
     let jar2 = gate.path("jar2.txt");
@@ -440,7 +526,10 @@ fn art_6_2_13_1_console_refuses_wrong_certificates_sources_and_forms() {
     assert_eq!(r.status, Some(403), "locked: {r:?}");
     assert!(r.body.contains("ロックされています"), "{}", r.body);
     let list = gate.ok(&["staff", "list"]);
-    assert!(list.contains("clerk-2") && list.contains("admin-1"), "{list}");
+    assert!(
+        list.contains("clerk-2") && list.contains("admin-1"),
+        "{list}"
+    );
     drop(gate);
     drop(emr);
 }

@@ -266,7 +266,12 @@ impl Admin {
         let op = req.op();
         let started = std::time::Instant::now();
         let (physician, patient, note) = validate::subject(&req);
-        let who = Who { op, physician, patient, actor };
+        let who = Who {
+            op,
+            physician,
+            patient,
+            actor,
+        };
         if let Err(e) = validate(&req) {
             return self.refused(&who, &e, started).await;
         }

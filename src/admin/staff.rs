@@ -7,7 +7,11 @@ use crate::registry::model::Staff;
 
 impl Admin {
     pub(super) async fn staff_add(&self, s: Staff) -> Result<AdminResponse, AdminError> {
-        if self.store.terminal_by_fingerprint(&s.fingerprint)?.is_some() {
+        if self
+            .store
+            .terminal_by_fingerprint(&s.fingerprint)?
+            .is_some()
+        {
             return Err(AdminError::Invalid(
                 "this certificate is a physician's terminal: a staff account needs its own staff certificate".into(),
             ));
@@ -35,7 +39,12 @@ impl Admin {
     }
 
     pub(super) fn staff_list(&self) -> Result<AdminResponse, AdminError> {
-        let list: Vec<StaffView> = self.store.staff_list()?.iter().map(StaffView::from).collect();
+        let list: Vec<StaffView> = self
+            .store
+            .staff_list()?
+            .iter()
+            .map(StaffView::from)
+            .collect();
         Ok(AdminResponse::ok(
             format!("{} staff member(s)", list.len()),
             AdminReply::StaffList(list),

@@ -91,9 +91,7 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             form(form_ref)
         }
         AdminRequest::ConsentShow { patient } => patient_id(patient),
-        AdminRequest::StaffAdd {
-            id: s, name: n, ..
-        } => {
+        AdminRequest::StaffAdd { id: s, name: n, .. } => {
             staff_id(s)?;
             if n.trim().is_empty() || n.chars().count() > 200 || n.chars().any(char::is_control) {
                 return Err(AdminError::Invalid(format!(

@@ -69,7 +69,15 @@ pub fn page(console: &Console, ctx: &Ctx, q: &Fields) -> PageResult {
     ))
 }
 
-fn done(console: &Console, ctx: &Ctx, ja: &str, en: &str, message: String, lines: Vec<String>, patient: &str) -> PageResult {
+fn done(
+    console: &Console,
+    ctx: &Ctx,
+    ja: &str,
+    en: &str,
+    message: String,
+    lines: Vec<String>,
+    patient: &str,
+) -> PageResult {
     Ok(console.templates.page(
         StatusCode::OK,
         "done.html",
@@ -86,7 +94,8 @@ pub async fn grant(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
     let links = forms::links(f.get("links"), &console.site.id)?;
     let form6 = forms::form_ref(f.get("form6"), 6)?;
     let form5 = forms::form_ref(f.get("form5"), 5)?;
-    let explained_by = forms::physician_id(f.required("explained_by", "説明した医師", "Explaining physician")?)?;
+    let explained_by =
+        forms::physician_id(f.required("explained_by", "説明した医師", "Explaining physician")?)?;
     let explainer = console
         .admin
         .store
@@ -101,7 +110,12 @@ pub async fn grant(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
     }
     let by = forms::consenter(f.get("by"), f.get("relation"))?;
     let today = console.gate.clock.today();
-    let published = forms::form_date(f.get("published"), "公開日", today, console.future_grace_days)?;
+    let published = forms::form_date(
+        f.get("published"),
+        "公開日",
+        today,
+        console.future_grace_days,
+    )?;
     let no_extension = f.checked("no_extension");
     let links_text = links
         .iter()
@@ -136,9 +150,19 @@ pub async fn grant(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
         format!("公開日 / published: {published}"),
     ];
     if !links_text.is_empty() {
-        lines.push(format!("他施設の患者ID / links: {links_text}（監査記録に記録 / recorded in the audit）"));
+        lines.push(format!(
+            "他施設の患者ID / links: {links_text}（監査記録に記録 / recorded in the audit）"
+        ));
     }
-    done(console, ctx, "同意を登録しました", "Consent registered", r.message, lines, &patient)
+    done(
+        console,
+        ctx,
+        "同意を登録しました",
+        "Consent registered",
+        r.message,
+        lines,
+        &patient,
+    )
 }
 
 /// `POST /office/consents/withdraw`: form 7, who withdrew; after a confirmation step.
@@ -171,7 +195,15 @@ pub async fn withdraw(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
             format!("withdrawn by {who}"),
         )
         .await?;
-    done(console, ctx, "同意を撤回しました", "Consent withdrawn", r.message, vec![format!("撤回した人 / withdrawn by: {who}")], &patient)
+    done(
+        console,
+        ctx,
+        "同意を撤回しました",
+        "Consent withdrawn",
+        r.message,
+        vec![format!("撤回した人 / withdrawn by: {who}")],
+        &patient,
+    )
 }
 
 /// `POST /office/consents/delete`: form 8; after a confirmation step.
@@ -202,5 +234,13 @@ pub async fn delete(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
             String::new(),
         )
         .await?;
-    done(console, ctx, "削除しました", "Deleted", r.message, Vec::new(), &patient)
+    done(
+        console,
+        ctx,
+        "削除しました",
+        "Deleted",
+        r.message,
+        Vec::new(),
+        &patient,
+    )
 }

@@ -75,21 +75,31 @@ impl Fields {
 }
 
 pub fn physician_id(v: &str) -> Result<String, FormError> {
-    PhysicianId::parse(v).map(|p| p.as_str().to_string()).map_err(|_| {
-        bad(
-            format!("医師ID「{v}」は使えません。英数字・ハイフン・下線で64文字以内にしてください。"),
-            format!("Physician ID {v:?} is not valid: use up to 64 letters, digits, '-' or '_'."),
-        )
-    })
+    PhysicianId::parse(v)
+        .map(|p| p.as_str().to_string())
+        .map_err(|_| {
+            bad(
+                format!(
+                    "医師ID「{v}」は使えません。英数字・ハイフン・下線で64文字以内にしてください。"
+                ),
+                format!(
+                    "Physician ID {v:?} is not valid: use up to 64 letters, digits, '-' or '_'."
+                ),
+            )
+        })
 }
 
 pub fn patient_id(v: &str) -> Result<String, FormError> {
-    PatientId::parse(v).map(|p| p.as_str().to_string()).map_err(|_| {
-        bad(
-            format!("患者ID「{v}」は使えません。英数字・ハイフン・下線で64文字以内にしてください。"),
-            format!("Patient ID {v:?} is not valid: use up to 64 letters, digits, '-' or '_'."),
-        )
-    })
+    PatientId::parse(v)
+        .map(|p| p.as_str().to_string())
+        .map_err(|_| {
+            bad(
+                format!(
+                    "患者ID「{v}」は使えません。英数字・ハイフン・下線で64文字以内にしてください。"
+                ),
+                format!("Patient ID {v:?} is not valid: use up to 64 letters, digits, '-' or '_'."),
+            )
+        })
 }
 
 pub fn terminal_name(v: &str) -> Result<String, FormError> {
@@ -97,8 +107,12 @@ pub fn terminal_name(v: &str) -> Result<String, FormError> {
         Ok(v.to_string())
     } else {
         Err(bad(
-            format!("端末名「{v}」は使えません。英数字・「.」「_」「-」で64文字以内にしてください。"),
-            format!("Terminal name {v:?} is not valid: use up to 64 letters, digits, '.', '_' or '-'."),
+            format!(
+                "端末名「{v}」は使えません。英数字・「.」「_」「-」で64文字以内にしてください。"
+            ),
+            format!(
+                "Terminal name {v:?} is not valid: use up to 64 letters, digits, '.', '_' or '-'."
+            ),
         ))
     }
 }
@@ -204,7 +218,9 @@ pub fn consenter(by: &str, relation: &str) -> Result<ConsentBy, FormError> {
                     "Choose the relation when a relative signed (art 8.1).",
                 ));
             }
-            Ok(ConsentBy::Relative(Relation::parse(relation)?.registry_text()))
+            Ok(ConsentBy::Relative(
+                Relation::parse(relation)?.registry_text(),
+            ))
         }
         other => Err(bad(
             format!("署名者「{other}」は選べません（本人・家族・後見人）。"),
@@ -233,8 +249,14 @@ pub fn form_date(v: &str, what_ja: &str, today: Date, grace_days: u32) -> Result
     })?;
     if d > today + Duration::days(i64::from(grace_days)) {
         return Err(bad(
-            format!("{what_ja} {d} は今日（{today}）より{}日先です。用紙の日付を確認してください。", (d - today).whole_days()),
-            format!("{d} is {} days after today ({today}, Japan): check the date on the form.", (d - today).whole_days()),
+            format!(
+                "{what_ja} {d} は今日（{today}）より{}日先です。用紙の日付を確認してください。",
+                (d - today).whole_days()
+            ),
+            format!(
+                "{d} is {} days after today ({today}, Japan): check the date on the form.",
+                (d - today).whole_days()
+            ),
         ));
     }
     if d < today - Duration::days(OLDEST_FORM_DAYS) {
@@ -251,7 +273,7 @@ pub fn form_date(v: &str, what_ja: &str, today: Date, grace_days: u32) -> Result
 pub fn links(text: &str, own_site: &str) -> Result<BTreeMap<String, String>, FormError> {
     let mut out = BTreeMap::new();
     for item in text
-        .split(|c| c == '\n' || c == ',')
+        .split(['\n', ','])
         .map(str::trim)
         .filter(|s| !s.is_empty())
     {
@@ -305,10 +327,24 @@ mod tests {
             assert_eq!(Relation::parse(&r.value()), Ok(*r));
         }
         for bad_value in [
-            "blood-7", "blood-0", "inlaw-4", "inlaw-0", "friend", "", "blood-", "spouse-1",
-            "blood-2x", "inlaw--1", "BLOOD-1", "blood-255", "blood-256",
+            "blood-7",
+            "blood-0",
+            "inlaw-4",
+            "inlaw-0",
+            "friend",
+            "",
+            "blood-",
+            "spouse-1",
+            "blood-2x",
+            "inlaw--1",
+            "BLOOD-1",
+            "blood-255",
+            "blood-256",
         ] {
-            assert!(Relation::parse(bad_value).is_err(), "{bad_value:?} accepted");
+            assert!(
+                Relation::parse(bad_value).is_err(),
+                "{bad_value:?} accepted"
+            );
         }
         assert_eq!(
             consenter("relative", "inlaw-3").unwrap(),
@@ -320,7 +356,10 @@ mod tests {
         assert_eq!(consenter("patient", "spouse").unwrap(), ConsentBy::Patient);
         assert!(consenter("neighbour", "").is_err());
         let e = consenter("relative", "blood-7").unwrap_err();
-        assert!(e.ja.contains("第8条第1項") && e.en.contains("art 8.1"), "{e:?}");
+        assert!(
+            e.ja.contains("第8条第1項") && e.en.contains("art 8.1"),
+            "{e:?}"
+        );
     }
 
     /// Art 8.3, 9.1: the dates on a form: well-formed, not beyond the grace days ahead, and

@@ -107,10 +107,15 @@ pub async fn certificate(
         .map(|i| std::fs::read(&i.files.p12_path));
     // Nothing of the credential stays on disk: the .p12 lives in memory until downloaded.
     let _ = std::fs::remove_dir_all(&dir);
-    let issued = issued.map_err(|e| Fail::Unavailable(format!("the certificate could not be issued: {e}")))?;
+    let issued = issued
+        .map_err(|e| Fail::Unavailable(format!("the certificate could not be issued: {e}")))?;
     let bytes = match read {
         Some(Ok(b)) => b,
-        _ => return Err(Fail::Unavailable("the issued certificate could not be read back".into())),
+        _ => {
+            return Err(Fail::Unavailable(
+                "the issued certificate could not be read back".into(),
+            ))
+        }
     };
     ctx.admin(
         console,
@@ -121,7 +126,9 @@ pub async fn certificate(
     )
     .await?;
     let filename = format!("{name}.p12");
-    let token = console.downloads.put(&ctx.staff.id, filename.clone(), bytes);
+    let token = console
+        .downloads
+        .put(&ctx.staff.id, filename.clone(), bytes);
     Ok(Issued {
         token,
         filename,
@@ -133,11 +140,31 @@ pub async fn certificate(
 pub async fn download(console: &Console, peer: &StaffPeer, ctx: &Ctx, token: &str) -> PageResult {
     match console.downloads.take(token, &ctx.staff.id) {
         Some((filename, bytes)) => {
-            note(console, peer, Some(&ctx.staff.id), "office-p12-download", None, Decision::Allow, &filename, 200).await;
+            note(
+                console,
+                peer,
+                Some(&ctx.staff.id),
+                "office-p12-download",
+                None,
+                Decision::Allow,
+                &filename,
+                200,
+            )
+            .await;
             Ok(render::download("application/x-pkcs12", &filename, bytes))
         }
         None => {
-            note(console, peer, Some(&ctx.staff.id), "office-p12-download", None, Decision::Deny, "already-downloaded-or-expired", 410).await;
+            note(
+                console,
+                peer,
+                Some(&ctx.staff.id),
+                "office-p12-download",
+                None,
+                Decision::Deny,
+                "already-downloaded-or-expired",
+                410,
+            )
+            .await;
             Ok(console.templates.error(
                 ctx.base(console, ""),
                 http::StatusCode::GONE,
@@ -164,7 +191,10 @@ mod tests {
         let d = Downloads::default();
         let t = d.put("clerk-1", "pc.p12".into(), vec![1, 2, 3]);
         assert!(d.take(&t, "clerk-2").is_none());
-        assert_eq!(d.take(&t, "clerk-1"), Some(("pc.p12".into(), vec![1, 2, 3])));
+        assert_eq!(
+            d.take(&t, "clerk-1"),
+            Some(("pc.p12".into(), vec![1, 2, 3]))
+        );
         assert!(d.take(&t, "clerk-1").is_none());
         assert!(d.take("nope", "clerk-1").is_none());
     }

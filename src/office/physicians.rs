@@ -40,11 +40,10 @@ pub fn list(console: &Console, ctx: &Ctx) -> PageResult {
 
 /// A one-time password and its hash (on the bounded pool).
 async fn one_time_password(console: &Console) -> Result<(String, String), Fail> {
-    let slot = console
-        .gate
-        .hasher
-        .try_slot()
-        .map_err(|_| Fail::Unavailable("the password hashing slots are busy; try again".into()))?;
+    let slot =
+        console.gate.hasher.try_slot().map_err(|_| {
+            Fail::Unavailable("the password hashing slots are busy; try again".into())
+        })?;
     let password = auth::generate_password();
     let hash = slot
         .hash(password.clone())
@@ -109,7 +108,10 @@ fn done(console: &Console, ctx: &Ctx, ja: &str, en: &str, message: String) -> Pa
 pub async fn suspend(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
     let id = forms::physician_id(f.get("id"))?;
     let reason: SuspendReason = f.get("reason").parse().map_err(|e: String| {
-        forms::bad("停止の理由を選んでください（退職・本人の申出・規約違反）。", e)
+        forms::bad(
+            "停止の理由を選んでください（退職・本人の申出・規約違反）。",
+            e,
+        )
     })?;
     let form9 = forms::form_ref(f.get("form9"), 9)?;
     let r = ctx
@@ -180,5 +182,11 @@ pub async fn deregister(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult 
             format!("form 9 {form9}"),
         )
         .await?;
-    done(console, ctx, "登録を抹消しました", "Deregistered", r.message)
+    done(
+        console,
+        ctx,
+        "登録を抹消しました",
+        "Deregistered",
+        r.message,
+    )
 }

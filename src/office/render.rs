@@ -109,7 +109,11 @@ pub fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) ->
 
 /// A redirect (303) to a console path.
 pub fn redirect(location: &str) -> Response<Body> {
-    let mut r = respond(StatusCode::SEE_OTHER, "text/plain; charset=utf-8", Vec::new());
+    let mut r = respond(
+        StatusCode::SEE_OTHER,
+        "text/plain; charset=utf-8",
+        Vec::new(),
+    );
     if let Ok(v) = HeaderValue::from_str(location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
@@ -148,6 +152,23 @@ mod tests {
             env.add_template(name, source)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
+        let html = env
+            .get_template("error.html")
+            .and_then(|t| {
+                t.render(context! {
+                    site => context! { id => "s", name => "<b>site</b>" },
+                    title_ja => "<i>", text_ja => "<script>x</script>",
+                })
+            })
+            .unwrap();
+        assert!(
+            html.contains("&lt;script&gt;x&lt;&#x2f;script&gt;") || html.contains("&lt;script&gt;"),
+            "{html}"
+        );
+        assert!(
+            !html.contains("<script>") && !html.contains("<b>site</b>"),
+            "{html}"
+        );
         let t = Templates::new();
         let r = t.error(
             context! { site => context!{ id => "s", name => "<b>site</b>" } },

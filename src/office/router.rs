@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use minijinja::{context, Value};
 
-use super::forms::{FormError, Fields};
+use super::forms::{Fields, FormError};
 use super::listener::StaffPeer;
 use super::render;
 use super::Console;
@@ -109,6 +109,7 @@ pub fn anonymous(console: &Console) -> Value {
 
 /// Writes a console event that is not an admin change (sign-in, refusal, a report opened)
 /// to the audit: ingress `admin`, the console's connection as client, the staff member.
+#[allow(clippy::too_many_arguments)]
 pub async fn note(
     console: &Console,
     peer: &StaffPeer,
@@ -198,7 +199,11 @@ pub async fn handle(console: &Console, peer: &StaffPeer, req: Request<Incoming>)
             "/office/",
         );
     }
-    let staff = match console.admin.store.staff_by_fingerprint(&peer.cert.fingerprint) {
+    let staff = match console
+        .admin
+        .store
+        .staff_by_fingerprint(&peer.cert.fingerprint)
+    {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "office: staff registry unreadable");
@@ -224,7 +229,10 @@ pub async fn handle(console: &Console, peer: &StaffPeer, req: Request<Incoming>)
                 Some(&s.id),
                 StatusCode::FORBIDDEN,
                 "staff-suspended",
-                ("このアカウントは停止されています", "This staff account is suspended"),
+                (
+                    "このアカウントは停止されています",
+                    "This staff account is suspended",
+                ),
                 (
                     "地域連携室の管理者に連絡してください。",
                     "Please contact the liaison office's administrator.",
@@ -259,7 +267,10 @@ pub async fn handle(console: &Console, peer: &StaffPeer, req: Request<Incoming>)
             anonymous(console),
             StatusCode::METHOD_NOT_ALLOWED,
             ("この操作はできません", "Method not allowed"),
-            ("ページのボタンから操作してください。", "Please use the page's buttons."),
+            (
+                "ページのボタンから操作してください。",
+                "Please use the page's buttons.",
+            ),
             "method",
             "/office/",
         );
@@ -274,7 +285,10 @@ pub async fn handle(console: &Console, peer: &StaffPeer, req: Request<Incoming>)
             Some(&staff.id),
             StatusCode::FORBIDDEN,
             "cross-site-post",
-            ("別のサイトからの送信は受け付けません", "Cross-site form posts are refused"),
+            (
+                "別のサイトからの送信は受け付けません",
+                "Cross-site form posts are refused",
+            ),
             (
                 "このコンソールのページから送信してください。",
                 "Please submit the form from this console's own pages.",
@@ -343,7 +357,17 @@ pub async fn handle(console: &Console, peer: &StaffPeer, req: Request<Incoming>)
     };
     if path == "/office/logout" && post {
         console.sessions.table.end(&ctx.token);
-        note(console, peer, Some(&ctx.staff.id), "office-signout", None, Decision::Allow, "signed out", 303).await;
+        note(
+            console,
+            peer,
+            Some(&ctx.staff.id),
+            "office-signout",
+            None,
+            Decision::Allow,
+            "signed out",
+            303,
+        )
+        .await;
         return render::with_cookie(
             render::redirect("/office/login"),
             &super::session::clear_cookie(),
@@ -362,7 +386,10 @@ pub async fn handle(console: &Console, peer: &StaffPeer, req: Request<Incoming>)
             Some(&ctx.staff.id),
             StatusCode::FORBIDDEN,
             "admin-only",
-            ("管理者だけが開けるページです", "Only administrators may open this page"),
+            (
+                "管理者だけが開けるページです",
+                "Only administrators may open this page",
+            ),
             (
                 "職員アカウントの管理は管理者（admin）の役割です。",
                 "Staff accounts are managed by the admin role.",
@@ -396,9 +423,7 @@ async fn route(
         (true, "/office/physicians/suspend") => physicians::suspend(console, ctx, form).await,
         (true, "/office/physicians/resume") => physicians::resume(console, ctx, form).await,
         (true, "/office/physicians/passwd") => physicians::passwd(console, ctx, form).await,
-        (true, "/office/physicians/deregister") => {
-            physicians::deregister(console, ctx, form).await
-        }
+        (true, "/office/physicians/deregister") => physicians::deregister(console, ctx, form).await,
         (false, "/office/terminals") => terminals::list(console, ctx),
         (true, "/office/terminals/issue") => terminals::issue(console, ctx, form).await,
         (true, "/office/terminals/revoke") => terminals::revoke(console, ctx, form).await,

@@ -27,10 +27,7 @@ impl StaffSessions {
         // A key the process alone knows; on failure of the system RNG, fall back to rand's.
         let key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).unwrap_or_else(|_| {
             use rand::Rng;
-            ring::hmac::Key::new(
-                ring::hmac::HMAC_SHA256,
-                &rand::rng().random::<[u8; 32]>(),
-            )
+            ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &rand::rng().random::<[u8; 32]>())
         });
         StaffSessions {
             table: Sessions::new(idle, lifetime),
@@ -106,6 +103,9 @@ mod tests {
             http::HeaderValue::from_str(&format!("x=1; {COOKIE}={b}")).unwrap(),
         );
         assert_eq!(token_from_cookies(&h), Some(b));
-        assert!(set_cookie("t").contains("SameSite=Strict; ") || set_cookie("t").ends_with("SameSite=Strict"));
+        assert!(
+            set_cookie("t").contains("SameSite=Strict; ")
+                || set_cookie("t").ends_with("SameSite=Strict")
+        );
     }
 }

@@ -57,11 +57,21 @@ pub async fn login(
     if !post {
         return login_page(console, peer, StatusCode::OK, "");
     }
-    if !console.sessions.csrf_ok(
-        &login_binding(&peer.cert.fingerprint),
-        form.get("csrf"),
-    ) {
-        note(console, peer, Some(&staff.id), "office-signin", None, Decision::Deny, "csrf-token-wrong", 403).await;
+    if !console
+        .sessions
+        .csrf_ok(&login_binding(&peer.cert.fingerprint), form.get("csrf"))
+    {
+        note(
+            console,
+            peer,
+            Some(&staff.id),
+            "office-signin",
+            None,
+            Decision::Deny,
+            "csrf-token-wrong",
+            403,
+        )
+        .await;
         return login_page(
             console,
             peer,
@@ -71,7 +81,17 @@ pub async fn login(
     }
     let now = console.gate.clock.now();
     if let Some(until) = auth::locked_until(staff, now) {
-        note(console, peer, Some(&staff.id), "office-signin", None, Decision::Deny, "locked", 403).await;
+        note(
+            console,
+            peer,
+            Some(&staff.id),
+            "office-signin",
+            None,
+            Decision::Deny,
+            "locked",
+            403,
+        )
+        .await;
         return locked(console, peer, until);
     }
     let Ok(slot) = console.gate.hasher.try_slot() else {
@@ -114,12 +134,29 @@ pub async fn login(
     };
     let id_ok = form.get("id") == staff.id;
     let right = slot
-        .verify(form.get("password").to_string(), stored.password_hash.clone())
+        .verify(
+            form.get("password").to_string(),
+            stored.password_hash.clone(),
+        )
         .await
         && id_ok;
     if !right {
-        let reason = if locks { "wrong-password-locked" } else { "wrong-password" };
-        note(console, peer, Some(&staff.id), "office-signin", None, Decision::Deny, reason, 401).await;
+        let reason = if locks {
+            "wrong-password-locked"
+        } else {
+            "wrong-password"
+        };
+        note(
+            console,
+            peer,
+            Some(&staff.id),
+            "office-signin",
+            None,
+            Decision::Deny,
+            reason,
+            401,
+        )
+        .await;
         if locks {
             return locked(console, peer, now + lock);
         }
@@ -146,7 +183,17 @@ pub async fn login(
         &peer.cert.fingerprint,
         stored.must_change_password,
     );
-    note(console, peer, Some(&staff.id), "office-signin", None, Decision::Allow, "signin-ok", 303).await;
+    note(
+        console,
+        peer,
+        Some(&staff.id),
+        "office-signin",
+        None,
+        Decision::Allow,
+        "signin-ok",
+        303,
+    )
+    .await;
     let next = if stored.must_change_password {
         "/office/password"
     } else {
@@ -212,14 +259,29 @@ pub async fn password(
         .await
     {
         Ok(s) => s,
-        Err(_) => return page(StatusCode::SERVICE_UNAVAILABLE, "登録簿に書き込めません。 / The registry cannot be written."),
+        Err(_) => {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "登録簿に書き込めません。 / The registry cannot be written.",
+            )
+        }
     };
     if let Some(Attempt::Locked { .. }) = *decided.lock().unwrap_or_else(|p| p.into_inner()) {
         console.sessions.table.end(&ctx.token);
         return locked(console, peer, now + lock);
     }
     if !slot.verify(current, stored.password_hash.clone()).await {
-        note(console, peer, Some(&ctx.staff.id), "office-password", None, Decision::Deny, "wrong-password", 401).await;
+        note(
+            console,
+            peer,
+            Some(&ctx.staff.id),
+            "office-password",
+            None,
+            Decision::Deny,
+            "wrong-password",
+            401,
+        )
+        .await;
         return page(
             StatusCode::UNAUTHORIZED,
             "現在のパスワードが違います。 / The current password is wrong.",
@@ -227,7 +289,12 @@ pub async fn password(
     }
     let hash = match slot.hash(new).await {
         Ok(h) => h,
-        Err(_) => return page(StatusCode::SERVICE_UNAVAILABLE, "パスワードを保存できません。 / The password could not be stored."),
+        Err(_) => {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "パスワードを保存できません。 / The password could not be stored.",
+            )
+        }
     };
     let saved = console
         .admin
@@ -240,9 +307,22 @@ pub async fn password(
         })
         .await;
     if saved.is_err() {
-        return page(StatusCode::SERVICE_UNAVAILABLE, "パスワードを保存できません。 / The password could not be stored.");
+        return page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "パスワードを保存できません。 / The password could not be stored.",
+        );
     }
     console.sessions.table.password_changed(&ctx.token);
-    note(console, peer, Some(&ctx.staff.id), "office-password", None, Decision::Allow, "password-changed", 303).await;
+    note(
+        console,
+        peer,
+        Some(&ctx.staff.id),
+        "office-password",
+        None,
+        Decision::Allow,
+        "password-changed",
+        303,
+    )
+    .await;
     render::redirect("/office/")
 }

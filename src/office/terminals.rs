@@ -64,7 +64,15 @@ pub async fn issue(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
                 format!("No physician {physician:?} is registered."),
             )
         })?;
-    let issued = issue::certificate(console, ctx, &p.id, &p.name, &name, "terminal issued on the console").await?;
+    let issued = issue::certificate(
+        console,
+        ctx,
+        &p.id,
+        &p.name,
+        &name,
+        "terminal issued on the console",
+    )
+    .await?;
     Ok(console.templates.page(
         StatusCode::OK,
         "issued.html",
@@ -94,7 +102,11 @@ pub async fn revoke(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
         ));
     }
     let r = ctx
-        .admin(console, AdminRequest::TerminalRevoke { name }, String::new())
+        .admin(
+            console,
+            AdminRequest::TerminalRevoke { name },
+            String::new(),
+        )
         .await?;
     Ok(console.templates.page(
         StatusCode::OK,

@@ -42,11 +42,15 @@ pub async fn page(console: &Console, ctx: &Ctx) -> PageResult {
     let mut failed_today = 0u64;
     for r in &rows {
         let q = &r.request;
+        // Physicians' wrong passwords (`login-failed`, `login-locked-now`) and the staff's
+        // on the console (`office-signin`, `wrong-password…`).
+        if matches!(q.reason.as_str(), "login-failed" | "login-locked-now")
+            || (q.path == "office-signin" && q.reason.starts_with("wrong-password"))
+        {
+            failed_today += 1;
+        }
         if q.ingress == Ingress::Admin {
             continue;
-        }
-        if q.reason.contains("wrong-password") || q.reason == "login-failed" {
-            failed_today += 1;
         }
         if q.patient.is_none() {
             continue;

@@ -83,7 +83,10 @@ fn lines(console: &Console, rows: &[QueryRow]) -> Vec<Line> {
                 site: q.site.clone(),
                 category: q.category.map_or_else(|| "—".into(), |c| c.to_string()),
                 result: match q.decision {
-                    Decision::Allow => format!("閲覧 / viewed ({})", r.status.map_or("-".into(), |s| s.to_string())),
+                    Decision::Allow => format!(
+                        "閲覧 / viewed ({})",
+                        r.status.map_or("-".into(), |s| s.to_string())
+                    ),
                     Decision::Deny => format!("拒否 / refused ({})", q.reason),
                 },
             }
@@ -100,7 +103,17 @@ async fn patient_rows(
 ) -> Result<(String, Vec<Line>), Fail> {
     let patient = forms::patient_id(q.required("patient", "患者ID", "Patient ID")?)?;
     // Opening a patient's record of views is itself recorded.
-    note(console, peer, Some(&ctx.staff.id), what, Some(&patient), Decision::Allow, "disclosure", 200).await;
+    note(
+        console,
+        peer,
+        Some(&ctx.staff.id),
+        what,
+        Some(&patient),
+        Decision::Allow,
+        "disclosure",
+        200,
+    )
+    .await;
     let filter = QueryFilter {
         patient: Some(patient.clone()),
         ..QueryFilter::default()
@@ -151,9 +164,16 @@ pub async fn csv(console: &Console, peer: &StaffPeer, ctx: &Ctx, q: &Fields) -> 
     let mut out = String::from("\u{feff}time_jst,physician,terminal,site,category,result\r\n");
     for l in lines {
         out.push_str(
-            &[&l.time, &l.physician, &l.terminal, &l.site, &l.category, &l.result]
-                .map(|f| csv_field(f))
-                .join(","),
+            &[
+                &l.time,
+                &l.physician,
+                &l.terminal,
+                &l.site,
+                &l.category,
+                &l.result,
+            ]
+            .map(|f| csv_field(f))
+            .join(","),
         );
         out.push_str("\r\n");
     }

@@ -23,8 +23,8 @@ mod validate;
 pub use home::{resolve_home, HomeError};
 pub use strip::{canonical_name, StripHeaderError, StripList, DEFAULT_STRIP_HEADERS};
 pub use types::{
-    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Office, Policy, Site, Upstream,
-    WireGuard,
+    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Office, Policy, Site,
+    Upstream, WireGuard,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -11,13 +11,13 @@ use ipnetwork::IpNetwork;
 use super::home::resolve_home;
 use super::in_networks;
 use super::raw::{
-    RawAdmin, RawAuth, RawCa, RawConfig, RawLimits, RawListener, RawPolicy, RawRouteOptions,
-    RawOffice, RawSite, RawState, RawUpstream, RawWireGuard,
+    RawAdmin, RawAuth, RawCa, RawConfig, RawLimits, RawListener, RawOffice, RawPolicy,
+    RawRouteOptions, RawSite, RawState, RawUpstream, RawWireGuard,
 };
 use super::strip::StripList;
 use super::types::{
-    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Office, Policy, Site, Upstream,
-    WireGuard,
+    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Office, Policy, Site,
+    Upstream, WireGuard,
 };
 use crate::policy::route::{RouteSpec, RouteTable};
 
@@ -109,7 +109,10 @@ fn office(
         .map(|p| resolve(base, &p))
         .or_else(|| first.map(|l| l.key.clone()));
     let (Some(cert), Some(key)) = (cert, key) else {
-        problems.push("office.cert, office.key: needed when there is no [[listener]] to share them with".into());
+        problems.push(
+            "office.cert, office.key: needed when there is no [[listener]] to share them with"
+                .into(),
+        );
         return None;
     };
     let secs = |key: &str, v: Option<u64>, default: u64, problems: &mut Vec<String>| {
