@@ -46,6 +46,8 @@
 //!   (`main.rs` parses and dispatches).
 //! * [`site`]: a site's files — [`site::config`] (TOML → validated types), [`site::init`],
 //!   [`site::pki`], [`site::firewall`], [`site::filecheck`], [`site::fsmode`].
+//! * [`office`]: the liaison office's console (issue 15) — its listener, staff sign-in,
+//!   sessions and CSRF, the pages (minijinja templates), all changes through [`admin`].
 //! * [`ops`]: [`ops::server`] (bind, serve, reload, drain), [`ops::metrics`],
 //!   [`ops::shutdown`], [`ops::clock`] (Japan time), [`ops::exit`], [`ops::dates`],
 //!   [`ops::errors`], [`ops::demo`].
