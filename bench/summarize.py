@@ -178,6 +178,43 @@ def report(a):
         0,
         "higher",
     )
+    # Few connections (issue 16): p50/p99 in µs at 1 and 8 keep-alive connections.
+    us = lambda p: (lambda d: pct_ms(d, p) * 1000.0 if pct_ms(d, p) is not None else None)
+    for phase, what in [("lat1", "1 conn"), ("lat8", "8 conns"), ("lat1slow", "1 conn, 2 ms EMR"),
+                        ("lat8slow", "8 conns, 2 ms EMR")]:
+        add(f"{phase}_p50_us", f"{what}: p50 µs", phase, us("p50"), 0, "lower")
+        add(f"{phase}_p99_us", f"{what}: p99 µs", phase, us("p99"), 0, "lower")
+        if phase.startswith("lat8"):
+            add(f"{phase}_rps", f"{what}: req/s", phase, rps, 0, "higher")
+    add("h2_keepalive_rps", f"HTTP/2 keep-alive req/s ({a.h2} streams)", "h2keepalive", rps, 0, "higher", PROXIES)
+    add("h2_keepalive_p50_ms", "HTTP/2 keep-alive p50 ms", "h2keepalive", lambda d: pct_ms(d, "p50"), 3, "lower", PROXIES)
+    m["h2_keepalive_cpu_us_per_req"] = cpu_us_per_req("h2keepalive")
+    rows.append(("HTTP/2 keep-alive proxy CPU µs per request", "h2_keepalive_cpu_us_per_req", 1, "lower"))
+    shared_rows = len(rows)
+
+    # "One core each" (taskset): the proxy on CPU 0, oha + upstream on CPU 1.
+    pin_rows = []
+    add("pin_keepalive_rps", f"req/s per proxy core, keep-alive (c={a.conns})", "pin-keepalive", rps, 0, "higher")
+    m["pin_keepalive_cpu_us_per_req"] = cpu_us_per_req("pin-keepalive")
+    rows.append(("proxy CPU µs per request", "pin_keepalive_cpu_us_per_req", 1, "lower"))
+    add("pin_rate_rps", f"fixed rate: achieved req/s (target {a.pin_rate})", "pin-rate", rps, 0, "higher")
+    add("pin_rate_p50_ms", "fixed rate p50 ms", "pin-rate", lambda d: pct_ms(d, "p50"), 3, "lower")
+    add("pin_rate_p99_ms", "fixed rate p99 ms", "pin-rate", lambda d: pct_ms(d, "p99"), 3, "lower")
+    pdirect = series(raw, "pin-rate", "direct", lambda d: pct_ms(d, "p99"))
+    m["pin_rate_added_p99_ms"] = {"direct": None}
+    for c in PROXIES:
+        own = series(raw, "pin-rate", c, lambda d: pct_ms(d, "p99"))
+        m["pin_rate_added_p99_ms"][c] = stat({r: v - pdirect[r] for r, v in own.items() if r in pdirect})
+    rows.append(("fixed rate p99 added over direct ms", "pin_rate_added_p99_ms", 3, "lower"))
+    pin_rows = rows[shared_rows:]
+    del rows[shared_rows:]
+    fsync = {}
+    try:
+        with open(os.path.join(raw, "fsync.json")) as f:
+            fsync = json.load(f)
+    except (OSError, ValueError):
+        pass
+    m["fdatasync_us"] = fsync
 
     # WireGuard: seibo-gate's tunnel in the seibo-gate column, wireguard-go + nginx in nginx's.
     wg_who = ["seibo-gate", "nginx"]
@@ -218,32 +255,49 @@ def report(a):
 
     bad = {
         phase: {c: sum(bad_count(d) for _, d in load_runs(raw, phase, c) if d) for c in CONTENDERS}
-        for phase in ["keepalive", "rate", "handshake", "download", "wg-keepalive", "wg-download"]
+        for phase in ["keepalive", "rate", "handshake", "download", "wg-keepalive", "wg-download",
+                      "lat1", "lat8", "lat1slow", "lat8slow", "h2keepalive", "pin-keepalive", "pin-rate"]
     }
     missing = {
         phase: {c: sum(1 for _, d in load_runs(raw, phase, c) if d is None) for c in CONTENDERS}
         for phase in ["keepalive", "rate", "handshake", "download"]
     }
 
-    # ---- table ----
+    # ---- tables ----
     cols = CONTENDERS + ["gate/nginx", "gate/haproxy"]
-    label_w = max(len(r[0]) for r in rows) + 1
-    cells = []
-    for label, key, digits, better in rows:
-        row = [fmt(m[key].get(c), digits) for c in CONTENDERS]
-        for other in ["nginx", "haproxy"]:
-            rr = ratio(m[key].get("seibo-gate"), m[key].get(other))
-            row.append(f"{rr:.2f}x" if rr is not None else "-")
-        cells.append((label + (" ↑" if better == "higher" else " ↓"), row))
-    widths = [max(len(c), *(len(r[i]) for _, r in cells)) for i, c in enumerate(cols)]
-    line = "-" * (label_w + 2 + sum(w + 2 for w in widths))
+    label_w = max(len(r[0]) for r in rows + pin_rows) + 1
     out = []
-    out.append(line)
-    out.append(" " * (label_w + 2) + "  ".join(c.rjust(w) for c, w in zip(cols, widths)))
-    out.append(line)
-    for label, row in cells:
-        out.append(label.ljust(label_w + 2) + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
-    out.append(line)
+
+    def table(title, rows):
+        cells = []
+        for label, key, digits, better in rows:
+            row = [fmt(m[key].get(c), digits) for c in CONTENDERS]
+            for other in ["nginx", "haproxy"]:
+                rr = ratio(m[key].get("seibo-gate"), m[key].get(other))
+                row.append(f"{rr:.2f}x" if rr is not None else "-")
+            cells.append((label + (" ↑" if better == "higher" else " ↓"), row))
+        widths = [max(len(c), *(len(r[i]) for _, r in cells)) for i, c in enumerate(cols)]
+        line = "-" * (label_w + 2 + sum(w + 2 for w in widths))
+        out.append(line)
+        out.append(title.ljust(label_w + 2) + "  ".join(c.rjust(w) for c, w in zip(cols, widths)))
+        out.append(line)
+        for label, row in cells:
+            out.append(label.ljust(label_w + 2) + "  ".join(v.rjust(w) for v, w in zip(row, widths)))
+        out.append(line)
+
+    table("shared cores (2)", rows)
+    if any(m[k].get(c) for _, k, _, _ in pin_rows for c in CONTENDERS):
+        table("one core each (taskset)", pin_rows)
+        out.append(
+            "one core each: every proxy pinned to CPU 0 (all threads/processes), oha, the upstream "
+            "and the 2 ms EMR to CPU 1; fixed rate = 50% of nginx's one-core peak"
+        )
+    if fsync:
+        out.append(
+            f"this disk's fdatasync (append + fdatasync in the audit directory, n={fsync.get('n')}): "
+            f"p50 {fsync.get('p50_us', 0):.0f} µs, p99 {fsync.get('p99_us', 0):.0f} µs "
+            "(the physical floor of a durable audit record)"
+        )
     out.append(
         f"wireguard: {a.wireguard} (nginx column = wireguard-go VPN + nginx reverse proxy, plain "
         "HTTP inside the VPN; seibo-gate = its WireGuard ingress, TLS inside the tunnel)"
@@ -309,6 +363,48 @@ def report(a):
             f"{ik:.1f} KiB" if ik is not None else "n/a",
         )
     )
+    r3 = ratio(m["h2_keepalive_rps"]["seibo-gate"], m["h2_keepalive_rps"]["nginx"])
+    r4 = ratio(m["h2_keepalive_rps"]["seibo-gate"], m["h2_keepalive_rps"]["haproxy"])
+    targets.append(
+        tgt(
+            "HTTP/2 keep-alive req/s >= 1.2x nginx and >= 1.2x HAProxy",
+            None if r3 is None or r4 is None else (r3 >= 1.2 and r4 >= 1.2),
+            f"{r3 or 0:.2f}x nginx, {r4 or 0:.2f}x HAProxy",
+        )
+    )
+    cg, cn = med("keepalive_cpu_us_per_req", "seibo-gate"), med("keepalive_cpu_us_per_req", "nginx")
+    targets.append(
+        tgt(
+            "proxy CPU per keep-alive request <= nginx's",
+            None if cg is None or cn is None else cg <= cn,
+            f"{cg or 0:.1f} vs {cn or 0:.1f} µs",
+        )
+    )
+    g1, n1 = med("lat1_p50_us", "seibo-gate"), med("lat1_p50_us", "nginx")
+    fs = fsync.get("p50_us")
+    targets.append(
+        tgt(
+            "p50 at 1 connection, instant EMR, within one fdatasync of nginx's",
+            None if g1 is None or n1 is None or fs is None else g1 - n1 <= fs,
+            f"+{(g1 or 0) - (n1 or 0):.0f} µs (fdatasync p50 {fs or 0:.0f} µs)",
+        )
+    )
+    g2, n2 = med("lat1slow_p50_us", "seibo-gate"), med("lat1slow_p50_us", "nginx")
+    targets.append(
+        tgt(
+            "p50 at 1 connection, 2 ms EMR, within +50 µs of nginx's",
+            None if g2 is None or n2 is None else g2 - n2 <= 50,
+            f"+{(g2 or 0) - (n2 or 0):.0f} µs",
+        )
+    )
+    pa = med("pin_rate_added_p99_ms", "seibo-gate")
+    targets.append(
+        tgt(
+            f"one core each: p99 added <= 1 ms at {a.pin_rate} req/s",
+            None if pa is None else pa <= 1.0,
+            f"{pa:.3f} ms (nginx {med('pin_rate_added_p99_ms', 'nginx') or 0:.3f})" if pa is not None else "n/a",
+        )
+    )
     w1 = ratio(m["wg_keepalive_rps"].get("seibo-gate"), m["wg_keepalive_rps"].get("nginx"))
     w2 = ratio(m["wg_download_mib_s"].get("seibo-gate"), m["wg_download_mib_s"].get("nginx"))
     targets.append(
@@ -338,6 +434,8 @@ def report(a):
             "download_connections": a.dl_conns,
             "fixed_rate_rps": a.rate,
             "idle_connections": a.idle_conns,
+            "http2": a.h2,
+            "one_core_fixed_rate_rps": a.pin_rate,
             "workers": 2,
         },
         "load_average": {"before": a.load_before, "after": a.load_after},
@@ -368,6 +466,8 @@ def main():
     p.add_argument("--dl-conns", type=int)
     p.add_argument("--rate", type=int)
     p.add_argument("--idle-conns", type=int)
+    p.add_argument("--h2", default="")
+    p.add_argument("--pin-rate", type=int, default=0)
     p.add_argument("--load-before", default="")
     p.add_argument("--load-after", default="")
     p.add_argument("--wireguard", default="")

@@ -62,6 +62,9 @@ fn from_json<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
 fn populate(n: usize) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let registered = "2026-04-01T09:00:00+09:00";
     for i in 0..n {
         let p: Physician = from_json(json!({
@@ -72,7 +75,7 @@ fn populate(n: usize) -> (tempfile::TempDir, Store) {
             "registered": registered,
             "password_hash": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
         }));
-        store.add_physician(&p).unwrap();
+        rt.block_on(store.add_physician(&p)).unwrap();
         let t: Terminal = from_json(json!({
             "name": format!("pc-{i}"),
             "physician": format!("dr-{i}"),
@@ -82,7 +85,7 @@ fn populate(n: usize) -> (tempfile::TempDir, Store) {
             "revoked": false,
             "registered": registered,
         }));
-        store.add_terminal(&t).unwrap();
+        rt.block_on(store.add_terminal(&t)).unwrap();
         let c: Consent = from_json(json!({
             "patient": patient(i),
             "by": {"kind": "patient"},
@@ -93,7 +96,7 @@ fn populate(n: usize) -> (tempfile::TempDir, Store) {
             "last_view": null,
             "withdrawn": null,
         }));
-        store.grant_consent(&c).unwrap();
+        rt.block_on(store.grant_consent(&c)).unwrap();
     }
     store.flush().unwrap();
     (dir, store)
@@ -152,14 +155,14 @@ fn decide(c: &mut Criterion) {
                 ))
             })
         });
-        // The other store access of an allowed view (art 8.3): read-only after the first view
-        // of the day.
+        // The other store access of an allowed view (art 8.3): a read after the first view of
+        // the day (the write, when due, runs beside the request).
         let today = now.date();
         g.bench_with_input(BenchmarkId::new("touch-consent", n), &n, |b, &n| {
             let mut j = 0usize;
             b.iter(|| {
                 j = (j + 1) % n;
-                store.touch_consent(&patient(j), today).unwrap()
+                store.view_moves_last_view(&patient(j), today)
             })
         });
     }

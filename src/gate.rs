@@ -79,11 +79,11 @@ impl Gate {
         clock: SharedClock,
     ) -> Gate {
         Gate {
+            sessions: Arc::new(
+                Sessions::new(cfg.auth.idle_timeout, cfg.auth.session_lifetime)
+                    .shared_through(&store),
+            ),
             store,
-            sessions: Arc::new(Sessions::new(
-                cfg.auth.idle_timeout,
-                cfg.auth.session_lifetime,
-            )),
             audit,
             metrics,
             clock,

@@ -41,11 +41,17 @@ struct ConfigArg {
 enum Command {
     /// Run everything on loopback with a sample EMR and print curl lines to try (Ctrl-C stops).
     Demo,
-    /// Create a new site: config, terminal CA, server certificate, state directory.
+    /// Create a new site: config, terminal CA, server certificate, state directory; with
+    /// --join, a site of a network from the bundle `site add` wrote.
     Init {
-        /// Directory to create the site in (e.g. /etc/seibo-gate); never overwritten.
-        #[arg(long)]
-        dir: PathBuf,
+        /// Directory to create the site in (e.g. /etc/seibo-gate); never overwritten. With
+        /// --join, default: the bundle's directory.
+        #[arg(long, required_unless_present = "join")]
+        dir: Option<PathBuf>,
+        /// Join a network: the bundle `seibo-gate site add` wrote at the network's home (its
+        /// site id, name and certificates are used; --site and --name are ignored).
+        #[arg(long, value_name = "BUNDLE")]
+        join: Option<PathBuf>,
         /// The site's id: letters, digits, '-' or '_' (shown in the audit and on pages).
         #[arg(long, default_value = "seiyo-hospital")]
         site: String,
@@ -67,6 +73,18 @@ enum Command {
         /// Enable the WireGuard ingress on this UDP address (art 12.2).
         #[arg(long)]
         wireguard: Option<SocketAddr>,
+    },
+    /// The regional network (issue 14): created once at its home, the liaison office (art 6.2).
+    Network {
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
+    /// The network's sites: `site add` at the network's home writes another site's bundle.
+    Site {
+        #[command(subcommand)]
+        cmd: SiteCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
     },
     /// Validate a config and check that the service's user can read every file it names;
     /// names each bad key and file and exits 78 when something is wrong.
@@ -146,6 +164,13 @@ enum Command {
         #[command(flatten)]
         cfg: ConfigArg,
     },
+    /// The registry backend: status, and moving registrations between sled and etcd.
+    Registry {
+        #[command(subcommand)]
+        cmd: RegistryCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Delete consents whose access ended 999 days after the last view, and withdrawn ones (art 11).
     Purge {
         #[command(flatten)]
@@ -187,6 +212,99 @@ enum StaffCmd {
     List {
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RegistryCmd {
+    /// Backend, revision applied, staleness and etcd members (exit 69 when not serving).
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every physician, terminal and consent as JSON lines (file mode 0600, never overwritten).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a file from `registry export`, then add every record to this config's registry.
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+enum NetworkCmd {
+    /// Create the network at its home: the regional terminal CA (name-constrained), the etcd
+    /// CA, the first site's gateway and gate.toml, and the network's site list.
+    Init {
+        /// Directory to create the first site in (e.g. /etc/seibo-gate); never overwritten.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The network's id; the regional registry's etcd prefix is /ID/.
+        #[arg(long, default_value = "seibo-net")]
+        network: String,
+        /// The first site's id.
+        #[arg(long, default_value = "seiyo-hospital")]
+        site: String,
+        /// The first site's name at the foot of every page.
+        #[arg(long)]
+        name: Option<String>,
+        /// A DNS name or address the site's gateway is reached at (repeatable; the first is
+        /// the one other sites dial).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Address the mutual-TLS listener binds.
+        #[arg(long, default_value = "0.0.0.0:443")]
+        listen: SocketAddr,
+        /// Address the read-only peer API binds (other sites' audit queries).
+        #[arg(long, default_value = "0.0.0.0:8843")]
+        peer_listen: SocketAddr,
+        /// The web EMR behind the gateway: http://HOST[:PORT] in the private segment.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        upstream: String,
+        /// Private-segment network (repeatable); default: the upstream's address.
+        #[arg(long = "private")]
+        private: Vec<String>,
+        /// Prometheus scrape endpoint, or "off".
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics: String,
+        /// Enable the WireGuard ingress on this UDP address (art 12.2).
+        #[arg(long)]
+        wireguard: Option<SocketAddr>,
+        /// The regional registry's etcd client URL (repeatable), e.g. https://10.20.0.7:2379.
+        #[arg(long = "etcd", required = true)]
+        etcd: Vec<String>,
+        /// A DNS domain or IP network the regional CA may vouch for (repeatable): every
+        /// site's hosts must lie inside. Default: the first site's hosts (+ 10.77.0.0/16,
+        /// the WireGuard network, always).
+        #[arg(long)]
+        permit: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SiteCmd {
+    /// At the network's home: issue another site's certificates and etcd credentials and
+    /// write its bundle (for `seibo-gate init --join BUNDLE` there).
+    Add {
+        /// The new site's id (e.g. nomura-clinic).
+        #[arg(long)]
+        site: String,
+        /// Its name at the foot of every page.
+        #[arg(long)]
+        name: Option<String>,
+        /// A DNS name or address its gateway is reached at (repeatable; the first is the one
+        /// other sites dial).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+        /// Address its read-only peer API binds.
+        #[arg(long, default_value = "0.0.0.0:8843")]
+        peer_listen: SocketAddr,
+        /// Its WireGuard ingress's UDP address (art 12.2), when it has one.
+        #[arg(long)]
+        wireguard: Option<SocketAddr>,
+        /// The bundle's directory (new or empty; created 0700).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -361,9 +479,10 @@ enum AuditCmd {
     /// Records, oldest first; JSON lines with --json. With --patient it reads the index
     /// (audit.idx) and the lines it names, checked against the log; otherwise the whole log.
     Query {
-        /// Only this patient's records.
+        /// Only this patient's records. With --network: SITE:ID, repeatable (the patient's
+        /// id in each site's EMR); a bare ID is asked of every site not named.
         #[arg(long)]
-        patient: Option<String>,
+        patient: Vec<String>,
         /// Only this physician's records.
         #[arg(long)]
         physician: Option<String>,
@@ -377,8 +496,13 @@ enum AuditCmd {
         #[arg(long)]
         json: bool,
         /// Read the whole log, not the index.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "network")]
         full_scan: bool,
+        /// Ask every site of [network] over the peer API (mutual TLS with this site's
+        /// gateway certificate) and merge the rows by time, the site on each; a site that
+        /// does not answer is named and the exit status is 69.
+        #[arg(long)]
+        network: bool,
     },
     /// Check the hash chain, the head anchor and the index (which must be there); exits
     /// non-zero naming the first broken record. The chain is not keyed: record `audit head`
@@ -460,7 +584,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // item 17); `init` sets its own modes (public certificates stay readable).
     if !matches!(
         cli.command,
-        Command::Init { .. } | Command::SampleEmr { .. }
+        Command::Init { .. }
+            | Command::SampleEmr { .. }
+            | Command::Network { .. }
+            | Command::Site { .. }
     ) {
         seibo_gate::site::fsmode::restrict_umask();
     }
@@ -473,8 +600,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             seibo_gate::ops::demo::run_sample_emr(listen).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Network { cmd } => network(cmd),
+        Command::Site { cmd, cfg } => {
+            let home = cli::load(&cfg.config)?;
+            let SiteCmd::Add {
+                site,
+                name,
+                hosts,
+                peer_listen,
+                wireguard,
+                out,
+            } = cmd;
+            let o = seibo_gate::site::network::SiteAddOptions {
+                site,
+                name,
+                hosts,
+                peer_listen,
+                wireguard,
+                out,
+            };
+            cli::network::add(&home, &o)
+        }
         Command::Init {
             dir,
+            join,
             site,
             name,
             listen,
@@ -483,26 +632,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics,
             wireguard,
         } => {
+            let dir = match (dir, &join) {
+                (Some(d), _) => d,
+                (None, Some(bundle)) => bundle.clone(),
+                (None, None) => return Err(UsageError("--dir DIR is required".into()).into()),
+            };
             let mut o = InitOptions::new(&dir);
             o.wireguard = wireguard;
-            o.metrics = match metrics.as_str() {
-                "off" => None,
-                m => Some(m.parse().map_err(|e| {
-                    UsageError(format!("--metrics {m:?}: not ADDR:PORT or \"off\": {e}"))
-                })?),
-            };
+            o.metrics = parse_metrics(&metrics)?;
             o.site = site;
             o.name = name;
             o.listen = listen;
             o.upstream = upstream;
             o.private = private;
-            cli::init(&o)
+            match join {
+                Some(bundle) => cli::network::join(&bundle, &o),
+                None => cli::init(&o),
+            }
         }
         Command::CheckConfig {
             as_user,
             no_files,
             cfg,
-        } => cli::check::run(&cfg.config, as_user.as_deref(), no_files),
+        } => cli::check::run(&cfg.config, as_user.as_deref(), no_files).await,
         Command::Serve { cfg, test_clock } => {
             cli::serve(cli::load(&cfg.config)?, test_clock.as_deref()).await
         }
@@ -544,8 +696,71 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Purge { cfg } => {
             cli::call_and_report(&cli::load(&cfg.config)?, AdminRequest::Purge {}).await
         }
-        Command::Audit { cmd, cfg } => audit(cmd, &cli::load(&cfg.config)?),
+        Command::Audit { cmd, cfg } => audit(cmd, &cli::load(&cfg.config)?).await,
+        Command::Registry { cmd, cfg } => {
+            let c = cli::load(&cfg.config)?;
+            match cmd {
+                RegistryCmd::Status { json } => cli::registry::status(&c, json).await,
+                RegistryCmd::Export { out } => cli::registry::export(&c, &out).await,
+                RegistryCmd::Import { file } => cli::registry::import(&c, &file).await,
+            }
+        }
     }
+}
+
+/// `audit query --patient` without --network: one id at most.
+fn one_patient(mut p: Vec<String>) -> anyhow::Result<Option<String>> {
+    if p.len() > 1 {
+        return Err(UsageError(
+            "--patient: one patient at most (several, SITE:ID each, with --network)".into(),
+        )
+        .into());
+    }
+    Ok(p.pop())
+}
+
+/// `--metrics ADDR:PORT` or `off`.
+fn parse_metrics(m: &str) -> anyhow::Result<Option<SocketAddr>> {
+    match m {
+        "off" => Ok(None),
+        m => Ok(Some(m.parse().map_err(|e| {
+            UsageError(format!("--metrics {m:?}: not ADDR:PORT or \"off\": {e}"))
+        })?)),
+    }
+}
+
+fn network(cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
+    let NetworkCmd::Init {
+        dir,
+        network,
+        site,
+        name,
+        hosts,
+        listen,
+        peer_listen,
+        upstream,
+        private,
+        metrics,
+        wireguard,
+        etcd,
+        permit,
+    } = cmd;
+    let mut o = InitOptions::new(&dir);
+    o.wireguard = wireguard;
+    o.metrics = parse_metrics(&metrics)?;
+    o.site = site;
+    o.name = name;
+    o.listen = listen;
+    o.upstream = upstream;
+    o.private = private;
+    cli::network::init(&seibo_gate::site::network::NetworkInitOptions {
+        site: o,
+        network,
+        hosts,
+        peer_listen,
+        etcd,
+        permit,
+    })
 }
 
 async fn physician(cmd: PhysicianCmd, c: &Config) -> anyhow::Result<ExitCode> {
@@ -622,7 +837,7 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
+async fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCmd::Verify {
             rebuild_index,
@@ -635,11 +850,30 @@ fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
             since,
             until,
             json,
+            full_scan: _,
+            network: true,
+        } => {
+            let q = cli::audit_network::NetworkQuery {
+                patients: patient,
+                physician,
+                since,
+                until,
+                json,
+            };
+            cli::audit_network::query(c, q).await
+        }
+        AuditCmd::Query {
+            patient,
+            physician,
+            since,
+            until,
+            json,
             full_scan,
+            network: false,
         } => cli::audit::query(
             c,
             cli::audit::Query {
-                patient,
+                patient: one_patient(patient)?,
                 physician,
                 since,
                 until,

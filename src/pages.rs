@@ -116,6 +116,13 @@ fn text(r: &Refusal) -> Text {
             extra: "",
         },
         Refusal::Route(_) | Refusal::BadRequest(_) | Refusal::ClientClosed => MALFORMED,
+        Refusal::RegistryUnavailable => Text {
+            title_ja: "地域の共有登録に接続できません",
+            title_en: "The regional registry cannot be reached",
+            body_ja: "せい坊ネットの共有登録（医師・端末・同意の登録）に接続できないため、撤回された同意を見落とさないよう、サインインと同意に基づく閲覧を一時的に停止しています。接続が戻ると自動的に再開します。続く場合は下記の窓口にご連絡ください。",
+            body_en: "The regional registry of Seibo Net (physicians, terminals and consents) cannot be reached, so sign-ins and consent-based viewing are stopped for now rather than risk missing a withdrawn consent. Service resumes by itself when the registry is back; if this continues, contact the office below.",
+            extra: "",
+        },
         Refusal::StoreUnavailable | Refusal::AuditUnavailable => Text {
             title_ja: "ただいま利用できません",
             title_en: "Seibo Net is temporarily unavailable",

@@ -2,9 +2,16 @@
 //!
 //! ```text
 //! connection (TLS or WireGuard, identity fixed) → policy::check (framing, identity, start
-//!   page and own pages, session, route and consent, body size) → audit record (durable before
-//!   anything is forwarded) → forward (private EMR) → response check → outcome audit
+//!   page and own pages, session, route and consent, body size) → audit record, and at the
+//!   same time forward (private EMR) → response check → [held until the record is durable]
+//!   → response → outcome audit
 //! ```
+//!
+//! The guarantee (docs/security.md, "Audit durability"): every response a client receives —
+//! the EMR's or the gateway's own page — has its request record on disk first; no byte of it
+//! is sent before. An allowed request without a body is forwarded while its record is being
+//! synced; a request with a body, and every request while the audit is failing, is forwarded
+//! only once its record is durable.
 //!
 //! Every request ends in exactly one `request` audit line and, once its response body is done
 //! (or abandoned), one `outcome` line ([`crate::outcome`]). Refusals are pages built by
@@ -142,28 +149,28 @@ pub async fn handle(
         }
     }
 
-    // The record is on disk before anything is forwarded; no record, no access (fail closed).
+    // No byte of a response reaches the client before its record is on disk; no record, no
+    // response (fail closed). An allowed request without a body is sent to the EMR while its
+    // record is being synced (the flush overlaps the EMR's work, issue 16); anything else, and
+    // everything while the audit is failing, waits for the record before it is forwarded.
     let audit_started = Instant::now();
-    let rid = match record_abandonable(&gate.audit, record, ex.started).await {
-        Ok(rid) => rid,
-        Err(e) => {
-            tracing::error!(error = %e, "audit write failed: refusing the request");
-            gate.metrics.audit_failures.inc();
-            let resp = pages::refusal(&Refusal::AuditUnavailable, &ex.live.site);
-            return Ok(finish(
-                &gate,
-                &ex,
-                None,
-                Decision::Deny,
-                "audit-unavailable",
-                resp,
-            ));
-        }
+    let overlap = match &step {
+        Step::Forward(_, req) => !gate.audit.failed() && http_body::Body::is_end_stream(req.body()),
+        _ => false,
     };
-    gate.metrics.audit_records.inc();
-    gate.metrics
-        .audit_write_seconds
-        .observe(audit_started.elapsed().as_secs_f64());
+    let recorded = record_abandonable(&gate.audit, record, ex.started);
+    let step = match step {
+        Step::Forward(allowed, req) if overlap => {
+            let resp = forward_while_recording(&gate, &ex, &allowed, req, recorded, audit_started);
+            return Ok(Box::pin(resp).await);
+        }
+        step => step,
+    };
+    let rid = match recorded.await {
+        Ok(rid) => rid,
+        Err(e) => return Ok(audit_unavailable(&gate, &ex, &e)),
+    };
+    audited(&gate, audit_started);
     // From here every way out writes the outcome: `finish`, the response body, or this guard
     // when the client goes away while the EMR is still answering (issue 11 item 9).
     let guard = ClientClosedGuard::armed(gate.audit.clone(), rid, ex.started);
@@ -292,20 +299,25 @@ fn forward_refused(gate: &Gate, ex: &Exchange, rid: u64, r: &Refusal) -> Respons
 }
 
 /// Art 8.3: an allowed view moves the patient's `last_view` to today (the decision read the
-/// consent: later views of the day need no write).
-fn record_view(gate: &Gate, a: &Allowed) -> Result<(), Refusal> {
+/// consent: later views of the day need no write). The write runs beside the request and
+/// never delays it (on the regional registry it is an etcd transaction); it only moves
+/// `last_view` forward, and a failure loses one day's extension, never a refusal.
+fn record_view(gate: &Gate, a: &Allowed) {
     if let (Some(patient), true) = (&a.target.patient, a.first_view_today) {
-        if let Err(e) = gate.store.touch_consent(patient, gate.clock.today()) {
-            tracing::error!(error = %e, "consent update failed");
-            return Err(Refusal::StoreUnavailable);
-        }
+        let store = gate.store.clone();
+        let patient = patient.clone();
+        let today = gate.clock.today();
+        tokio::spawn(async move {
+            if let Err(e) = store.touch_consent(&patient, today).await {
+                tracing::error!(error = %e, "last_view update failed");
+            }
+        });
     }
-    Ok(())
 }
 
-/// The forward stage: the view recorded, the request sent to the EMR in the private segment,
-/// its response checked ([`policy::check_response`]) and streamed back through an
-/// [`AuditedBody`] (with the print guard on plain HTML pages, art 13.2).
+/// The forward stage once the request's record is durable: the view recorded, the request
+/// sent to the EMR in the private segment, its response checked and streamed back
+/// ([`respond`]).
 async fn forward(
     gate: &Gate,
     ex: &Exchange,
@@ -313,7 +325,76 @@ async fn forward(
     req: Request<Incoming>,
     rid: u64,
 ) -> Result<Response<Body>, Refusal> {
-    record_view(gate, a)?;
+    record_view(gate, a);
+    let resp = send(gate, ex, a, req).await;
+    respond(gate, ex, resp, rid)
+}
+
+/// The forward stage of a request without a body, sent to the EMR while its record
+/// (`recorded`) is being made durable. The EMR's response is held — no byte of it, not even
+/// its status line, reaches the client — until the record is on disk; when it cannot be
+/// written the client gets the 503 page and the EMR's response (or the exchange still in
+/// flight) is dropped. The view is recorded (art 8.3) only once the record is durable.
+async fn forward_while_recording(
+    gate: &Gate,
+    ex: &Exchange,
+    a: &Allowed,
+    req: Request<Incoming>,
+    recorded: impl std::future::Future<Output = Result<u64, crate::audit::AuditError>>,
+    audit_started: Instant,
+) -> Response<Body> {
+    let emr = send(gate, ex, a, req);
+    tokio::pin!(emr);
+    tokio::pin!(recorded);
+    let mut early = None;
+    let recorded = loop {
+        tokio::select! {
+            biased;
+            r = &mut recorded => break r,
+            r = &mut emr, if early.is_none() => early = Some(r),
+        }
+    };
+    let rid = match recorded {
+        Ok(rid) => rid,
+        Err(e) => return audit_unavailable(gate, ex, &e),
+    };
+    audited(gate, audit_started);
+    // From here every way out writes the outcome, as in `handle`.
+    let guard = ClientClosedGuard::armed(gate.audit.clone(), rid, ex.started);
+    record_view(gate, a);
+    let resp = match early {
+        Some(resp) => resp,
+        None => emr.await,
+    };
+    guard.disarm();
+    respond(gate, ex, resp, rid).unwrap_or_else(|r| forward_refused(gate, ex, rid, &r))
+}
+
+/// The answer when the request's record could not be made durable: the 503 page (fail
+/// closed), counted and logged.
+fn audit_unavailable(gate: &Gate, ex: &Exchange, e: &crate::audit::AuditError) -> Response<Body> {
+    tracing::error!(error = %e, "audit write failed: refusing the request");
+    gate.metrics.audit_failures.inc();
+    let resp = pages::refusal(&Refusal::AuditUnavailable, &ex.live.site);
+    finish(gate, ex, None, Decision::Deny, "audit-unavailable", resp)
+}
+
+/// Counts a durable request record and the time it took.
+fn audited(gate: &Gate, audit_started: Instant) {
+    gate.metrics.audit_records.inc();
+    gate.metrics
+        .audit_write_seconds
+        .observe(audit_started.elapsed().as_secs_f64());
+}
+
+/// The EMR exchange: the request with the gateway's identity headers sent to the EMR in the
+/// private segment, its response's headers made safe ([`crate::egress::forward`]).
+async fn send(
+    gate: &Gate,
+    ex: &Exchange,
+    a: &Allowed,
+    req: Request<Incoming>,
+) -> Result<Response<Incoming>, ForwardError> {
     let live = &ex.live;
     let ingress = ex.peer.ingress.as_str();
     gate.metrics
@@ -342,6 +423,20 @@ async fn forward(
     gate.metrics
         .upstream_seconds
         .observe(upstream_started.elapsed().as_secs_f64());
+    resp
+}
+
+/// The EMR's response for the client: checked ([`policy::check_response`]) and streamed back
+/// through an [`AuditedBody`] that writes the outcome of request `rid` (with the print guard
+/// on plain HTML pages, art 13.2).
+fn respond(
+    gate: &Gate,
+    ex: &Exchange,
+    resp: Result<Response<Incoming>, ForwardError>,
+    rid: u64,
+) -> Result<Response<Body>, Refusal> {
+    let live = &ex.live;
+    let ingress = ex.peer.ingress.as_str();
     let resp = resp.map_err(|e| upstream_refusal(gate, e))?;
     policy::check_response(&live.policy, resp.headers())?;
     let print_guard = live.policy.blank_print && is_plain_html(resp.headers());

@@ -363,8 +363,10 @@ async fn upstream_connect_timeout_and_down_give_502() {
 // Audit disk full or read-only
 
 /// Issue 7 (fail closed), art 12.8: the audit directory is a 256 KiB tmpfs of the gateway's
-/// own mount namespace. Filled up, every request is refused with the 503 page and nothing
-/// reaches the EMR; the log says so and `seibo_gate_audit_failures_total` counts it. Space
+/// own mount namespace. Filled up, every request is refused with the 503 page and no EMR
+/// response reaches the client; once the gateway knows its audit is failing nothing reaches the
+/// EMR either (only the request whose write failed first may have been forwarded while its
+/// record was being written: its response was dropped); the log says so and `seibo_gate_audit_failures_total` counts it. Space
 /// back, requests are served again, and the chain verifies. An audit directory that cannot be
 /// written at all (a read-only tmpfs) stops `serve` at start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -453,6 +455,9 @@ async fn audit_disk_full_refuses_with_503_then_recovers_and_read_only_stops_star
     // The last page of the log may still take a line or two; then every request is refused.
     let mut refused_in_a_row = 0;
     let mut before = emr.seen().len();
+    // The EMR's count after the first refusal: the request whose record failed first may have
+    // been forwarded while the record was being written (issue 16); none after it.
+    let mut after_first_refusal = None;
     for _ in 0..60 {
         let r = get_once(gate.port, cfg.clone(), "/patients/P001/labs")
             .await
@@ -465,17 +470,29 @@ async fn audit_disk_full_refuses_with_503_then_recovers_and_read_only_stops_star
         assert_eq!(r.status, 503, "disk full must refuse: {r:?}");
         assert!(r.body.contains("ただいま利用できません"), "{}", r.body);
         assert!(r.body.contains("audit-unavailable"), "{}", r.body);
+        assert!(
+            !r.body.contains("recording EMR saw"),
+            "no byte of the EMR's page without a record: {}",
+            r.body
+        );
+        after_first_refusal.get_or_insert(emr.seen().len());
         refused_in_a_row += 1;
         if refused_in_a_row == 3 {
             break;
         }
     }
     assert_eq!(refused_in_a_row, 3, "a full disk must refuse requests");
+    let after_first_refusal = after_first_refusal.unwrap();
+    assert!(
+        after_first_refusal <= before + 1,
+        "only the request whose record failed first may have reached the EMR: {before} before, {after_first_refusal} after"
+    );
     assert_eq!(
         emr.seen().len(),
-        before,
-        "nothing forwarded without a record"
+        after_first_refusal,
+        "nothing forwarded while the audit is known to fail"
     );
+    let before = after_first_refusal;
     let m = metrics(&gate);
     assert!(
         sample(&m, "seibo_gate_audit_failures_total") >= 3.0,

@@ -28,7 +28,7 @@ use rustls::ClientConfig;
 const COOKIE: &str = "__Host-seibo_session";
 const HTML: (&str, &str) = ("accept", "text/html,application/xhtml+xml");
 const HOME: &str = "/portal/menu";
-const SITE_NAME: &str = "西陽テスト病院 / Seiyo Test Hospital";
+const SITE_NAME: &str = "西予テスト病院 / Seiyo Test Hospital";
 
 /// A client speaking for one terminal, keeping the session cookie like a browser.
 struct Client {

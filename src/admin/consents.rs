@@ -8,7 +8,7 @@ use crate::registry::model::{Consent, ConsentBy};
 use crate::registry::store::Missing;
 
 impl Admin {
-    pub(super) fn consent_grant(
+    pub(super) async fn consent_grant(
         &self,
         patient: String,
         by: ConsentBy,
@@ -26,7 +26,7 @@ impl Admin {
             last_view: None,
             withdrawn: None,
         };
-        self.store.grant_consent(&c)?;
+        self.store.grant_consent(&c).await?;
         self.count("grant", 1);
         Ok(AdminResponse::ok(
             format!(
@@ -41,14 +41,15 @@ impl Admin {
     }
 
     /// Withdrawal (form 7): access stops now and the registration is deleted.
-    pub(super) fn consent_withdraw(
+    pub(super) async fn consent_withdraw(
         &self,
         patient: &str,
         form_ref: &str,
     ) -> Result<AdminResponse, AdminError> {
         let c = self
             .store
-            .withdraw_consent(patient, form_ref, self.clock.today())?;
+            .withdraw_consent(patient, form_ref, self.clock.today())
+            .await?;
         self.count("withdraw", 1);
         Ok(AdminResponse::ok(
             format!(
@@ -59,8 +60,8 @@ impl Admin {
     }
 
     /// Form 8: the patient's registered data is deleted (the audit history stays).
-    pub(super) fn patient_delete(&self, patient: &str) -> Result<AdminResponse, AdminError> {
-        if !self.store.delete_consent(patient)? {
+    pub(super) async fn patient_delete(&self, patient: &str) -> Result<AdminResponse, AdminError> {
+        if !self.store.delete_consent(patient).await? {
             return Err(AdminError::NotFound(Missing::Consent(patient.to_string())));
         }
         self.count("delete", 1);
@@ -101,7 +102,7 @@ impl Admin {
                 why,
             );
             let rid = self.audit.record(rec).await?;
-            let done = self.store.purge_if_due(&c.patient, today);
+            let done = self.store.purge_if_due(&c.patient, today).await;
             let status = match &done {
                 Ok(true) => 200,
                 // Viewed or granted anew since it was read: kept.

@@ -80,6 +80,8 @@ pub enum AdminRequest {
         name: String,
     },
     TerminalList {},
+    /// `registry status`: backend, revision, staleness, members (a read).
+    RegistryStatus {},
     ConsentGrant {
         patient: String,
         by: ConsentBy,
@@ -131,6 +133,7 @@ impl AdminRequest {
             AdminRequest::TerminalRegister { .. } => "terminal-register",
             AdminRequest::TerminalRevoke { .. } => "terminal-revoke",
             AdminRequest::TerminalList {} => "terminal-list",
+            AdminRequest::RegistryStatus {} => "registry-status",
             AdminRequest::ConsentGrant { .. } => "consent-grant",
             AdminRequest::ConsentWithdraw { .. } => "consent-withdraw",
             AdminRequest::ConsentShow { .. } => "consent-show",
@@ -149,6 +152,7 @@ impl AdminRequest {
             AdminRequest::PhysicianGet { .. }
                 | AdminRequest::PhysicianList {}
                 | AdminRequest::TerminalList {}
+                | AdminRequest::RegistryStatus {}
                 | AdminRequest::ConsentShow { .. }
                 | AdminRequest::StaffList {}
         )
@@ -322,30 +326,39 @@ impl Admin {
                 name,
                 site,
                 password_hash,
-            } => self.physician_add(id, name, site, password_hash),
+            } => self.physician_add(id, name, site, password_hash).await,
             AdminRequest::PhysicianPasswd { id, password_hash } => {
-                self.physician_passwd(&id, password_hash)
+                self.physician_passwd(&id, password_hash).await
             }
-            AdminRequest::PhysicianSuspend { id, reason } => self.physician_suspend(&id, reason),
-            AdminRequest::PhysicianResume { id } => self.physician_resume(&id),
-            AdminRequest::PhysicianDelete { id } => self.physician_delete(&id),
-            AdminRequest::TerminalRegister { terminal } => self.terminal_register(terminal),
-            AdminRequest::TerminalRevoke { name } => self.terminal_revoke(&name),
+            AdminRequest::PhysicianSuspend { id, reason } => {
+                self.physician_suspend(&id, reason).await
+            }
+            AdminRequest::PhysicianResume { id } => self.physician_resume(&id).await,
+            AdminRequest::PhysicianDelete { id } => self.physician_delete(&id).await,
+            AdminRequest::TerminalRegister { terminal } => self.terminal_register(terminal).await,
+            AdminRequest::TerminalRevoke { name } => self.terminal_revoke(&name).await,
             AdminRequest::ConsentGrant {
                 patient,
                 by,
                 published,
                 no_extension,
                 form_ref,
-            } => self.consent_grant(patient, by, published, no_extension, form_ref),
-            AdminRequest::ConsentWithdraw { patient, form_ref } => {
-                self.consent_withdraw(&patient, &form_ref)
+            } => {
+                self.consent_grant(patient, by, published, no_extension, form_ref)
+                    .await
             }
-            AdminRequest::PatientDelete { patient, .. } => self.patient_delete(&patient),
+            AdminRequest::ConsentWithdraw { patient, form_ref } => {
+                self.consent_withdraw(&patient, &form_ref).await
+            }
+            AdminRequest::PatientDelete { patient, .. } => self.patient_delete(&patient).await,
             AdminRequest::Purge {} => self.purge_due().await,
             AdminRequest::PhysicianGet { id } => self.physician_get(&id),
             AdminRequest::PhysicianList {} => self.physician_list(),
             AdminRequest::TerminalList {} => self.terminal_list(),
+            AdminRequest::RegistryStatus {} => Ok(AdminResponse::ok(
+                "registry status".to_string(),
+                AdminReply::Registry(self.store.status().await),
+            )),
             AdminRequest::ConsentShow { patient } => self.consent_show(&patient),
             AdminRequest::StaffAdd {
                 id,

@@ -5,7 +5,7 @@ use crate::ops::clock;
 use crate::registry::model::{Physician, SuspendReason};
 
 impl Admin {
-    pub(super) fn physician_add(
+    pub(super) async fn physician_add(
         &self,
         id: String,
         name: String,
@@ -23,7 +23,7 @@ impl Admin {
             failed_logins: 0,
             locked_until: None,
         };
-        self.store.add_physician(&p)?;
+        self.store.add_physician(&p).await?;
         Ok(AdminResponse::ok(
             format!("physician {} registered", p.id),
             AdminReply::Physician(p),
@@ -31,17 +31,20 @@ impl Admin {
     }
 
     /// A new one-time password; the physician's sessions end.
-    pub(super) fn physician_passwd(
+    pub(super) async fn physician_passwd(
         &self,
         id: &str,
         password_hash: String,
     ) -> Result<AdminResponse, AdminError> {
-        let p = self.store.update_physician(id, |p| {
-            p.password_hash = Some(password_hash.clone());
-            p.must_change_password = true;
-            p.failed_logins = 0;
-            p.locked_until = None;
-        })?;
+        let p = self
+            .store
+            .update_physician(id, |p| {
+                p.password_hash = Some(password_hash.clone());
+                p.must_change_password = true;
+                p.failed_logins = 0;
+                p.locked_until = None;
+            })
+            .await?;
         let ended = self.end_sessions(|x| x.physician == id);
         Ok(AdminResponse::ok(
             format!("password of physician {id} reset; {ended} session(s) ended"),
@@ -49,12 +52,12 @@ impl Admin {
         ))
     }
 
-    pub(super) fn physician_suspend(
+    pub(super) async fn physician_suspend(
         &self,
         id: &str,
         reason: SuspendReason,
     ) -> Result<AdminResponse, AdminError> {
-        let p = self.store.suspend_physician(id, reason)?;
+        let p = self.store.suspend_physician(id, reason).await?;
         self.end_sessions(|x| x.physician == id);
         Ok(AdminResponse::ok(
             format!("physician {id} suspended ({})", reason.as_str()),
@@ -62,8 +65,8 @@ impl Admin {
         ))
     }
 
-    pub(super) fn physician_resume(&self, id: &str) -> Result<AdminResponse, AdminError> {
-        let p = self.store.resume_physician(id)?;
+    pub(super) async fn physician_resume(&self, id: &str) -> Result<AdminResponse, AdminError> {
+        let p = self.store.resume_physician(id).await?;
         Ok(AdminResponse::ok(
             format!("physician {id} resumed"),
             AdminReply::Physician(p),
@@ -71,8 +74,8 @@ impl Admin {
     }
 
     /// Deregistration (art 7): the physician's terminals go too, and their sessions end.
-    pub(super) fn physician_delete(&self, id: &str) -> Result<AdminResponse, AdminError> {
-        let terminals = self.store.delete_physician(id)?;
+    pub(super) async fn physician_delete(&self, id: &str) -> Result<AdminResponse, AdminError> {
+        let terminals = self.store.delete_physician(id).await?;
         self.end_sessions(|x| x.physician == id);
         Ok(AdminResponse::ok(
             format!(

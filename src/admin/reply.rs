@@ -47,6 +47,8 @@ pub enum AdminReply {
     Staff(StaffView),
     /// `staff-list`: `Vec<StaffView>`.
     StaffList(Vec<StaffView>),
+    /// `registry-status`: [`crate::registry::RegistryStatus`].
+    Registry(crate::registry::RegistryStatus),
 }
 
 /// A consent with what it means today (`consent show`).

@@ -110,11 +110,33 @@ impl IssuedWireGuard {
     }
 }
 
+/// The network's other site gateways with a WireGuard ingress, as `[Peer]`s.
+fn other_sites(
+    network: Option<&config::Network>,
+    site: &str,
+) -> Result<Vec<wireguard::conf::ConfPeer>, IssueError> {
+    let mut out = Vec::new();
+    for s in network.iter().flat_map(|n| n.sites.iter()) {
+        let Some(t) = s.wireguard.as_ref().filter(|_| s.id != site) else {
+            continue;
+        };
+        out.push(wireguard::conf::ConfPeer {
+            site: s.id.clone(),
+            public_key: wireguard::key_from_base64(&t.public_key)?,
+            address: t.address,
+            endpoint: t.endpoint.clone(),
+        });
+    }
+    Ok(out)
+}
+
 /// Generates a key pair for `req` with tunnel address `ip` and writes NAME.conf (0600) for
-/// the gateway of `wg` at site `site`.
+/// the gateway of `wg` at site `site`, with one more `[Peer]` for each of `network`'s other
+/// sites that has a WireGuard ingress (issue 14).
 pub fn wireguard(
     wg: &config::WireGuard,
     site: &str,
+    network: Option<&config::Network>,
     ip: Ipv4Addr,
     req: &Request<'_>,
 ) -> Result<IssuedWireGuard, IssueError> {
@@ -136,6 +158,7 @@ pub fn wireguard(
         gateway_address: wg.address,
         endpoint: &wg.endpoint,
         keepalive_secs: wg.keepalive_secs,
+        other_sites: other_sites(network, site)?,
     };
     {
         use std::os::unix::fs::DirBuilderExt;

@@ -4,11 +4,11 @@ use super::{Admin, AdminError, AdminReply, AdminResponse};
 use crate::registry::model::Terminal;
 
 impl Admin {
-    pub(super) fn terminal_register(
+    pub(super) async fn terminal_register(
         &self,
         terminal: Terminal,
     ) -> Result<AdminResponse, AdminError> {
-        self.store.add_terminal(&terminal)?;
+        self.store.add_terminal(&terminal).await?;
         Ok(AdminResponse::ok(
             format!(
                 "terminal {} registered to physician {}",
@@ -19,8 +19,8 @@ impl Admin {
     }
 
     /// Revocation: refused from the next request on; the terminal's sessions end.
-    pub(super) fn terminal_revoke(&self, name: &str) -> Result<AdminResponse, AdminError> {
-        let t = self.store.revoke_terminal(name)?;
+    pub(super) async fn terminal_revoke(&self, name: &str) -> Result<AdminResponse, AdminError> {
+        let t = self.store.revoke_terminal(name).await?;
         let fp = t.fingerprint.clone();
         self.end_sessions(|x| x.terminal == fp);
         Ok(AdminResponse::ok(

@@ -103,6 +103,7 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
         AdminRequest::StaffSuspend { id } => staff_id(id),
         AdminRequest::PhysicianList {}
         | AdminRequest::TerminalList {}
+        | AdminRequest::RegistryStatus {}
         | AdminRequest::Purge {}
         | AdminRequest::StaffList {} => Ok(()),
     }
@@ -157,6 +158,7 @@ pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, St
         AdminRequest::StaffSuspend { id } => (None, None, format!("staff {}", capped(id))),
         AdminRequest::PhysicianList {}
         | AdminRequest::TerminalList {}
+        | AdminRequest::RegistryStatus {}
         | AdminRequest::Purge {}
         | AdminRequest::StaffList {} => (None, None, String::new()),
     }

@@ -37,6 +37,8 @@ pub enum Ingress {
     WireGuard,
     Site,
     Admin,
+    /// Another site gateway's query of this site's audit (the read-only peer API, issue 14).
+    Peer,
 }
 
 impl Ingress {
@@ -47,6 +49,7 @@ impl Ingress {
             Ingress::WireGuard => "wireguard",
             Ingress::Site => "site",
             Ingress::Admin => "admin",
+            Ingress::Peer => "peer",
         }
     }
 }
@@ -91,6 +94,7 @@ mod tests {
             (Ingress::WireGuard, "wireguard"),
             (Ingress::Site, "site"),
             (Ingress::Admin, "admin"),
+            (Ingress::Peer, "peer"),
         ] {
             assert_eq!(serde_json::to_string(&i).ok(), Some(format!("\"{s}\"")));
             assert_eq!(i.as_str(), s);

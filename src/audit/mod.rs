@@ -30,8 +30,10 @@
 //! Writes are done by one dedicated OS thread with group commit: it drains
 //! everything queued, appends it with one `write`, calls `sync_data` once and
 //! only then completes the waiters.  [`AuditLog::record`] therefore resolves
-//! only when the request line is on disk, and the gateway must not forward a
-//! request whose `record` failed (fail closed).
+//! only when the request line is on disk, and the gateway must not send any byte
+//! of a response to a request whose `record` has not resolved, nor the EMR's
+//! response to one whose `record` failed (fail closed; docs/security.md, "Audit
+//! durability").
 //!
 //! Beside the log, `DIR/audit.idx` (module `index`) files every line under the key of its
 //! patient, so that [`query()`] with a patient reads only that patient's lines (and the log

@@ -8,6 +8,7 @@ use crate::audit::{self, QueryFilter, QueryRow, RecordedHead, VerifyError, Verif
 use crate::ops::clock::{Clock, SystemClock};
 use crate::ops::exit::UsageError;
 use crate::site::config::Config;
+use time::OffsetDateTime;
 
 /// `audit query`'s arguments as typed.
 #[derive(Debug, Clone, Default)]
@@ -100,17 +101,27 @@ pub fn head(c: &Config) -> ExitCode {
     }
 }
 
-/// `audit query`: records oldest first, a line each or JSON lines.
-pub fn query(c: &Config, q: Query) -> anyhow::Result<ExitCode> {
-    let dir = c.state_dir.join("audit");
-    let parse = |s: Option<String>, key: &str| -> anyhow::Result<_> {
-        s.map(|s| audit::parse_time_arg(&s).map_err(|e| UsageError(format!("--{key}: {e}"))))
+/// `--since` and `--until` parsed, and checked to hold a record (exit 64 otherwise).
+pub(crate) fn time_range(
+    c: &Config,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> anyhow::Result<(Option<OffsetDateTime>, Option<OffsetDateTime>)> {
+    let parse = |s: Option<&str>, key: &str| -> anyhow::Result<_> {
+        s.map(|s| audit::parse_time_arg(s).map_err(|e| UsageError(format!("--{key}: {e}"))))
             .transpose()
             .map_err(Into::into)
     };
-    let (since, until) = (parse(q.since, "since")?, parse(q.until, "until")?);
+    let (since, until) = (parse(since, "since")?, parse(until, "until")?);
     crate::ops::dates::query_range(since, until, SystemClock.now(), c.future_grace_days)
         .map_err(UsageError)?;
+    Ok((since, until))
+}
+
+/// `audit query`: records oldest first, a line each or JSON lines.
+pub fn query(c: &Config, q: Query) -> anyhow::Result<ExitCode> {
+    let dir = c.state_dir.join("audit");
+    let (since, until) = time_range(c, q.since.as_deref(), q.until.as_deref())?;
     let filter = QueryFilter {
         patient: q.patient,
         physician: q.physician,

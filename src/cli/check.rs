@@ -9,10 +9,25 @@ use crate::site::config::Config;
 use crate::site::filecheck::{self, Principal, PrincipalError};
 
 /// `check-config [--as USER] [--no-files]` of the config at `path`.
-pub fn run(path: &Path, as_user: Option<&str>, no_files: bool) -> anyhow::Result<ExitCode> {
+pub async fn run(path: &Path, as_user: Option<&str>, no_files: bool) -> anyhow::Result<ExitCode> {
     let c = super::load(path)?;
     if !no_files {
         check_files(&c, as_user)?;
+        if let crate::site::config::RegistryBackend::Etcd(e) = &c.registry.backend {
+            match crate::registry::backend::etcd::probe(e).await {
+                Ok(rev) => println!(
+                    "regional registry: reached {} (revision {rev})",
+                    e.endpoints.join(", ")
+                ),
+                Err(err) => {
+                    eprintln!(
+                        "regional registry: cannot be reached at {}: {err}\n  (the gateway would start but refuse sign-ins and consent-gated requests with 503 until it is)",
+                        e.endpoints.join(", ")
+                    );
+                    return Ok(ExitCode::from(crate::ops::exit::UNAVAILABLE));
+                }
+            }
+        }
     }
     println!(
         "{}: ok (site {}, {} listener(s), {} route(s), upstream {})",

@@ -5,7 +5,9 @@
 //! maps them to the exit status.
 //!
 //! * [`physician`], [`terminal`], [`consent`]: the registries (art 3–9, 12.7);
-//! * [`audit`]: `audit verify`, `audit head`, `audit query` (art 12.8);
+//! * [`audit`]: `audit verify`, `audit head`, `audit query` (art 12.8); [`audit_network`]:
+//!   `audit query --network`, every site of the network asked over the peer API;
+//! * [`network`]: `network init`, `site add`, `init --join` (issue 14);
 //! * [`check`]: the `check-config` command;
 //! * here: loading the config, admin calls and their report, `init`, `serve`, `patient
 //!   delete`, `purge`, `firewall`.
@@ -24,9 +26,12 @@ use crate::site::config::{Config, ConfigError};
 use crate::site::init::InitOptions;
 
 pub mod audit;
+pub mod audit_network;
 pub mod check;
 pub mod consent;
+pub mod network;
 pub mod physician;
+pub mod registry;
 pub mod staff;
 pub mod terminal;
 
@@ -82,12 +87,16 @@ pub async fn admin_call(cfg: &Config, req: AdminRequest) -> anyhow::Result<Admin
     if let Some(r) = admin::call(&cfg.admin_socket, &req).await? {
         return Ok(r);
     }
-    let store = Store::open(&cfg.state_dir.join("registry")).with_context(|| {
+    let store = Store::open_configured(cfg).await.with_context(|| {
         format!(
             "no gateway answers on {} and the store cannot be opened",
             cfg.admin_socket.display()
         )
     })?;
+    store
+        .ready(std::time::Duration::from_secs(10))
+        .await
+        .with_context(|| format!("no gateway answers on {}", cfg.admin_socket.display()))?;
     crate::ops::server::prepare_state_dir(&cfg.state_dir)?;
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
     let clock: SharedClock = Arc::new(SystemClock);

@@ -107,7 +107,17 @@ pub async fn add_wireguard(
     }
     let r = admin_call(cfg, AdminRequest::TerminalList {}).await?;
     let terminals: Vec<Terminal> = r.reply()?;
-    let used: HashSet<Ipv4Addr> = terminals.iter().filter_map(|t| t.tunnel_ip).collect();
+    // Terminals' addresses, and every site gateway's of the network (issue 14).
+    let used: HashSet<Ipv4Addr> = terminals
+        .iter()
+        .filter_map(|t| t.tunnel_ip)
+        .chain(
+            cfg.network
+                .iter()
+                .flat_map(|n| n.sites.iter())
+                .filter_map(|s| s.wireguard.as_ref().map(|w| w.address)),
+        )
+        .collect();
     let ip = crate::ingress::wireguard::conf::free_address(wg.pool, wg.address, &used).ok_or_else(
         || {
             ConfigProblem(format!(
@@ -123,7 +133,7 @@ pub async fn add_wireguard(
         days: cfg.ca.terminal_days,
         now: SystemClock.now(),
     };
-    let issued = terminal_issue::wireguard(wg, &cfg.site.id, ip, &req)?;
+    let issued = terminal_issue::wireguard(wg, &cfg.site.id, cfg.network.as_ref(), ip, &req)?;
     let Some(message) = register(cfg, issued.terminal.clone(), || issued.remove_files()).await?
     else {
         return Ok(ExitCode::FAILURE);
@@ -134,6 +144,11 @@ pub async fn add_wireguard(
         "tunnel address: {ip}; the physician opens https://{}/",
         wg.address
     );
+    for s in cfg.network.iter().flat_map(|n| n.sites.iter()) {
+        if let (Some(w), true) = (&s.wireguard, s.id != cfg.site.id) {
+            println!("  and https://{}/ for {} ({})", w.address, s.name, s.id);
+        }
+    }
     println!("public key: {}", issued.public_key);
     Ok(ExitCode::SUCCESS)
 }

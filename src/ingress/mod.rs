@@ -10,6 +10,7 @@
 //!   serving an identified connection with HTTP/1.1 or HTTP/2.
 //! * [`tls`]: the mutual-TLS server configuration and the peer certificate's identity.
 //! * [`peer`]: the connection's identity (ingress, address, credential).
+//! * [`peer_api`]: the read-only peer API other site gateways ask for audit rows (issue 14).
 //! * [`handshake`], [`slots`], [`backoff`]: the handshake budget, connections per terminal,
 //!   the accept loops' backoff.
 
@@ -18,6 +19,7 @@ pub(crate) mod connection;
 pub(crate) mod handshake;
 pub(crate) mod listener;
 pub(crate) mod peer;
+pub mod peer_api;
 pub(crate) mod slots;
 pub(crate) mod tls;
 pub(crate) mod tunnel;

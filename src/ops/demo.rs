@@ -212,7 +212,9 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
     })
     .await?;
     // The demo's password is shown on screen: no forced change at first sign-in.
-    store.update_physician("dr-saiyo", |p| p.must_change_password = false)?;
+    store
+        .update_physician("dr-saiyo", |p| p.must_change_password = false)
+        .await?;
     let ca = Ca::load(&cfg.ca.cert, &cfg.ca.key)?;
     let tdir = dir.join("terminals");
     let req = crate::admin::terminal_issue::Request {

@@ -98,6 +98,16 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
             _ => None,
         };
     }
+    if let Some(e) = e.downcast_ref::<crate::site::network::NetworkError>() {
+        use crate::site::network::NetworkError;
+        return match e {
+            NetworkError::Exists(_) => Some(CANTCREAT),
+            NetworkError::Invalid(_) => Some(USAGE),
+            NetworkError::File { .. } => Some(CONFIG),
+            // The cause (an init, PKI or I/O error) says.
+            _ => None,
+        };
+    }
     if let Some(e) = e.downcast_ref::<InitError>() {
         return match e {
             InitError::Exists(_) => Some(CANTCREAT),
@@ -109,8 +119,9 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             StoreError::Decode { .. } | StoreError::Schema { .. } => Some(DATAERR),
             StoreError::Conflict(_) | StoreError::NotFound(_) => Some(REFUSED),
-            StoreError::Sled(sled::Error::Io(_)) => None,
-            StoreError::Sled(_) => Some(IOERR),
+            StoreError::Backend(crate::registry::KvError::Sled(sled::Error::Io(_))) => None,
+            StoreError::Backend(crate::registry::KvError::Setup(_)) => Some(CONFIG),
+            StoreError::Backend(_) => Some(UNAVAILABLE),
         };
     }
     if let Some(e) = e.downcast_ref::<AuditError>() {

@@ -75,6 +75,10 @@ pub enum Refusal {
     /// The registry could not be read: fail closed.
     #[error("the registry is unavailable")]
     StoreUnavailable,
+    /// The regional registry has not been confirmed current for longer than
+    /// `[registry] max_stale_secs` (etcd unreachable, no quorum): fail closed.
+    #[error("the regional registry cannot be reached")]
+    RegistryUnavailable,
     /// The audit record could not be written: fail closed (art 12.8).
     #[error("the audit log is unavailable")]
     AuditUnavailable,
@@ -122,6 +126,7 @@ impl Refusal {
             Refusal::Route(r) => r.reason(),
             Refusal::Consent(r) => r.reason(),
             Refusal::StoreUnavailable => "store-unavailable",
+            Refusal::RegistryUnavailable => "registry-unavailable",
             Refusal::AuditUnavailable => "audit-unavailable",
             Refusal::UpstreamUnreachable => "upstream-unreachable",
             Refusal::UpstreamTimeout => "upstream-timeout",
@@ -153,9 +158,9 @@ impl Refusal {
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Refusal::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::StoreUnavailable | Refusal::AuditUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Refusal::StoreUnavailable
+            | Refusal::RegistryUnavailable
+            | Refusal::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -78,6 +78,12 @@ pub fn check<B>(
     if let Some(r) = framing_refusal(req, &live.limits) {
         return refuse(r, None);
     }
+    // The regional registry not confirmed current for longer than `max_stale_secs`: every
+    // identity, session and consent read from it could be out of date (a revocation or a
+    // withdrawal not yet seen), so nothing that depends on it is served (fail closed).
+    if !gate.store.health().usable() {
+        return refuse(Refusal::RegistryUnavailable, None);
+    }
     let who = match identify(gate, live, peer, conn, req, now) {
         Ok(who) => who,
         Err(r) => return refuse(r, None),

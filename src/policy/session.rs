@@ -2,13 +2,22 @@
 //! kept server-side (in memory, sharded so that no one lock serialises requests), bound to the
 //! terminal that signed in, with an idle timeout and an absolute lifetime. A restart signs
 //! everyone out, which is the safe direction.
+//!
+//! On the regional registry (etcd) sessions are shared: a sign-in is published under a lease
+//! whose TTL is the idle timeout ([`Sessions::publish`]), so a physician signed in through one
+//! gateway continues through another; the lease is the idle clock (each gateway renews it
+//! while the session is used there), and a session ended anywhere (sign-out, password reset,
+//! lease expiry) ends everywhere at the next request.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::registry::store::Store;
 
 /// Cookie name (the `__Host-` prefix makes browsers insist on Secure, Path=/ and no Domain).
 pub const COOKIE: &str = "__Host-seibo_session";
@@ -30,6 +39,21 @@ pub struct Session {
     /// The page first asked for, kept across the forced password change (a local path
     /// already checked by the sign-in).
     pub return_to: Option<String>,
+    /// Shared sessions: the lease that carries the idle clock, and when this gateway last
+    /// renewed it.
+    pub lease: Option<i64>,
+    pub renewed: Instant,
+}
+
+/// A session as published in the regional registry (tree `sessions`, key: the token's
+/// SHA-256 in hex; never the token itself).
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedSession {
+    physician: String,
+    terminal: String,
+    #[serde(with = "time::serde::rfc3339")]
+    expires_at: OffsetDateTime,
+    lease: i64,
 }
 
 /// Why a cookie does not open a session.
@@ -59,6 +83,8 @@ pub struct Sessions {
     shards: Vec<Mutex<HashMap<[u8; 32], Session>>>,
     pub idle: Duration,
     pub lifetime: Duration,
+    /// The regional registry, when sessions are shared by every gateway.
+    shared: Option<Store>,
 }
 
 /// Tokens are stored by their SHA-256, so a memory dump does not hand out live cookies.
@@ -75,7 +101,74 @@ impl Sessions {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             idle,
             lifetime,
+            shared: None,
         }
+    }
+
+    /// Sessions shared through `store` when it is the regional registry.
+    pub fn shared_through(mut self, store: &Store) -> Sessions {
+        if store.shares_sessions() {
+            self.shared = Some(store.clone());
+        }
+        self
+    }
+
+    /// Publishes a new session to every gateway (regional registry; nothing for sled).
+    /// Awaited before the cookie is handed out, so the next request may reach any gateway.
+    pub async fn publish(&self, token: &str) -> Result<(), crate::registry::store::StoreError> {
+        let Some(store) = &self.shared else {
+            return Ok(());
+        };
+        let k = key(token);
+        let Some(s) = self.with_shard(&k, |m| m.get(&k).cloned()) else {
+            return Ok(());
+        };
+        let lease = store
+            .session_put(
+                &hex::encode(k),
+                |lease| {
+                    serde_json::to_vec(&SharedSession {
+                        physician: s.physician.clone(),
+                        terminal: s.terminal.clone(),
+                        expires_at: s.expires_at,
+                        lease,
+                    })
+                    .unwrap_or_default()
+                },
+                self.idle,
+            )
+            .await?;
+        self.with_shard(&k, |m| {
+            if let Some(s) = m.get_mut(&k) {
+                s.lease = lease;
+            }
+        });
+        Ok(())
+    }
+
+    /// A session published by another gateway, made local (or `None`).
+    fn adopt(&self, store: &Store, k: &[u8; 32]) -> Option<Session> {
+        let raw = store.session_get(&hex::encode(k))?;
+        let shared: SharedSession = serde_json::from_slice(&raw).ok()?;
+        // The forced password change is the physician's state in the registry, not this
+        // gateway's: a change made through another gateway counts here.
+        let must_change_password = store
+            .physician(&shared.physician)
+            .ok()
+            .flatten()
+            .is_none_or(|p| p.must_change_password);
+        let now = Instant::now();
+        Some(Session {
+            physician: shared.physician,
+            terminal: shared.terminal,
+            created: now,
+            last_seen: now,
+            expires_at: shared.expires_at,
+            must_change_password,
+            return_to: None,
+            lease: Some(shared.lease),
+            renewed: now,
+        })
     }
 
     fn shard(&self, k: &[u8; 32]) -> &Mutex<HashMap<[u8; 32], Session>> {
@@ -114,6 +207,8 @@ impl Sessions {
                 + time::Duration::try_from(self.lifetime).unwrap_or(time::Duration::HOUR),
             must_change_password,
             return_to: None,
+            lease: None,
+            renewed: now,
         };
         let k = key(&token);
         self.with_shard(&k, |m| m.insert(k, s.clone()));
@@ -123,6 +218,9 @@ impl Sessions {
     /// Checks a token presented by `terminal` and refreshes its idle timer.
     pub fn check(&self, token: &str, terminal: &str) -> Result<Session, SessionRefusal> {
         let k = key(token);
+        if let Some(store) = &self.shared {
+            return self.check_shared(store, &k, terminal);
+        }
         let (idle, lifetime) = (self.idle, self.lifetime);
         self.with_shard(&k, |m| {
             let Some(s) = m.get_mut(&k) else {
@@ -141,6 +239,73 @@ impl Sessions {
             s.last_seen = now;
             Ok(s.clone())
         })
+    }
+
+    /// [`Sessions::check`] on the regional registry: the session must still be published (its
+    /// lease alive: used within the idle timeout at some gateway, not ended anywhere); this
+    /// gateway renews the lease, at most every third of the idle timeout, beside the request.
+    fn check_shared(
+        &self,
+        store: &Store,
+        k: &[u8; 32],
+        terminal: &str,
+    ) -> Result<Session, SessionRefusal> {
+        let published = store.session_get(&hex::encode(k)).is_some();
+        let local = self.with_shard(k, |m| m.get(k).cloned());
+        let mut s = match (local, published) {
+            (Some(s), true) => s,
+            (Some(_), false) => {
+                self.with_shard(k, |m| m.remove(k));
+                return Err(SessionRefusal::Expired);
+            }
+            (None, true) => self.adopt(store, k).ok_or(SessionRefusal::Missing)?,
+            (None, false) => return Err(SessionRefusal::Missing),
+        };
+        if OffsetDateTime::now_utc() > s.expires_at {
+            self.with_shard(k, |m| m.remove(k));
+            self.unpublish(k);
+            return Err(SessionRefusal::Expired);
+        }
+        if s.terminal != terminal {
+            // Replayed from another terminal: the stolen cookie is burnt everywhere.
+            self.with_shard(k, |m| m.remove(k));
+            self.unpublish(k);
+            return Err(SessionRefusal::WrongTerminal);
+        }
+        let now = Instant::now();
+        s.last_seen = now;
+        if let Some(lease) = s
+            .lease
+            .filter(|_| now.duration_since(s.renewed) >= self.idle / 3)
+        {
+            s.renewed = now;
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.session_refresh(lease).await {
+                    tracing::warn!(error = %e, "could not renew a shared session");
+                }
+            });
+        }
+        Ok(self.with_shard(k, |m| {
+            // Keep the local flags (return page, password changed here) of a known session.
+            let entry = m.entry(*k).or_insert_with(|| s.clone());
+            entry.last_seen = s.last_seen;
+            entry.renewed = s.renewed;
+            entry.clone()
+        }))
+    }
+
+    /// Removes a session from the regional registry (beside the request).
+    fn unpublish(&self, k: &[u8; 32]) {
+        if let Some(store) = &self.shared {
+            let store = store.clone();
+            let key = hex::encode(k);
+            tokio::spawn(async move {
+                if let Err(e) = store.session_remove(&key).await {
+                    tracing::warn!(error = %e, "could not end a shared session");
+                }
+            });
+        }
     }
 
     /// Keeps the page to return to after the forced password change.
@@ -169,6 +334,7 @@ impl Sessions {
     pub fn end(&self, token: &str) {
         let k = key(token);
         self.with_shard(&k, |m| m.remove(&k));
+        self.unpublish(&k);
     }
 
     /// Ends every session matching `pred` (suspension, revocation, password reset).
@@ -180,8 +346,40 @@ impl Sessions {
                 Err(p) => p.into_inner(),
             };
             let before = g.len();
-            g.retain(|_, s| !pred(s));
+            g.retain(|k, s| {
+                let end = pred(s);
+                if end {
+                    self.unpublish(k);
+                }
+                !end
+            });
             n += before - g.len();
+        }
+        // Sessions opened through other gateways and not used here yet.
+        if let Some(store) = &self.shared {
+            for (k, raw) in store.shared_sessions() {
+                let Ok(s) = serde_json::from_slice::<SharedSession>(&raw) else {
+                    continue;
+                };
+                let probe = Session {
+                    physician: s.physician,
+                    terminal: s.terminal,
+                    created: Instant::now(),
+                    last_seen: Instant::now(),
+                    expires_at: OffsetDateTime::now_utc(),
+                    must_change_password: false,
+                    return_to: None,
+                    lease: None,
+                    renewed: Instant::now(),
+                };
+                if pred(&probe) {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        let _ = store.session_remove(&k).await;
+                    });
+                    n += 1;
+                }
+            }
         }
         n
     }
@@ -196,9 +394,17 @@ impl Sessions {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            g.retain(|_, s| {
-                now.duration_since(s.last_seen) <= idle && now.duration_since(s.created) <= lifetime
-            });
+            match &self.shared {
+                None => g.retain(|_, s| {
+                    now.duration_since(s.last_seen) <= idle
+                        && now.duration_since(s.created) <= lifetime
+                }),
+                // Shared: a session lives while its lease does (renewed at any gateway).
+                Some(store) => g.retain(|k, s| {
+                    store.session_get(&hex::encode(k)).is_some()
+                        && OffsetDateTime::now_utc() <= s.expires_at
+                }),
+            }
             open += g.len();
         }
         open

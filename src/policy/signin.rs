@@ -381,7 +381,7 @@ fn count_wrong_password(metrics: &crate::ops::metrics::Metrics, locks: bool) {
 /// then the try counted atomically with the lock test (art 13.1). Gives the slot, whether a
 /// wrong password now locks the account, and the physician as stored; or the page to answer
 /// (busy, locked, registry unavailable) with `locked_reason` in the audit.
-fn reserve_try(
+async fn reserve_try(
     gate: &Gate,
     live: &Live,
     who: &Who,
@@ -398,6 +398,7 @@ fn reserve_try(
         live.auth.max_failures,
         lockout(live),
     );
+    let reserved = reserved.await;
     let (attempt, p) = reserved.map_err(|e| Box::new(store_unavailable(live, &e)))?;
     match attempt {
         auth::Attempt::Locked { until } => {
@@ -442,7 +443,7 @@ async fn login(
     let next = safe_next(field(&form, "next"), &live.site.home);
     let id = field(&form, "id").unwrap_or("").trim().to_string();
     let password = field(&form, "password").unwrap_or("").to_string();
-    let (slot, locks, p) = match reserve_try(gate, live, who, now, "login-locked", &next) {
+    let (slot, locks, p) = match reserve_try(gate, live, who, now, "login-locked", &next).await {
         Ok(t) => t,
         Err(page) => return *page,
     };
@@ -463,13 +464,18 @@ async fn login(
             ),
         );
     }
-    if let Err(e) = gate.store.signin_succeeded(&p.id) {
+    if let Err(e) = gate.store.signin_succeeded(&p.id).await {
         tracing::error!(error = %e, "could not reset the failure count");
     }
     metrics.signins.with_label_values(&["ok"]).inc();
     let (token, s) =
         gate.sessions
             .create(&p.id, peer.credential.fingerprint(), p.must_change_password);
+    if let Err(e) = gate.sessions.publish(&token).await {
+        // Not shared with the other gateways: no half session (fail closed).
+        gate.sessions.end(&token);
+        return store_unavailable(live, &e);
+    }
     let to = if s.must_change_password {
         // Back to the page first asked for once the password is changed.
         gate.sessions.remember_return(&token, &next);
@@ -517,7 +523,9 @@ async fn change_password(
         now,
         "password-change-locked",
         PASSWORD_PATH,
-    ) {
+    )
+    .await
+    {
         Ok(t) => t,
         Err(page) => return *page,
     };
@@ -541,7 +549,7 @@ async fn change_password(
             "The current password is wrong. After 5 wrong attempts in a row the account is locked for a while.",
         );
     }
-    if let Err(e) = gate.store.signin_succeeded(&p.id) {
+    if let Err(e) = gate.store.signin_succeeded(&p.id).await {
         tracing::error!(error = %e, "could not reset the failure count");
     }
     set_password(gate, live, slot, &p.id, &current, new, &token).await
@@ -577,6 +585,7 @@ async fn set_password(
         x.password_hash = Some(hash.clone());
         x.must_change_password = false;
     });
+    let saved = saved.await;
     if let Err(e) = saved {
         tracing::error!(error = %e, "could not store a new password");
         return password_change_failed(

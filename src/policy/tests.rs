@@ -68,6 +68,15 @@ struct World {
     cookies: std::collections::HashMap<&'static str, String>,
 }
 
+/// Runs a store write (async: the etcd backend awaits its transaction) to completion.
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
 fn fp(name: &str) -> String {
     format!("{:0>64}", hex::encode(name))
 }
@@ -111,11 +120,11 @@ fn world() -> World {
     let s = &gate.store;
     let valid = "2030-01-01T00:00:00+09:00";
     for (id, suspended) in [("dr-a", false), ("dr-b", false), ("dr-susp", true)] {
-        s.add_physician(&physician(id, suspended)).unwrap();
+        block(s.add_physician(&physician(id, suspended))).unwrap();
     }
     let mut must_change = physician("dr-new", false);
     must_change.must_change_password = true;
-    s.add_physician(&must_change).unwrap();
+    block(s.add_physician(&must_change)).unwrap();
     for t in [
         terminal("pc-a", "dr-a", "terminal", false, valid),
         terminal("pc-b", "dr-b", "terminal", false, valid),
@@ -131,15 +140,13 @@ fn world() -> World {
         ),
         terminal("emr-system", "dr-a", "site-system", false, valid),
     ] {
-        s.add_terminal(&t).unwrap();
+        block(s.add_terminal(&t)).unwrap();
     }
     let today = NOW.to_offset(JST).date();
-    s.grant_consent(&consent("P001", today, false)).unwrap();
-    s.grant_consent(&consent("P003", today, true)).unwrap();
-    s.grant_consent(&consent("P004", today - Duration::days(1000), false))
-        .unwrap();
-    s.grant_consent(&consent("P005", today + Duration::days(1), false))
-        .unwrap();
+    block(s.grant_consent(&consent("P001", today, false))).unwrap();
+    block(s.grant_consent(&consent("P003", today, true))).unwrap();
+    block(s.grant_consent(&consent("P004", today - Duration::days(1000), false))).unwrap();
+    block(s.grant_consent(&consent("P005", today + Duration::days(1), false))).unwrap();
     let mut cookies = std::collections::HashMap::new();
     for (who, pc, must) in [
         ("dr-a", "pc-a", false),

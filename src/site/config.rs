@@ -7,6 +7,8 @@
 //! * `types`: [`Config`] and the validated types the gateway reads;
 //! * `home`: `[site] home`, the start page, checked against the route table
 //!   ([`resolve_home`]);
+//! * `registry`: `[registry]`, the registry backend (sled, or etcd for the regional registry);
+//! * `network`: `[network]` and `[peer]`, the regional network's sites and the peer API;
 //! * `strip`: the request headers never forwarded ([`StripList`], `[upstream] strip_headers`).
 
 use std::net::IpAddr;
@@ -15,16 +17,19 @@ use std::path::{Path, PathBuf};
 use ipnetwork::IpNetwork;
 
 mod home;
+mod network;
 mod raw;
+mod registry;
 mod strip;
 mod types;
 mod validate;
 
 pub use home::{resolve_home, HomeError};
+pub use registry::{EtcdConfig, RegistryBackend, RegistryConfig, DEFAULT_MAX_STALE_SECS};
 pub use strip::{canonical_name, StripHeaderError, StripList, DEFAULT_STRIP_HEADERS};
 pub use types::{
-    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Office, Policy, Site,
-    Upstream, WireGuard,
+    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Network, NetworkSite,
+    Office, PeerApi, Policy, Site, SiteTunnel, Upstream, WireGuard,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -269,6 +269,14 @@ pub fn files_read(cfg: &Config) -> Vec<Needed> {
             });
         }
     }
+    if let Some(p) = &cfg.peer {
+        for (what, path) in [("cert", &p.cert), ("key", &p.key)] {
+            out.push(Needed {
+                key: format!("peer.{what}"),
+                path: path.clone(),
+            });
+        }
+    }
     out
 }
 

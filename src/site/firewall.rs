@@ -165,11 +165,15 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
     for (i, l) in cfg.listeners.iter().enumerate() {
         listener_rules(&mut rules, i, &l.name, l.listen, &l.allow);
     }
+    if let Some(p) = &cfg.peer {
+        listener_rules(&mut rules, cfg.listeners.len(), "peer", p.listen, &p.allow);
+    }
     if let Some(wg) = &cfg.wireguard {
         wireguard_rules(&mut rules.input, wg.listen);
     }
     metrics_rules(&mut rules.input, cfg.metrics)?;
     egress_rules(&mut rules, &cfg.upstream);
+    peer_egress_rules(&mut rules, cfg);
     Ok(assemble(cfg, &rules))
 }
 
@@ -412,6 +416,47 @@ fn egress_rules(rules: &mut Rules, up: &Upstream) {
             rules.output,
             "\t# the upstream is an address: no DNS is needed, none is allowed"
         );
+    }
+}
+
+/// `audit query --network` (issue 14): out to the other sites' peer APIs, their port only.
+fn peer_egress_rules(rules: &mut Rules, cfg: &Config) {
+    let Some(network) = &cfg.network else {
+        return;
+    };
+    for s in network.sites.iter().filter(|s| s.id != cfg.site.id) {
+        let _ = writeln!(
+            rules.output,
+            "	# the peer API of site {} (audit query --network)",
+            comment_safe(&s.id)
+        );
+        match s.peer_host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => {
+                let _ = writeln!(
+                    rules.output,
+                    "	ip daddr {ip} tcp dport {} accept",
+                    s.peer_port
+                );
+            }
+            Ok(IpAddr::V6(ip)) => {
+                let _ = writeln!(
+                    rules.output,
+                    "	ip6 daddr {ip} tcp dport {} accept",
+                    s.peer_port
+                );
+            }
+            Err(_) => {
+                let _ = writeln!(
+                    rules.output,
+                    "	# {} is a host name: DNS lookups, and its port to any address
+	udp dport 53 accept
+	tcp dport 53 accept
+	tcp dport {} accept",
+                    comment_safe(&s.peer_host),
+                    s.peer_port
+                );
+            }
+        }
     }
 }
 

@@ -10,6 +10,22 @@ use crate::site::pki::{self, Ca, PkiError};
 
 mod template;
 
+/// A TOML string literal (quoted and escaped).
+pub(crate) fn toml_str(s: &str) -> String {
+    template::toml_str(s)
+}
+
+/// The enabled `[wireguard]` section of a site whose gateway has public key `public`, binds
+/// `listen`, is dialled at `endpoint` and answers at `address` inside the tunnel.
+pub(crate) fn wireguard_section(
+    public: &str,
+    listen: SocketAddr,
+    endpoint: &str,
+    address: &str,
+) -> String {
+    template::wireguard_section(public, listen, endpoint, address)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("{0}")]
@@ -75,18 +91,31 @@ pub fn init(o: &InitOptions) -> Result<PathBuf, InitError> {
     create_dirs(o)?;
     let ca = create_ca_and_server_cert(o)?;
     let wireguard = match o.wireguard {
-        Some(addr) => Some(write_wireguard(o, &ca, addr)?),
+        Some(addr) => Some(write_wireguard(&o.dir, &ca, addr, TUNNEL_ADDRESS, None)?.0),
         None => None,
     };
-    let text = template::config_text(&template::Values {
+    write_config(o, &private, wireguard, "")
+}
+
+/// Writes `gate.toml` (the template, the `[wireguard]` section when given, then `extra`:
+/// sections a network site adds) and checks that it loads; the config's path.
+pub(crate) fn write_config(
+    o: &InitOptions,
+    private: &[String],
+    wireguard: Option<String>,
+    extra: &str,
+) -> Result<PathBuf, InitError> {
+    let cfg_path = o.dir.join(CONFIG_FILE);
+    let mut text = template::config_text(&template::Values {
         site: &o.site,
         name: o.name.as_deref().unwrap_or(&o.site),
         listen: o.listen,
         upstream: &o.upstream,
-        private: &private,
+        private,
         metrics: o.metrics,
         wireguard,
     });
+    text.push_str(extra);
     pki::write_new_file(&cfg_path, text.as_bytes(), 0o640)?;
     Config::load(&cfg_path)?;
     Ok(cfg_path)
@@ -99,7 +128,7 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> InitError {
 
 /// `--private`, or the upstream's own address (/32 or /128) when it is an address; the
 /// upstream must be a URI either way.
-fn private_segment(o: &InitOptions) -> Result<Vec<String>, InitError> {
+pub(crate) fn private_segment(o: &InitOptions) -> Result<Vec<String>, InitError> {
     let upstream_uri: http::Uri = o
         .upstream
         .parse()
@@ -118,7 +147,7 @@ fn private_segment(o: &InitOptions) -> Result<Vec<String>, InitError> {
 }
 
 /// The site directory, `ca/`, `tls/` and the state directory (mode 0700).
-fn create_dirs(o: &InitOptions) -> Result<(), InitError> {
+pub(crate) fn create_dirs(o: &InitOptions) -> Result<(), InitError> {
     std::fs::create_dir_all(&o.dir).map_err(io_error(&o.dir))?;
     for d in [o.dir.join("ca"), o.dir.join("tls")] {
         std::fs::create_dir_all(&d).map_err(io_error(&d))?;
@@ -128,7 +157,7 @@ fn create_dirs(o: &InitOptions) -> Result<(), InitError> {
 }
 
 /// The machine's host name, when `/etc/hostname` gives one.
-fn hostname() -> Option<String> {
+pub(crate) fn hostname() -> Option<String> {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|h| h.trim().to_string())
@@ -165,10 +194,17 @@ fn create_ca_and_server_cert(o: &InitOptions) -> Result<Ca, InitError> {
     Ok(ca)
 }
 
-/// Writes the gateway's WireGuard key and its in-tunnel server certificate; returns the
-/// config section.
-fn write_wireguard(o: &InitOptions, ca: &Ca, addr: SocketAddr) -> Result<String, InitError> {
-    let dir = o.dir.join("wireguard");
+/// Writes the gateway's WireGuard key and its in-tunnel server certificate for `address`
+/// (the gateway's own address inside the tunnel) into the site directory `site_dir`;
+/// returns the config section and the gateway's public key (base64).
+pub(crate) fn write_wireguard(
+    site_dir: &Path,
+    ca: &Ca,
+    addr: SocketAddr,
+    address: &str,
+    endpoint_host: Option<&str>,
+) -> Result<(String, String), InitError> {
+    let dir = site_dir.join("wireguard");
     std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
     let (private, public) = crate::ingress::wireguard::generate_keypair();
     pki::write_new_file(
@@ -176,13 +212,16 @@ fn write_wireguard(o: &InitOptions, ca: &Ca, addr: SocketAddr) -> Result<String,
         format!("{}\n", crate::ingress::wireguard::key_to_base64(&private)).as_bytes(),
         0o600,
     )?;
-    let tls_dir = o.dir.join("tls");
+    let tls_dir = site_dir.join("tls");
+    std::fs::create_dir_all(&tls_dir).map_err(io_error(&tls_dir))?;
     ca.issue_server(
-        &[TUNNEL_ADDRESS.to_string()],
+        &[address.to_string()],
         &tls_dir.join("tunnel.crt"),
         &tls_dir.join("tunnel.key"),
     )?;
-    let host = if addr.ip().is_unspecified() {
+    let host = if let Some(h) = endpoint_host {
+        h.to_string()
+    } else if addr.ip().is_unspecified() {
         hostname().unwrap_or_else(|| "gateway.example.jp".to_string())
     } else {
         addr.ip().to_string()
@@ -192,10 +231,10 @@ fn write_wireguard(o: &InitOptions, ca: &Ca, addr: SocketAddr) -> Result<String,
     } else {
         format!("{host}:{}", addr.port())
     };
-    Ok(template::wireguard_section(
-        &crate::ingress::wireguard::key_to_base64(&public),
-        addr,
-        &endpoint,
+    let public = crate::ingress::wireguard::key_to_base64(&public);
+    Ok((
+        template::wireguard_section(&public, addr, &endpoint, address),
+        public,
     ))
 }
 

@@ -26,6 +26,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+pub mod etcd;
+pub mod haproxy;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_seibo-gate");
 
@@ -346,6 +349,21 @@ impl Gate {
             &format!("listen = \"127.0.0.1:{}\"", free_port()),
         );
         std::fs::write(&config, text).expect("write gate.toml");
+        Gate {
+            dir,
+            config,
+            port,
+            port_0: false,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// A site whose directory `dir` (holding `gate.toml`) the test made itself, e.g. with
+    /// `network init` or `init --join`; its mutual-TLS listener on 127.0.0.1:`port`.
+    pub fn from_site_dir(dir: tempfile::TempDir, port: u16) -> Gate {
+        let config = dir.path().join("gate.toml");
+        assert!(config.exists(), "{} has no gate.toml", dir.path().display());
         Gate {
             dir,
             config,
@@ -1065,10 +1083,12 @@ pub struct KillLoad {
 }
 
 /// What a [`load_then_kill9`] run did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct KillLoadResult {
     /// Requests answered (by any status) before the kill.
     pub answered: usize,
+    /// The path of every answered request (a response the client received in full).
+    pub answered_paths: Vec<String>,
     /// Requests sent (at most `max_requests`).
     pub sent: usize,
     pub elapsed: Duration,
@@ -1093,23 +1113,27 @@ pub async fn load_then_kill9(
         let (answered, sent, cfg) = (answered.clone(), sent.clone(), cfg.clone());
         let port = gate.port;
         tasks.push(tokio::spawn(async move {
+            let mut paths = Vec::new();
             let Ok(mut conn) = Conn::open(port, cfg).await else {
-                return;
+                return paths;
             };
             let mut n = 0usize;
             while started.elapsed() < load.limit
                 && sent.fetch_add(1, Ordering::SeqCst) < load.max_requests
             {
                 n += 1;
-                match conn.get(&path(i, n)).await {
+                let p = path(i, n);
+                match conn.get(&p).await {
                     Ok(r) => {
                         check(&r);
                         answered.fetch_add(1, Ordering::SeqCst);
+                        paths.push(p);
                     }
                     // The gateway was killed: this connection is gone.
-                    Err(_) => return,
+                    Err(_) => return paths,
                 }
             }
+            paths
         }));
     }
     while answered.load(Ordering::SeqCst) < load.kill_at_answers
@@ -1118,14 +1142,18 @@ pub async fn load_then_kill9(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     gate.kill9();
+    let mut answered_paths = Vec::new();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(30), t)
-            .await
-            .expect("client task ends after the kill")
-            .expect("client task did not panic");
+        answered_paths.extend(
+            tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("client task ends after the kill")
+                .expect("client task did not panic"),
+        );
     }
     KillLoadResult {
         answered: answered.load(Ordering::SeqCst),
+        answered_paths,
         sent: sent.load(Ordering::SeqCst).min(load.max_requests),
         elapsed: started.elapsed(),
     }
@@ -1147,5 +1175,67 @@ impl Gate {
             ),
         )
         .expect("write gate.toml");
+    }
+}
+
+impl Gate {
+    /// A second gateway of the same site (the same CA, server certificate, routes, EMR): the
+    /// site directory copied without its state, on a listener and metrics port of its own.
+    /// For two gateways that share one regional registry.
+    pub fn twin(&self) -> Gate {
+        let dir = tempfile::Builder::new()
+            .prefix("seibo-gate-twin-")
+            .tempdir()
+            .expect("tempdir");
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(format!("{}/.", self.dir.path().display()))
+            .arg(dir.path())
+            .output()
+            .expect("cp");
+        assert!(out.status.success(), "cp: {}", show(&out));
+        let _ = std::fs::remove_dir_all(dir.path().join("state"));
+        for f in std::fs::read_dir(dir.path()).expect("twin dir").flatten() {
+            if f.file_name().to_string_lossy().starts_with("serve-") {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+        let config = dir.path().join("gate.toml");
+        let text = std::fs::read_to_string(&config).expect("read gate.toml");
+        let port = free_port();
+        let text = text.replacen(
+            &format!("listen = \"127.0.0.1:{}\"", self.port),
+            &format!("listen = \"127.0.0.1:{port}\""),
+            1,
+        );
+        // The metrics endpoint: the line after `[metrics]`.
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if let Some(i) = lines.iter().position(|l| l.trim() == "[metrics]") {
+            if let Some(l) = lines
+                .iter_mut()
+                .skip(i + 1)
+                .find(|l| l.trim_start().starts_with("listen"))
+            {
+                *l = format!("listen = \"127.0.0.1:{}\"", free_port());
+            }
+        }
+        std::fs::write(&config, lines.join("\n") + "\n").expect("write gate.toml");
+        Gate {
+            dir,
+            config,
+            port,
+            port_0: false,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    /// Appends a `[registry]` section (e.g. [`etcd::EtcdCluster::registry_toml`]).
+    pub fn append_config(&self, text: &str) {
+        let mut t = std::fs::read_to_string(&self.config).expect("read gate.toml");
+        t.push('\n');
+        t.push_str(text);
+        t.push('\n');
+        std::fs::write(&self.config, t).expect("write gate.toml");
     }
 }

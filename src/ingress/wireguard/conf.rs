@@ -9,6 +9,17 @@ use time::OffsetDateTime;
 
 use super::key_to_base64;
 
+/// One site gateway a terminal's `.conf` names in a `[Peer]`.
+#[derive(Clone)]
+pub struct ConfPeer {
+    /// The site's id (a comment).
+    pub site: String,
+    pub public_key: [u8; 32],
+    /// The gateway's own address inside the tunnel (the peer's `AllowedIPs`, /32).
+    pub address: Ipv4Addr,
+    pub endpoint: String,
+}
+
 /// Everything a terminal's `NAME.conf` says.
 #[derive(Clone)]
 pub struct ClientConf<'a> {
@@ -26,11 +37,34 @@ pub struct ClientConf<'a> {
     pub gateway_address: Ipv4Addr,
     pub endpoint: &'a str,
     pub keepalive_secs: u16,
+    /// The network's other site gateways (issue 14): one more `[Peer]` each, so that one
+    /// terminal reaches every site.
+    pub other_sites: Vec<ConfPeer>,
 }
 
 impl ClientConf<'_> {
     /// The file's text, as the official WireGuard clients import it.
     pub fn render(&self) -> String {
+        let mut text = self.render_own();
+        for p in &self.other_sites {
+            text.push_str(&format!(
+                "\n# Site {site}: open https://{gw}/ for its EMR.\n\
+                 [Peer]\n\
+                 PublicKey = {public}\n\
+                 Endpoint = {endpoint}\n\
+                 AllowedIPs = {gw}/32\n\
+                 PersistentKeepalive = {keepalive}\n",
+                site = p.site,
+                gw = p.address,
+                public = key_to_base64(&p.public_key),
+                endpoint = p.endpoint,
+                keepalive = self.keepalive_secs,
+            ));
+        }
+        text
+    }
+
+    fn render_own(&self) -> String {
         format!(
             "# Seibo Net terminal {name} of physician {physician}, issued {issued} by site {site}.\n\
              # Import into the WireGuard client; then open https://{gw}/ in the browser.\n\
@@ -99,6 +133,7 @@ mod tests {
             gateway_address: Ipv4Addr::new(10, 77, 0, 1),
             endpoint: "gw.example:51820",
             keepalive_secs: 25,
+            other_sites: Vec::new(),
         };
         let text = c.render();
         assert!(text.starts_with(
@@ -107,5 +142,36 @@ mod tests {
         assert!(text.contains("Address = 10.77.0.2/32\n"));
         assert!(text.contains(&format!("PrivateKey = {}\n", key_to_base64(&[1; 32]))));
         assert!(text.contains("AllowedIPs = 10.77.0.1/32\nPersistentKeepalive = 25\n"));
+        assert_eq!(text.matches("[Peer]").count(), 1);
+    }
+
+    #[test]
+    fn art_12_2_a_network_terminal_gets_one_peer_per_site_gateway() {
+        let c = ClientConf {
+            terminal: "pc-1",
+            physician: "dr-a",
+            site: "seiyo-hospital",
+            issued: time::macros::datetime!(2026-01-02 03:04:05 UTC),
+            private_key: [1; 32],
+            address: Ipv4Addr::new(10, 77, 0, 2),
+            gateway_public_key: [2; 32],
+            gateway_address: Ipv4Addr::new(10, 77, 0, 1),
+            endpoint: "gate.seiyo.example:51820",
+            keepalive_secs: 25,
+            other_sites: vec![ConfPeer {
+                site: "nomura-clinic".into(),
+                public_key: [3; 32],
+                address: Ipv4Addr::new(10, 77, 0, 254),
+                endpoint: "gate.nomura.example:51820".into(),
+            }],
+        };
+        let text = c.render();
+        assert_eq!(text.matches("[Interface]").count(), 1);
+        assert_eq!(text.matches("[Peer]").count(), 2);
+        assert!(text.contains(&format!(
+            "[Peer]\nPublicKey = {}\nEndpoint = gate.nomura.example:51820\nAllowedIPs = 10.77.0.254/32\n",
+            key_to_base64(&[3; 32])
+        )));
+        assert!(text.contains("AllowedIPs = 10.77.0.1/32\n"));
     }
 }

@@ -74,6 +74,13 @@ pub struct FloodMetrics {
     pub suppression_summaries: IntCounter,
     /// Handshakes in progress (the `max_handshakes` budget).
     pub handshakes_pending: IntGauge,
+    /// Seconds since the registry copy was last proven current (0 for sled; etcd: the
+    /// gateway refuses sign-ins and consent-gated requests beyond `max_stale_secs`).
+    pub registry_stale_seconds: prometheus::Gauge,
+    /// `max_stale_secs` itself, so an alert compares the two.
+    pub registry_max_stale_seconds: IntGauge,
+    /// Times the regional registry's watch was restarted (lost, resumed or reloaded).
+    pub registry_watch_restarts: IntCounter,
 }
 
 impl FloodMetrics {
@@ -96,6 +103,21 @@ impl FloodMetrics {
         registry.register(Box::new(refusals_suppressed.clone()))?;
         registry.register(Box::new(suppression_summaries.clone()))?;
         registry.register(Box::new(handshakes_pending.clone()))?;
+        let registry_stale_seconds = prometheus::Gauge::new(
+            "registry_stale_seconds",
+            "Seconds since this gateway's copy of the registry was last proven current (0 for the embedded sled registry).",
+        )?;
+        let registry_max_stale_seconds = IntGauge::new(
+            "registry_max_stale_seconds",
+            "[registry] max_stale_secs: beyond it sign-ins and consent-gated requests are refused (503).",
+        )?;
+        let registry_watch_restarts = IntCounter::new(
+            "registry_watch_restarts_total",
+            "Restarts of the regional registry's watch (lost connection, no quorum, compaction).",
+        )?;
+        registry.register(Box::new(registry_stale_seconds.clone()))?;
+        registry.register(Box::new(registry_max_stale_seconds.clone()))?;
+        registry.register(Box::new(registry_watch_restarts.clone()))?;
         for kind in ["request", "connection"] {
             refusals_suppressed.with_label_values(&[kind]);
         }
@@ -103,6 +125,9 @@ impl FloodMetrics {
             refusals_suppressed,
             suppression_summaries,
             handshakes_pending,
+            registry_stale_seconds,
+            registry_max_stale_seconds,
+            registry_watch_restarts,
         })
     }
 }

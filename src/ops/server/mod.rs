@@ -23,6 +23,7 @@ use crate::admin::{self, Admin};
 use crate::audit::{AuditError, AuditLog};
 use crate::gate::Gate;
 use crate::ingress::listener::MtlsListener;
+use crate::ingress::peer_api::{self, BoundPeerApi};
 use crate::ingress::tls::{self, TlsError};
 use crate::ingress::tunnel;
 use crate::ingress::wireguard::{WgHandle, WgStream};
@@ -76,6 +77,8 @@ pub struct Ready {
     pub wireguard: Option<SocketAddr>,
     /// The liaison office's console (`[office]`), when enabled.
     pub office: Option<SocketAddr>,
+    /// The read-only peer API (`[peer]`), when configured.
+    pub peer: Option<SocketAddr>,
 }
 
 /// A listener's TLS configuration, swapped by `SIGHUP` for new connections.
@@ -108,6 +111,7 @@ pub struct Bound {
     admin_socket: UnixListener,
     tunnel: Option<BoundTunnel>,
     office: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    peer_api: Option<BoundPeerApi>,
 }
 
 impl Bound {
@@ -125,6 +129,10 @@ impl Bound {
                 .and_then(|s| s.local_addr().ok()),
             wireguard: self.tunnel.as_ref().map(|t| t.handle.local_addr()),
             office: self.office.as_ref().and_then(|(s, _)| s.local_addr().ok()),
+            peer: self
+                .peer_api
+                .as_ref()
+                .and_then(|p| p.socket.local_addr().ok()),
         }
     }
 
@@ -140,7 +148,7 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
     crate::site::fsmode::restrict_umask();
     check_key_modes(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
-    let store = Store::open(&cfg.state_dir.join("registry"))?;
+    let store = Store::open_configured(&cfg).await?;
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
     let metrics = Metrics::new()?;
     // `AuditLog::open` has just checked the whole chain and its anchor and brought the index in
@@ -199,6 +207,10 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         }
         None => None,
     };
+    let peer_api = match &cfg.peer {
+        Some(p) => Some(bind_peer_api(p, &cfg).await?),
+        None => None,
+    };
     Ok(Bound {
         cfg,
         store,
@@ -209,6 +221,29 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         admin_socket,
         tunnel,
         office,
+        peer_api,
+    })
+}
+
+/// Binds the read-only peer API (`[peer]`): its site-gateway certificate, clients only site
+/// gateways of the regional CA (`[ca] cert`).
+async fn bind_peer_api(p: &config::PeerApi, cfg: &Config) -> Result<BoundPeerApi, ServeError> {
+    let tls = peer_api::verify::server_config(&p.cert, &p.key, &cfg.ca.cert).map_err(|source| {
+        ServeError::Tls {
+            name: "peer".into(),
+            source,
+        }
+    })?;
+    let socket = TcpListener::bind(p.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: p.listen,
+            source,
+        })?;
+    Ok(BoundPeerApi {
+        socket,
+        tls,
+        allow: p.allow.clone(),
     })
 }
 
@@ -277,6 +312,7 @@ async fn serve_with(
         admin_socket,
         tunnel,
         office,
+        peer_api,
     } = bound;
     let gate = Arc::new(Gate::new(
         &cfg,
@@ -324,6 +360,20 @@ async fn serve_with(
             shutdown.clone(),
         ));
     }
+    if let Some(p) = peer_api {
+        let svc = Arc::new(peer_api::PeerService {
+            site: cfg.site.id.clone(),
+            audit_dir: cfg.state_dir.join("audit"),
+            audit: audit.clone(),
+            clock: admin.clock.clone(),
+        });
+        tasks.spawn(peer_api::serve(
+            p,
+            svc,
+            cfg.limits.handshake_timeout,
+            shutdown.clone(),
+        ));
+    }
     running.spawn_background(&mut tasks);
 
     metrics.up.set(1);
@@ -332,6 +382,7 @@ async fn serve_with(
         listeners = ?ready.listeners,
         office = ?ready.office,
         metrics = ?ready.metrics,
+        peer = ?ready.peer,
         upstream = %cfg.upstream.authority,
         routes = cfg.routes.len(),
         "seibo-gate ready"
@@ -422,6 +473,10 @@ impl Running<'_> {
     fn spawn_background(&self, tasks: &mut tokio::task::JoinSet<()>) {
         let cfg = self.cfg;
         tasks.spawn(tasks::sweep_sessions(
+            self.gate.clone(),
+            self.shutdown.clone(),
+        ));
+        tasks.spawn(tasks::registry_health(
             self.gate.clone(),
             self.shutdown.clone(),
         ));

@@ -61,6 +61,9 @@ pub fn check_key_modes_for(
         keys.push(("wireguard".into(), wg.private_key.as_path()));
         keys.push(("wireguard (in-tunnel TLS)".into(), wg.key.as_path()));
     }
+    if let Some(p) = &cfg.peer {
+        keys.push(("peer API (site gateway)".into(), p.key.as_path()));
+    }
     for (name, key) in keys {
         // A missing key is reported by the TLS setup with its own message.
         let Ok(m) = std::fs::metadata(key) else {

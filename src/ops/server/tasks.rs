@@ -127,6 +127,38 @@ pub(super) fn write_refusal_summaries(gate: &Gate) {
     }
 }
 
+/// Exports the registry's staleness and watch restarts every second (etcd; constant for
+/// sled), and logs each change between usable and stale.
+pub(super) async fn registry_health(gate: Arc<Gate>, mut shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut restarts_seen = 0u64;
+    let mut was_usable = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let h = gate.store.health();
+                let m = &gate.metrics.flood;
+                m.registry_stale_seconds.set(h.stale_seconds());
+                if let crate::registry::RegistryHealth::Regional { max_stale, watch_restarts, .. } = h {
+                    m.registry_max_stale_seconds.set(i64::try_from(max_stale.as_secs()).unwrap_or(i64::MAX));
+                    m.registry_watch_restarts.inc_by(watch_restarts.saturating_sub(restarts_seen));
+                    restarts_seen = restarts_seen.max(watch_restarts);
+                }
+                let usable = h.usable();
+                if was_usable != Some(usable) {
+                    if usable {
+                        tracing::info!(stale_seconds = h.stale_seconds(), "registry current: serving");
+                    } else {
+                        tracing::warn!(stale_seconds = h.stale_seconds(), "regional registry not confirmed within max_stale_secs: refusing sign-ins and consent-gated requests (503)");
+                    }
+                    was_usable = Some(usable);
+                }
+            }
+            _ = shutdown.recv() => return,
+        }
+    }
+}
+
 /// Drops ended sessions and reports how many are open.
 pub(super) async fn sweep_sessions(gate: Arc<Gate>, mut shutdown: Shutdown) {
     let mut tick = tokio::time::interval(Duration::from_secs(15));

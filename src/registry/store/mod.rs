@@ -1,5 +1,8 @@
-//! The registries (physicians, terminals, consents) in sled. Only this module touches sled;
-//! everything else sees typed functions. The store carries a schema version.
+//! The registries (physicians, terminals, consents) as typed records over the registry
+//! backend ([`crate::registry::backend`]: sled, or the regional registry on etcd). Only this
+//! module knows the trees; everything else sees typed functions. Reads are synchronous (sled,
+//! or the etcd backend's in-memory copy); writes are `async` (an etcd write is a transaction
+//! that returns once this gateway has applied it). The store carries a schema version.
 //!
 //! Trees:
 //! * `physicians`: physician id → [`Physician`] (JSON)
@@ -9,22 +12,22 @@
 //! * `staff`: staff id → [`Staff`] (JSON): the liaison office's console accounts (issue 15)
 //! * `meta`: `schema` → version
 //!
-//! Administrative changes are flushed before they are acknowledged. The `last_view` update of
-//! an allowed view is not flushed on the request path: sled's own background flush
+//! Administrative changes are flushed before they are acknowledged (sled; an etcd write is on
+//! a quorum when acknowledged). The `last_view` update of an allowed view is not flushed on the
+//! request path: sled's own background flush
 //! (`flush_every_ms`, every 200 ms, set in [`Store::open`]) makes it durable within that
 //! interval, and the gateway calls [`Store::flush`] once more at shutdown. A crash loses at
 //! most the last 200 ms of `last_view` updates: a view's extension of the consent (art 8.3),
 //! never an identity or a consent change.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use serde::{de::DeserializeOwned, Serialize};
 use time::Date;
 
 use crate::policy::auth;
 use crate::policy::consent;
+use crate::registry::backend::{self, Backend, Generation, KvError, RegistryHealth, Tree};
 use crate::registry::model::{
     Consent, Physician, Staff, SuspendReason, Terminal, TerminalKind, Withdrawal,
 };
@@ -34,7 +37,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store: {0}")]
-    Sled(#[from] sled::Error),
+    Backend(#[from] KvError),
     #[error("store record {key:?} in {tree} is unreadable: {source}")]
     Decode {
         tree: &'static str,
@@ -88,14 +91,22 @@ pub enum Conflict {
 /// A handle on the registries. Cheap to clone; all methods are safe to call concurrently.
 #[derive(Clone, Debug)]
 pub struct Store {
-    db: sled::Db,
+    backend: Backend,
     /// Moves on every registry change (see [`Store::generation`]).
-    generation: Arc<AtomicU64>,
-    physicians: sled::Tree,
-    terminals: sled::Tree,
-    fingerprints: sled::Tree,
-    consents: sled::Tree,
-    staff: sled::Tree,
+    generation: Generation,
+    physicians: Tree,
+    terminals: Tree,
+    fingerprints: Tree,
+    consents: Tree,
+    staff: Tree,
+    /// Shared sign-in sessions (regional registry only; sled sessions stay in memory).
+    sessions: Tree,
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError::Backend(KvError::Sled(e))
+    }
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -112,15 +123,9 @@ fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], v: &[u8]) -> Resu
 }
 
 impl Store {
-    /// Opens (creating) the store in `dir`. Only one process may hold it.
+    /// Opens (creating) the embedded sled store in `dir`. Only one process may hold it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(Some(200))
-            .open()?;
-        if db.was_recovered() {
-            tracing::debug!(dir = %dir.display(), "store opened");
-        }
+        let db = backend::open_sled(dir)?;
         let meta = db.open_tree("meta")?;
         match meta.get("schema")? {
             Some(v) => {
@@ -136,14 +141,43 @@ impl Store {
                 meta.insert("schema", SCHEMA_VERSION.to_string().as_bytes())?;
             }
         }
+        Store::over(Backend::Sled(db), Generation::default())
+    }
+
+    /// Connects to the regional registry on etcd (`[registry] backend = "etcd"`): returns at
+    /// once with the copy loading in the background; until it is loaded and confirmed the
+    /// store reports itself not [`usable`](RegistryHealth::usable).
+    pub async fn connect_etcd(
+        cfg: &crate::site::config::EtcdConfig,
+        max_stale: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let generation = Generation::default();
+        let reg = backend::etcd::connect(cfg, max_stale, generation.clone()).await?;
+        Store::over(Backend::Etcd(reg), generation)
+    }
+
+    /// The store a site's config names: sled in `state_dir/registry`, or etcd.
+    pub async fn open_configured(cfg: &crate::site::config::Config) -> Result<Store, StoreError> {
+        match &cfg.registry.backend {
+            crate::site::config::RegistryBackend::Sled => {
+                Store::open(&cfg.state_dir.join("registry"))
+            }
+            crate::site::config::RegistryBackend::Etcd(e) => {
+                Store::connect_etcd(e, cfg.registry.max_stale).await
+            }
+        }
+    }
+
+    fn over(backend: Backend, generation: Generation) -> Result<Store, StoreError> {
         Ok(Store {
-            physicians: db.open_tree("physicians")?,
-            terminals: db.open_tree("terminals")?,
-            fingerprints: db.open_tree("fingerprints")?,
-            consents: db.open_tree("consents")?,
-            staff: db.open_tree("staff")?,
-            db,
-            generation: Arc::new(AtomicU64::new(0)),
+            physicians: backend.tree("physicians")?,
+            terminals: backend.tree("terminals")?,
+            fingerprints: backend.tree("fingerprints")?,
+            consents: backend.tree("consents")?,
+            staff: backend.tree("staff")?,
+            sessions: backend.tree("sessions")?,
+            backend,
+            generation,
         })
     }
 
@@ -154,32 +188,135 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         // First: the change is already visible to readers, so a reader that sees the new
         // generation also sees the change; a failed flush still invalidates.
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.db.flush()?;
+        self.generation.bump();
+        self.backend.flush()?;
         Ok(())
     }
 
-    /// A number that changes whenever a registry change is acknowledged. A value derived from
-    /// the registry (a connection's resolved identity) may be reused while the generation it
-    /// was read under is still current (read the generation *before* the registry).
+    /// A number that changes whenever a registry change is acknowledged or (etcd) applied
+    /// from the watch. A value derived from the registry (a connection's resolved identity)
+    /// may be reused while the generation it was read under is still current (read the
+    /// generation *before* the registry).
     pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
+        self.generation.get()
+    }
+
+    /// Whether the registry can be trusted now (etcd: confirmed current within
+    /// `max_stale_secs`), and how stale it is.
+    pub fn health(&self) -> RegistryHealth {
+        self.backend.health()
+    }
+
+    /// Waits (bounded) until the registry is [`usable`](RegistryHealth::usable): at once for
+    /// sled; for etcd, until the copy is loaded and confirmed current.
+    pub async fn ready(&self, within: std::time::Duration) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let h = self.health();
+            if h.usable() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Backend(KvError::Unavailable(format!(
+                    "the regional registry was not loaded and confirmed within {within:?} (stale for {:.1} s)",
+                    h.stale_seconds()
+                ))));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// True when sign-in sessions are shared by every gateway (the regional registry).
+    pub fn shares_sessions(&self) -> bool {
+        self.backend.is_regional()
+    }
+
+    /// Publishes a sign-in session to every gateway, under a lease of `idle` (the idle
+    /// timeout: a session nobody uses anywhere disappears). The lease id; `None` for sled.
+    pub async fn session_put(
+        &self,
+        key: &str,
+        value: impl FnOnce(i64) -> Vec<u8>,
+        idle: std::time::Duration,
+    ) -> Result<Option<i64>, StoreError> {
+        match self.backend.etcd() {
+            Some(reg) => Ok(Some(
+                reg.put_leased("sessions", key.as_bytes(), value, idle)
+                    .await?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// A shared session as published (from the in-memory copy).
+    pub fn session_get(&self, key: &str) -> Option<Vec<u8>> {
+        if !self.backend.is_regional() {
+            return None;
+        }
+        self.sessions.get(key.as_bytes()).ok().flatten()
+    }
+
+    /// Every shared session (key, value) in the in-memory copy (empty for sled).
+    pub fn shared_sessions(&self) -> Vec<(String, Vec<u8>)> {
+        if !self.backend.is_regional() {
+            return Vec::new();
+        }
+        self.sessions
+            .entries()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
+            .collect()
+    }
+
+    /// Ends a shared session at every gateway.
+    pub async fn session_remove(&self, key: &str) -> Result<(), StoreError> {
+        if self.backend.is_regional() {
+            self.sessions.remove(key.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    /// Restarts a shared session's idle clock (its lease) at every gateway.
+    pub async fn session_refresh(&self, lease: i64) -> Result<(), StoreError> {
+        if let Some(reg) = self.backend.etcd() {
+            reg.keep_alive(lease).await?;
+        }
+        Ok(())
+    }
+
+    /// `registry status`: backend, revision, staleness, members.
+    pub async fn status(&self) -> crate::registry::RegistryStatus {
+        match self.backend.etcd() {
+            Some(reg) => reg.status().await,
+            None => crate::registry::RegistryStatus {
+                backend: "sled".into(),
+                revision: 0,
+                stale_seconds: Some(0.0),
+                max_stale_seconds: 0,
+                usable: true,
+                watch_restarts: 0,
+                members: vec!["(embedded: this gateway only)".into()],
+                prefix: None,
+            },
+        }
     }
 
     // ---- physicians (art 3, 4, 6.3, 7) ----
 
     pub fn physician(&self, id: &str) -> Result<Option<Physician>, StoreError> {
         self.physicians
-            .get(id)?
+            .get(id.as_bytes())?
             .map(|v| decode("physicians", id.as_bytes(), &v))
             .transpose()
     }
 
-    pub fn add_physician(&self, p: &Physician) -> Result<(), StoreError> {
-        let res =
-            self.physicians
-                .compare_and_swap(&p.id, None as Option<&[u8]>, Some(encode(p)))?;
-        if res.is_err() {
+    pub async fn add_physician(&self, p: &Physician) -> Result<(), StoreError> {
+        if !self
+            .physicians
+            .compare_and_swap(p.id.as_bytes(), None, Some(encode(p)))
+            .await?
+        {
             return Err(StoreError::Conflict(Conflict::PhysicianRegistered(
                 p.id.clone(),
             )));
@@ -188,45 +325,48 @@ impl Store {
     }
 
     /// Applies `f` to a physician atomically and flushes.
-    pub fn update_physician(
+    pub async fn update_physician(
         &self,
         id: &str,
         f: impl Fn(&mut Physician),
     ) -> Result<Physician, StoreError> {
         let ((), p) = self
-            .modify_physician(id, f)?
+            .modify_physician(id, f)
+            .await?
             .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         self.flush()?;
         Ok(p)
     }
 
-    /// Applies `f` to physician `id` in one atomic read-modify-write, not flushed. sled may run
-    /// the closure more than once (when the record changed meanwhile): the last run's result
-    /// is the one stored and returned. `None` when there is no such physician.
-    fn modify_physician<R>(
+    /// Applies `f` to physician `id` in one atomic read-modify-write, not flushed. The backend
+    /// may run the closure more than once (when the record changed meanwhile): the last run's
+    /// result is the one stored and returned. `None` when there is no such physician.
+    async fn modify_physician<R>(
         &self,
         id: &str,
         f: impl Fn(&mut Physician) -> R,
     ) -> Result<Option<(R, Physician)>, StoreError> {
         let mut out = None;
         let mut err = None;
-        self.physicians.fetch_and_update(id, |old| {
-            out = None;
-            err = None;
-            let old = old?;
-            match decode::<Physician>("physicians", id.as_bytes(), old) {
-                Ok(mut p) => {
-                    let r = f(&mut p);
-                    let v = encode(&p);
-                    out = Some((r, p));
-                    Some(v)
+        self.physicians
+            .update(id.as_bytes(), |old| {
+                out = None;
+                err = None;
+                let old = old?;
+                match decode::<Physician>("physicians", id.as_bytes(), old) {
+                    Ok(mut p) => {
+                        let r = f(&mut p);
+                        let v = encode(&p);
+                        out = Some((r, p));
+                        Some(v)
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        Some(old.to_vec())
+                    }
                 }
-                Err(e) => {
-                    err = Some(e);
-                    Some(old.to_vec())
-                }
-            }
-        })?;
+            })
+            .await?;
         match err {
             Some(e) => Err(e),
             None => Ok(out),
@@ -235,10 +375,12 @@ impl Store {
 
     /// Reserves one password try of physician `id` (art 13.1, issue 11 item 1): the lock test
     /// and the failure count are one atomic read-modify-write of the stored record
-    /// ([`auth::reserve_attempt`] inside sled's compare-and-swap loop; the closure may run
-    /// more than once and does no I/O), flushed before the password is checked. Returns the
-    /// decision and the physician as stored by it (check the password against *its* hash).
-    pub fn reserve_signin_attempt(
+    /// ([`auth::reserve_attempt`] inside the backend's compare-and-swap loop — one etcd
+    /// transaction on the regional registry, so the count holds across gateways; the closure
+    /// may run more than once and does no I/O), made durable before the password is checked.
+    /// Returns the decision and the physician as stored by it (check the password against
+    /// *its* hash).
+    pub async fn reserve_signin_attempt(
         &self,
         id: &str,
         now: time::OffsetDateTime,
@@ -253,7 +395,8 @@ impl Store {
             return Ok((auth::Attempt::Locked { until }, p));
         }
         let (attempt, p) = self
-            .modify_physician(id, |p| auth::reserve_attempt(p, now, max_failures, lockout))?
+            .modify_physician(id, |p| auth::reserve_attempt(p, now, max_failures, lockout))
+            .await?
             .ok_or_else(|| StoreError::NotFound(Missing::Physician(id.to_string())))?;
         if let auth::Attempt::Counted { .. } = attempt {
             self.flush()?;
@@ -262,33 +405,34 @@ impl Store {
     }
 
     /// A password try proved right: the count and any lock are cleared (art 13.1).
-    pub fn signin_succeeded(&self, id: &str) -> Result<Physician, StoreError> {
-        self.update_physician(id, auth::record_success)
+    pub async fn signin_succeeded(&self, id: &str) -> Result<Physician, StoreError> {
+        self.update_physician(id, auth::record_success).await
     }
 
-    pub fn suspend_physician(
+    pub async fn suspend_physician(
         &self,
         id: &str,
         reason: SuspendReason,
     ) -> Result<Physician, StoreError> {
         self.update_physician(id, |p| p.suspended = Some(reason))
+            .await
     }
 
-    pub fn resume_physician(&self, id: &str) -> Result<Physician, StoreError> {
-        self.update_physician(id, |p| p.suspended = None)
+    pub async fn resume_physician(&self, id: &str) -> Result<Physician, StoreError> {
+        self.update_physician(id, |p| p.suspended = None).await
     }
 
     /// Deregistration (art 7): the physician and all their terminals are removed. A later
     /// `add` with the same id is a new registration with no terminals.
-    pub fn delete_physician(&self, id: &str) -> Result<Vec<String>, StoreError> {
-        if self.physicians.remove(id)?.is_none() {
+    pub async fn delete_physician(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        if self.physicians.remove(id.as_bytes()).await?.is_none() {
             return Err(StoreError::NotFound(Missing::Physician(id.to_string())));
         }
         let mut removed = Vec::new();
         for t in self.terminals()? {
             if t.physician == id {
-                self.terminals.remove(&t.name)?;
-                self.fingerprints.remove(&t.fingerprint)?;
+                self.terminals.remove(t.name.as_bytes()).await?;
+                self.fingerprints.remove(t.fingerprint.as_bytes()).await?;
                 removed.push(t.name);
             }
         }
@@ -298,17 +442,15 @@ impl Store {
 
     pub fn physicians(&self) -> Result<Vec<Physician>, StoreError> {
         self.physicians
+            .entries()?
             .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("physicians", &k, &v)
-            })
+            .map(|(k, v)| decode("physicians", k, v))
             .collect()
     }
 
     // ---- terminals (art 6.2, 12.7) ----
 
-    pub fn add_terminal(&self, t: &Terminal) -> Result<(), StoreError> {
+    pub async fn add_terminal(&self, t: &Terminal) -> Result<(), StoreError> {
         if t.kind == TerminalKind::Terminal && self.physician(&t.physician)?.is_none() {
             return Err(StoreError::NotFound(Missing::Physician(
                 t.physician.clone(),
@@ -319,25 +461,25 @@ impl Store {
                 return Err(StoreError::Conflict(Conflict::TunnelAddressTaken(ip)));
             }
         }
-        if self
+        if !self
             .terminals
-            .compare_and_swap(&t.name, None as Option<&[u8]>, Some(encode(t)))?
-            .is_err()
+            .compare_and_swap(t.name.as_bytes(), None, Some(encode(t)))
+            .await?
         {
             return Err(StoreError::Conflict(Conflict::TerminalRegistered(
                 t.name.clone(),
             )));
         }
-        if self
+        if !self
             .fingerprints
             .compare_and_swap(
-                &t.fingerprint,
-                None as Option<&[u8]>,
-                Some(t.name.as_bytes()),
-            )?
-            .is_err()
+                t.fingerprint.as_bytes(),
+                None,
+                Some(t.name.as_bytes().to_vec()),
+            )
+            .await?
         {
-            self.terminals.remove(&t.name)?;
+            self.terminals.remove(t.name.as_bytes()).await?;
             return Err(StoreError::Conflict(Conflict::KeyRegistered {
                 fingerprint: t.fingerprint.clone(),
             }));
@@ -347,14 +489,14 @@ impl Store {
 
     pub fn terminal(&self, name: &str) -> Result<Option<Terminal>, StoreError> {
         self.terminals
-            .get(name)?
+            .get(name.as_bytes())?
             .map(|v| decode("terminals", name.as_bytes(), &v))
             .transpose()
     }
 
     /// The terminal whose certificate key has this fingerprint.
     pub fn terminal_by_fingerprint(&self, fp: &str) -> Result<Option<Terminal>, StoreError> {
-        match self.fingerprints.get(fp)? {
+        match self.fingerprints.get(fp.as_bytes())? {
             Some(name) => {
                 let name = String::from_utf8_lossy(&name);
                 self.terminal(&name)
@@ -364,23 +506,41 @@ impl Store {
     }
 
     /// Revocation: kept in the registry (for the record) but refused from the next request on.
-    pub fn revoke_terminal(&self, name: &str) -> Result<Terminal, StoreError> {
-        let mut t = self
-            .terminal(name)?
-            .ok_or_else(|| StoreError::NotFound(Missing::Terminal(name.to_string())))?;
-        t.revoked = true;
-        self.terminals.insert(name, encode(&t))?;
+    pub async fn revoke_terminal(&self, name: &str) -> Result<Terminal, StoreError> {
+        let mut found = None;
+        let mut err = None;
+        self.terminals
+            .update(name.as_bytes(), |old| {
+                found = None;
+                err = None;
+                let old = old?;
+                match decode::<Terminal>("terminals", name.as_bytes(), old) {
+                    Ok(mut t) => {
+                        t.revoked = true;
+                        let v = encode(&t);
+                        found = Some(t);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })
+            .await?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let t = found.ok_or_else(|| StoreError::NotFound(Missing::Terminal(name.to_string())))?;
         self.flush()?;
         Ok(t)
     }
 
     pub fn terminals(&self) -> Result<Vec<Terminal>, StoreError> {
         self.terminals
+            .entries()?
             .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("terminals", &k, &v)
-            })
+            .map(|(k, v)| decode("terminals", k, v))
             .collect()
     }
 
@@ -388,22 +548,36 @@ impl Store {
 
     pub fn consent(&self, patient: &str) -> Result<Option<Consent>, StoreError> {
         self.consents
-            .get(patient)?
+            .get(patient.as_bytes())?
             .map(|v| decode("consents", patient.as_bytes(), &v))
             .transpose()
     }
 
-    /// Registers (or renews, after a withdrawal) a patient's consent.
-    pub fn grant_consent(&self, c: &Consent) -> Result<(), StoreError> {
-        if let Some(old) = self.consent(&c.patient)? {
-            if old.withdrawn.is_none() {
-                return Err(StoreError::Conflict(Conflict::ConsentRegistered {
-                    patient: c.patient.clone(),
-                    form_ref: old.form_ref,
-                }));
-            }
+    /// Registers (or renews, after a withdrawal) a patient's consent. Atomic: two offices
+    /// granting the same patient at once register one consent and refuse the other.
+    pub async fn grant_consent(&self, c: &Consent) -> Result<(), StoreError> {
+        let mut refused = None;
+        let new = encode(c);
+        self.consents
+            .update(c.patient.as_bytes(), |old| {
+                refused = None;
+                if let Some(old) = old {
+                    if let Ok(o) = serde_json::from_slice::<Consent>(old) {
+                        if o.withdrawn.is_none() {
+                            refused = Some(o.form_ref);
+                            return Some(old.to_vec());
+                        }
+                    }
+                }
+                Some(new.clone())
+            })
+            .await?;
+        if let Some(form_ref) = refused {
+            return Err(StoreError::Conflict(Conflict::ConsentRegistered {
+                patient: c.patient.clone(),
+                form_ref,
+            }));
         }
-        self.consents.insert(&c.patient, encode(c))?;
         self.flush()
     }
 
@@ -414,7 +588,7 @@ impl Store {
     /// record, with the form 7 reference), never in the registry.
     ///
     /// Atomic against a concurrent view: [`Store::touch_consent`] never re-creates a removed key.
-    pub fn withdraw_consent(
+    pub async fn withdraw_consent(
         &self,
         patient: &str,
         form_ref: &str,
@@ -422,7 +596,8 @@ impl Store {
     ) -> Result<Consent, StoreError> {
         let old = self
             .consents
-            .remove(patient)?
+            .remove(patient.as_bytes())
+            .await?
             .ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
         self.flush()?;
         let mut c: Consent = decode("consents", patient.as_bytes(), &old)?;
@@ -435,33 +610,52 @@ impl Store {
     }
 
     /// Deletes a patient's registered data (art 11: form 8, or purge). Audit history stays.
-    pub fn delete_consent(&self, patient: &str) -> Result<bool, StoreError> {
-        let existed = self.consents.remove(patient)?.is_some();
+    pub async fn delete_consent(&self, patient: &str) -> Result<bool, StoreError> {
+        let existed = self.consents.remove(patient.as_bytes()).await?.is_some();
         self.flush()?;
         Ok(existed)
     }
 
-    /// Records an allowed view: `last_view` becomes `today` (art 8.3 extension). Atomic against
-    /// a concurrent withdrawal or deletion: a removed consent stays removed.
-    pub fn touch_consent(&self, patient: &str, today: Date) -> Result<(), StoreError> {
+    /// True when an allowed view today would move the patient's `last_view` (the day's first
+    /// view): a read, so the request path only writes — and only spawns — when it must.
+    pub fn view_moves_last_view(&self, patient: &str, today: Date) -> bool {
+        match self.consent(patient) {
+            Ok(Some(c)) => c.withdrawn.is_none() && c.last_view.is_none_or(|d| d < today),
+            _ => false,
+        }
+    }
+
+    /// Records an allowed view: `last_view` becomes `today` (art 8.3 extension), and only ever
+    /// moves forward (a view recorded at another gateway with a later date is kept). Atomic
+    /// against a concurrent withdrawal or deletion: a removed consent stays removed.
+    pub async fn touch_consent(&self, patient: &str, today: Date) -> Result<(), StoreError> {
         // Most views are not the first of the day: a read is enough for them (no write, no
         // contention on the key).
-        if let Some(c) = self.consent(patient)? {
-            if c.last_view == Some(today) || c.withdrawn.is_some() {
-                return Ok(());
-            }
+        if !self.view_moves_last_view(patient, today) {
+            return Ok(());
         }
-        self.consents.fetch_and_update(patient, |old| {
-            let old = old?;
-            match serde_json::from_slice::<Consent>(old) {
-                Ok(mut c) if c.withdrawn.is_none() && c.last_view != Some(today) => {
-                    c.last_view = Some(today);
-                    Some(encode(&c))
+        self.consents
+            .update(patient.as_bytes(), |old| {
+                let old = old?;
+                match serde_json::from_slice::<Consent>(old) {
+                    Ok(mut c) if c.withdrawn.is_none() && c.last_view.is_none_or(|d| d < today) => {
+                        c.last_view = Some(today);
+                        Some(encode(&c))
+                    }
+                    _ => Some(old.to_vec()),
                 }
-                _ => Some(old.to_vec()),
-            }
-        })?;
+            })
+            .await?;
         Ok(())
+    }
+
+    /// Every registered consent (for `registry export`).
+    pub fn consents(&self) -> Result<Vec<Consent>, StoreError> {
+        self.consents
+            .entries()?
+            .iter()
+            .map(|(k, v)| decode("consents", k, v))
+            .collect()
     }
 
     /// Art 11: the consents due for deletion today: access ended (999 days after the last view,
@@ -469,8 +663,7 @@ impl Store {
     /// once). Read only: [`Store::purge_if_due`] deletes them one by one.
     pub fn purge_due(&self, today: Date) -> Result<Vec<Consent>, StoreError> {
         let mut due = Vec::new();
-        for kv in self.consents.iter() {
-            let (k, v) = kv?;
+        for (k, v) in self.consents.entries()? {
             let c: Consent = decode("consents", &k, &v)?;
             if c.withdrawn.is_some() || consent::purgeable(&c, today) {
                 due.push(c);
@@ -481,46 +674,56 @@ impl Store {
 
     /// Deletes one patient's consent if it is still due today (a view or a new grant since
     /// [`Store::purge_due`] read it keeps it). True when deleted.
-    pub fn purge_if_due(&self, patient: &str, today: Date) -> Result<bool, StoreError> {
-        // Bounded retries: each failed swap means the record changed under us.
-        for _ in 0..16 {
-            let Some(old) = self.consents.get(patient)? else {
-                return Ok(false);
-            };
-            let c: Consent = decode("consents", patient.as_bytes(), &old)?;
-            if c.withdrawn.is_none() && !consent::purgeable(&c, today) {
-                return Ok(false);
-            }
-            if self
-                .consents
-                .compare_and_swap(patient, Some(old), None as Option<&[u8]>)?
-                .is_ok()
-            {
-                self.flush()?;
-                return Ok(true);
-            }
+    pub async fn purge_if_due(&self, patient: &str, today: Date) -> Result<bool, StoreError> {
+        let mut deleted = false;
+        let mut err = None;
+        self.consents
+            .update(patient.as_bytes(), |old| {
+                deleted = false;
+                err = None;
+                let old = old?;
+                match decode::<Consent>("consents", patient.as_bytes(), old) {
+                    Ok(c) if c.withdrawn.is_some() || consent::purgeable(&c, today) => {
+                        deleted = true;
+                        None
+                    }
+                    Ok(_) => Some(old.to_vec()),
+                    Err(e) => {
+                        err = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })
+            .await
+            .map_err(|e| match e {
+                KvError::Contended(..) => {
+                    StoreError::Conflict(Conflict::ConsentChanging(patient.to_string()))
+                }
+                e => StoreError::Backend(e),
+            })?;
+        if let Some(e) = err {
+            return Err(e);
         }
-        Err(StoreError::Conflict(Conflict::ConsentChanging(
-            patient.to_string(),
-        )))
+        if deleted {
+            self.flush()?;
+        }
+        Ok(deleted)
     }
 
     // ---- staff of the liaison office (issue 15) ----
 
     pub fn staff(&self, id: &str) -> Result<Option<Staff>, StoreError> {
         self.staff
-            .get(id)?
+            .get(id.as_bytes())?
             .map(|v| decode("staff", id.as_bytes(), &v))
             .transpose()
     }
 
     pub fn staff_list(&self) -> Result<Vec<Staff>, StoreError> {
         self.staff
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("staff", &k, &v)
-            })
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| decode("staff", &k, &v))
             .collect()
     }
 
@@ -530,10 +733,10 @@ impl Store {
     }
 
     pub async fn add_staff(&self, s: &Staff) -> Result<(), StoreError> {
-        if self
+        if !self
             .staff
-            .compare_and_swap(&s.id, None as Option<&[u8]>, Some(encode(s)))?
-            .is_err()
+            .compare_and_swap(s.id.as_bytes(), None, Some(encode(s)))
+            .await?
         {
             return Err(StoreError::Conflict(Conflict::StaffRegistered(
                 s.id.clone(),
@@ -542,8 +745,8 @@ impl Store {
         self.flush()
     }
 
-    /// Applies `f` to staff member `id` atomically (sled may run it more than once) and
-    /// flushes when `f` answers true (changed). Returns `f`'s last answer and the record.
+    /// Applies `f` to staff member `id` in one atomic read-modify-write (the backend may run
+    /// it more than once; the last run is stored) and flushes when `f` answers true (changed).
     pub async fn update_staff(
         &self,
         id: &str,
@@ -552,23 +755,25 @@ impl Store {
         let mut out = None;
         let mut err = None;
         let mut changed = false;
-        self.staff.fetch_and_update(id, |old| {
-            out = None;
-            err = None;
-            let old = old?;
-            match decode::<Staff>("staff", id.as_bytes(), old) {
-                Ok(mut s) => {
-                    changed = f(&mut s);
-                    let v = encode(&s);
-                    out = Some(s);
-                    Some(v)
+        self.staff
+            .update(id.as_bytes(), |old| {
+                out = None;
+                err = None;
+                let old = old?;
+                match decode::<Staff>("staff", id.as_bytes(), old) {
+                    Ok(mut s) => {
+                        changed = f(&mut s);
+                        let v = encode(&s);
+                        out = Some(s);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        Some(old.to_vec())
+                    }
                 }
-                Err(e) => {
-                    err = Some(e);
-                    Some(old.to_vec())
-                }
-            }
-        })?;
+            })
+            .await?;
         if let Some(e) = err {
             return Err(e);
         }
@@ -580,10 +785,10 @@ impl Store {
     }
 
     /// Art 11: deletes every consent due ([`Store::purge_due`]). Returns the patients purged.
-    pub fn purge(&self, today: Date) -> Result<Vec<String>, StoreError> {
+    pub async fn purge(&self, today: Date) -> Result<Vec<String>, StoreError> {
         let mut purged = Vec::new();
         for c in self.purge_due(today)? {
-            if self.purge_if_due(&c.patient, today)? {
+            if self.purge_if_due(&c.patient, today).await? {
                 purged.push(c.patient);
             }
         }

@@ -2,6 +2,15 @@ use super::*;
 use crate::registry::model::ConsentBy;
 use time::macros::date;
 
+/// Runs a store write (async: the etcd backend awaits its transaction) to completion.
+fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
 fn physician(id: &str) -> Physician {
     Physician {
         id: id.into(),
@@ -47,14 +56,17 @@ fn consent(patient: &str) -> Consent {
 fn art_7_deleting_a_physician_removes_their_terminals_and_re_registration_is_new() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.add_physician(&physician("d1")).unwrap();
-    assert!(s.add_physician(&physician("d1")).is_err());
-    s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
-    assert!(s.add_terminal(&terminal("pc2", "d1", "aa")).is_err());
-    assert!(s.add_terminal(&terminal("pc3", "nobody", "bb")).is_err());
-    assert_eq!(s.delete_physician("d1").unwrap(), vec!["pc1".to_string()]);
+    block(s.add_physician(&physician("d1"))).unwrap();
+    assert!(block(s.add_physician(&physician("d1"))).is_err());
+    block(s.add_terminal(&terminal("pc1", "d1", "aa"))).unwrap();
+    assert!(block(s.add_terminal(&terminal("pc2", "d1", "aa"))).is_err());
+    assert!(block(s.add_terminal(&terminal("pc3", "nobody", "bb"))).is_err());
+    assert_eq!(
+        block(s.delete_physician("d1")).unwrap(),
+        vec!["pc1".to_string()]
+    );
     assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
-    s.add_physician(&physician("d1")).unwrap();
+    block(s.add_physician(&physician("d1"))).unwrap();
     assert!(s.terminal_by_fingerprint("aa").unwrap().is_none());
 }
 
@@ -67,8 +79,8 @@ fn art_12_7_connection_identity_cache_sees_every_registry_change() {
     use time::macros::datetime;
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.add_physician(&physician("d1")).unwrap();
-    s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
+    block(s.add_physician(&physician("d1"))).unwrap();
+    block(s.add_terminal(&terminal("pc1", "d1", "aa"))).unwrap();
     let now = datetime!(2026-11-26 10:00 +9);
     let conn = ConnIdentity::default();
     let first = conn.resolve(&s, "aa", now).unwrap().unwrap();
@@ -85,12 +97,12 @@ fn art_12_7_connection_identity_cache_sees_every_registry_change() {
         IdentityRefusal::TerminalExpired
     );
 
-    s.suspend_physician("d1", SuspendReason::Violation).unwrap();
+    block(s.suspend_physician("d1", SuspendReason::Violation)).unwrap();
     assert_eq!(
         conn.resolve(&s, "aa", now).unwrap().unwrap_err(),
         IdentityRefusal::PhysicianSuspended
     );
-    s.resume_physician("d1").unwrap();
+    block(s.resume_physician("d1")).unwrap();
     let resumed = conn.resolve(&s, "aa", now).unwrap().unwrap();
     assert!(
         !std::sync::Arc::ptr_eq(&first, &resumed),
@@ -100,20 +112,20 @@ fn art_12_7_connection_identity_cache_sees_every_registry_change() {
 
     // Any acknowledged change invalidates, also one that does not touch this terminal.
     let before = s.generation();
-    s.grant_consent(&consent("P1")).unwrap();
+    block(s.grant_consent(&consent("P1"))).unwrap();
     assert_ne!(s.generation(), before);
     let after_other = conn.resolve(&s, "aa", now).unwrap().unwrap();
     assert!(!std::sync::Arc::ptr_eq(&resumed, &after_other));
 
-    s.revoke_terminal("pc1").unwrap();
+    block(s.revoke_terminal("pc1")).unwrap();
     assert_eq!(
         conn.resolve(&s, "aa", now).unwrap().unwrap_err(),
         IdentityRefusal::TerminalRevoked
     );
-    s.add_terminal(&terminal("pc2", "d1", "bb")).unwrap();
+    block(s.add_terminal(&terminal("pc2", "d1", "bb"))).unwrap();
     let conn2 = ConnIdentity::default();
     conn2.resolve(&s, "bb", now).unwrap().unwrap();
-    s.delete_physician("d1").unwrap();
+    block(s.delete_physician("d1")).unwrap();
     assert_eq!(
         conn2.resolve(&s, "bb", now).unwrap().unwrap_err(),
         IdentityRefusal::UnknownTerminal
@@ -128,7 +140,7 @@ fn art_13_1_concurrent_reservations_count_at_most_max_failures() {
     use time::macros::datetime;
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.add_physician(&physician("d1")).unwrap();
+    block(s.add_physician(&physician("d1"))).unwrap();
     let now = datetime!(2026-11-26 10:00 +9);
     let lockout = time::Duration::minutes(15);
     let results: Vec<auth::Attempt> = std::thread::scope(|scope| {
@@ -136,7 +148,11 @@ fn art_13_1_concurrent_reservations_count_at_most_max_failures() {
             .map(|_| {
                 scope.spawn(|| {
                     (0..5)
-                        .map(|_| s.reserve_signin_attempt("d1", now, 5, lockout).unwrap().0)
+                        .map(|_| {
+                            block(s.reserve_signin_attempt("d1", now, 5, lockout))
+                                .unwrap()
+                                .0
+                        })
                         .collect::<Vec<_>>()
                 })
             })
@@ -157,48 +173,44 @@ fn art_13_1_concurrent_reservations_count_at_most_max_failures() {
     assert_eq!((counted, locking), (5, 1), "{results:?}");
     let p = s.physician("d1").unwrap().unwrap();
     assert!(auth::locked_until(&p, now).is_some());
-    s.signin_succeeded("d1").unwrap();
+    block(s.signin_succeeded("d1")).unwrap();
     let p = s.physician("d1").unwrap().unwrap();
     assert_eq!((p.failed_logins, p.locked_until), (0, None));
-    assert!(s.reserve_signin_attempt("nobody", now, 5, lockout).is_err());
+    assert!(block(s.reserve_signin_attempt("nobody", now, 5, lockout)).is_err());
 }
 
 #[test]
 fn art_4_suspend_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.add_physician(&physician("d1")).unwrap();
-    let p = s.suspend_physician("d1", SuspendReason::Violation).unwrap();
+    block(s.add_physician(&physician("d1"))).unwrap();
+    let p = block(s.suspend_physician("d1", SuspendReason::Violation)).unwrap();
     assert_eq!(p.suspended, Some(SuspendReason::Violation));
     assert_eq!(s.physician("d1").unwrap().unwrap().suspended, p.suspended);
-    assert!(s.resume_physician("d1").unwrap().suspended.is_none());
-    assert!(s.suspend_physician("zz", SuspendReason::Request).is_err());
+    assert!(block(s.resume_physician("d1")).unwrap().suspended.is_none());
+    assert!(block(s.suspend_physician("zz", SuspendReason::Request)).is_err());
 }
 
 #[test]
 fn art_9_2_withdrawal_wins_over_a_concurrent_view() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.grant_consent(&consent("P1")).unwrap();
-    assert!(s.grant_consent(&consent("P1")).is_err());
-    s.touch_consent("P1", date!(2026 - 02 - 01)).unwrap();
+    block(s.grant_consent(&consent("P1"))).unwrap();
+    assert!(block(s.grant_consent(&consent("P1"))).is_err());
+    block(s.touch_consent("P1", date!(2026 - 02 - 01))).unwrap();
     assert_eq!(
         s.consent("P1").unwrap().unwrap().last_view,
         Some(date!(2026 - 02 - 01))
     );
-    let w = s
-        .withdraw_consent("P1", "F7", date!(2026 - 02 - 02))
-        .unwrap();
+    let w = block(s.withdraw_consent("P1", "F7", date!(2026 - 02 - 02))).unwrap();
     assert_eq!(w.withdrawn.map(|w| w.form_ref), Some("F7".to_string()));
     // Art 11: the registration is gone at once; a late view does not bring it back.
     assert!(s.consent("P1").unwrap().is_none());
-    s.touch_consent("P1", date!(2026 - 02 - 03)).unwrap();
+    block(s.touch_consent("P1", date!(2026 - 02 - 03))).unwrap();
     assert!(s.consent("P1").unwrap().is_none());
-    assert!(s
-        .withdraw_consent("P1", "F7b", date!(2026 - 02 - 03))
-        .is_err());
+    assert!(block(s.withdraw_consent("P1", "F7b", date!(2026 - 02 - 03))).is_err());
     // A fresh form 6 after a withdrawal registers anew.
-    s.grant_consent(&consent("P1")).unwrap();
+    block(s.grant_consent(&consent("P1"))).unwrap();
     assert!(s.consent("P1").unwrap().unwrap().withdrawn.is_none());
 }
 
@@ -206,18 +218,18 @@ fn art_9_2_withdrawal_wins_over_a_concurrent_view() {
 fn art_11_purge_deletes_ended_and_withdrawn_consents() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.grant_consent(&consent("P1")).unwrap();
+    block(s.grant_consent(&consent("P1"))).unwrap();
     let mut old = consent("P2");
     old.published = date!(2020 - 01 - 01);
-    s.grant_consent(&old).unwrap();
+    block(s.grant_consent(&old)).unwrap();
     // A withdrawn consent left by an older version (withdrawal now deletes at once).
     let mut withdrawn = consent("P3");
     withdrawn.withdrawn = Some(Withdrawal {
         form_ref: "F7".into(),
         date: date!(2026 - 03 - 01),
     });
-    s.grant_consent(&withdrawn).unwrap();
-    let mut purged = s.purge(date!(2026 - 11 - 26)).unwrap();
+    block(s.grant_consent(&withdrawn)).unwrap();
+    let mut purged = block(s.purge(date!(2026 - 11 - 26))).unwrap();
     purged.sort();
     assert_eq!(purged, vec!["P2".to_string(), "P3".to_string()]);
     assert!(s.consent("P1").unwrap().is_some());
@@ -228,7 +240,7 @@ fn reopen_keeps_everything_and_checks_schema() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = Store::open(dir.path()).unwrap();
-        s.add_physician(&physician("d1")).unwrap();
+        block(s.add_physician(&physician("d1"))).unwrap();
     }
     let s = Store::open(dir.path()).unwrap();
     assert!(s.physician("d1").unwrap().is_some());
@@ -240,17 +252,17 @@ fn reopen_keeps_everything_and_checks_schema() {
 fn conflicts_and_missing_records_are_typed_with_the_same_messages() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
-    s.add_physician(&physician("d1")).unwrap();
-    let e = s.add_physician(&physician("d1")).unwrap_err();
+    block(s.add_physician(&physician("d1"))).unwrap();
+    let e = block(s.add_physician(&physician("d1"))).unwrap_err();
     assert!(matches!(
         &e,
         StoreError::Conflict(Conflict::PhysicianRegistered(id)) if id == "d1"
     ));
     assert_eq!(e.to_string(), r#"physician "d1" is already registered"#);
-    s.add_terminal(&terminal("pc1", "d1", "aa")).unwrap();
-    let e = s.add_terminal(&terminal("pc1", "d1", "bb")).unwrap_err();
+    block(s.add_terminal(&terminal("pc1", "d1", "aa"))).unwrap();
+    let e = block(s.add_terminal(&terminal("pc1", "d1", "bb"))).unwrap_err();
     assert_eq!(e.to_string(), r#"terminal "pc1" is already registered"#);
-    let e = s.add_terminal(&terminal("pc2", "d1", "aa")).unwrap_err();
+    let e = block(s.add_terminal(&terminal("pc2", "d1", "aa"))).unwrap_err();
     assert!(matches!(
         &e,
         StoreError::Conflict(Conflict::KeyRegistered { fingerprint }) if fingerprint == "aa"
@@ -259,15 +271,13 @@ fn conflicts_and_missing_records_are_typed_with_the_same_messages() {
         e.to_string(),
         "a terminal with this key is already registered"
     );
-    let e = s
-        .add_terminal(&terminal("pc3", "nobody", "cc"))
-        .unwrap_err();
+    let e = block(s.add_terminal(&terminal("pc3", "nobody", "cc"))).unwrap_err();
     assert!(matches!(&e, StoreError::NotFound(Missing::Physician(id)) if id == "nobody"));
     assert_eq!(e.to_string(), r#"no physician "nobody""#);
-    let e = s.revoke_terminal("pc9").unwrap_err();
+    let e = block(s.revoke_terminal("pc9")).unwrap_err();
     assert_eq!(e.to_string(), r#"no terminal "pc9""#);
-    s.grant_consent(&consent("P1")).unwrap();
-    let e = s.grant_consent(&consent("P1")).unwrap_err();
+    block(s.grant_consent(&consent("P1"))).unwrap();
+    let e = block(s.grant_consent(&consent("P1"))).unwrap_err();
     assert!(matches!(
         &e,
         StoreError::Conflict(Conflict::ConsentRegistered { patient, .. }) if patient == "P1"
@@ -276,9 +286,7 @@ fn conflicts_and_missing_records_are_typed_with_the_same_messages() {
         e.to_string(),
         r#"patient "P1" already has a consent (form F6); withdraw it first"#
     );
-    let e = s
-        .withdraw_consent("P9", "F7", date!(2026 - 03 - 01))
-        .unwrap_err();
+    let e = block(s.withdraw_consent("P9", "F7", date!(2026 - 03 - 01))).unwrap_err();
     assert!(matches!(&e, StoreError::NotFound(Missing::Consent(p)) if p == "P9"));
     assert_eq!(e.to_string(), r#"no consent for patient "P9""#);
 }

@@ -37,6 +37,50 @@ pub(super) struct RawConfig {
     /// `[office]`: the liaison office's console (issue 15), off when absent.
     #[serde(default)]
     pub(super) office: Option<RawOffice>,
+    #[serde(default)]
+    pub(super) registry: super::registry::RawRegistry,
+    /// `[network]`: the sites of the regional network (issue 14).
+    #[serde(default)]
+    pub(super) network: Option<RawNetwork>,
+    /// `[peer]`: the read-only peer API other sites' gateways query (issue 14).
+    #[serde(default)]
+    pub(super) peer: Option<RawPeer>,
+}
+
+/// `[network]` and its `[[network.sites]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetwork {
+    pub(super) id: String,
+    #[serde(default)]
+    pub(super) sites: Vec<RawNetworkSite>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNetworkSite {
+    pub(super) id: String,
+    #[serde(default)]
+    pub(super) name: Option<String>,
+    /// HOST:PORT of the site's peer API.
+    pub(super) peer: String,
+    #[serde(default)]
+    pub(super) wireguard_endpoint: Option<String>,
+    #[serde(default)]
+    pub(super) wireguard_public_key: Option<String>,
+    #[serde(default)]
+    pub(super) tunnel_address: Option<String>,
+}
+
+/// `[peer]`: the listener of the read-only peer API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPeer {
+    pub(super) listen: String,
+    #[serde(default)]
+    pub(super) allow: Option<Vec<String>>,
+    pub(super) cert: PathBuf,
+    pub(super) key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

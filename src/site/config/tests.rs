@@ -351,3 +351,82 @@ fn art_12_4_office_console_has_its_own_listener_and_allow_list() {
     let bad = format!("{VALID}\n[office]\nlisten = \"127.0.0.1:9443\"\nallow = [\"office-lan\"]\n");
     assert!(problems(&bad).iter().any(|p| p.contains("office.allow[0]")));
 }
+
+const NETWORK: &str = r#"
+[peer]
+listen = "0.0.0.0:8843"
+cert = "peer/site.crt"
+key = "peer/site.key"
+
+[network]
+id = "seibo-net"
+
+[[network.sites]]
+id = "seiyo-hospital"
+name = "西予市民病院 / Seiyo City Hospital"
+peer = "gate.seiyo-hospital.example.jp:8843"
+wireguard_endpoint = "gate.seiyo-hospital.example.jp:51820"
+wireguard_public_key = "ue8wpSau4xS6cSF/MUVds1aMmvsVoIXgVxxcb91VjH4="
+tunnel_address = "10.77.0.1"
+
+[[network.sites]]
+id = "nomura-clinic"
+name = "野村診療所 / Nomura Clinic"
+peer = "[2001:db8::7]:8843"
+"#;
+
+#[test]
+fn art_12_8_network_sites_and_peer_api_parse_into_typed_values() {
+    let c = parse(&format!("{VALID}{NETWORK}")).expect("valid");
+    let n = c.network.expect("[network]");
+    assert_eq!(n.id, "seibo-net");
+    let h = n.site("seiyo-hospital").expect("hospital");
+    assert_eq!(
+        (h.peer_host.as_str(), h.peer_port),
+        ("gate.seiyo-hospital.example.jp", 8843)
+    );
+    assert_eq!(
+        h.wireguard.as_ref().map(|w| w.address),
+        Some(std::net::Ipv4Addr::new(10, 77, 0, 1))
+    );
+    let cl = n.site("nomura-clinic").expect("clinic");
+    assert_eq!((cl.peer_host.as_str(), cl.peer_port), ("2001:db8::7", 8843));
+    assert!(cl.wireguard.is_none());
+    let p = c.peer.expect("[peer]");
+    assert_eq!(p.cert, Path::new("/etc/seibo-gate/peer/site.crt"));
+    assert_eq!(
+        p.allow.len(),
+        2,
+        "default: any source, the certificate decides"
+    );
+}
+
+#[test]
+fn art_12_8_network_problems_are_named() {
+    let bad = NETWORK
+        .replace("id = \"nomura-clinic\"", "id = \"seiyo-hospital\"")
+        .replace("peer = \"[2001:db8::7]:8843\"", "peer = \"no-port\"")
+        .replace("tunnel_address = \"10.77.0.1\"", "");
+    let p = problems(&format!("{VALID}{bad}"));
+    for want in [
+        "network.sites[1].id: \"seiyo-hospital\" is listed twice",
+        "network.sites[1].peer: \"no-port\" must be HOST:PORT",
+        "network.sites[0]: wireguard_endpoint, wireguard_public_key and tunnel_address go together",
+    ] {
+        assert!(p.iter().any(|x| x.contains(want)), "{want} in {p:#?}");
+    }
+    let other = NETWORK.replace("id = \"seiyo-hospital\"", "id = \"uwa-clinic\"");
+    let p = problems(&format!("{VALID}{other}"));
+    assert!(
+        p.iter()
+            .any(|x| x.contains("this site (\"seiyo-hospital\", [site] id) is not listed")),
+        "{p:#?}"
+    );
+    let no_network = &NETWORK[..NETWORK.find("[network]").unwrap_or(0)];
+    let p = problems(&format!("{VALID}{no_network}"));
+    assert!(
+        p.iter()
+            .any(|x| x.contains("peer: the peer API answers the sites of [network]")),
+        "{p:#?}"
+    );
+}

@@ -40,6 +40,12 @@ pub struct Config {
     /// `[admin] future_grace_days`: how far ahead a date given to an admin command may lie
     /// without `--allow-future` (`src/dates.rs`).
     pub future_grace_days: u32,
+    /// `[registry]`: sled (embedded) or the regional registry on etcd.
+    pub registry: super::RegistryConfig,
+    /// `[network]`: the sites of the regional network, when this site is part of one.
+    pub network: Option<Network>,
+    /// `[peer]`: the read-only peer API for the network-wide audit query.
+    pub peer: Option<PeerApi>,
     /// `[office]`: the liaison office's console (issue 15), when enabled.
     pub office: Option<Office>,
 }
@@ -230,4 +236,58 @@ impl Default for FloodLimits {
             refusal_summary_interval: Duration::from_secs(10),
         }
     }
+}
+
+/// The regional network this site belongs to (`[network]`, issue 14): every site's gateway,
+/// this one included, as `audit query --network` asks them and WireGuard terminals reach them.
+#[derive(Debug, Clone)]
+pub struct Network {
+    /// The network's id (e.g. `seibo-net`).
+    pub id: String,
+    pub sites: Vec<NetworkSite>,
+}
+
+impl Network {
+    /// The site with this id.
+    pub fn site(&self, id: &str) -> Option<&NetworkSite> {
+        self.sites.iter().find(|s| s.id == id)
+    }
+}
+
+/// One site of the network (`[[network.sites]]`).
+#[derive(Debug, Clone)]
+pub struct NetworkSite {
+    pub id: String,
+    /// Its name as people read it (default: the id).
+    pub name: String,
+    /// Its peer API: the host (DNS name or IP address, the name its certificate carries) and
+    /// port.
+    pub peer_host: String,
+    pub peer_port: u16,
+    /// Its WireGuard ingress, when it has one: what a terminal's `.conf` names in its `[Peer]`.
+    pub wireguard: Option<SiteTunnel>,
+}
+
+/// A site gateway as a WireGuard terminal's `[Peer]` names it.
+#[derive(Debug, Clone)]
+pub struct SiteTunnel {
+    /// `HOST:PORT` terminals dial.
+    pub endpoint: String,
+    /// The gateway's public key (base64).
+    pub public_key: String,
+    /// The gateway's own address inside the tunnel (unique in the network).
+    pub address: std::net::Ipv4Addr,
+}
+
+/// The read-only peer API (`[peer]`, issue 14): mutual TLS accepting only site-gateway
+/// certificates of the network's CA, serving audit queries and nothing else.
+#[derive(Debug, Clone)]
+pub struct PeerApi {
+    pub listen: SocketAddr,
+    /// Source networks allowed to connect (default: any; the certificate decides).
+    pub allow: Vec<IpNetwork>,
+    /// This site's gateway certificate (CN = the site id, OU = site-gateway) and key: served
+    /// here, and presented when this site asks the others.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }

@@ -54,7 +54,16 @@ pub(super) fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) 
     let office = raw
         .office
         .and_then(|o| office(o, &listeners, base, problems));
+    let registry = super::registry::registry(&raw.registry, base, problems);
     let routes = routes(&raw.routes, &raw.route_options, problems);
+    let network = raw
+        .network
+        .as_ref()
+        .and_then(|n| super::network::network(n, &raw.site.id, problems));
+    let peer = raw
+        .peer
+        .as_ref()
+        .and_then(|p| super::network::peer(p, network.is_some(), base, problems));
     if let Some(t) = &routes {
         match resolve_home(t, raw.site.home.as_deref()) {
             Ok(home) => site.home = home,
@@ -80,6 +89,9 @@ pub(super) fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) 
         routes: routes?,
         route_specs: raw.routes,
         future_grace_days,
+        registry,
+        network,
+        peer,
         office,
     })
 }
@@ -146,7 +158,7 @@ fn office(
 }
 
 /// `p` beside the config file unless absolute.
-fn resolve(base: &Path, p: &Path) -> PathBuf {
+pub(super) fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -154,7 +166,11 @@ fn resolve(base: &Path, p: &Path) -> PathBuf {
     }
 }
 
-fn parse_nets(key: &str, items: &[String], problems: &mut Vec<String>) -> Vec<IpNetwork> {
+pub(super) fn parse_nets(
+    key: &str,
+    items: &[String],
+    problems: &mut Vec<String>,
+) -> Vec<IpNetwork> {
     let mut out = Vec::new();
     for (i, s) in items.iter().enumerate() {
         match s.parse::<IpNetwork>() {
@@ -166,7 +182,7 @@ fn parse_nets(key: &str, items: &[String], problems: &mut Vec<String>) -> Vec<Ip
 }
 
 /// `key: "text" is not ADDR:PORT` when `text` is not a socket address.
-fn parse_addr(key: &str, text: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
+pub(super) fn parse_addr(key: &str, text: &str, problems: &mut Vec<String>) -> Option<SocketAddr> {
     text.parse::<SocketAddr>()
         .map_err(|e| problems.push(format!("{key}: {text:?} is not ADDR:PORT: {e}")))
         .ok()

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{TUNNEL_ADDRESS, TUNNEL_POOL};
+use super::TUNNEL_POOL;
 
 /// A TOML string literal (quoted and escaped).
 pub(super) fn toml_str(s: &str) -> String {
@@ -171,7 +171,12 @@ no_patient = true
 
 /// The enabled `[wireguard]` section: the gateway's public key (base64), the UDP address
 /// and what terminals' configurations name as the endpoint.
-pub(super) fn wireguard_section(public: &str, listen: SocketAddr, endpoint: &str) -> String {
+pub(super) fn wireguard_section(
+    public: &str,
+    listen: SocketAddr,
+    endpoint: &str,
+    address: &str,
+) -> String {
     format!(
         r#"[wireguard]
 # Userspace WireGuard ingress (art 12.2): no kernel module, no TUN device, no root.
@@ -179,7 +184,7 @@ pub(super) fn wireguard_section(public: &str, listen: SocketAddr, endpoint: &str
 listen = {listen}
 private_key = "wireguard/gateway.key"
 # The gateway's own address inside the tunnel; only its HTTPS port answers there.
-address = "{TUNNEL_ADDRESS}"
+address = {address}
 # Terminals' tunnel addresses are allocated from this pool by `terminal add --wireguard`.
 pool = "{TUNNEL_POOL}"
 # What terminals' .conf files name as Endpoint: the address they reach this gateway at.
@@ -193,5 +198,6 @@ keepalive_secs = 25
 "#,
         listen = toml_str(&listen.to_string()),
         endpoint = toml_str(endpoint),
+        address = toml_str(address),
     )
 }

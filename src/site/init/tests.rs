@@ -28,10 +28,10 @@ fn init_writes_a_valid_site_and_never_overwrites() {
 fn init_writes_the_sites_name_and_a_commented_start_page() {
     let dir = tempfile::tempdir().unwrap();
     let mut o = InitOptions::new(&dir.path().join("site"));
-    o.name = Some("西陽市民病院 / Seiyo \"City\" Hospital".into());
+    o.name = Some("西予市民病院 / Seiyo \"City\" Hospital".into());
     let p = init(&o).unwrap();
     let cfg = Config::load(&p).unwrap();
-    assert_eq!(cfg.site.name, "西陽市民病院 / Seiyo \"City\" Hospital");
+    assert_eq!(cfg.site.name, "西予市民病院 / Seiyo \"City\" Hospital");
     let text = std::fs::read_to_string(&p).unwrap();
     assert!(text.contains("\n# home = \"/\"\n"), "{text}");
     let home = text.replace("\n# home = \"/\"\n", "\nhome = \"/\"\n");

@@ -21,6 +21,17 @@ use super::*;
 /// writes cert (PEM, 0644) and key (PEM, 0600, created with mode 0600 from the start).
 /// Refuses to overwrite existing files.
 pub fn create_ca(common_name: &str, cert_path: &Path, key_path: &Path) -> Result<(), PkiError> {
+    create_constrained_ca(common_name, &[], cert_path, key_path)
+}
+
+/// [`create_ca`] with name constraints: the CA can vouch only for names and addresses inside
+/// `permits` (none: unconstrained). The network's regional terminal CA is made this way.
+pub fn create_constrained_ca(
+    common_name: &str,
+    permits: &[Permit],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), PkiError> {
     validate_common_name(common_name)?;
     ensure_absent(&[cert_path, key_path])?;
 
@@ -31,6 +42,7 @@ pub fn create_ca(common_name: &str, cert_path: &Path, key_path: &Path) -> Result
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.name_constraints = super::constraints::name_constraints(permits);
     params.serial_number = Some(random_serial());
     let start = now() - BACKDATE;
     params.not_before = start;
@@ -62,6 +74,49 @@ impl fmt::Debug for Ca {
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
+}
+
+/// What [`Ca::issue_leaf`] puts in a certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct LeafSpec<'a> {
+    pub cn: &'a str,
+    /// Subject OU marking the kind ([`ClientKind::ou`]), if any.
+    pub ou: Option<&'a str>,
+    /// DNS names and IP addresses (may be empty for a client-only certificate).
+    pub sans: &'a [String],
+    /// serverAuth and clientAuth extended key usages.
+    pub server: bool,
+    pub client: bool,
+}
+
+/// SAN strings as rcgen types: an IP address becomes an IP SAN, anything else a DNS name.
+fn san_types(sans: &[String]) -> Result<Vec<SanType>, PkiError> {
+    let mut san_types = Vec::with_capacity(sans.len());
+    for san in sans {
+        let s = san.trim();
+        let s = s
+            .strip_prefix('[')
+            .and_then(|x| x.strip_suffix(']'))
+            .unwrap_or(s);
+        if s.is_empty() {
+            return Err(PkiError::Invalid("empty subject alternative name".into()));
+        }
+        san_types.push(match s.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => {
+                if !s
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'))
+                {
+                    return Err(PkiError::Invalid(format!(
+                        "{san:?} is neither an IP address nor a DNS name (use the punycode form for IDNs)"
+                    )));
+                }
+                SanType::DnsName(s.to_owned().try_into()?)
+            }
+        });
+    }
+    Ok(san_types)
 }
 
 /// Result of [`Ca::issue_client`].
@@ -155,42 +210,78 @@ impl Ca {
                 "a server certificate needs at least one DNS name or IP address".into(),
             ));
         }
-        let mut san_types = Vec::with_capacity(sans.len());
-        for san in sans {
-            let s = san.trim();
-            let s = s
-                .strip_prefix('[')
-                .and_then(|x| x.strip_suffix(']'))
-                .unwrap_or(s);
-            if s.is_empty() {
-                return Err(PkiError::Invalid("empty subject alternative name".into()));
-            }
-            san_types.push(match s.parse::<IpAddr>() {
-                Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => {
-                    if !s
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'*'))
-                    {
-                        return Err(PkiError::Invalid(format!(
-                            "{san:?} is neither an IP address nor a DNS name (use the punycode form for IDNs)"
-                        )));
-                    }
-                    SanType::DnsName(s.to_owned().try_into()?)
-                }
-            });
+        let cn = sans.first().map(|s| s.trim()).unwrap_or_default();
+        let spec = LeafSpec {
+            cn,
+            ou: None,
+            sans,
+            server: true,
+            client: false,
+        };
+        self.issue_leaf(&spec, cert_path, key_path)
+    }
+
+    /// A site gateway's certificate in a network (issue 14): CN = the site's id, OU =
+    /// `site-gateway`, serverAuth and clientAuth, SANs = the hosts other sites reach it at.
+    /// It serves the read-only peer API and presents itself when asking other sites; the
+    /// peer API accepts no other kind of certificate.
+    pub fn issue_site_gateway(
+        &self,
+        site: &str,
+        sans: &[String],
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<CertInfo, PkiError> {
+        if sans.is_empty() {
+            return Err(PkiError::Invalid(
+                "a site gateway certificate needs at least one DNS name or IP address".into(),
+            ));
         }
+        let spec = LeafSpec {
+            cn: site,
+            ou: Some(OU_SITE_GATEWAY),
+            sans,
+            server: true,
+            client: true,
+        };
+        self.issue_leaf(&spec, cert_path, key_path)
+    }
+
+    /// Any leaf certificate: ECDSA P-256, the extended key usages asked for, SANs as in
+    /// [`Ca::issue_server`], 825 days (cut to the CA's expiry). Writes the chain PEM (leaf
+    /// then CA, 0644) and the key (0600); refuses to overwrite.
+    pub fn issue_leaf(
+        &self,
+        spec: &LeafSpec<'_>,
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<CertInfo, PkiError> {
+        validate_common_name(spec.cn)?;
+        let san_types = san_types(spec.sans)?;
         ensure_absent(&[cert_path, key_path])?;
 
         let key = new_key()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, sans[0].trim());
+        dn.push(DnType::CommonName, spec.cn);
+        if let Some(ou) = spec.ou {
+            dn.push(DnType::OrganizationalUnitName, ou);
+        }
         params.distinguished_name = dn;
         params.subject_alt_names = san_types;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = Vec::new();
+        if spec.server {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        if spec.client {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
         let start = now() - BACKDATE;

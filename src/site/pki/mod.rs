@@ -17,13 +17,15 @@
 
 mod ca;
 mod cert;
+mod constraints;
 mod files;
 mod p12;
 #[cfg(test)]
 mod tests;
 
-pub use ca::{create_ca, Ca, IssuedClient};
+pub use ca::{create_ca, create_constrained_ca, Ca, IssuedClient, LeafSpec};
 pub use cert::cert_info;
+pub use constraints::{host_permitted, permitted_subtrees, Permit};
 pub use files::{load_certs, load_key, write_new_file};
 
 use cert::parse_cert;
@@ -51,6 +53,8 @@ pub const OU_TERMINAL: &str = "terminal";
 pub const OU_SITE_SYSTEM: &str = "site-system";
 /// Subject OU of a liaison-office staff certificate (the office console, issue 15).
 pub const OU_STAFF: &str = "liaison-office-staff";
+/// Subject OU marking a site gateway of the network (the peer API's only clients).
+pub const OU_SITE_GATEWAY: &str = "site-gateway";
 /// Length of the generated PKCS#12 password.
 const P12_PASSWORD_LEN: usize = 20;
 /// Password alphabet without look-alikes (no 0/O/o, 1/l/I/i).
@@ -98,6 +102,8 @@ pub enum ClientKind {
     SiteSystem,
     /// A liaison-office staff terminal (the office console's first factor, issue 15).
     Staff,
+    /// Another site's gateway in the network (issue 14: the read-only peer API).
+    SiteGateway,
 }
 
 impl ClientKind {
@@ -107,6 +113,7 @@ impl ClientKind {
             ClientKind::Terminal => OU_TERMINAL,
             ClientKind::SiteSystem => OU_SITE_SYSTEM,
             ClientKind::Staff => OU_STAFF,
+            ClientKind::SiteGateway => OU_SITE_GATEWAY,
         }
     }
 
@@ -115,6 +122,7 @@ impl ClientKind {
             OU_TERMINAL => Some(ClientKind::Terminal),
             OU_SITE_SYSTEM => Some(ClientKind::SiteSystem),
             OU_STAFF => Some(ClientKind::Staff),
+            OU_SITE_GATEWAY => Some(ClientKind::SiteGateway),
             _ => None,
         }
     }

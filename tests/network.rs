@@ -1,0 +1,613 @@
+//! Seibo Net as one network (issue 14, art 6.2–6.3, 12.8): `network init` at the hospital,
+//! `site add` for the clinic, `init --join` at the clinic — two real gateways on loopback,
+//! each with its sample EMR; one terminal certificate from the regional CA works at both;
+//! `audit query --network` asks both over the peer API (real mutual TLS) and names a site
+//! that does not answer; the peer API refuses a terminal's certificate; the regional CA
+//! carries its name constraints.
+//!
+//! The registry backend is sled here (`[registry] backend = "sled"`): the regional registry
+//! on etcd is issue 13's. The clinic starts from a copy of the hospital's registry (sled is
+//! closed then), standing in for the shared one: the test is about the PKI, the bundle and
+//! the peer API.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+
+const HOSPITAL: &str = "seiyo-hospital";
+const CLINIC: &str = "nomura-clinic";
+
+/// Runs the binary with `args`; its output.
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run seibo-gate")
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(out.status.success(), "seibo-gate {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `[registry]` as `network init` wrote it (etcd), replaced by sled for this test.
+fn registry_to_sled(config: &Path) {
+    let text = std::fs::read_to_string(config).expect("read gate.toml");
+    let start = text.find("\n[registry]\n").expect("a [registry] section");
+    let end = start
+        + text[start..]
+            .find("max_stale_secs = 15\n")
+            .expect("max_stale_secs in [registry]")
+        + "max_stale_secs = 15\n".len();
+    let section = &text[start..end];
+    for key in [
+        "backend = \"etcd\"",
+        "prefix = \"/seibo-net/\"",
+        "ca = \"registry/etcd-ca.crt\"",
+        "cert = \"registry/gateway.crt\"",
+        "key = \"registry/gateway.key\"",
+    ] {
+        assert!(section.contains(key), "[registry] lacks {key}: {section}");
+    }
+    let text = format!(
+        "{}\n[registry]\nbackend = \"sled\"\n{}",
+        &text[..start],
+        &text[end..]
+    );
+    std::fs::write(config, text).expect("write gate.toml");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir") {
+        let e = e.expect("entry");
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// The two sites, serving.
+struct Network {
+    hospital: Gate,
+    clinic: Gate,
+    clinic_peer: u16,
+    terminal: Terminal,
+    _emrs: (SampleEmr, SampleEmr),
+    _bundle: tempfile::TempDir,
+}
+
+/// `network init` for the hospital (its permitted names: `localhost` and 127.0.0.1, the
+/// hosts given), `site add` for the clinic, `init --join` there.
+fn create(
+    emr: u16,
+) -> (
+    tempfile::TempDir,
+    tempfile::TempDir,
+    tempfile::TempDir,
+    [u16; 4],
+) {
+    let hdir = tempfile::Builder::new()
+        .prefix("seibo-net-hospital-")
+        .tempdir()
+        .expect("tempdir");
+    let bundle = tempfile::Builder::new()
+        .prefix("seibo-net-bundle-")
+        .tempdir()
+        .expect("tempdir");
+    let cdir = tempfile::Builder::new()
+        .prefix("seibo-net-clinic-")
+        .tempdir()
+        .expect("tempdir");
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let [hp, hpp, _, cpp] = ports;
+    run_ok(&[
+        "network",
+        "init",
+        "--dir",
+        s(hdir.path()),
+        "--network",
+        "seibo-net",
+        "--site",
+        HOSPITAL,
+        "--name",
+        "西予市民病院 / Seiyo City Hospital",
+        "--host",
+        "localhost",
+        "--host",
+        "127.0.0.1",
+        "--listen",
+        &format!("127.0.0.1:{hp}"),
+        "--peer-listen",
+        &format!("127.0.0.1:{hpp}"),
+        "--upstream",
+        &format!("http://127.0.0.1:{emr}"),
+        "--private",
+        "127.0.0.0/8",
+        "--metrics",
+        "off",
+        "--etcd",
+        "https://127.0.0.1:2379",
+    ]);
+    let out = bundle.path().join("nomura");
+    run_ok(&[
+        "site",
+        "add",
+        "--config",
+        s(&hdir.path().join("gate.toml")),
+        "--site",
+        CLINIC,
+        "--name",
+        "野村診療所 / Nomura Clinic",
+        "--host",
+        "localhost",
+        "--host",
+        "127.0.0.1",
+        "--peer-listen",
+        &format!("127.0.0.1:{cpp}"),
+        "--out",
+        s(&out),
+    ]);
+    (hdir, bundle, cdir, ports)
+}
+
+/// Both sites serving, each with its EMR; a physician and a terminal registered once at
+/// the hospital; consent for the hospital's P001 and the clinic's P003.
+fn network() -> Network {
+    let emr_h = SampleEmr::start();
+    let emr_c = SampleEmr::start();
+    let (hdir, bundle, cdir, [hp, _, cp, cpp]) = create(emr_h.port);
+    run_ok(&[
+        "init",
+        "--join",
+        s(&bundle.path().join("nomura")),
+        "--dir",
+        s(cdir.path()),
+        "--listen",
+        &format!("127.0.0.1:{cp}"),
+        "--upstream",
+        &format!("http://127.0.0.1:{}", emr_c.port),
+        "--private",
+        "127.0.0.0/8",
+        "--metrics",
+        "off",
+    ]);
+    let mut hospital = Gate::from_site_dir(hdir, hp);
+    let mut clinic = Gate::from_site_dir(cdir, cp);
+    for g in [&hospital, &clinic] {
+        registry_to_sled(&g.config);
+        g.terminal_credential_only();
+    }
+    hospital.add_physician("dr-saiyo");
+    let terminal = hospital.add_terminal("dr-saiyo", "saiyo-pc");
+    hospital.grant("P001", today_jst());
+    // The regional registry's stand-in (see the module doc).
+    copy_dir(
+        &hospital.path("state/registry"),
+        &clinic.path("state/registry"),
+    );
+    clinic.grant("P003", today_jst());
+    hospital.start();
+    clinic.start();
+    Network {
+        hospital,
+        clinic,
+        clinic_peer: cpp,
+        terminal,
+        _emrs: (emr_h, emr_c),
+        _bundle: bundle,
+    }
+}
+
+/// Art 6.2: registered once at the liaison office — the clinic's site is made from the
+/// hospital's bundle (no regional CA key in it), lists both sites, and the terminal
+/// certificate issued at the hospital is accepted by both gateways under each one's policy.
+#[test]
+fn art_6_2_network_init_site_add_join_one_terminal_certificate_works_at_both_sites() {
+    let n = network();
+    // The bundle carries the regional CA certificate, never its key.
+    assert!(n.hospital.path("ca/terminal-ca.key").exists());
+    assert!(!n.clinic.path("ca/terminal-ca.key").exists());
+    assert_eq!(
+        read_bytes(&n.hospital.ca()),
+        read_bytes(&n.clinic.ca()),
+        "one regional CA is every gateway's client CA"
+    );
+    for f in [
+        "tls/server.key",
+        "peer/site.key",
+        "registry/gateway.key",
+        "registry/gateway.crt",
+        "registry/etcd-ca.crt",
+        "site.toml",
+    ] {
+        assert!(n.clinic.path(f).exists(), "the clinic's site lacks {f}");
+    }
+    let clinic_cfg = std::fs::read_to_string(&n.clinic.config).expect("read");
+    assert!(clinic_cfg.contains("id = \"nomura-clinic\"\nname = \"野村診療所 / Nomura Clinic\""));
+    for site in [HOSPITAL, CLINIC] {
+        assert!(
+            clinic_cfg.contains(&format!("[[network.sites]]\nid = \"{site}\"")),
+            "{clinic_cfg}"
+        );
+        let hospital_cfg = std::fs::read_to_string(&n.hospital.config).expect("read");
+        assert!(
+            hospital_cfg.contains(&format!("[[network.sites]]\nid = \"{site}\"")),
+            "site add appends the clinic at the home: {hospital_cfg}"
+        );
+    }
+
+    let at_h = n
+        .hospital
+        .curl(Some(&n.terminal), "/patients/P001/labs", &[]);
+    assert_eq!(at_h.status, Some(200), "{at_h:?}");
+    let at_c = n.clinic.curl(Some(&n.terminal), "/patients/P003/labs", &[]);
+    assert_eq!(at_c.status, Some(200), "{at_c:?}");
+    assert!(
+        at_c.body
+            .contains("<th>x-seibo-site</th><td>nomura-clinic</td>"),
+        "the clinic's gateway forwarded it: {at_c:?}"
+    );
+    // Each site's policy still applies: no consent at the clinic for P002.
+    let refused = n.clinic.curl(Some(&n.terminal), "/patients/P002/labs", &[]);
+    assert_eq!(refused.status, Some(403), "{refused:?}");
+}
+
+fn network_query(g: &Gate) -> Output {
+    g.cli(&[
+        "audit",
+        "query",
+        "--network",
+        "--patient",
+        "seiyo-hospital:P001",
+        "--patient",
+        "nomura-clinic:P003",
+        "--json",
+    ])
+}
+
+fn rows(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+/// Art 12.8: "who viewed this patient" for the whole network — the rows of both sites,
+/// sorted by time, each naming its site; with the clinic stopped, the clinic is named as
+/// not answering and the exit status is 69.
+#[test]
+fn art_12_8_audit_query_network_merges_both_sites_and_names_a_site_that_did_not_answer() {
+    let mut n = network();
+    for (g, path) in [
+        (&n.hospital, "/patients/P001/labs"),
+        (&n.clinic, "/patients/P003/labs"),
+        (&n.hospital, "/patients/P001/basic"),
+    ] {
+        assert_eq!(g.curl(Some(&n.terminal), path, &[]).status, Some(200));
+    }
+    let out = network_query(&n.hospital);
+    assert!(out.status.success(), "{}", show(&out));
+    let rows = rows(&out);
+    let views: Vec<(&str, &str, &str)> = rows
+        .iter()
+        .filter(|r| r["ingress"] == "mtls")
+        .map(|r| {
+            (
+                r["site"].as_str().unwrap_or(""),
+                r["patient"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        views,
+        vec![
+            (HOSPITAL, "P001", "/patients/P001/labs"),
+            (CLINIC, "P003", "/patients/P003/labs"),
+            (HOSPITAL, "P001", "/patients/P001/basic"),
+        ],
+        "both sites' views, merged by time: {rows:#?}"
+    );
+    let times: Vec<&str> = rows
+        .iter()
+        .map(|r| r["time"].as_str().unwrap_or(""))
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "sorted by time (one offset, +09:00)");
+    // The same from the clinic's side.
+    let from_clinic = network_query(&n.clinic);
+    assert!(from_clinic.status.success(), "{}", show(&from_clinic));
+    assert_eq!(
+        self::rows(&from_clinic)
+            .iter()
+            .filter(|r| r["ingress"] == "mtls")
+            .count(),
+        3
+    );
+    // Each site audited the other's query of its log (ingress "peer", the asker in "cn").
+    let peer_rows: Vec<serde_json::Value> = n
+        .clinic
+        .audit_rows()
+        .into_iter()
+        .filter(|r| r["ingress"] == "peer")
+        .collect();
+    assert!(
+        peer_rows
+            .iter()
+            .any(|r| r["cn"] == HOSPITAL && r["decision"] == "allow"),
+        "{peer_rows:#?}"
+    );
+
+    assert!(n.clinic.stop(), "the clinic's gateway stops");
+    let out = network_query(&n.hospital);
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("site nomura-clinic (野村診療所 / Nomura Clinic")
+            && stderr.contains("DID NOT ANSWER")
+            && stderr.contains("INCOMPLETE: 1 of 2 sites asked did not answer (nomura-clinic)"),
+        "{stderr}"
+    );
+    let left = self::rows(&out);
+    assert!(
+        left.iter()
+            .filter(|r| r["ingress"] == "mtls")
+            .all(|r| r["site"] == HOSPITAL)
+            && left.iter().filter(|r| r["ingress"] == "mtls").count() == 2,
+        "the hospital's rows are still printed: {left:#?}"
+    );
+}
+
+/// Art 12.8: the peer API is for site gateways only and answers audit queries only — a
+/// terminal certificate of the same regional CA is refused at the handshake; the hospital's
+/// site-gateway certificate gets the clinic's rows, and a patient page is not served.
+#[test]
+fn art_12_8_peer_api_refuses_a_terminal_certificate_and_serves_audit_queries_only() {
+    let n = network();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let ca = n.hospital.ca();
+        let terminal = client_config(&ca, Some(&n.terminal));
+        let alert = refusal_at_handshake(n.clinic_peer, terminal.clone(), Duration::from_secs(5))
+            .await
+            .expect("a terminal's certificate is refused at the handshake");
+        assert!(alert.contains("alert"), "refused with a TLS alert: {alert}");
+        let r = get_once(n.clinic_peer, terminal, "/.seibo/peer/audit?patient=P003").await;
+        assert!(
+            r.is_err(),
+            "a terminal's certificate must not reach the peer API: {r:?}"
+        );
+        let none = client_config(&ca, None);
+        assert!(
+            get_once(n.clinic_peer, none, "/.seibo/peer/audit?patient=P003")
+                .await
+                .is_err()
+        );
+
+        let site_gateway = Terminal {
+            name: "seiyo-hospital gateway".into(),
+            cert: n.hospital.path("peer/site.crt"),
+            key: n.hospital.path("peer/site.key"),
+        };
+        let cfg: Arc<rustls::ClientConfig> = client_config(&ca, Some(&site_gateway));
+        assert!(
+            refusal_at_handshake(n.clinic_peer, cfg.clone(), Duration::from_millis(500))
+                .await
+                .is_err(),
+            "a site gateway's certificate is accepted"
+        );
+        let ok = get_once(
+            n.clinic_peer,
+            cfg.clone(),
+            "/.seibo/peer/audit?patient=P003",
+        )
+        .await
+        .expect("the hospital's gateway asks the clinic");
+        assert_eq!(ok.status, 200, "{ok:?}");
+        let page = get_once(n.clinic_peer, cfg.clone(), "/patients/P003/labs")
+            .await
+            .expect("an answer");
+        assert_eq!(page.status, 404, "{page:?}");
+        let all = get_once(n.clinic_peer, cfg, "/.seibo/peer/audit")
+            .await
+            .expect("an answer");
+        assert_eq!(
+            all.status, 400,
+            "the whole log is never handed out: {all:?}"
+        );
+    });
+    let refusals: Vec<serde_json::Value> = n
+        .clinic
+        .audit_rows()
+        .into_iter()
+        .filter(|r| r["ingress"] == "peer" && r["decision"] == "deny")
+        .collect();
+    assert_eq!(refusals.len(), 2, "{refusals:#?}");
+}
+
+/// Art 6.2: the regional CA that physicians install carries name constraints (read with
+/// x509-parser): it vouches for the sites' names and the WireGuard network only; a server
+/// certificate it signs for another web site fails verification, and `site add` refuses a
+/// host outside them.
+#[test]
+fn art_6_2_regional_ca_carries_name_constraints_and_cannot_vouch_for_other_sites() {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    let (hdir, bundle, _cdir, [.., cpp]) = create(1);
+    let ca_path = hdir.path().join("ca/terminal-ca.crt");
+    let der = seibo_gate::site::pki::load_certs(&ca_path).expect("CA");
+    let (_, cert) = X509Certificate::from_der(der[0].as_ref()).expect("X.509");
+    let ext = cert
+        .extensions()
+        .iter()
+        .find(|e| matches!(e.parsed_extension(), ParsedExtension::NameConstraints(_)))
+        .expect("the regional CA has a name constraints extension");
+    assert!(ext.critical, "name constraints are critical");
+    let ParsedExtension::NameConstraints(nc) = ext.parsed_extension() else {
+        unreachable!("matched above")
+    };
+    let permitted: Vec<String> = nc
+        .permitted_subtrees
+        .iter()
+        .flatten()
+        .map(|s| match &s.base {
+            GeneralName::DNSName(d) => format!("DNS:{d}"),
+            GeneralName::IPAddress(b) => format!("IP:{b:?}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        permitted,
+        vec![
+            "DNS:localhost".to_string(),
+            format!("IP:{:?}", [127u8, 0, 0, 1, 255, 255, 255, 255]),
+            format!("IP:{:?}", [10u8, 77, 0, 0, 255, 255, 0, 0]),
+        ]
+    );
+    assert!(nc.excluded_subtrees.is_none());
+
+    // A certificate the CA signs for another web site is refused by a verifier trusting it.
+    let ca = seibo_gate::site::pki::Ca::load(&ca_path, &hdir.path().join("ca/terminal-ca.key"))
+        .expect("load CA");
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let verify = |name: &str| {
+        let (crt, key) = (
+            scratch.path().join(format!("{name}.crt")),
+            scratch.path().join(format!("{name}.key")),
+        );
+        ca.issue_server(&[name.to_string()], &crt, &key)
+            .expect("the CA signs (the constraint binds the verifier)");
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der[0].clone()).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let v =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .expect("verifier");
+        let chain = seibo_gate::site::pki::load_certs(&crt).expect("chain");
+        use rustls::client::danger::ServerCertVerifier;
+        v.verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &rustls_pki_types::ServerName::try_from(name.to_string()).expect("name"),
+            &[],
+            rustls_pki_types::UnixTime::now(),
+        )
+        .map(|_| ())
+    };
+    assert!(verify("localhost").is_ok(), "inside the constraints");
+    let outside = verify("www.example.com");
+    assert!(
+        matches!(outside, Err(rustls::Error::InvalidCertificate(_))),
+        "outside the constraints: {outside:?}"
+    );
+
+    let out = run(&[
+        "site",
+        "add",
+        "--config",
+        s(&hdir.path().join("gate.toml")),
+        "--site",
+        "elsewhere",
+        "--host",
+        "www.example.com",
+        "--peer-listen",
+        &format!("127.0.0.1:{cpp}"),
+        "--out",
+        s(&bundle.path().join("elsewhere")),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("outside the regional CA's name constraints"),
+        "{}",
+        show(&out)
+    );
+    assert!(!bundle.path().join("elsewhere").exists());
+}
+
+/// The example configs tell the truth (issue 14): the two sites of Seibo Net by their names,
+/// each listing both; every source network a hospital listener allows is the clinic's (or the
+/// hospital's own LAN) — no clinic outside the network; the peer APIs allow each other only;
+/// and nowhere in the repository's text is the hospital misnamed.
+#[test]
+fn art_6_2_example_configs_name_the_two_sites_and_allow_no_clinic_outside_the_network() {
+    use seibo_gate::site::config::Config;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let load = |rel: &str| Config::load(&root.join(rel)).expect("example config loads");
+    let h = load("config/seiyo-hospital.toml");
+    let c = load("config/nomura-clinic.toml");
+    assert_eq!(h.site.name, "西予市民病院 / Seiyo City Hospital");
+    assert_eq!(c.site.name, "野村診療所 / Nomura Clinic");
+    for cfg in [&h, &c] {
+        let n = cfg.network.as_ref().expect("[network]");
+        let ids: Vec<&str> = n.sites.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, [HOSPITAL, CLINIC]);
+    }
+    let site_addr = |cfg: &Config, id: &str| -> std::net::IpAddr {
+        let n = cfg.network.as_ref().expect("[network]");
+        n.site(id)
+            .and_then(|s| s.peer_host.parse().ok())
+            .expect("an address")
+    };
+    let clinic_addr = site_addr(&h, CLINIC);
+    let hospital_lan: ipnetwork::IpNetwork = "10.10.0.0/16".parse().expect("net");
+    for l in &h.listeners {
+        for net in &l.allow {
+            let clinic_range = net.contains(clinic_addr)
+                || matches!(net, ipnetwork::IpNetwork::V6(v6) if v6.to_string() == "2001:db8:51::/48");
+            assert!(
+                clinic_range || *net == hospital_lan,
+                "hospital listener {} allows {net}: neither the Nomura Clinic nor the hospital LAN",
+                l.name
+            );
+        }
+    }
+    let hp = h.peer.as_ref().expect("[peer]");
+    assert!(hp
+        .allow
+        .iter()
+        .all(|n| n.contains(clinic_addr) || n.is_ipv6()));
+    let cp = c.peer.as_ref().expect("[peer]");
+    let hospital_addr = site_addr(&c, HOSPITAL);
+    assert!(cp
+        .allow
+        .iter()
+        .all(|n| n.contains(hospital_addr) || n.is_ipv6()));
+
+    let mut texts = vec![root.join("README.md")];
+    for dir in ["config", "docs", "certs"] {
+        for e in std::fs::read_dir(root.join(dir)).expect("dir").flatten() {
+            texts.push(e.path());
+        }
+    }
+    for p in texts {
+        let t = std::fs::read_to_string(&p).unwrap_or_default();
+        assert!(!t.contains("西陽"), "{} misnames 西予市民病院", p.display());
+        assert!(
+            !t.contains("野村医院"),
+            "{} misnames 野村診療所",
+            p.display()
+        );
+    }
+}
