@@ -118,11 +118,34 @@ pub async fn page(console: &Console, ctx: &Ctx) -> PageResult {
         })
         .collect();
 
-    let health = vec![
-        (
-            "登録簿 / registry".to_string(),
+    let registry = match store.health() {
+        crate::registry::RegistryHealth::Embedded => (
+            "この施設の登録簿（sled）: 常に最新 / this site's embedded registry (sled): always current".to_string(),
+            true,
+        ),
+        h @ crate::registry::RegistryHealth::Regional {
+            max_stale,
+            revision,
+            ..
+        } => (
             format!(
-                "この施設の登録簿（sled）を今読みました / this site's registry (sled), read now: {} physicians, {} terminals",
+                "地域の登録簿（etcd）: {:.1} 秒前に最新を確認（上限 {} 秒）、リビジョン {revision} / regional registry (etcd): confirmed current {:.1} s ago (limit {} s), revision {revision}",
+                h.stale_seconds(),
+                max_stale.as_secs(),
+                h.stale_seconds(),
+                max_stale.as_secs()
+            ),
+            h.usable(),
+        ),
+    };
+    let health = vec![
+        ("登録簿 / registry".to_string(), registry.0, registry.1),
+        (
+            "登録数 / registered".to_string(),
+            format!(
+                "利用医 {} 名・端末 {} 台 / {} physicians, {} terminals",
+                store.physicians().map(|p| p.len()).unwrap_or(0),
+                terminals.len(),
                 store.physicians().map(|p| p.len()).unwrap_or(0),
                 terminals.len()
             ),
@@ -131,9 +154,13 @@ pub async fn page(console: &Console, ctx: &Ctx) -> PageResult {
         (
             "監査ログ / audit log".to_string(),
             if console.admin.audit.failed() || !audit_ok {
-                "書き込みまたは読み出しに失敗しています / failing: see the gateway's log".to_string()
+                "書き込みまたは読み出しに失敗しています / failing: see the gateway's log"
+                    .to_string()
             } else {
-                format!("正常 / writing ({} records this run)", console.admin.audit.written())
+                format!(
+                    "正常 / writing ({} records this run)",
+                    console.admin.audit.written()
+                )
             },
             !console.admin.audit.failed() && audit_ok,
         ),
