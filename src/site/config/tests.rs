@@ -350,6 +350,15 @@ fn art_12_4_office_console_has_its_own_listener_and_allow_list() {
     assert!(!problems(&missing).is_empty(), "allow is required");
     let bad = format!("{VALID}\n[office]\nlisten = \"127.0.0.1:9443\"\nallow = [\"office-lan\"]\n");
     assert!(problems(&bad).iter().any(|p| p.contains("office.allow[0]")));
+    // A physician listener never serves /office/: no route may forward it.
+    let routed = format!("{VALID}\n[[route]]\npath = \"/office/**\"\nno_patient = true\n");
+    assert!(
+        problems(&routed)
+            .iter()
+            .any(|p| p.contains("liaison office console's path")),
+        "{:?}",
+        problems(&routed)
+    );
 }
 
 const NETWORK: &str = r#"

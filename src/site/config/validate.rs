@@ -476,6 +476,17 @@ fn routes(
     options: &RawRouteOptions,
     problems: &mut Vec<String>,
 ) -> Option<RouteTable> {
+    // `/office/` is the liaison office's console (issue 15), on its own listener only: a
+    // physician listener never serves it, so no route may forward it to the EMR either.
+    for (i, r) in specs.iter().enumerate() {
+        let p = r.path.trim_start_matches('/');
+        if p == "office" || p.starts_with("office/") {
+            problems.push(format!(
+                "route[{i}].path: {:?} is the liaison office console's path (/office/), never served on a physician listener",
+                r.path
+            ));
+        }
+    }
     let table = match RouteTable::new(specs) {
         Ok(t) => t,
         Err(errs) => {
