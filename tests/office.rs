@@ -97,7 +97,10 @@ fn staff_add(gate: &Gate, id: &str, role: &str) -> StaffAccount {
 
 /// A site with the console on its own port, open to `allow`.
 fn site_with_office(emr: &SampleEmr, allow: &str) -> (Gate, u16) {
-    let gate = Gate::init(emr.port);
+    office_on(Gate::init(emr.port), allow)
+}
+
+fn office_on(gate: Gate, allow: &str) -> (Gate, u16) {
     let office = free_port();
     let mut text = std::fs::read_to_string(&gate.config).expect("read gate.toml");
     text.push_str(&format!(
@@ -530,6 +533,88 @@ fn art_6_2_13_1_console_refuses_wrong_certificates_sources_and_forms() {
         list.contains("clerk-2") && list.contains("admin-1"),
         "{list}"
     );
+    drop(gate);
+    drop(emr);
+}
+
+/// Art 12.2, 6.2: with the WireGuard ingress enabled, the console issues a WireGuard terminal:
+/// its `.conf` (private key, tunnel address, the gateway's key and endpoint) downloadable
+/// once, the terminal registered and audited with the staff member.
+#[test]
+fn art_12_2_console_issues_a_wireguard_conf_downloadable_once() {
+    let emr = SampleEmr::start();
+    let udp = format!("127.0.0.1:{}", free_port());
+    let (mut gate, office) = office_on(
+        Gate::init_with("test-site", emr.port, &["--wireguard", &udp]),
+        "127.0.0.0/8",
+    );
+    let admin = staff_add(&gate, "admin-1", "admin");
+    gate.add_physician("dr-wg");
+    gate.start();
+    wait_port(office);
+    let jar = gate.path("jar.txt");
+    let r = office_curl(office, &gate, &admin.cert, "/office/login", &jar, &[]);
+    let login = format!("csrf={}", csrf_of(&r.body));
+    let post = |path: &str, fields: &[&str]| {
+        let mut args: Vec<&str> = Vec::new();
+        for f in fields {
+            args.push("--data-urlencode");
+            args.push(f);
+        }
+        office_curl(office, &gate, &admin.cert, path, &jar, &args)
+    };
+    let pw = format!("password={}", admin.otp);
+    let r = post("/office/login", &["id=admin-1", &pw, &login]);
+    assert_eq!(r.status, Some(303), "{r:?}");
+    let r = office_curl(office, &gate, &admin.cert, "/office/password", &jar, &[]);
+    let csrf = format!("csrf={}", csrf_of(&r.body));
+    let current = format!("current={}", admin.otp);
+    let r = post(
+        "/office/password",
+        &[&current, "new=Kanri-Sha-2026!", &csrf],
+    );
+    assert_eq!(r.status, Some(303), "{r:?}");
+    let r = office_curl(office, &gate, &admin.cert, "/office/terminals", &jar, &[]);
+    assert!(
+        r.body.contains("WireGuard .conf"),
+        "the kind picker offers WireGuard"
+    );
+
+    let r = post(
+        "/office/terminals/issue",
+        &["physician=dr-wg", "terminal=wg-1", "kind=wireguard", &csrf],
+    );
+    assert_eq!(r.status, Some(200), "{r:?}");
+    assert!(r.body.contains("wg-1.conf"), "{}", r.body);
+    let at = r.body.find("/office/download/").expect("download link");
+    let link: String = r.body[at..].chars().take_while(|c| *c != '"').collect();
+    let r = office_curl(office, &gate, &admin.cert, &link, &jar, &[]);
+    assert_eq!(r.status, Some(200), "{r:?}");
+    assert!(
+        r.headers
+            .contains("content-disposition: attachment; filename=\"wg-1.conf\""),
+        "{}",
+        r.headers
+    );
+    for part in [
+        "[Interface]",
+        "PrivateKey = ",
+        "Address = 10.77.0.2",
+        "[Peer]",
+        &format!("Endpoint = {udp}"),
+    ] {
+        assert!(r.body.contains(part), "{part:?} not in {}", r.body);
+    }
+    let again = office_curl(office, &gate, &admin.cert, &link, &jar, &[]);
+    assert_eq!(again.status, Some(410), "{again:?}");
+    let list = gate.ok(&["terminal", "list"]);
+    assert!(list.contains("wg-1") && list.contains("dr-wg"), "{list}");
+    let rows = gate.audit_rows();
+    assert!(rows.iter().any(|r| r["path"] == "terminal-register"
+        && r["staff"] == "admin-1"
+        && r["reason"]
+            .as_str()
+            .is_some_and(|x| x.contains("tunnel address 10.77.0.2"))));
     drop(gate);
     drop(emr);
 }

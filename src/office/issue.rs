@@ -136,7 +136,90 @@ pub async fn certificate(
     })
 }
 
-/// `GET /office/download/TOKEN`: the `.p12`, once.
+/// A WireGuard terminal (art 12.2) for `physician`: a key pair, the next free tunnel address
+/// (terminals' and every site gateway's excluded), the `.conf` read into memory and its file
+/// removed, the terminal registered as this staff member (audited first), the `.conf` kept
+/// for one download. The private key exists only in that one download.
+pub async fn wireguard_conf(
+    console: &Console,
+    ctx: &Ctx,
+    physician: &str,
+    name: &str,
+) -> Result<Issued, Fail> {
+    let wg = console.wireguard.as_ref().ok_or_else(|| {
+        Fail::Unavailable(
+            "the WireGuard ingress is not enabled at this site ([wireguard] in gate.toml)".into(),
+        )
+    })?;
+    let terminals = console
+        .admin
+        .store
+        .terminals()
+        .map_err(|e| Fail::Unavailable(e.to_string()))?;
+    let used: std::collections::HashSet<std::net::Ipv4Addr> = terminals
+        .iter()
+        .filter_map(|t| t.tunnel_ip)
+        .chain(
+            console
+                .network
+                .iter()
+                .flat_map(|n| n.sites.iter())
+                .filter_map(|s| s.wireguard.as_ref().map(|w| w.address)),
+        )
+        .collect();
+    let ip = crate::ingress::wireguard::conf::free_address(wg.pool, wg.address, &used).ok_or_else(
+        || {
+            Fail::Unavailable(format!(
+                "wireguard.pool {} has no free address left",
+                wg.pool
+            ))
+        },
+    )?;
+    let dir = console
+        .issue_dir
+        .join(hex::encode(rand::rng().random::<[u8; 8]>()));
+    let req = Request {
+        physician,
+        name,
+        out: &dir,
+        days: console.ca.terminal_days,
+        now: console.gate.clock.now(),
+    };
+    let issued =
+        terminal_issue::wireguard(wg, &console.site.id, console.network.as_ref(), ip, &req);
+    let read = issued.as_ref().ok().map(|i| std::fs::read(&i.conf_path));
+    let _ = std::fs::remove_dir_all(&dir);
+    let issued = issued.map_err(|e| {
+        Fail::Unavailable(format!("the WireGuard terminal could not be issued: {e}"))
+    })?;
+    let bytes = match read {
+        Some(Ok(b)) => b,
+        _ => {
+            return Err(Fail::Unavailable(
+                "the issued .conf could not be read back".into(),
+            ))
+        }
+    };
+    ctx.admin(
+        console,
+        AdminRequest::TerminalRegister {
+            terminal: issued.terminal.clone(),
+        },
+        format!("WireGuard terminal, tunnel address {ip}"),
+    )
+    .await?;
+    let filename = format!("{name}.conf");
+    let token = console
+        .downloads
+        .put(&ctx.staff.id, filename.clone(), bytes);
+    Ok(Issued {
+        token,
+        filename,
+        password: String::new(),
+    })
+}
+
+/// `GET /office/download/TOKEN`: the `.p12` or `.conf`, once.
 pub async fn download(console: &Console, peer: &StaffPeer, ctx: &Ctx, token: &str) -> PageResult {
     match console.downloads.take(token, &ctx.staff.id) {
         Some((filename, bytes)) => {
@@ -151,7 +234,12 @@ pub async fn download(console: &Console, peer: &StaffPeer, ctx: &Ctx, token: &st
                 200,
             )
             .await;
-            Ok(render::download("application/x-pkcs12", &filename, bytes))
+            let kind = if filename.ends_with(".conf") {
+                "application/octet-stream"
+            } else {
+                "application/x-pkcs12"
+            };
+            Ok(render::download(kind, &filename, bytes))
         }
         None => {
             note(

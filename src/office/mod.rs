@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use crate::admin::Admin;
 use crate::gate::Gate;
-use crate::site::config::{Auth, CaPaths, Config, Office, Site};
+use crate::site::config::{Auth, CaPaths, Config, Network, Office, Site, WireGuard};
 
 /// What every console request needs.
 #[derive(Debug)]
@@ -55,6 +55,9 @@ pub struct Console {
     /// Where certificates issued on the console are written before they are read into memory.
     pub issue_dir: PathBuf,
     pub future_grace_days: u32,
+    /// The WireGuard ingress and the network's sites, for `.conf` terminals (art 12.2).
+    pub wireguard: Option<WireGuard>,
+    pub network: Option<Network>,
     pub sessions: session::StaffSessions,
     pub downloads: issue::Downloads,
     pub templates: render::Templates,
@@ -72,6 +75,8 @@ impl Console {
             audit_dir: cfg.state_dir.join("audit"),
             issue_dir: cfg.state_dir.join("office-issue"),
             future_grace_days: cfg.future_grace_days,
+            wireguard: cfg.wireguard.clone(),
+            network: cfg.network.clone(),
             sessions: session::StaffSessions::new(office.idle_timeout, office.session_lifetime),
             downloads: issue::Downloads::default(),
             templates: render::Templates::new(),

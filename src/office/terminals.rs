@@ -45,7 +45,9 @@ pub fn list(console: &Console, ctx: &Ctx) -> PageResult {
     Ok(console.templates.page(
         StatusCode::OK,
         "terminals.html",
-        context! { ..ctx.base(console, "terminals"), ..context! { terminals } },
+        context! { ..ctx.base(console, "terminals"), ..context! {
+            terminals, wireguard => console.wireguard.is_some(),
+        } },
     ))
 }
 
@@ -64,15 +66,27 @@ pub async fn issue(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
                 format!("No physician {physician:?} is registered."),
             )
         })?;
-    let issued = issue::certificate(
-        console,
-        ctx,
-        &p.id,
-        &p.name,
-        &name,
-        "terminal issued on the console",
-    )
-    .await?;
+    let issued = match f.get("kind") {
+        "" | "certificate" => {
+            issue::certificate(
+                console,
+                ctx,
+                &p.id,
+                &p.name,
+                &name,
+                "terminal issued on the console",
+            )
+            .await?
+        }
+        "wireguard" => issue::wireguard_conf(console, ctx, &p.id, &name).await?,
+        other => {
+            return Err(forms::bad(
+                format!("端末の種類「{other}」は選べません（証明書・WireGuard）。"),
+                format!("Terminal kind {other:?} is not one of: certificate, wireguard."),
+            )
+            .into())
+        }
+    };
     Ok(console.templates.page(
         StatusCode::OK,
         "issued.html",
