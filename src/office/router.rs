@@ -454,7 +454,7 @@ pub fn fail_page(console: &Console, ctx: &Ctx, fail: Fail) -> Response<Body> {
             ("入力を確認してください", "Please check the form"),
             (&e.ja, &e.en),
             "invalid-input",
-            "javascript:history.back()",
+            "/office/",
         ),
         Fail::Refused(msg) => t.error(
             base,
