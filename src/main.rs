@@ -219,16 +219,21 @@ enum StaffCmd {
 enum RegistryCmd {
     /// Backend, revision applied, staleness and etcd members (exit 69 when not serving).
     Status {
+        /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Every physician, terminal and consent as JSON lines (file mode 0600, never overwritten).
     Export {
+        /// The file to write (must not exist).
         #[arg(long)]
         out: PathBuf,
     },
     /// Check a file from `registry export`, then add every record to this config's registry.
-    Import { file: PathBuf },
+    Import {
+        /// A JSON-lines file written by `registry export`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -188,6 +188,42 @@ fn three_member_tls_cluster_serves_certified_clients_and_refuses_others() {
     assert!(from_site.status.success(), "{}", show(&from_site));
 }
 
+/// Issue 13 (`check-config` validates `[registry]` and says when etcd cannot be reached): a
+/// site from `seibo-gate init` pointed at the cluster by the harness passes `check-config`,
+/// which reaches the registry; with every member stopped it fails, naming the endpoints.
+#[test]
+fn a_site_configured_by_the_harness_passes_check_config_and_fails_it_without_etcd() {
+    let mut cluster = EtcdCluster::start(3);
+    let gate = common::Gate::init(common::free_port());
+    cluster.configure_gateway(&gate.config, "/seibo-net/", 15);
+    let ok = gate.cli(&["check-config"]);
+    assert!(ok.status.success(), "{}", show(&ok));
+    assert!(
+        stdout(&ok).contains(&format!(
+            "regional registry: reached {}",
+            cluster.endpoint(0)
+        )),
+        "{}",
+        show(&ok)
+    );
+    for i in 0..3 {
+        cluster.stop_member(i);
+    }
+    let t = Instant::now();
+    let down = gate.cli(&["check-config"]);
+    assert!(!down.status.success(), "{}", show(&down));
+    let err = String::from_utf8_lossy(&down.stderr);
+    assert!(
+        err.contains("regional registry: cannot be reached at"),
+        "{}",
+        show(&down)
+    );
+    eprintln!(
+        "timing: check-config with etcd down answered after {:?}",
+        t.elapsed()
+    );
+}
+
 /// Issue 13: the `etcd-client` crate (rustls + ring, no process-level crypto provider
 /// installed) talks to the cluster with TLS and the gateway's client certificate: put, get, a
 /// compare-and-set transaction, and a prefix watch that sees a put made through `etcdctl`.
@@ -337,6 +373,7 @@ async fn quorum_kill_one_writes_continue_stop_two_writes_fail_restart_recovers()
         .unwrap();
 
     // One member down (SIGKILL): writes go on, through etcdctl and the long-lived clients.
+    eprintln!("m0 leads before the kill: {}", cluster.leader() == Some(0));
     let t = Instant::now();
     cluster.kill_member(0);
     assert!(!cluster.is_running(0));
@@ -499,6 +536,154 @@ async fn quorum_kill_one_writes_continue_stop_two_writes_fail_restart_recovers()
             &["get", "--print-value-only", "/seibo-q/after"],
         );
         assert_eq!(stdout(&get).trim(), "recovered", "m{i}: {}", show(&get));
+    }
+}
+
+/// gRPC status code of an `etcd-client` error (`tonic::Code` as its number), if it has one.
+fn grpc_code(e: &etcd_client::Error) -> Option<i32> {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => Some(i32::from(s.code())),
+        _ => None,
+    }
+}
+
+/// gRPC `UNAVAILABLE`: the request never reached a member (connect error to a dead endpoint of
+/// the balanced channel) or etcd refused it before proposing it ("etcdserver: no leader" with
+/// `require_leader`). Not applied: safe to send again.
+const UNAVAILABLE: i32 = 14;
+
+/// Issue 13 ("kill one etcd member under load"): SIGKILL the leader in the middle of a stream
+/// of writes from one long-lived client (all three endpoints, `require_leader`, 3 s timeout,
+/// as the gateway connects) that resends a write refused as UNAVAILABLE: the two others elect
+/// a leader and writes resume by themselves. Every acknowledged write is in etcd afterwards,
+/// no UNAVAILABLE attempt was applied, and a write that timed out may or may not have been.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_mid_writes_elects_another_and_writes_resume() {
+    let mut cluster = EtcdCluster::start(3);
+    let mut client = cluster
+        .client_with(
+            &cluster.endpoints(),
+            cluster
+                .connect_options()
+                .with_timeout(Duration::from_secs(3))
+                .with_require_leader(true),
+        )
+        .await;
+    let leader = cluster.leader().expect("a leader after start");
+    let mut acked = Vec::new();
+    for n in 0..20 {
+        let k = format!("/seibo-l/before/{n:03}");
+        client.put(k.as_str(), "x", None).await.unwrap();
+        acked.push(k);
+    }
+    let killed = Instant::now();
+    cluster.kill_member(leader);
+    let mut first_ok_after = None;
+    let (mut unavailable, mut other_errors) = (Vec::new(), Vec::new());
+    let mut timed_out = Vec::new();
+    let mut streak = 0;
+    let mut n = 0;
+    while streak < 20 && killed.elapsed() < Duration::from_secs(30) {
+        n += 1;
+        let k = format!("/seibo-l/after/{n:04}");
+        // One write, resent (at most 10 times) while it is refused as UNAVAILABLE.
+        let t = Instant::now();
+        let mut outcome = None;
+        for attempt in 0..10 {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.put(k.as_str(), attempt.to_string(), None),
+            )
+            .await
+            .expect("etcd-client's own 3 s timeout ends the request");
+            match r {
+                Ok(_) => {
+                    outcome = Some(Ok(()));
+                    break;
+                }
+                Err(e) if grpc_code(&e) == Some(UNAVAILABLE) => {
+                    unavailable.push((k.clone(), e.to_string()));
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => {
+                    outcome = Some(Err(e));
+                    break;
+                }
+            }
+        }
+        match outcome {
+            Some(Ok(())) => {
+                first_ok_after.get_or_insert(killed.elapsed());
+                streak += 1;
+                acked.push(k);
+            }
+            Some(Err(e)) => {
+                streak = 0;
+                eprintln!("write {k} failed after {:?}: {e}", t.elapsed());
+                if t.elapsed() >= Duration::from_secs(2) {
+                    timed_out.push(k);
+                } else {
+                    other_errors.push((k, e.to_string()));
+                }
+            }
+            None => {
+                streak = 0;
+                eprintln!("write {k}: UNAVAILABLE 10 times");
+            }
+        }
+    }
+    let first_ok_after = first_ok_after.expect("a write succeeded after the leader was killed");
+    assert_eq!(streak, 20, "writes did not settle within 30 s");
+    assert!(other_errors.is_empty(), "other errors: {other_errors:?}");
+    let new_leader = cluster.leader();
+    assert!(
+        new_leader.is_some() && new_leader != Some(leader),
+        "new leader {new_leader:?} (killed m{leader})"
+    );
+    let mut kinds: Vec<&str> = unavailable
+        .iter()
+        .map(|u| {
+            if u.1.contains("tcp connect error") {
+                "connect error (dead endpoint)"
+            } else if u.1.contains("no leader") {
+                "no leader"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    eprintln!(
+        "timing: leader m{leader} killed; first write acknowledged {first_ok_after:?} after the kill; \
+         {n} writes, {} UNAVAILABLE attempts resent ({kinds:?}), {} timed out; new leader m{}",
+        unavailable.len(),
+        timed_out.len(),
+        new_leader.unwrap_or(usize::MAX)
+    );
+    let out = cluster.etcdctl(&["get", "--prefix", "/seibo-l/"]);
+    assert!(out.status.success(), "{}", show(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    let stored: std::collections::HashMap<&str, &str> = lines
+        .chunks(2)
+        .map(|kv| (kv[0].as_str(), kv.get(1).map_or("", String::as_str)))
+        .collect();
+    for k in &acked {
+        assert!(stored.contains_key(k.as_str()), "acknowledged {k} lost");
+    }
+    let applied_anyway: Vec<&String> = timed_out
+        .iter()
+        .filter(|k| stored.contains_key(k.as_str()))
+        .collect();
+    eprintln!("timed-out writes applied anyway: {applied_anyway:?}");
+    assert_eq!(stored.len(), acked.len() + applied_anyway.len());
+    // An UNAVAILABLE attempt was never applied: each acknowledged key holds the value of the
+    // attempt that was acknowledged, i.e. the number of UNAVAILABLE refusals before it.
+    for k in &acked {
+        let refused = unavailable.iter().filter(|u| &u.0 == k).count();
+        if k.starts_with("/seibo-l/after/") {
+            assert_eq!(stored[k.as_str()], refused.to_string(), "{k}");
+        }
     }
 }
 

@@ -340,6 +340,7 @@ impl Sessions {
     /// Ends every session matching `pred` (suspension, revocation, password reset).
     pub fn end_where(&self, pred: impl Fn(&Session) -> bool) -> usize {
         let mut n = 0;
+        let mut ended_here = std::collections::HashSet::new();
         for shard in &self.shards {
             let mut g = match shard.lock() {
                 Ok(g) => g,
@@ -350,6 +351,7 @@ impl Sessions {
                 let end = pred(s);
                 if end {
                     self.unpublish(k);
+                    ended_here.insert(hex::encode(k));
                 }
                 !end
             });
@@ -358,6 +360,9 @@ impl Sessions {
         // Sessions opened through other gateways and not used here yet.
         if let Some(store) = &self.shared {
             for (k, raw) in store.shared_sessions() {
+                if ended_here.contains(&k) {
+                    continue;
+                }
                 let Ok(s) = serde_json::from_slice::<SharedSession>(&raw) else {
                     continue;
                 };

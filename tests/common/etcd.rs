@@ -418,6 +418,26 @@ impl EtcdCluster {
         )
     }
 
+    /// Points a site made by `seibo-gate init` at this cluster: [`EtcdCluster::write_credentials`]
+    /// beside `config` (its `gate.toml`) and [`EtcdCluster::registry_toml`] appended to it.
+    /// Panics if the file already has a `[registry]` section.
+    pub fn configure_gateway(&self, config: &Path, prefix: &str, max_stale_secs: u64) {
+        let site = config.parent().expect("gate.toml has a directory");
+        self.write_credentials(site);
+        let mut text = fs::read_to_string(config).expect("read gate.toml");
+        assert!(
+            !text.lines().any(|l| l.trim() == "[registry]"),
+            "{} already has a [registry] section",
+            config.display()
+        );
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push('\n');
+        text.push_str(&self.registry_toml(prefix, max_stale_secs));
+        fs::write(config, text).expect("write gate.toml");
+    }
+
     /// `etcd-client` options for this cluster: TLS with the CA and the gateway's certificate,
     /// 2 s connect timeout, 5 s request timeout.
     pub fn connect_options(&self) -> etcd_client::ConnectOptions {
@@ -537,6 +557,24 @@ impl EtcdCluster {
             .unwrap_or_else(|e| {
                 panic!("run etcdctl (run scripts/install-test-tools if it is missing): {e}")
             })
+    }
+
+    /// The member that leads now, as `etcdctl endpoint status` of the running members reports
+    /// it (`None` while there is no leader or no member answers).
+    pub fn leader(&self) -> Option<usize> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json", "--command-timeout=2s"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let rows = v.as_array()?;
+        let leader = rows
+            .iter()
+            .filter_map(|r| r["Status"]["leader"].as_u64())
+            .find(|l| *l != 0)?;
+        let endpoint = rows
+            .iter()
+            .find(|r| r["Status"]["header"]["member_id"].as_u64() == Some(leader))?["Endpoint"]
+            .as_str()?
+            .to_string();
+        (0..self.members.len()).find(|&i| self.endpoint(i) == endpoint)
     }
 
     /// Waits until `etcdctl endpoint health` passes for every running member (each check needs

@@ -315,6 +315,20 @@ pub struct Gate {
     port_0: bool,
     child: Option<Child>,
     starts: u32,
+    /// The site's own etcd cluster when the suite runs on the regional registry
+    /// (`SEIBO_TEST_REGISTRY=etcd`, see [`Gate::init_site`]); stopped after the gateway.
+    etcd: Option<etcd::EtcdCluster>,
+}
+
+/// `SEIBO_TEST_REGISTRY=etcd`: every site made by [`Gate::init_site`] keeps its registry in a
+/// real etcd (one member, TLS, client certificates) instead of sled, so a suite proves the
+/// same behaviour on both backends (`scripts/test` runs the gateway and sign-in suites so).
+pub fn registry_under_test() -> &'static str {
+    match std::env::var("SEIBO_TEST_REGISTRY").as_deref() {
+        Ok("etcd") => "etcd",
+        Ok("sled") | Err(_) => "sled",
+        Ok(other) => panic!("SEIBO_TEST_REGISTRY={other:?}: not sled or etcd"),
+    }
 }
 
 impl Gate {
@@ -355,6 +369,11 @@ impl Gate {
             &format!("listen = \"127.0.0.1:{}\"", free_port()),
         );
         std::fs::write(&config, text).expect("write gate.toml");
+        let etcd = (registry_under_test() == "etcd").then(|| {
+            let cluster = etcd::EtcdCluster::start(1);
+            cluster.configure_gateway(&config, "/seibo-net-suite/", 15);
+            cluster
+        });
         Gate {
             dir,
             config,
@@ -362,6 +381,7 @@ impl Gate {
             port_0: false,
             child: None,
             starts: 0,
+            etcd,
         }
     }
 
@@ -377,6 +397,7 @@ impl Gate {
             port_0: false,
             child: None,
             starts: 0,
+            etcd: None,
         }
     }
 
@@ -1233,6 +1254,7 @@ impl Gate {
             port_0: false,
             child: None,
             starts: 0,
+            etcd: None,
         }
     }
 

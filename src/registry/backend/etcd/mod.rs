@@ -28,6 +28,8 @@ use mirror::Mirror;
 
 /// How long a write waits for this gateway's watch to apply it (read-your-writes).
 const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// gRPC status code UNAVAILABLE.
+const GRPC_UNAVAILABLE: i32 = 14;
 /// How many times a read-modify-write retries against concurrent writers.
 const MAX_TRIES: u32 = 64;
 
@@ -170,17 +172,27 @@ impl Regional {
         ttl: Duration,
     ) -> Result<i64, KvError> {
         let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-        let lease = self.client.lease_client().grant(secs, None).await?.id();
+        let lc = self.client.lease_client();
+        let lease = retry_unavailable(|| {
+            let mut lc = lc.clone();
+            async move { lc.grant(secs, None).await }
+        })
+        .await?
+        .id();
         let value = value(lease);
-        let resp = self
-            .client
-            .kv_client()
-            .put(
-                self.key(tree, key),
-                value,
-                Some(etcd_client::PutOptions::new().with_lease(lease)),
-            )
-            .await?;
+        let (kv, full) = (self.client.kv_client(), self.key(tree, key));
+        let resp = retry_unavailable(|| {
+            let (mut kv, full, value) = (kv.clone(), full.clone(), value.clone());
+            async move {
+                kv.put(
+                    full,
+                    value,
+                    Some(etcd_client::PutOptions::new().with_lease(lease)),
+                )
+                .await
+            }
+        })
+        .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         self.wait_applied(rev).await?;
         Ok(lease)
@@ -216,7 +228,7 @@ impl Regional {
             Some((v, rev)) => (Some(v.to_vec()), rev),
             None => (None, 0),
         };
-        let mut kv = self.client.kv_client();
+        let kv = self.client.kv_client();
         for _ in 0..MAX_TRIES {
             let new = f(cur.0.as_deref());
             let ops = if new == cur.0 {
@@ -232,7 +244,12 @@ impl Regional {
                 .when([Compare::mod_revision(full.clone(), CompareOp::Equal, cur.1)])
                 .and_then(ops)
                 .or_else([TxnOp::get(full.clone(), None)]);
-            let resp = kv.txn(txn).await?;
+            let resp = retry_unavailable(|| {
+                let mut kv = kv.clone();
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            })
+            .await?;
             if resp.succeeded() {
                 if wrote {
                     let rev = resp.header().map_or(0, |h| h.revision());
@@ -315,6 +332,28 @@ impl Regional {
             .unwrap_or(u64::MAX - 1)
             + 1;
         self.fresh_at.fetch_max(ms, Ordering::AcqRel);
+    }
+}
+
+/// Runs an etcd call again when it was refused as `UNAVAILABLE` (gRPC code 14: the client
+/// picked a member that is down; the balanced channel keeps offering it). Such a call never
+/// reached etcd, so sending it again is safe; a few tries, 50 ms apart.
+async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, etcd_client::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(etcd_client::Error::GRpcStatus(s))
+                if i32::from(s.code()) == GRPC_UNAVAILABLE && tries < 6 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
     }
 }
 
