@@ -128,7 +128,7 @@ fn allow_all_and_overlapping_networks() {
     assert!(!r.contains("listener0_v4"), "{r}");
     assert!(r.contains("elements = { 10.0.0.0/8, 192.0.2.0/24 }"), "{r}");
     assert!(
-        r.contains("ip saddr @listener2_v4 tcp dport 8443 accept"),
+        r.contains("ip saddr @listener1_v4 tcp dport 8443 accept"),
         "{r}"
     );
 }
