@@ -58,6 +58,8 @@ pub struct Console {
     /// The WireGuard ingress and the network's sites, for `.conf` terminals (art 12.2).
     pub wireguard: Option<WireGuard>,
     pub network: Option<Network>,
+    /// The whole configuration, for the network-wide audit query (`[network]` + `[peer]`).
+    pub config: Config,
     pub sessions: session::StaffSessions,
     pub downloads: issue::Downloads,
     pub templates: render::Templates,
@@ -77,6 +79,7 @@ impl Console {
             future_grace_days: cfg.future_grace_days,
             wireguard: cfg.wireguard.clone(),
             network: cfg.network.clone(),
+            config: cfg.clone(),
             sessions: session::StaffSessions::new(office.idle_timeout, office.session_lifetime),
             downloads: issue::Downloads::default(),
             templates: render::Templates::new(),

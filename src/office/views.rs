@@ -94,13 +94,14 @@ fn lines(console: &Console, rows: &[QueryRow]) -> Vec<Line> {
         .collect()
 }
 
+/// The patient's rows, and the sites whose rows are missing (network-wide query only).
 async fn patient_rows(
     console: &Console,
     peer: &StaffPeer,
     ctx: &Ctx,
     q: &Fields,
     what: &str,
-) -> Result<(String, Vec<Line>), Fail> {
+) -> Result<(String, Vec<Line>, Vec<String>), Fail> {
     let patient = forms::patient_id(q.required("patient", "患者ID", "Patient ID")?)?;
     // Opening a patient's record of views is itself recorded.
     note(
@@ -114,12 +115,87 @@ async fn patient_rows(
         200,
     )
     .await;
+    if console.config.network.is_some() && console.config.peer.is_some() {
+        return network_rows(console, q, patient).await;
+    }
     let filter = QueryFilter {
         patient: Some(patient.clone()),
         ..QueryFilter::default()
     };
     let rows = rows(console, filter).await?;
-    Ok((patient, lines(console, &rows)))
+    Ok((patient, lines(console, &rows), Vec::new()))
+}
+
+/// Issue 14's network-wide query (`audit query --network`): every site asked over the peer
+/// API for its id of the patient (this site's from the form, the others' from `links`), the
+/// rows merged by time with their site; a site that did not answer, or was not asked, is
+/// named on the report — never silently left out.
+async fn network_rows(
+    console: &Console,
+    q: &Fields,
+    patient: String,
+) -> Result<(String, Vec<Line>, Vec<String>), Fail> {
+    let links = forms::links(q.get("links"), &console.site.id)?;
+    let mut patients = vec![format!("{}:{patient}", console.site.id)];
+    patients.extend(links.iter().map(|(s, i)| format!("{s}:{i}")));
+    let query = crate::cli::audit_network::NetworkQuery {
+        patients,
+        ..Default::default()
+    };
+    let got = crate::cli::audit_network::collect(&console.config, &query)
+        .await
+        .map_err(|e| Fail::Unavailable(format!("the network-wide audit query failed: {e:#}")))?;
+    let names: HashMap<String, String> = console
+        .admin
+        .store
+        .physicians()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.id, p.name))
+        .collect();
+    let lines = got
+        .rows
+        .iter()
+        .filter(|(_, _, v)| v["ingress"] != "admin" && v["ingress"] != "peer")
+        .map(|(_, site, v)| {
+            let s = |k: &str| v[k].as_str().unwrap_or("—").to_string();
+            let physician = s("physician");
+            Line {
+                time: jst(&s("time")),
+                physician: match names.get(&physician) {
+                    Some(n) => format!("{n}（{physician}）"),
+                    None => physician,
+                },
+                terminal: s("terminal"),
+                site: site.clone(),
+                category: s("category"),
+                result: if v["decision"] == "allow" {
+                    format!(
+                        "閲覧 / viewed ({})",
+                        v["status"].as_u64().map_or("-".into(), |n| n.to_string())
+                    )
+                } else {
+                    format!("拒否 / refused ({})", s("reason"))
+                },
+            }
+        })
+        .collect();
+    let mut gaps: Vec<String> = got
+        .missing
+        .iter()
+        .map(|(site, why)| {
+            format!(
+                "施設 {}（{}）から回答がありません。その施設の記録はこの報告に含まれていません / site {} did not answer; its rows are missing: {why}",
+                site.id, site.name, site.id
+            )
+        })
+        .collect();
+    gaps.extend(got.not_asked.iter().map(|s| {
+        format!(
+            "施設 {s} には問い合わせていません（その施設の患者IDが未入力） / site {s} not asked: no patient id given for it (links)"
+        )
+    }));
+    Ok((patient, lines, gaps))
 }
 
 /// `GET /office/views[?patient=ID]`: the disclosure report (A4 when printed).
@@ -132,7 +208,8 @@ pub async fn report(console: &Console, peer: &StaffPeer, ctx: &Ctx, q: &Fields) 
             context! { ..base, ..context! { patient => "", rows => Vec::<()>::new() } },
         ));
     }
-    let (patient, lines) = patient_rows(console, peer, ctx, q, "office-disclosure-report").await?;
+    let (patient, lines, gaps) =
+        patient_rows(console, peer, ctx, q, "office-disclosure-report").await?;
     let rows: Vec<_> = lines
         .into_iter()
         .map(|l| context! { time => l.time, physician => l.physician, terminal => l.terminal, site => l.site, category => l.category, result => l.result })
@@ -143,7 +220,19 @@ pub async fn report(console: &Console, peer: &StaffPeer, ctx: &Ctx, q: &Fields) 
         context! { ..base, ..context! {
             patient, rows,
             made => jst(&crate::ops::clock::rfc3339(console.gate.clock.now())),
-            scope => format!("対象: {} の監査記録（この施設のゲートウェイ） / Scope: the audit log of this site's gateway ({})", console.site.name, console.site.id),
+            scope => if console.config.network.is_some() && console.config.peer.is_some() {
+                format!("対象: ネットワークの全施設の監査記録（{}） / Scope: the audit logs of every site of the network", console.config.network.as_ref().map(|n| n.id.clone()).unwrap_or_default())
+            } else {
+                format!("対象: {} の監査記録（この施設のゲートウェイ） / Scope: the audit log of this site's gateway ({})", console.site.name, console.site.id)
+            },
+            gaps, links => q.get("links"),
+            csv => format!(
+                "/office/views.csv?{}",
+                form_urlencoded::Serializer::new(String::new())
+                    .append_pair("patient", q.get("patient"))
+                    .append_pair("links", q.get("links"))
+                    .finish()
+            ),
         } },
     ))
 }
@@ -160,8 +249,12 @@ fn csv_field(s: &str) -> String {
 
 /// `GET /office/views.csv?patient=ID`.
 pub async fn csv(console: &Console, peer: &StaffPeer, ctx: &Ctx, q: &Fields) -> PageResult {
-    let (patient, lines) = patient_rows(console, peer, ctx, q, "office-disclosure-csv").await?;
+    let (patient, lines, gaps) =
+        patient_rows(console, peer, ctx, q, "office-disclosure-csv").await?;
     let mut out = String::from("\u{feff}time_jst,physician,terminal,site,category,result\r\n");
+    for g in gaps {
+        out.push_str(&format!("# {}\r\n", g.replace(['\r', '\n'], " ")));
+    }
     for l in lines {
         out.push_str(
             &[
