@@ -3,8 +3,9 @@
 //! which category, allowed or refused — as a page printable on A4 and as CSV for the office;
 //! and the usage review: views per physician per day with the patients each viewed.
 //!
-//! Today this is this site's audit log; issue 14's network-wide query (`audit query
-//! --network`) slots in at [`rows`], with the site named on each line as it already is.
+//! With `[network]` and `[peer]` the patient's report asks every site (issue 14's `audit query
+//! --network`, [`crate::cli::audit_network::collect`]) and names the sites that did not
+//! answer; otherwise it reads this site's audit log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
