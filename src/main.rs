@@ -40,7 +40,13 @@ struct ConfigArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run everything on loopback with a sample EMR and print curl lines to try (Ctrl-C stops).
-    Demo,
+    Demo {
+        /// Both sites of Seibo Net (hospital and clinic) on one regional registry: needs the
+        /// `etcd` binary (Debian etcd-server); shows a consent given at the clinic used at the
+        /// hospital and a withdrawal at the hospital refused at the clinic.
+        #[arg(long)]
+        network: bool,
+    },
     /// Create a new site: config, terminal CA, server certificate, state directory; with
     /// --join, a site of a network from the bundle `site add` wrote.
     Init {
@@ -559,7 +565,10 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_tracing(matches!(cli.command, Command::Serve { .. } | Command::Demo));
+    init_tracing(matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Demo { .. }
+    ));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -617,8 +626,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         seibo_gate::site::fsmode::restrict_umask();
     }
     match cli.command {
-        Command::Demo => {
+        Command::Demo { network: false } => {
             seibo_gate::ops::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { network: true } => {
+            seibo_gate::ops::demo_network::run().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SampleEmr { listen } => {
