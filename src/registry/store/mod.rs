@@ -9,6 +9,7 @@
 //! * `terminals`: terminal name → [`Terminal`] (JSON)
 //! * `fingerprints`: SPKI SHA-256 (hex) → terminal name
 //! * `consents`: patient id → [`Consent`] (JSON)
+//! * `staff`: staff id → [`Staff`] (JSON): the liaison office's console accounts (issue 15)
 //! * `meta`: `schema` → version
 //!
 //! Administrative changes are flushed before they are acknowledged (sled; an etcd write is on
@@ -28,7 +29,7 @@ use crate::policy::auth;
 use crate::policy::consent;
 use crate::registry::backend::{self, Backend, Generation, KvError, RegistryHealth, Tree};
 use crate::registry::model::{
-    Consent, Physician, SuspendReason, Terminal, TerminalKind, Withdrawal,
+    Consent, Physician, Staff, SuspendReason, Terminal, TerminalKind, Withdrawal,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -62,6 +63,8 @@ pub enum Missing {
     Terminal(String),
     #[error("no consent for patient {0:?}")]
     Consent(String),
+    #[error("no staff member {0:?}")]
+    Staff(String),
 }
 
 /// A change that contradicts what is registered: which record, and why.
@@ -69,6 +72,8 @@ pub enum Missing {
 pub enum Conflict {
     #[error("physician {0:?} is already registered")]
     PhysicianRegistered(String),
+    #[error("staff member {0:?} is already registered")]
+    StaffRegistered(String),
     #[error("terminal {0:?} is already registered")]
     TerminalRegistered(String),
     /// Another terminal has this certificate key (or WireGuard key).
@@ -93,6 +98,7 @@ pub struct Store {
     terminals: Tree,
     fingerprints: Tree,
     consents: Tree,
+    staff: Tree,
     /// Shared sign-in sessions (regional registry only; sled sessions stay in memory).
     sessions: Tree,
 }
@@ -168,6 +174,7 @@ impl Store {
             terminals: backend.tree("terminals")?,
             fingerprints: backend.tree("fingerprints")?,
             consents: backend.tree("consents")?,
+            staff: backend.tree("staff")?,
             sessions: backend.tree("sessions")?,
             backend,
             generation,
@@ -710,6 +717,80 @@ impl Store {
             self.flush()?;
         }
         Ok(deleted)
+    }
+
+    // ---- staff of the liaison office (issue 15) ----
+
+    pub fn staff(&self, id: &str) -> Result<Option<Staff>, StoreError> {
+        self.staff
+            .get(id.as_bytes())?
+            .map(|v| decode("staff", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn staff_list(&self) -> Result<Vec<Staff>, StoreError> {
+        self.staff
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| decode("staff", &k, &v))
+            .collect()
+    }
+
+    /// The staff member whose certificate key has this fingerprint (a few accounts: a scan).
+    pub fn staff_by_fingerprint(&self, fp: &str) -> Result<Option<Staff>, StoreError> {
+        Ok(self.staff_list()?.into_iter().find(|s| s.fingerprint == fp))
+    }
+
+    pub async fn add_staff(&self, s: &Staff) -> Result<(), StoreError> {
+        if !self
+            .staff
+            .compare_and_swap(s.id.as_bytes(), None, Some(encode(s)))
+            .await?
+        {
+            return Err(StoreError::Conflict(Conflict::StaffRegistered(
+                s.id.clone(),
+            )));
+        }
+        self.flush()
+    }
+
+    /// Applies `f` to staff member `id` in one atomic read-modify-write (the backend may run
+    /// it more than once; the last run is stored) and flushes when `f` answers true (changed).
+    pub async fn update_staff(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Staff) -> bool,
+    ) -> Result<Staff, StoreError> {
+        let mut out = None;
+        let mut err = None;
+        let mut changed = false;
+        self.staff
+            .update(id.as_bytes(), |old| {
+                out = None;
+                err = None;
+                let old = old?;
+                match decode::<Staff>("staff", id.as_bytes(), old) {
+                    Ok(mut s) => {
+                        changed = f(&mut s);
+                        let v = encode(&s);
+                        out = Some(s);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })
+            .await?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let s = out.ok_or_else(|| StoreError::NotFound(Missing::Staff(id.to_string())))?;
+        if changed {
+            self.flush()?;
+        }
+        Ok(s)
     }
 
     /// Art 11: deletes every consent due ([`Store::purge_due`]). Returns the patients purged.
