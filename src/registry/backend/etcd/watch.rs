@@ -40,7 +40,11 @@ pub(super) async fn run(reg: Arc<Regional>) {
                     loaded = true;
                     progress = Load::default();
                     backoff = Duration::from_millis(100);
-                    tracing::info!(keys = n, revision = *reg.applied.borrow(), "regional registry loaded");
+                    tracing::info!(
+                        keys = n,
+                        revision = *reg.applied.borrow(),
+                        "regional registry loaded"
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, keys_so_far = progress.fresh.len(), "regional registry: load interrupted; resuming");
@@ -120,7 +124,12 @@ async fn load(reg: &Regional, p: &mut Load) -> Result<usize, KvError> {
     }
     let fresh = std::mem::take(&mut p.fresh);
     let n = fresh.len();
-    tracing::debug!(keys = n, bytes = fresh.bytes(), elapsed_ms = started.elapsed().as_millis() as u64, "registry copy loaded");
+    tracing::debug!(
+        keys = n,
+        bytes = fresh.bytes(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "registry copy loaded"
+    );
     *reg.write() = fresh;
     reg.applied.send_replace(p.at);
     reg.generation.bump();
