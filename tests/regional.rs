@@ -362,6 +362,20 @@ async fn art_6_2_export_from_sled_import_into_etcd_keeps_every_registration() {
 
     cluster.write_credentials(g.dir.path());
     g.append_config(&cluster.registry_toml("/seibo-net-move/", 15));
+    // The etcd client key is checked like every other private key.
+    let key = g.path("registry/gateway.key");
+    let mode = |m| {
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    mode(0o644);
+    let out = g.cli(&["check-config"]);
+    assert_eq!(out.status.code(), Some(78), "{}", show(&out));
+    assert!(
+        show(&out).contains("registry (etcd client)"),
+        "{}",
+        show(&out)
+    );
+    mode(0o600);
     let out = g.ok(&["registry", "import", file.to_str().unwrap()]);
     assert!(out.contains("imported 3 record(s)"), "{out}");
     // A second import refuses, record by record, and changes nothing.

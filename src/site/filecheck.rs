@@ -285,6 +285,14 @@ pub fn files_read(cfg: &Config) -> Vec<Needed> {
             });
         }
     }
+    if let crate::site::config::RegistryBackend::Etcd(e) = &cfg.registry.backend {
+        for (what, path) in [("ca", &e.ca), ("cert", &e.cert), ("key", &e.key)] {
+            out.push(Needed {
+                key: format!("registry.{what}"),
+                path: path.clone(),
+            });
+        }
+    }
     out
 }
 

@@ -64,6 +64,9 @@ pub fn check_key_modes_for(
     if let Some(p) = &cfg.peer {
         keys.push(("peer API (site gateway)".into(), p.key.as_path()));
     }
+    if let crate::site::config::RegistryBackend::Etcd(e) = &cfg.registry.backend {
+        keys.push(("registry (etcd client)".into(), e.key.as_path()));
+    }
     for (name, key) in keys {
         // A missing key is reported by the TLS setup with its own message.
         let Ok(m) = std::fs::metadata(key) else {
