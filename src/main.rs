@@ -408,6 +408,10 @@ enum ConsentCmd {
         /// The reference of the paper consent form (form 6), e.g. 様式6-123.
         #[arg(long)]
         form_ref: String,
+        /// The patient's id in another site's EMR, SITE:ID (repeatable): the consent holds
+        /// there too (e.g. --link nomura-clinic:N-778).
+        #[arg(long = "link")]
+        links: Vec<String>,
     },
     /// Register a withdrawal (form 7): access stops at the next request.
     Withdraw {
@@ -431,6 +435,16 @@ enum ConsentCmd {
 
 #[derive(Subcommand, Debug)]
 enum PatientCmd {
+    /// Link this site's patient to their id in another site's EMR (SITE:ID): the patient's
+    /// consent then holds at that site too. One id per site.
+    Link {
+        /// The patient's id in this site's EMR.
+        #[arg(long)]
+        patient: String,
+        /// The patient's id at another site, SITE:ID (e.g. nomura-clinic:N-778).
+        #[arg(long)]
+        link: String,
+    },
     /// Delete a patient's registered data (form 8); the audit history stays.
     Delete {
         /// The patient's id.
@@ -643,8 +657,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Consent { cmd, cfg } => consent(cmd, &cli::load(&cfg.config)?).await,
         Command::Patient { cmd, cfg } => {
             let c = cli::load(&cfg.config)?;
-            let PatientCmd::Delete { patient, form_ref } = cmd;
-            cli::call_and_report(&c, AdminRequest::PatientDelete { patient, form_ref }).await
+            let req = match cmd {
+                PatientCmd::Delete { patient, form_ref } => {
+                    AdminRequest::PatientDelete { patient, form_ref }
+                }
+                PatientCmd::Link { patient, link } => AdminRequest::PatientLink { patient, link },
+            };
+            cli::call_and_report(&c, req).await
         }
         Command::Purge { cfg } => {
             cli::call_and_report(&cli::load(&cfg.config)?, AdminRequest::Purge {}).await
@@ -771,6 +790,7 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
             allow_future,
             no_extension,
             form_ref,
+            links,
         } => {
             let g = cli::consent::Grant {
                 patient,
@@ -780,6 +800,7 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
                 allow_future,
                 no_extension,
                 form_ref,
+                links,
             };
             cli::consent::grant(c, g).await
         }

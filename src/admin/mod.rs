@@ -88,6 +88,14 @@ pub enum AdminRequest {
         published: Date,
         no_extension: bool,
         form_ref: String,
+        /// Other sites' EMR ids of the patient (`SITE:ID`, issue 14).
+        #[serde(default)]
+        links: Vec<String>,
+    },
+    /// `patient link`: adds another site's EMR id to this site's patient's consent.
+    PatientLink {
+        patient: String,
+        link: String,
     },
     ConsentWithdraw {
         patient: String,
@@ -119,6 +127,7 @@ impl AdminRequest {
             AdminRequest::RegistryStatus {} => "registry-status",
             AdminRequest::ConsentGrant { .. } => "consent-grant",
             AdminRequest::ConsentWithdraw { .. } => "consent-withdraw",
+            AdminRequest::PatientLink { .. } => "patient-link",
             AdminRequest::ConsentShow { .. } => "consent-show",
             AdminRequest::PatientDelete { .. } => "patient-delete",
             AdminRequest::Purge {} => "purge",
@@ -299,9 +308,13 @@ impl Admin {
                 published,
                 no_extension,
                 form_ref,
+                links,
             } => {
-                self.consent_grant(patient, by, published, no_extension, form_ref)
+                self.consent_grant(patient, by, published, no_extension, form_ref, links)
                     .await
+            }
+            AdminRequest::PatientLink { patient, link } => {
+                self.patient_link(&patient, &link).await
             }
             AdminRequest::ConsentWithdraw { patient, form_ref } => {
                 self.consent_withdraw(&patient, &form_ref).await

@@ -31,6 +31,7 @@ fn typed_replies_keep_the_wire_json() {
         no_extension: false,
         last_view: Some(date!(2026 - 02 - 01)),
         withdrawn: None,
+        links: Vec::new(),
     };
     let today = date!(2026 - 03 - 01);
     // As `consent-show` built it by hand.

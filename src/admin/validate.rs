@@ -21,6 +21,16 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             .map(drop)
             .map_err(|e| AdminError::Invalid(e.to_string()))
     };
+    let site_link = |v: &str| match v.split_once(':') {
+        Some((site, id))
+            if crate::registry::ids::SiteId::is_valid(site) && PatientId::is_valid(id) =>
+        {
+            Ok(())
+        }
+        _ => Err(AdminError::Invalid(format!(
+            "--link {v:?}: use SITE:ID, a site id and that site's EMR patient id (e.g. nomura-clinic:N-778)"
+        ))),
+    };
     let name = |v: &str| {
         if crate::registry::ids::TerminalName::is_valid(v) {
             Ok(())
@@ -69,21 +79,20 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             patient,
             by,
             form_ref,
+            links,
             ..
         } => {
             patient_id(patient)?;
             form(form_ref)?;
             if let ConsentBy::Relative(rel) = by {
-                if rel.trim().is_empty()
-                    || rel.chars().count() > 100
-                    || rel.chars().any(char::is_control)
-                {
-                    return Err(AdminError::Invalid(
-                        "--relation is required when a relative consents (art 8.1), at most 100 characters".into(),
-                    ));
-                }
+                crate::registry::relation::Relation::parse(rel)
+                    .map_err(|e| AdminError::Invalid(e.to_string()))?;
             }
-            Ok(())
+            links.iter().try_for_each(|l| site_link(l))
+        }
+        AdminRequest::PatientLink { patient, link } => {
+            patient_id(patient)?;
+            site_link(link)
         }
         AdminRequest::ConsentWithdraw { patient, form_ref }
         | AdminRequest::PatientDelete { patient, form_ref } => {
@@ -119,11 +128,26 @@ pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, St
             patient,
             by,
             form_ref,
+            links,
             ..
         } => (
             None,
             Some(patient.clone()),
-            format!("form {} by {}", capped(form_ref), consent_by(by)),
+            if links.is_empty() {
+                format!("form {} by {}", capped(form_ref), consent_by(by))
+            } else {
+                format!(
+                    "form {} by {}, linked {}",
+                    capped(form_ref),
+                    consent_by(by),
+                    links.iter().map(|l| capped(l)).collect::<Vec<_>>().join(", ")
+                )
+            },
+        ),
+        AdminRequest::PatientLink { patient, link } => (
+            None,
+            Some(patient.clone()),
+            format!("link {}", capped(link)),
         ),
         AdminRequest::ConsentWithdraw { patient, form_ref }
         | AdminRequest::PatientDelete { patient, form_ref } => (

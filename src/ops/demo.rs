@@ -241,6 +241,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
         published: clock.today(),
         no_extension: false,
         form_ref: "様式6-demo-001".into(),
+        links: Vec::new(),
     })
     .await?;
     audit.close().await?;

@@ -121,6 +121,7 @@ mod tests {
             no_extension: false,
             last_view: None,
             withdrawn: None,
+            links: Vec::new(),
         }
     }
 

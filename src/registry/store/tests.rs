@@ -49,6 +49,7 @@ fn consent(patient: &str) -> Consent {
         no_extension: false,
         last_view: None,
         withdrawn: None,
+        links: Vec::new(),
     }
 }
 
