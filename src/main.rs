@@ -816,7 +816,7 @@ async fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
         AuditCmd::Verify {
             rebuild_index,
             head,
-        } => cli::audit::verify(c, rebuild_index, head),
+        } => cli::audit::verify_witnessed(c, rebuild_index, head).await,
         AuditCmd::Head => Ok(cli::audit::head(c)),
         AuditCmd::Query {
             patient,

@@ -999,5 +999,8 @@ impl Store {
     }
 }
 
+mod heads;
+pub use heads::PublishedHead;
+
 #[cfg(test)]
 mod tests;
