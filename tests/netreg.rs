@@ -319,7 +319,13 @@ async fn art_8_3_and_11_a_view_at_the_clinic_extends_the_window_at_the_hospital_
         {
             break r;
         }
-        assert!(start.elapsed() < Duration::from_secs(15), "{}", n.a.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "no purge record: {:#?}\nconsent: {}\n{}",
+            purge_rows(&n.a),
+            show(&n.a.cli(&["consent", "show", "--patient", "0012345", "--json"])),
+            n.a.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(row["status"], 200, "{row}");

@@ -56,6 +56,14 @@ pub(super) async fn purge_daily(admin: Arc<Admin>, interval: Duration, mut shutd
     let mut last_day = None;
     loop {
         let today = admin.clock.today();
+        // The regional registry's copy loads in the background at start: a purge over a copy
+        // not yet loaded (or stale) would find nothing due and count the day as done.
+        if last_day != Some(today) && !admin.store.health().usable() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = shutdown.recv() => return,
+            }
+        }
         if last_day != Some(today) {
             let r = admin.execute(admin::AdminRequest::Purge {}).await;
             if r.ok {
