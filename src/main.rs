@@ -292,6 +292,9 @@ enum PhysicianCmd {
         /// Read the initial password from standard input (first line) instead.
         #[arg(long)]
         password_stdin: bool,
+        /// The reference of the registration application (form 3), kept in the audit.
+        #[arg(long)]
+        form_ref: Option<String>,
     },
     /// Reset the password to a new one-time one; ends the physician's sessions.
     Passwd {
@@ -310,6 +313,9 @@ enum PhysicianCmd {
         /// retirement | request | violation (art 4)
         #[arg(long)]
         reason: SuspendReason,
+        /// The reference of the notice (form 9), kept in the audit.
+        #[arg(long)]
+        form_ref: Option<String>,
     },
     /// Lift a suspension.
     Resume {
@@ -322,6 +328,9 @@ enum PhysicianCmd {
         /// The physician's ID.
         #[arg(long)]
         id: String,
+        /// The reference of the notice (form 9), kept in the audit.
+        #[arg(long)]
+        form_ref: Option<String>,
     },
     /// List registered physicians and whether each is active or suspended.
     List {
@@ -412,6 +421,21 @@ enum ConsentCmd {
         /// there too (e.g. --link nomura-clinic:N-778).
         #[arg(long = "link")]
         links: Vec<String>,
+        /// The reference of the explanation form (form 5); needs --explained-by.
+        #[arg(long, requires = "explained_by")]
+        explanation_form: Option<String>,
+        /// The physician who explained (their ID); needs --explanation-form.
+        #[arg(long, requires = "explanation_form")]
+        explained_by: Option<String>,
+    },
+    /// A later "do not extend" request (art 8.3): views no longer extend the consent.
+    NoExtension {
+        /// The patient's id in this site's EMR.
+        #[arg(long)]
+        patient: String,
+        /// The reference of the request.
+        #[arg(long)]
+        form_ref: String,
     },
     /// Register a withdrawal (form 7): access stops at the next request.
     Withdraw {
@@ -421,6 +445,12 @@ enum ConsentCmd {
         /// The reference of the withdrawal form (form 7).
         #[arg(long)]
         form_ref: String,
+        /// Who withdrew: patient | relative | guardian (recorded in the audit).
+        #[arg(long)]
+        by: Option<String>,
+        /// For --by relative: the relation (art 8.1), e.g. spouse, blood:2, in-law:1.
+        #[arg(long)]
+        relation: Option<String>,
     },
     /// Show a patient's consent and whether viewing is allowed today.
     Show {
@@ -742,18 +772,28 @@ async fn physician(cmd: PhysicianCmd, c: &Config) -> anyhow::Result<ExitCode> {
             name,
             site,
             password_stdin,
-        } => cli::physician::add(c, id, name, site, password_stdin).await,
+            form_ref,
+        } => cli::physician::add(c, id, name, site, password_stdin, form_ref).await,
         PhysicianCmd::Passwd { id, password_stdin } => {
             cli::physician::passwd(c, id, password_stdin).await
         }
-        PhysicianCmd::Suspend { id, reason } => {
-            cli::call_and_report(c, AdminRequest::PhysicianSuspend { id, reason }).await
+        PhysicianCmd::Suspend {
+            id,
+            reason,
+            form_ref,
+        } => {
+            let req = AdminRequest::PhysicianSuspend {
+                id,
+                reason,
+                form_ref,
+            };
+            cli::call_and_report(c, req).await
         }
         PhysicianCmd::Resume { id } => {
             cli::call_and_report(c, AdminRequest::PhysicianResume { id }).await
         }
-        PhysicianCmd::Delete { id } => {
-            cli::call_and_report(c, AdminRequest::PhysicianDelete { id }).await
+        PhysicianCmd::Delete { id, form_ref } => {
+            cli::call_and_report(c, AdminRequest::PhysicianDelete { id, form_ref }).await
         }
         PhysicianCmd::List { json } => cli::physician::list(c, json).await,
     }
@@ -791,6 +831,8 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
             no_extension,
             form_ref,
             links,
+            explanation_form,
+            explained_by,
         } => {
             let g = cli::consent::Grant {
                 patient,
@@ -801,11 +843,34 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
                 no_extension,
                 form_ref,
                 links,
+                explanation: explanation_form.zip(explained_by).map(|(form_ref, physician)| {
+                    seibo_gate::registry::model::Explanation {
+                        form_ref,
+                        physician,
+                    }
+                }),
             };
             cli::consent::grant(c, g).await
         }
-        ConsentCmd::Withdraw { patient, form_ref } => {
-            cli::call_and_report(c, AdminRequest::ConsentWithdraw { patient, form_ref }).await
+        ConsentCmd::Withdraw {
+            patient,
+            form_ref,
+            by,
+            relation,
+        } => {
+            let by = by
+                .map(|b| cli::consent::consent_by(&b, relation))
+                .transpose()?;
+            let req = AdminRequest::ConsentWithdraw {
+                patient,
+                form_ref,
+                by,
+            };
+            cli::call_and_report(c, req).await
+        }
+        ConsentCmd::NoExtension { patient, form_ref } => {
+            let req = AdminRequest::ConsentNoExtension { patient, form_ref };
+            cli::call_and_report(c, req).await
         }
         ConsentCmd::Show { patient, json } => cli::consent::show(c, patient, json).await,
     }

@@ -107,6 +107,7 @@ async fn in_process_gateway_on_port_0_fixed_clock_consent_window_and_drain() {
             no_extension: false,
             form_ref: format!("様式6-inprocess-{patient}"),
             links: Vec::new(),
+            explanation: None,
         };
         let r = admin::call(&admin_socket, &req)
             .await

@@ -441,3 +441,82 @@ async fn art_12_8_a_rewritten_audit_log_fails_verify_against_the_head_the_networ
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+fn admin_reason(gate: &Gate, op: &str, who: &str) -> String {
+    gate.audit_rows()
+        .into_iter()
+        .filter(|r| r["ingress"] == "admin" && r["path"] == op)
+        .filter(|r| r["patient"] == who || r["physician"] == who)
+        .filter(|r| r["decision"] == "allow")
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .next_back()
+        .unwrap_or_else(|| panic!("no {op} record for {who}"))
+}
+
+/// Art 3, 4, 7, 8.1, 8.3, 9.1–9.3, 11 (issue 14): the paperwork recorded — registration
+/// (form 3), explanation and consent (forms 5 and 6, with the physician who explained),
+/// withdrawal (form 7, with who withdrew), suspension and deregistration (form 9), the site
+/// that received the consent (art 9.3), the relation of a relative checked (art 8.1), and a
+/// later "do not extend" request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn art_8_1_and_9_3_the_paperwork_is_recorded_and_the_relation_checked() {
+    let mut n = network();
+    n.a.start();
+    n.a.ok(&["physician", "add", "--id", "dr1", "--name", "Dr One", "--form-ref", "F3-1"]);
+    assert_eq!(admin_reason(&n.a, "physician-add", "dr1"), "form 3 F3-1");
+    let published = ymd(today_jst());
+    let grant = |patient: &str, rel: &str| {
+        n.a.cli(&[
+            "consent", "grant", "--patient", patient, "--by", "relative", "--relation", rel,
+            "--published", &published, "--form-ref", "F6-1", "--explanation-form", "F5-1",
+            "--explained-by", "dr1", "--link", "nomura-clinic:N-1",
+        ])
+    };
+    // Art 8.1 boundaries at the admin command: blood 7th degree and in-law 4th refused.
+    for bad in ["blood:7", "in-law:4", "neighbour"] {
+        let out = grant("0000001", bad);
+        assert!(!out.status.success(), "{bad}: {}", show(&out));
+        assert!(stderr(&out).contains("art 8.1"), "{bad}: {}", show(&out));
+    }
+    let out = grant("0000001", "blood:6");
+    assert!(out.status.success(), "{}", show(&out));
+    let c: serde_json::Value = serde_json::from_str(&n.a.ok(&[
+        "consent", "show", "--patient", "0000001", "--json",
+    ]))
+    .unwrap();
+    let c = if c.get("consent").is_some() { c["consent"].clone() } else { c };
+    assert_eq!(c["site"], HOSPITAL, "art 9.3: the receiving site: {c}");
+    assert_eq!(c["explanation"]["form_ref"], "F5-1", "{c}");
+    assert_eq!(c["explanation"]["physician"], "dr1", "{c}");
+    let reason = admin_reason(&n.a, "consent-grant", "0000001");
+    assert!(
+        reason.contains("explained by dr1 (form 5 F5-1)") && reason.contains("nomura-clinic:N-1"),
+        "{reason}"
+    );
+    // A later "do not extend" request.
+    n.a.ok(&["consent", "no-extension", "--patient", "0000001", "--form-ref", "R-1"]);
+    let shown = n.a.ok(&["consent", "show", "--patient", "0000001", "--json"]);
+    assert!(shown.contains("\"no_extension\":true"), "{shown}");
+    // Withdrawal by a relative whose relation is out of range: refused; by a spouse: recorded.
+    let out = n.a.cli(&[
+        "consent", "withdraw", "--patient", "0000001", "--form-ref", "F7-1", "--by", "relative",
+        "--relation", "in-law:4",
+    ]);
+    assert!(!out.status.success(), "{}", show(&out));
+    n.a.ok(&[
+        "consent", "withdraw", "--patient", "0000001", "--form-ref", "F7-1", "--by", "relative",
+        "--relation", "spouse",
+    ]);
+    assert_eq!(
+        admin_reason(&n.a, "consent-withdraw", "0000001"),
+        "form 7 F7-1 by relative (spouse)"
+    );
+    // Suspension and deregistration (form 9).
+    n.a.ok(&["physician", "suspend", "--id", "dr1", "--reason", "request", "--form-ref", "F9-1"]);
+    assert_eq!(
+        admin_reason(&n.a, "physician-suspend", "dr1"),
+        "request (form 9 F9-1)"
+    );
+    n.a.ok(&["physician", "delete", "--id", "dr1", "--form-ref", "F9-2"]);
+    assert_eq!(admin_reason(&n.a, "physician-delete", "dr1"), "form 9 F9-2");
+}

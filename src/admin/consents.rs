@@ -7,6 +7,14 @@ use crate::policy::consent;
 use crate::registry::model::{link, Consent, ConsentBy};
 use crate::registry::store::Missing;
 
+/// The paperwork of a grant: the consent form (form 6), the other sites' ids, and the
+/// explanation (form 5) with the physician who explained.
+pub(super) struct Paper {
+    pub(super) form_ref: String,
+    pub(super) links: Vec<String>,
+    pub(super) explanation: Option<crate::registry::model::Explanation>,
+}
+
 impl Admin {
     pub(super) async fn consent_grant(
         &self,
@@ -14,9 +22,13 @@ impl Admin {
         by: ConsentBy,
         published: Date,
         no_extension: bool,
-        form_ref: String,
-        links: Vec<String>,
+        paper: Paper,
     ) -> Result<AdminResponse, AdminError> {
+        let Paper {
+            form_ref,
+            links,
+            explanation,
+        } = paper;
         // The granting site's own id first, then the other sites' (issue 14).
         let mut all = vec![link(&self.site, &patient)];
         for l in links {
@@ -34,6 +46,7 @@ impl Admin {
             last_view: None,
             withdrawn: None,
             links: all,
+            explanation,
         };
         self.store.grant_consent(&c).await?;
         self.count("grant", 1);
@@ -44,6 +57,22 @@ impl Admin {
                 consent::records_from(c.published),
                 consent::access_until(&c),
                 if c.no_extension { " — declined" } else { "" }
+            ),
+            AdminReply::Consent(c),
+        ))
+    }
+
+    /// A later "do not extend" request (art 8.3): the consent's window is no longer extended
+    /// by views (it ends 999 days after publication, or the last view already made).
+    pub(super) async fn consent_no_extension(
+        &self,
+        patient: &str,
+    ) -> Result<AdminResponse, AdminError> {
+        let c = self.store.set_no_extension(patient).await?;
+        Ok(AdminResponse::ok(
+            format!(
+                "consent of patient {patient}: no longer extended by views (art 8.3); access until {}",
+                consent::access_until(&c)
             ),
             AdminReply::Consent(c),
         ))

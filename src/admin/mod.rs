@@ -52,6 +52,9 @@ pub enum AdminRequest {
         /// Argon2id hash of the initial password (hashed by the CLI; never sent in clear).
         #[serde(default)]
         password_hash: Option<String>,
+        /// The registration application (form 3), recorded in the audit.
+        #[serde(default)]
+        form_ref: Option<String>,
     },
     /// Resets the password to a new one-time one and ends the physician's sessions.
     PhysicianPasswd {
@@ -64,12 +67,18 @@ pub enum AdminRequest {
     PhysicianSuspend {
         id: String,
         reason: SuspendReason,
+        /// The suspension notice (form 9), recorded in the audit.
+        #[serde(default)]
+        form_ref: Option<String>,
     },
     PhysicianResume {
         id: String,
     },
     PhysicianDelete {
         id: String,
+        /// The deregistration notice (form 9), recorded in the audit.
+        #[serde(default)]
+        form_ref: Option<String>,
     },
     PhysicianList {},
     TerminalRegister {
@@ -91,6 +100,14 @@ pub enum AdminRequest {
         /// Other sites' EMR ids of the patient (`SITE:ID`, issue 14).
         #[serde(default)]
         links: Vec<String>,
+        /// The explanation (form 5) and the physician who explained.
+        #[serde(default)]
+        explanation: Option<crate::registry::model::Explanation>,
+    },
+    /// A later "do not extend" request (art 8.3) on an existing consent.
+    ConsentNoExtension {
+        patient: String,
+        form_ref: String,
     },
     /// `patient link`: adds another site's EMR id to this site's patient's consent.
     PatientLink {
@@ -100,6 +117,9 @@ pub enum AdminRequest {
     ConsentWithdraw {
         patient: String,
         form_ref: String,
+        /// Who withdrew (form 7): patient, relative (with the relation) or guardian.
+        #[serde(default)]
+        by: Option<ConsentBy>,
     },
     ConsentShow {
         patient: String,
@@ -128,6 +148,7 @@ impl AdminRequest {
             AdminRequest::ConsentGrant { .. } => "consent-grant",
             AdminRequest::ConsentWithdraw { .. } => "consent-withdraw",
             AdminRequest::PatientLink { .. } => "patient-link",
+            AdminRequest::ConsentNoExtension { .. } => "consent-no-extension",
             AdminRequest::ConsentShow { .. } => "consent-show",
             AdminRequest::PatientDelete { .. } => "patient-delete",
             AdminRequest::Purge {} => "purge",
@@ -291,15 +312,16 @@ impl Admin {
                 name,
                 site,
                 password_hash,
+                ..
             } => self.physician_add(id, name, site, password_hash).await,
             AdminRequest::PhysicianPasswd { id, password_hash } => {
                 self.physician_passwd(&id, password_hash).await
             }
-            AdminRequest::PhysicianSuspend { id, reason } => {
+            AdminRequest::PhysicianSuspend { id, reason, .. } => {
                 self.physician_suspend(&id, reason).await
             }
             AdminRequest::PhysicianResume { id } => self.physician_resume(&id).await,
-            AdminRequest::PhysicianDelete { id } => self.physician_delete(&id).await,
+            AdminRequest::PhysicianDelete { id, .. } => self.physician_delete(&id).await,
             AdminRequest::TerminalRegister { terminal } => self.terminal_register(terminal).await,
             AdminRequest::TerminalRevoke { name } => self.terminal_revoke(&name).await,
             AdminRequest::ConsentGrant {
@@ -309,14 +331,25 @@ impl Admin {
                 no_extension,
                 form_ref,
                 links,
+                explanation,
             } => {
-                self.consent_grant(patient, by, published, no_extension, form_ref, links)
+                let paper = consents::Paper {
+                    form_ref,
+                    links,
+                    explanation,
+                };
+                self.consent_grant(patient, by, published, no_extension, paper)
                     .await
+            }
+            AdminRequest::ConsentNoExtension { patient, .. } => {
+                self.consent_no_extension(&patient).await
             }
             AdminRequest::PatientLink { patient, link } => {
                 self.patient_link(&patient, &link).await
             }
-            AdminRequest::ConsentWithdraw { patient, form_ref } => {
+            AdminRequest::ConsentWithdraw {
+                patient, form_ref, ..
+            } => {
                 self.consent_withdraw(&patient, &form_ref).await
             }
             AdminRequest::PatientDelete { patient, .. } => self.patient_delete(&patient).await,

@@ -122,6 +122,7 @@ mod tests {
             last_view: None,
             withdrawn: None,
             links: Vec::new(),
+            explanation: None,
         }
     }
 

@@ -238,6 +238,16 @@ pub struct Consent {
     /// linked (a single-site registry): it is keyed by the granting site's id alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<String>,
+    /// The explanation before consent (form 5) and the physician who explained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
+}
+
+/// The explanation to the patient (form 5): its reference and the physician who explained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub form_ref: String,
+    pub physician: String,
 }
 
 impl Consent {

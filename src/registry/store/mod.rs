@@ -885,6 +885,33 @@ impl Store {
         Ok(Some(c))
     }
 
+    /// A later "do not extend" request (art 8.3) on this site's patient's consent.
+    pub async fn set_no_extension(&self, patient: &str) -> Result<Consent, StoreError> {
+        if self.consent(patient)?.is_none() {
+            return Err(StoreError::NotFound(Missing::Consent(patient.to_string())));
+        }
+        let (key, _) = self.consent_key(patient)?;
+        let mut out = None;
+        self.consents
+            .update(&key, |old| {
+                out = None;
+                let old = old?;
+                match serde_json::from_slice::<Consent>(old) {
+                    Ok(mut c) => {
+                        c.no_extension = true;
+                        let v = encode(&c);
+                        out = Some(c);
+                        Some(v)
+                    }
+                    Err(_) => Some(old.to_vec()),
+                }
+            })
+            .await?;
+        let c = out.ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
+        self.flush()?;
+        Ok(c)
+    }
+
     /// True when an allowed view today would move the patient's `last_view` (the day's first
     /// view): a read, so the request path only writes — and only spawns — when it must.
     pub fn view_moves_last_view(&self, patient: &str, today: Date) -> bool {
