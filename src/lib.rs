@@ -25,7 +25,8 @@
 //!   [`ingress::wireguard`] ingress and the TLS [`ingress::tunnel`] inside it, what both share
 //!   ([`ingress::connection`]: handshake budget, refusals, serving a connection), the
 //!   connection's identity ([`ingress::peer`]), [`ingress::tls`], [`ingress::handshake`],
-//!   [`ingress::slots`], [`ingress::backoff`].
+//!   [`ingress::slots`], [`ingress::backoff`]; the read-only [`ingress::peer_api`] other site
+//!   gateways of the network ask for audit rows.
 //! * [`service`]: the request path in one function; [`gate`]: what every request shares (and
 //!   the reloadable configuration); [`exchange`]: one request's context; [`outcome`]: every
 //!   request's outcome line, client-closed requests, refusal responses; [`pages`]: every page
@@ -45,7 +46,8 @@
 //!   credential ([`admin::terminal_issue`]); [`cli`]: what each `seibo-gate` subcommand does
 //!   (`main.rs` parses and dispatches).
 //! * [`site`]: a site's files — [`site::config`] (TOML → validated types), [`site::init`],
-//!   [`site::pki`], [`site::firewall`], [`site::filecheck`], [`site::fsmode`].
+//!   [`site::pki`], [`site::network`] (the regional CA, site bundles, joining a site),
+//!   [`site::firewall`], [`site::filecheck`], [`site::fsmode`].
 //! * [`ops`]: [`ops::server`] (bind, serve, reload, drain), [`ops::metrics`],
 //!   [`ops::shutdown`], [`ops::clock`] (Japan time), [`ops::exit`], [`ops::dates`],
 //!   [`ops::errors`], [`ops::demo`].

@@ -200,6 +200,7 @@ enum RegistryCmd {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum NetworkCmd {
     /// Create the network at its home: the regional terminal CA (name-constrained), the etcd
     /// CA, the first site's gateway and gate.toml, and the network's site list.
@@ -247,6 +248,25 @@ enum NetworkCmd {
         #[arg(long)]
         permit: Vec<String>,
     },
+    /// At the network's home: an etcd member's certificate (server and client) from the
+    /// network's etcd CA, for the regional registry's members (--cert-file, --peer-cert-file;
+    /// etcd-ca.crt as --trusted-ca-file and --peer-trusted-ca-file).
+    EtcdMember(EtcdMemberArgs),
+}
+
+#[derive(Args, Debug)]
+struct EtcdMemberArgs {
+    /// The member's name (names its files; its certificate's CN).
+    #[arg(long)]
+    name: String,
+    /// An address or DNS name its client and peer URLs use (repeatable).
+    #[arg(long = "host", required = true)]
+    hosts: Vec<String>,
+    /// Directory for NAME.crt, NAME.key and etcd-ca.crt (created 0700).
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    cfg: ConfigArg,
 }
 
 #[derive(Subcommand, Debug)]
@@ -732,37 +752,43 @@ fn parse_metrics(m: &str) -> anyhow::Result<Option<SocketAddr>> {
 }
 
 fn network(cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
-    let NetworkCmd::Init {
-        dir,
-        network,
-        site,
-        name,
-        hosts,
-        listen,
-        peer_listen,
-        upstream,
-        private,
-        metrics,
-        wireguard,
-        etcd,
-        permit,
-    } = cmd;
-    let mut o = InitOptions::new(&dir);
-    o.wireguard = wireguard;
-    o.metrics = parse_metrics(&metrics)?;
-    o.site = site;
-    o.name = name;
-    o.listen = listen;
-    o.upstream = upstream;
-    o.private = private;
-    cli::network::init(&seibo_gate::site::network::NetworkInitOptions {
-        site: o,
-        network,
-        hosts,
-        peer_listen,
-        etcd,
-        permit,
-    })
+    match cmd {
+        NetworkCmd::EtcdMember(a) => {
+            cli::network::etcd_member(&cli::load(&a.cfg.config)?, &a.name, &a.hosts, &a.out)
+        }
+        NetworkCmd::Init {
+            dir,
+            network,
+            site,
+            name,
+            hosts,
+            listen,
+            peer_listen,
+            upstream,
+            private,
+            metrics,
+            wireguard,
+            etcd,
+            permit,
+        } => {
+            let mut o = InitOptions::new(&dir);
+            o.wireguard = wireguard;
+            o.metrics = parse_metrics(&metrics)?;
+            o.site = site;
+            o.name = name;
+            o.listen = listen;
+            o.upstream = upstream;
+            o.private = private;
+            cli::network::init(&seibo_gate::site::network::NetworkInitOptions {
+                site: o,
+                network,
+                hosts,
+                peer_listen,
+                etcd,
+                permit,
+            })
+        }
+    }
 }
 
 async fn physician(cmd: PhysicianCmd, c: &Config) -> anyhow::Result<ExitCode> {

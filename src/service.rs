@@ -108,6 +108,22 @@ impl Step {
     }
 }
 
+/// True for a refusal that this gateway's copy of the regional registry may have made only
+/// because it lags etcd by a few milliseconds: a session cookie not (yet) known here, or a
+/// forced password change already done through another gateway.
+fn lagging_copy_may_refuse(gate: &Gate, plan: &Plan, req: &Request<Incoming>) -> bool {
+    use crate::policy::session::SessionRefusal;
+    let Plan::Refuse(d) = plan else {
+        return false;
+    };
+    gate.store.shares_sessions()
+        && matches!(
+            d.refusal,
+            Refusal::Session(SessionRefusal::Missing) | Refusal::PasswordChangeRequired
+        )
+        && crate::policy::session::token_from_cookies(req.headers()).is_some()
+}
+
 /// Serves one request. Never fails: every problem becomes a page.
 pub async fn handle(
     gate: Arc<Gate>,
@@ -116,9 +132,16 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let ex = Exchange::new(&gate, peer, &req);
-    let plan = policy::check(
+    let mut plan = policy::check(
         &gate, &ex.live, &ex.peer, &identity, &req, &ex.target, ex.now,
     );
+    if lagging_copy_may_refuse(&gate, &plan, &req) && Box::pin(gate.store.catch_up()).await {
+        // A session opened (or a password changed) through another gateway moments ago:
+        // decide again on the copy brought up to date.
+        plan = policy::check(
+            &gate, &ex.live, &ex.peer, &identity, &req, &ex.target, ex.now,
+        );
+    }
     // The stages that hold large futures (sign-in, the EMR call) are boxed: hyper keeps a slot
     // the size of this future for every open connection, idle or not (issue 6).
     let step = match plan {

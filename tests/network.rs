@@ -443,6 +443,50 @@ fn art_12_8_peer_api_refuses_a_terminal_certificate_and_serves_audit_queries_onl
         .filter(|r| r["ingress"] == "peer" && r["decision"] == "deny")
         .collect();
     assert_eq!(refusals.len(), 2, "{refusals:#?}");
+
+    // A renewed site-gateway certificate is served after SIGHUP, without a restart.
+    let ca = seibo_gate::site::pki::Ca::load(
+        &n.hospital.path("ca/terminal-ca.crt"),
+        &n.hospital.path("ca/terminal-ca.key"),
+    )
+    .expect("the regional CA");
+    for f in ["peer/site.crt", "peer/site.key"] {
+        std::fs::rename(n.clinic.path(f), n.clinic.path(&format!("{f}.old"))).expect("move");
+    }
+    let renewed = ca
+        .issue_site_gateway(
+            CLINIC,
+            &["localhost".into(), "127.0.0.1".into()],
+            &n.clinic.path("peer/site.crt"),
+            &n.clinic.path("peer/site.key"),
+        )
+        .expect("renew");
+    let pid = n.clinic.pid().expect("running").to_string();
+    run_ok_cmd("kill", &["-HUP", &pid]);
+    let served_serial = || -> Option<String> {
+        let cfg = client_config(&n.hospital.ca(), None);
+        rt.block_on(async {
+            let tls = tls_connect(n.clinic_peer, cfg).await.ok()?;
+            let leaf = tls.get_ref().1.peer_certificates()?.first()?.clone();
+            seibo_gate::site::pki::cert_info(leaf.as_ref())
+                .ok()
+                .map(|i| i.serial)
+        })
+    };
+    let start = std::time::Instant::now();
+    while served_serial().as_deref() != Some(renewed.serial.as_str()) {
+        assert!(
+            start.elapsed() < START_LIMIT,
+            "the renewed certificate is not served after SIGHUP:\n{}",
+            n.clinic.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn run_ok_cmd(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd).args(args).output().expect("run");
+    assert!(out.status.success(), "{cmd} {args:?}: {}", show(&out));
 }
 
 /// Art 6.2: the regional CA that physicians install carries name constraints (read with
@@ -610,4 +654,395 @@ fn art_6_2_example_configs_name_the_two_sites_and_allow_no_clinic_outside_the_ne
             p.display()
         );
     }
+}
+
+/// `curl` with a cookie jar: a POST of `form` (or a GET when empty) on `port`.
+fn curl_jar(port: u16, ca: &Path, t: &Terminal, jar: &Path, path: &str, form: &str) -> CurlReply {
+    let jar = s(jar);
+    let mut extra = vec!["-c", jar, "-b", jar];
+    if !form.is_empty() {
+        extra.extend(["--data", form]);
+    }
+    curl(port, ca, Some(t), path, &extra)
+}
+
+fn header<'a>(r: &'a CurlReply, name: &str) -> &'a str {
+    r.headers
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or("")
+        .trim()
+}
+
+/// Art 6.2–6.3: registered once at the hospital's liaison office — over the regional registry
+/// (a real three-member etcd cluster whose CA is the network's etcd CA from `network init`, the
+/// gateways using the etcd credentials `network init` and `site add` issued), the physician's
+/// ID and password and the terminal's certificate, issued and set at the hospital, reach the
+/// clinic's EMR; nothing was registered at the clinic.
+#[test]
+fn art_6_2_registered_once_at_the_hospital_the_terminal_and_password_reach_the_clinic() {
+    let emr_h = SampleEmr::start();
+    let emr_c = SampleEmr::start();
+    let (hdir, bundle, cdir, [hp, _, cp, _]) = create(emr_h.port);
+    let cluster = common::etcd::EtcdCluster::start_with_ca(
+        3,
+        &hdir.path().join("network/etcd-ca.crt"),
+        &hdir.path().join("network/etcd-ca.key"),
+    );
+    run_ok(&[
+        "init",
+        "--join",
+        s(&bundle.path().join("nomura")),
+        "--dir",
+        s(cdir.path()),
+        "--listen",
+        &format!("127.0.0.1:{cp}"),
+        "--upstream",
+        &format!("http://127.0.0.1:{}", emr_c.port),
+        "--private",
+        "127.0.0.0/8",
+        "--metrics",
+        "off",
+    ]);
+    let mut hospital = Gate::from_site_dir(hdir, hp);
+    let mut clinic = Gate::from_site_dir(cdir, cp);
+    let endpoints = cluster
+        .endpoints()
+        .iter()
+        .map(|e| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for g in [&hospital, &clinic] {
+        let text = std::fs::read_to_string(&g.config).expect("read");
+        let text = text.replace(
+            "endpoints = [\"https://127.0.0.1:2379\"]",
+            &format!("endpoints = [{endpoints}]"),
+        );
+        std::fs::write(&g.config, text).expect("write");
+        let out = g.cli(&["check-config"]);
+        assert!(
+            out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("regional registry: reached"),
+            "the site's own etcd credentials reach the cluster: {}",
+            show(&out)
+        );
+    }
+    hospital.start();
+    clinic.start();
+
+    // At the hospital only: the physician, the terminal, the first sign-in and its change.
+    hospital.add_physician_with_password("dr-saiyo", "西予 医師", "initial-Pass-2026");
+    let terminal = hospital.add_terminal("dr-saiyo", "saiyo-pc");
+    hospital.grant("P001", today_jst());
+    clinic.grant("P003", today_jst());
+    let ca = hospital.ca();
+    let jar_h = hospital.path("jar");
+    let r = curl_jar(
+        hp,
+        &ca,
+        &terminal,
+        &jar_h,
+        "/.seibo/login",
+        "id=dr-saiyo&password=initial-Pass-2026&next=%2Fpatients%2FP001%2Flabs",
+    );
+    assert_eq!(
+        (r.status, header(&r, "location")),
+        (Some(303), "/.seibo/password"),
+        "{r:?}"
+    );
+    let r = curl_jar(
+        hp,
+        &ca,
+        &terminal,
+        &jar_h,
+        "/.seibo/password",
+        "current=initial-Pass-2026&new=Saiyo-Net-Pass-2026",
+    );
+    assert_eq!(r.status, Some(303), "{r:?}");
+    let r = curl_jar(hp, &ca, &terminal, &jar_h, "/patients/P001/labs", "");
+    assert_eq!(r.status, Some(200), "{r:?}");
+
+    // At the clinic: the same terminal and the password set at the hospital.
+    let jar_c = clinic.path("jar");
+    let r = curl_jar(
+        cp,
+        &ca,
+        &terminal,
+        &jar_c,
+        "/.seibo/login",
+        "id=dr-saiyo&password=Saiyo-Net-Pass-2026&next=%2Fpatients%2FP003%2Flabs",
+    );
+    assert_eq!(
+        (r.status, header(&r, "location")),
+        // curl's head, lower-cased by the harness.
+        (Some(303), "/patients/p003/labs"),
+        "{r:?}"
+    );
+    let r = curl_jar(cp, &ca, &terminal, &jar_c, "/patients/P003/labs", "");
+    assert_eq!(r.status, Some(200), "{r:?}");
+    assert!(
+        r.body
+            .contains("<th>x-seibo-site</th><td>nomura-clinic</td>"),
+        "{r:?}"
+    );
+    let listed = clinic.ok(&["physician", "list"]);
+    assert!(listed.contains("dr-saiyo"), "{listed}");
+    drop(cluster);
+}
+
+/// Art 6.2 (the regional registry's PKI): `network etcd-member` certifies an etcd member from
+/// the network's etcd CA; a real etcd started with those files (client-certificate
+/// authentication on client and peer URLs) accepts the hospital's and the clinic's own etcd
+/// credentials (`check-config` reaches it) and nothing from another CA.
+#[test]
+fn art_6_2_network_etcd_member_certifies_a_member_the_sites_credentials_reach() {
+    let (hdir, bundle, cdir, _) = create(1);
+    run_ok(&[
+        "init",
+        "--join",
+        s(&bundle.path().join("nomura")),
+        "--dir",
+        s(cdir.path()),
+        "--metrics",
+        "off",
+    ]);
+    let home = hdir.path().join("gate.toml");
+    let members = tempfile::tempdir().expect("tempdir");
+    let out = run_ok(&[
+        "network",
+        "etcd-member",
+        "--config",
+        s(&home),
+        "--name",
+        "hospital-etcd",
+        "--host",
+        "127.0.0.1",
+        "--out",
+        s(members.path()),
+    ]);
+    assert!(out.contains("--client-cert-auth"), "{out}");
+    let m = members.path();
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("https://127.0.0.1:{peer}");
+    let log = std::fs::File::create(m.join("etcd.log")).expect("log");
+    let mut etcd = Command::new("etcd")
+        .args(["--name", "hospital-etcd", "--data-dir"])
+        .arg(m.join("data"))
+        .args([
+            "--listen-client-urls",
+            &client_url,
+            "--advertise-client-urls",
+            &client_url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("hospital-etcd={peer_url}")])
+        .args(["--cert-file", s(&m.join("hospital-etcd.crt"))])
+        .args(["--key-file", s(&m.join("hospital-etcd.key"))])
+        .args([
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            s(&m.join("etcd-ca.crt")),
+        ])
+        .args(["--peer-cert-file", s(&m.join("hospital-etcd.crt"))])
+        .args(["--peer-key-file", s(&m.join("hospital-etcd.key"))])
+        .args([
+            "--peer-client-cert-auth",
+            "--peer-trusted-ca-file",
+            s(&m.join("etcd-ca.crt")),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("etcd must be installed (scripts/install-test-tools)");
+    assert!(wait_for_tcp(client, START_LIMIT), "etcd did not listen");
+    let reached = |config: &Path| -> bool {
+        let text = std::fs::read_to_string(config).expect("read");
+        std::fs::write(
+            config,
+            text.replace(
+                "endpoints = [\"https://127.0.0.1:2379\"]",
+                &format!("endpoints = [\"{client_url}\"]"),
+            ),
+        )
+        .expect("write");
+        // Bounded: etcd elects itself within a second or two.
+        let start = std::time::Instant::now();
+        loop {
+            let out = run(&["check-config", "--config", s(config)]);
+            if out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains("regional registry: reached")
+            {
+                return true;
+            }
+            if start.elapsed() > START_LIMIT {
+                eprintln!("{}", show(&out));
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let hospital_ok = reached(&home);
+    let clinic_ok = reached(&cdir.path().join("gate.toml"));
+    // A client certificate from another CA (the regional terminal CA's site-gateway one) is
+    // refused by etcd.
+    let foreign = {
+        let cfg = cdir.path().join("gate.toml");
+        let text = std::fs::read_to_string(&cfg).expect("read");
+        std::fs::write(
+            &cfg,
+            text.replace(
+                "cert = \"registry/gateway.crt\"",
+                "cert = \"peer/site.crt\"",
+            )
+            .replace("key = \"registry/gateway.key\"", "key = \"peer/site.key\""),
+        )
+        .expect("write");
+        run(&["check-config", "--config", s(&cfg)])
+    };
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let log = std::fs::read_to_string(m.join("etcd.log")).unwrap_or_default();
+    assert!(
+        hospital_ok,
+        "the hospital's credentials reach the member:\n{log}"
+    );
+    assert!(
+        clinic_ok,
+        "the clinic's credentials reach the member:\n{log}"
+    );
+    assert!(
+        foreign.status.code() == Some(69)
+            && String::from_utf8_lossy(&foreign.stderr)
+                .contains("regional registry: cannot be reached"),
+        "a certificate of another CA must not reach etcd: {}",
+        show(&foreign)
+    );
+}
+
+/// Art 12.2 with the network (issue 14): a WireGuard terminal issued at the hospital gets one
+/// `.conf` with one `[Peer]` per site gateway — each site's public key, endpoint and its own
+/// address inside the tunnel — and an address of its own that is no site's.
+#[test]
+fn art_12_2_a_wireguard_terminal_of_the_network_gets_one_peer_per_site() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let (home, bundle) = (root.path().join("hospital"), root.path().join("bundle"));
+    let (hp, hpp, cpp) = (free_port(), free_port(), free_port());
+    run_ok(&[
+        "network",
+        "init",
+        "--dir",
+        s(&home),
+        "--site",
+        HOSPITAL,
+        "--host",
+        "127.0.0.1",
+        "--listen",
+        &format!("127.0.0.1:{hp}"),
+        "--peer-listen",
+        &format!("127.0.0.1:{hpp}"),
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--metrics",
+        "off",
+        "--wireguard",
+        "127.0.0.1:51820",
+        "--etcd",
+        "https://127.0.0.1:2379",
+    ]);
+    run_ok(&[
+        "site",
+        "add",
+        "--config",
+        s(&home.join("gate.toml")),
+        "--site",
+        CLINIC,
+        "--host",
+        "127.0.0.1",
+        "--peer-listen",
+        &format!("127.0.0.1:{cpp}"),
+        "--wireguard",
+        "0.0.0.0:51821",
+        "--out",
+        s(&bundle),
+    ]);
+    let hospital = home.join("gate.toml");
+    registry_to_sled(&hospital);
+    let cfg = ["--config", s(&hospital)];
+    run_ok(
+        &[
+            &["physician", "add", "--id", "dr-saiyo", "--name", "Dr Saiyo"][..],
+            &cfg,
+        ]
+        .concat(),
+    );
+    let terms = root.path().join("terms");
+    let out = run_ok(
+        &[
+            &[
+                "terminal",
+                "add",
+                "--physician",
+                "dr-saiyo",
+                "--name",
+                "saiyo-wg",
+                "--wireguard",
+            ][..],
+            &["--out", s(&terms)],
+            &cfg,
+        ]
+        .concat(),
+    );
+    assert!(
+        out.contains("and https://10.77.0.254/ for nomura-clinic (nomura-clinic)"),
+        "{out}"
+    );
+    let conf = std::fs::read_to_string(terms.join("saiyo-wg.conf")).expect("the .conf");
+    assert_eq!(conf.matches("[Interface]").count(), 1, "{conf}");
+    assert_eq!(conf.matches("[Peer]").count(), 2, "{conf}");
+    let toml_value = |file: &Path, key: &str| -> Vec<String> {
+        std::fs::read_to_string(file)
+            .expect("read")
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key} = \"")))
+            .map(|v| v.trim_end_matches('"').to_string())
+            .collect()
+    };
+    let keys = toml_value(&hospital, "wireguard_public_key");
+    assert_eq!(
+        keys.len(),
+        2,
+        "both sites' keys in the home's [[network.sites]]"
+    );
+    for (key, address, endpoint) in [
+        (&keys[0], "10.77.0.1", "127.0.0.1:51820"),
+        (&keys[1], "10.77.0.254", "127.0.0.1:51821"),
+    ] {
+        assert!(
+            conf.contains(&format!(
+                "[Peer]\nPublicKey = {key}\nEndpoint = {endpoint}\nAllowedIPs = {address}/32\n"
+            )),
+            "a [Peer] for {address}: {conf}"
+        );
+    }
+    let clinic_key = std::fs::read_to_string(bundle.join("wireguard/gateway.key")).expect("key");
+    let clinic_secret = clinic_key.trim();
+    assert!(
+        !conf.contains(clinic_secret),
+        "never a gateway's private key"
+    );
+    let address = conf
+        .lines()
+        .find_map(|l| l.strip_prefix("Address = "))
+        .expect("Address");
+    assert!(
+        address.starts_with("10.77.0.") && !["10.77.0.1/32", "10.77.0.254/32"].contains(&address),
+        "the terminal's own address: {address}"
+    );
 }

@@ -711,6 +711,16 @@ fn firewall_rulesets_pass_nft_check() {
         "loopback metrics stay closed"
     );
     assert!(clinic.contains("ip daddr @upstream_v4 tcp dport 8000 accept"));
+    // Issue 14: each site's peer API open to the other site's gateway only, and egress to the
+    // other site's peer API only (audit query --network).
+    assert!(hospital.contains("ip saddr @listener2_v4 tcp dport 8843 accept"));
+    assert!(hospital.contains("ip daddr 198.51.100.20 tcp dport 8843 accept"));
+    assert!(clinic.contains("ip saddr @listener1_v4 tcp dport 8843 accept"));
+    assert!(clinic.contains("ip daddr 203.0.113.10 tcp dport 8843 accept"));
+    assert!(
+        !hospital.contains("ip daddr 203.0.113.10 tcp dport 8843"),
+        "not to itself"
+    );
     assert!(
         clinic.contains("udp dport 53 accept"),
         "named EMR needs DNS"

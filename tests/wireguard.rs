@@ -965,3 +965,257 @@ fn art_12_2_sign_in_works_inside_the_tunnel() {
         "{rows:#?}"
     );
 }
+
+/// `seibo-gate ARGS`, asserting success; stdout.
+fn bin_ok(args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run seibo-gate");
+    assert!(out.status.success(), "seibo-gate {args:?}: {}", show(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `[registry]` as `network init` writes it (etcd) → sled, and the password factor off: the
+/// test is about the tunnels (the regional registry and sign-in have their own tests).
+fn bench_site(config: &Path) {
+    let text = std::fs::read_to_string(config).expect("read gate.toml");
+    let start = text.find("\n[registry]\n").expect("[registry]");
+    let end_key = "max_stale_secs = 15\n";
+    let end = start + text[start..].find(end_key).expect("max_stale_secs") + end_key.len();
+    let text = format!(
+        "{}\n[registry]\nbackend = \"sled\"\n{}",
+        &text[..start],
+        &text[end..]
+    )
+    .replacen("password = \"required\"", "password = \"off\"", 1);
+    std::fs::write(config, text).expect("write gate.toml");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read dir").flatten() {
+        let dst = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_tree(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), &dst).expect("copy");
+        }
+    }
+}
+
+/// Issue 14, art 12.2: one WireGuard `.conf` issued at the hospital, with one `[Peer]` per
+/// site gateway, reaches both gateways of the network — the hospital's at 10.77.0.1 and the
+/// clinic's at its own tunnel address — through wireguard-go in a client namespace, each
+/// gateway's in-tunnel certificate from the regional CA (inside its name constraints).
+/// The clinic starts from a copy of the hospital's sled registry, standing in for the
+/// regional registry.
+#[test]
+fn art_12_2_one_conf_with_two_peers_reaches_both_gateways_of_the_network() {
+    let mut lab = Lab::new();
+    let (home, bundle, clinic) = (lab.path("hospital"), lab.path("bundle"), lab.path("clinic"));
+    let (h_emr, c_emr) = (EMR_PORT, EMR_PORT + 1);
+    bin_ok(&[
+        "network",
+        "init",
+        "--dir",
+        home.to_str().unwrap(),
+        "--site",
+        "seiyo-hospital",
+        "--host",
+        SERVER_VETH,
+        "--listen",
+        &format!("127.0.0.1:{MTLS_PORT}"),
+        "--peer-listen",
+        "127.0.0.1:8843",
+        "--upstream",
+        &format!("http://127.0.0.1:{h_emr}"),
+        "--private",
+        "127.0.0.0/8",
+        "--metrics",
+        &format!("127.0.0.1:{METRICS_PORT}"),
+        "--wireguard",
+        &format!("{SERVER_VETH}:{WG_PORT}"),
+        "--etcd",
+        "https://127.0.0.1:2379",
+    ]);
+    let home_cfg = home.join("gate.toml");
+    bin_ok(&[
+        "site",
+        "add",
+        "--config",
+        home_cfg.to_str().unwrap(),
+        "--site",
+        "nomura-clinic",
+        "--host",
+        SERVER_VETH,
+        "--peer-listen",
+        "127.0.0.1:8844",
+        "--wireguard",
+        &format!("{SERVER_VETH}:{}", WG_PORT + 1),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    bin_ok(&[
+        "init",
+        "--join",
+        bundle.to_str().unwrap(),
+        "--dir",
+        clinic.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", MTLS_PORT + 1),
+        "--upstream",
+        &format!("http://127.0.0.1:{c_emr}"),
+        "--private",
+        "127.0.0.0/8",
+        "--metrics",
+        &format!("127.0.0.1:{}", METRICS_PORT + 1),
+    ]);
+    let clinic_cfg = clinic.join("gate.toml");
+    bench_site(&home_cfg);
+    bench_site(&clinic_cfg);
+    let at_home =
+        |args: &[&str]| bin_ok(&[args, &["--config", home_cfg.to_str().unwrap()]].concat());
+    at_home(&["physician", "add", "--id", "dr-saiyo", "--name", "Dr Saiyo"]);
+    let terms = lab.path("terms");
+    at_home(&[
+        "terminal",
+        "add",
+        "--physician",
+        "dr-saiyo",
+        "--name",
+        "saiyo-wg",
+        "--wireguard",
+        "--out",
+        terms.to_str().unwrap(),
+    ]);
+    let today = ymd(today_jst());
+    at_home(&[
+        "consent",
+        "grant",
+        "--patient",
+        "P001",
+        "--by",
+        "patient",
+        "--published",
+        &today,
+        "--form-ref",
+        "F6-1",
+    ]);
+    copy_tree(&home.join("state/registry"), &clinic.join("state/registry"));
+    bin_ok(&[
+        "consent",
+        "grant",
+        "--patient",
+        "P003",
+        "--by",
+        "patient",
+        "--published",
+        &today,
+        "--form-ref",
+        "F6-3",
+        "--config",
+        clinic_cfg.to_str().unwrap(),
+    ]);
+    let conf = terms.join("saiyo-wg.conf");
+    let text = std::fs::read_to_string(&conf).expect("the .conf");
+    assert_eq!(text.matches("[Peer]").count(), 2, "{text}");
+
+    let server = lab.server.clone();
+    for (what, port) in [("emr-hospital", h_emr), ("emr-clinic", c_emr)] {
+        let mut emr = lab.in_ns(&server, BIN);
+        emr.args(["sample-emr", "--listen", &format!("127.0.0.1:{port}")]);
+        let log = lab.path(&format!("{what}.log"));
+        lab.spawn(what, emr, &log);
+    }
+    for (what, cfg, metrics) in [
+        ("serve", &home_cfg, METRICS_PORT),
+        ("serve-clinic", &clinic_cfg, METRICS_PORT + 1),
+    ] {
+        let mut serve = lab.in_ns(&server, BIN);
+        serve
+            .arg("serve")
+            .arg("--config")
+            .arg(cfg)
+            .env("SEIBO_GATE_LOG", "info");
+        let log = if what == "serve" {
+            lab.serve_log.clone()
+        } else {
+            lab.path("serve-clinic.log")
+        };
+        lab.spawn(what, serve, &log);
+        // Readiness by its health endpoint (an admin command would open the store itself
+        // while no gateway answers, and take sled's lock from the starting gateway).
+        let server2 = server.clone();
+        lab.wait_until("the gateway's health endpoint answers", what, |lab| {
+            let mut c = lab.in_ns(&server2, "curl");
+            c.args([
+                "-sf",
+                "--max-time",
+                "2",
+                &format!("http://127.0.0.1:{metrics}/healthz"),
+            ]);
+            c
+        });
+    }
+    let client = lab.ns("client");
+    lab.wireguard_go(&client, "wgnet", &conf);
+
+    let ca = home.join("ca/terminal-ca.crt");
+    let curl = |lab: &Lab, address: &str, path: &str| -> Got {
+        let mut c = lab.in_ns(&client, "curl");
+        c.args(["-sS", "-i", "--max-time", "10"])
+            .arg("--cacert")
+            .arg(&ca)
+            .arg(format!("https://{address}{path}"));
+        let start = Instant::now();
+        let out = c.output().expect("run curl");
+        parse_curl(&out, start.elapsed())
+    };
+    // The first packets wait for the handshake: poll (bounded).
+    let start = Instant::now();
+    let hospital = loop {
+        let g = curl(&lab, TUNNEL_GATEWAY, "/patients/P001/labs");
+        if g.status == Some(200) || start.elapsed() > UP_LIMIT {
+            break g;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        hospital.status,
+        Some(200),
+        "the hospital through the tunnel: {hospital:?}"
+    );
+    assert!(
+        hospital
+            .body
+            .contains("<th>x-seibo-site</th><td>seiyo-hospital</td>"),
+        "{hospital:?}"
+    );
+    let start = Instant::now();
+    let clinic_got = loop {
+        let g = curl(&lab, "10.77.0.254", "/patients/P003/labs");
+        if g.status == Some(200) || start.elapsed() > UP_LIMIT {
+            break g;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        clinic_got.status,
+        Some(200),
+        "the clinic through the tunnel: {clinic_got:?}"
+    );
+    assert!(
+        clinic_got
+            .body
+            .contains("<th>x-seibo-site</th><td>nomura-clinic</td>")
+            && clinic_got
+                .body
+                .contains("<th>x-seibo-terminal</th><td>saiyo-wg</td>"),
+        "{clinic_got:?}"
+    );
+    // Each site's policy still holds: no consent for P002 at the clinic.
+    let refused = curl(&lab, "10.77.0.254", "/patients/P002/labs");
+    assert_eq!(refused.status, Some(403), "{refused:?}");
+}

@@ -56,6 +56,29 @@ pub fn add(home: &Config, o: &SiteAddOptions) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `network etcd-member`: a member's certificate from the network's etcd CA.
+pub fn etcd_member(
+    home: &Config,
+    name: &str,
+    hosts: &[String],
+    out: &Path,
+) -> anyhow::Result<ExitCode> {
+    let f = network::etcd::issue_member(home, name, hosts, out)?;
+    println!(
+        "etcd member {name}: {} and {}",
+        f.cert.display(),
+        f.key.display()
+    );
+    println!(
+        "etcd flags: --cert-file {c} --key-file {k} --peer-cert-file {c} --peer-key-file {k} \
+         --client-cert-auth --trusted-ca-file {ca} --peer-client-cert-auth --peer-trusted-ca-file {ca}",
+        c = f.cert.display(),
+        k = f.key.display(),
+        ca = f.ca.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `init --join BUNDLE`: a site from its bundle.
 pub fn join(bundle: &Path, o: &InitOptions) -> anyhow::Result<ExitCode> {
     let p = network::join(bundle, o)?;

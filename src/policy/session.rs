@@ -253,7 +253,24 @@ impl Sessions {
         let published = store.session_get(&hex::encode(k)).is_some();
         let local = self.with_shard(k, |m| m.get(k).cloned());
         let mut s = match (local, published) {
-            (Some(s), true) => s,
+            (Some(mut s), true) => {
+                // A forced password change done through another gateway counts here too.
+                if s.must_change_password
+                    && store
+                        .physician(&s.physician)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|p| !p.must_change_password)
+                {
+                    s.must_change_password = false;
+                    self.with_shard(k, |m| {
+                        if let Some(x) = m.get_mut(k) {
+                            x.must_change_password = false;
+                        }
+                    });
+                }
+                s
+            }
             (Some(_), false) => {
                 self.with_shard(k, |m| m.remove(k));
                 return Err(SessionRefusal::Expired);

@@ -5,6 +5,7 @@
 //! (one per normalisation rule) by its table in `route`'s tests.
 #![allow(clippy::unwrap_used)]
 
+use crate::registry::store::block;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -66,15 +67,6 @@ struct World {
     gate: Gate,
     /// Session cookie of each physician on its own terminal.
     cookies: std::collections::HashMap<&'static str, String>,
-}
-
-/// Runs a store write (async: the etcd backend awaits its transaction) to completion.
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 fn fp(name: &str) -> String {

@@ -174,6 +174,7 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
     metrics_rules(&mut rules.input, cfg.metrics)?;
     egress_rules(&mut rules, &cfg.upstream);
     peer_egress_rules(&mut rules, cfg);
+    registry_egress_rules(&mut rules, cfg);
     Ok(assemble(cfg, &rules))
 }
 
@@ -425,37 +426,49 @@ fn peer_egress_rules(rules: &mut Rules, cfg: &Config) {
         return;
     };
     for s in network.sites.iter().filter(|s| s.id != cfg.site.id) {
-        let _ = writeln!(
-            rules.output,
-            "	# the peer API of site {} (audit query --network)",
+        let what = format!(
+            "the peer API of site {} (audit query --network)",
             comment_safe(&s.id)
         );
-        match s.peer_host.parse::<IpAddr>() {
-            Ok(IpAddr::V4(ip)) => {
-                let _ = writeln!(
-                    rules.output,
-                    "	ip daddr {ip} tcp dport {} accept",
-                    s.peer_port
-                );
-            }
-            Ok(IpAddr::V6(ip)) => {
-                let _ = writeln!(
-                    rules.output,
-                    "	ip6 daddr {ip} tcp dport {} accept",
-                    s.peer_port
-                );
-            }
-            Err(_) => {
-                let _ = writeln!(
-                    rules.output,
-                    "	# {} is a host name: DNS lookups, and its port to any address
-	udp dport 53 accept
-	tcp dport 53 accept
-	tcp dport {} accept",
-                    comment_safe(&s.peer_host),
-                    s.peer_port
-                );
-            }
+        egress_to(rules, &what, &s.peer_host, s.peer_port);
+    }
+}
+
+/// The regional registry (issue 13): out to every etcd member's client port.
+fn registry_egress_rules(rules: &mut Rules, cfg: &Config) {
+    let crate::site::config::RegistryBackend::Etcd(e) = &cfg.registry.backend else {
+        return;
+    };
+    for ep in &e.endpoints {
+        let Some((host, port)) = ep
+            .strip_prefix("https://")
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+        else {
+            continue;
+        };
+        let what = format!("the regional registry member {} (etcd)", comment_safe(ep));
+        egress_to(rules, &what, host, port);
+    }
+}
+
+/// One egress rule: TCP to `host`:`port` (an address), or DNS and the port when `host` is a
+/// name.
+fn egress_to(rules: &mut Rules, what: &str, host: &str, port: u16) {
+    let _ = writeln!(rules.output, "\t# {what}");
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => {
+            let _ = writeln!(rules.output, "\tip daddr {ip} tcp dport {port} accept");
+        }
+        Ok(IpAddr::V6(ip)) => {
+            let _ = writeln!(rules.output, "\tip6 daddr {ip} tcp dport {port} accept");
+        }
+        Err(_) => {
+            let _ = writeln!(
+                rules.output,
+                "\t# {} is a host name: DNS lookups, and its port to any address\n\tudp dport 53 accept\n\ttcp dport 53 accept\n\ttcp dport {port} accept",
+                comment_safe(host)
+            );
         }
     }
 }

@@ -8,6 +8,7 @@
 //! * [`add`]: `site add` — the bundle another site needs (its server and site-gateway
 //!   certificates, the regional CA certificate without its key, its etcd client credentials,
 //!   a site descriptor), and the site added to the list;
+//! * [`etcd`]: `network etcd-member` — an etcd member's certificate from the network's etcd CA;
 //! * [`join`]: `init --join BUNDLE` — a working `gate.toml` from a bundle, at that site;
 //! * [`text`]: the `[registry]`, `[peer]` and `[network]` sections they write;
 //! * here: the network's files, what they hold, and issuing one site's certificates.
@@ -20,6 +21,7 @@ use crate::site::init::InitError;
 use crate::site::pki::{self, Ca, LeafSpec, PkiError};
 
 pub mod add;
+pub mod etcd;
 pub mod init;
 pub mod join;
 mod text;

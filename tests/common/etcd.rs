@@ -201,6 +201,22 @@ impl EtcdCluster {
 
     /// [`EtcdCluster::start`] with other timeouts or auto-compaction.
     pub fn start_with(n: usize, options: EtcdOptions) -> EtcdCluster {
+        EtcdCluster::start_signed_by(n, options, None)
+    }
+
+    /// [`EtcdCluster::start`] with the caller's CA (certificate and key PEM files, e.g. the
+    /// network's etcd CA that `seibo-gate network init` writes): the members' certificates and
+    /// the harness's client certificates are signed by it, so that credentials the caller's CA
+    /// issued (a site's `registry/gateway.crt`) are accepted.
+    pub fn start_with_ca(n: usize, ca_cert: &Path, ca_key: &Path) -> EtcdCluster {
+        EtcdCluster::start_signed_by(n, EtcdOptions::default(), Some((ca_cert, ca_key)))
+    }
+
+    fn start_signed_by(
+        n: usize,
+        options: EtcdOptions,
+        given_ca: Option<(&Path, &Path)>,
+    ) -> EtcdCluster {
         assert!(n >= 1, "an etcd cluster needs at least one member");
         require_tool("etcd");
         require_tool("etcdctl");
@@ -211,7 +227,17 @@ impl EtcdCluster {
             .expect("tempdir for etcd");
         let d = dir.path();
 
-        let ca = make_ca(d, "seibo-gate test etcd CA");
+        let ca = match given_ca {
+            Some((cert, key)) => {
+                let pem = fs::read_to_string(cert).expect("read the given CA certificate");
+                let key = fs::read_to_string(key).expect("read the given CA key");
+                fs::write(d.join("ca.crt"), &pem).expect("write ca.crt");
+                write_key(&d.join("ca.key"), &key);
+                let key = KeyPair::from_pem(&key).expect("the given CA key");
+                Issuer::from_ca_cert_pem(&pem, key).expect("the given CA as issuer")
+            }
+            None => make_ca(d, "seibo-gate test etcd CA"),
+        };
         use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         issue(d, &ca, "gateway", vec![ClientAuth], false);
         issue(d, &ca, "etcdctl", vec![ClientAuth], false);

@@ -52,11 +52,28 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Repl
     r
 }
 
-fn refused(status: StatusCode, why: &str) -> (Reply, String) {
-    (
-        reply(status, "text/plain; charset=utf-8", format!("{why}\n")),
-        why.to_string(),
-    )
+/// A refused query: its status and why.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    why: String,
+}
+
+fn refusal(status: StatusCode, why: &str) -> Refusal {
+    Refusal {
+        status,
+        why: why.to_string(),
+    }
+}
+
+impl Refusal {
+    fn reply(&self) -> Reply {
+        reply(
+            self.status,
+            "text/plain; charset=utf-8",
+            format!("{}\n", self.why),
+        )
+    }
 }
 
 impl PeerService {
@@ -66,7 +83,7 @@ impl PeerService {
         let decided = decide(method, target);
         let (decision, reason) = match &decided {
             Ok(_) => (Decision::Allow, "peer-audit-query".to_string()),
-            Err((_, why)) => (Decision::Deny, format!("peer-refused: {why}")),
+            Err(r) => (Decision::Deny, format!("peer-refused: {}", r.why)),
         };
         let shown: String = target.to_string().chars().take(MAX_TARGET).collect();
         let rec = RequestRecord {
@@ -89,16 +106,16 @@ impl PeerService {
             Ok(rid) => rid,
             Err(e) => {
                 tracing::error!(error = %e, "peer API: audit record not written; query refused");
-                return refused(
+                return refusal(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "this site's audit cannot be written: query refused",
                 )
-                .0;
+                .reply();
             }
         };
         let r = match decided {
             Ok(filter) => self.rows(filter).await,
-            Err((r, _)) => r,
+            Err(r) => r.reply(),
         };
         let bytes = http_body::Body::size_hint(r.body()).exact().unwrap_or(0);
         self.audit.outcome(
@@ -120,14 +137,14 @@ impl PeerService {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "peer API: audit query failed");
-                return refused(
+                return refusal(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!("this site's audit cannot be read: {e}"),
                 )
-                .0;
+                .reply();
             }
             Err(e) => {
-                return refused(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).0;
+                return refusal(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()).reply();
             }
         };
         let mut body = Vec::new();
@@ -141,16 +158,15 @@ impl PeerService {
 }
 
 /// The filter a request asks for, or its refusal.
-#[allow(clippy::result_large_err)] // a refusal page and its audit reason; built once per refused query
-fn decide(method: &Method, target: &http::Uri) -> Result<QueryFilter, (Reply, String)> {
+fn decide(method: &Method, target: &http::Uri) -> Result<QueryFilter, Refusal> {
     if target.path() != AUDIT_PATH {
-        return Err(refused(
+        return Err(refusal(
             StatusCode::NOT_FOUND,
             "the peer API answers audit queries only (GET /.seibo/peer/audit)",
         ));
     }
     if method != Method::GET {
-        return Err(refused(
+        return Err(refusal(
             StatusCode::METHOD_NOT_ALLOWED,
             "the peer API is read-only: GET only",
         ));
@@ -159,13 +175,13 @@ fn decide(method: &Method, target: &http::Uri) -> Result<QueryFilter, (Reply, St
     let mut seen = Vec::new();
     for (k, v) in form_urlencoded::parse(target.query().unwrap_or("").as_bytes()) {
         if seen.contains(&k) {
-            return Err(refused(
+            return Err(refusal(
                 StatusCode::BAD_REQUEST,
                 &format!("{k} given twice"),
             ));
         }
         seen.push(k.clone());
-        let bad = |what: &str| refused(StatusCode::BAD_REQUEST, &format!("{k}: {what}"));
+        let bad = |what: &str| refusal(StatusCode::BAD_REQUEST, &format!("{k}: {what}"));
         match k.as_ref() {
             "patient" if PatientId::is_valid(&v) => f.patient = Some(v.into_owned()),
             "physician" if PhysicianId::is_valid(&v) => f.physician = Some(v.into_owned()),
@@ -182,7 +198,7 @@ fn decide(method: &Method, target: &http::Uri) -> Result<QueryFilter, (Reply, St
         }
     }
     if f.patient.is_none() && f.physician.is_none() {
-        return Err(refused(
+        return Err(refusal(
             StatusCode::BAD_REQUEST,
             "name a patient or a physician: the whole log is never handed out",
         ));
@@ -204,7 +220,6 @@ mod tests {
             &Method::GET,
             &uri("/.seibo/peer/audit?patient=N-778&since=2026-01-01"),
         )
-        .map_err(|(_, w)| w)
         .expect("a patient query");
         assert_eq!(f.patient.as_deref(), Some("N-778"));
         assert!(f.since.is_some());
@@ -219,7 +234,7 @@ mod tests {
         ] {
             match decide(&m, &uri(t)) {
                 Ok(_) => panic!("{m} {t} must be refused"),
-                Err((r, _)) => assert_eq!(r.status().as_u16(), status, "{m} {t}"),
+                Err(r) => assert_eq!(r.status.as_u16(), status, "{m} {t}"),
             }
         }
     }

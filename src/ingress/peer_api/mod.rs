@@ -31,7 +31,8 @@ const CONNECTION_LIMIT: Duration = Duration::from_secs(120);
 /// The bound peer API.
 pub struct BoundPeerApi {
     pub socket: TcpListener,
-    pub tls: Arc<rustls::ServerConfig>,
+    /// Swapped by `SIGHUP` (a renewed certificate) for new connections.
+    pub tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     pub allow: Vec<IpNetwork>,
 }
 
@@ -42,7 +43,6 @@ pub async fn serve(
     handshake_timeout: Duration,
     mut shutdown: Shutdown,
 ) {
-    let acceptor = TlsAcceptor::from(b.tls);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (tcp, addr) = tokio::select! {
@@ -64,7 +64,7 @@ pub async fn serve(
             tracing::warn!(%addr, "peer API: {MAX_CONNECTIONS} connections open; closed");
             continue;
         };
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(b.tls.load_full());
         let svc = svc.clone();
         tokio::spawn(async move {
             let _slot = slot;

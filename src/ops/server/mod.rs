@@ -219,7 +219,7 @@ async fn bind_peer_api(p: &config::PeerApi, cfg: &Config) -> Result<BoundPeerApi
         })?;
     Ok(BoundPeerApi {
         socket,
-        tls,
+        tls: Arc::new(ArcSwap::new(tls)),
         allow: p.allow.clone(),
     })
 }
@@ -322,6 +322,7 @@ async fn serve_with(
         shutdown: &shutdown,
     };
     let mut tasks = running.spawn_ingress(listeners, tunnel, metrics_socket, admin_socket);
+    let peer_tls = peer_api.as_ref().map(|p| p.tls.clone());
     if let Some(p) = peer_api {
         let svc = Arc::new(peer_api::PeerService {
             site: cfg.site.id.clone(),
@@ -352,7 +353,7 @@ async fn serve_with(
     tasks::notify_systemd(&[sd_notify::NotifyState::Ready]);
     tasks.spawn(tasks::watchdog(shutdown.clone()));
 
-    wait_for_shutdown(&cfg, &gate, &tls_configs, shutdown).await?;
+    wait_for_shutdown(&cfg, &gate, &tls_configs, peer_tls.as_ref(), shutdown).await?;
     tasks::notify_systemd(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down: finishing open requests");
     metrics.up.set(0);
@@ -471,6 +472,7 @@ async fn wait_for_shutdown(
     cfg: &Config,
     gate: &Gate,
     tls_configs: &[(config::Listener, SharedTls)],
+    peer_tls: Option<&SharedTls>,
     mut shutdown: Shutdown,
 ) -> Result<(), ServeError> {
     let mut hup = signal(SignalKind::hangup()).map_err(|source| ServeError::StateDir {
@@ -482,7 +484,7 @@ async fn wait_for_shutdown(
             _ = shutdown.recv() => return Ok(()),
             _ = hup.recv() => {
                 tasks::notify_systemd(&[sd_notify::NotifyState::Reloading]);
-                reload::reload(cfg, gate, tls_configs);
+                reload::reload(cfg, gate, tls_configs, peer_tls);
                 tasks::notify_systemd(&[sd_notify::NotifyState::Ready]);
             }
         }

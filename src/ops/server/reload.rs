@@ -9,7 +9,8 @@ use crate::ingress::tls;
 use crate::site::config::Config;
 
 /// `SIGHUP`: re-reads the config file; routes, upstream, site texts and every listener's
-/// certificate are swapped for new connections and requests, open connections continue.
+/// certificate (the peer API's too) are swapped for new connections and requests, open
+/// connections continue.
 /// A config that does not validate is refused and the running one kept. Listener addresses
 /// and the state directory need a restart.
 pub(super) fn reload(
@@ -19,6 +20,7 @@ pub(super) fn reload(
         crate::site::config::Listener,
         Arc<ArcSwap<rustls::ServerConfig>>,
     )],
+    peer_tls: Option<&Arc<ArcSwap<rustls::ServerConfig>>>,
 ) {
     let new = match Config::load(&cfg.path) {
         Ok(c) => c,
@@ -47,6 +49,23 @@ pub(super) fn reload(
             }
         }
     }
+    let peer_swap = match (peer_tls, &new.peer) {
+        (Some(slot), Some(p)) => {
+            match crate::ingress::peer_api::verify::server_config(&p.cert, &p.key, &new.ca.cert) {
+                Ok(t) => Some((slot.clone(), t)),
+                Err(e) => {
+                    tracing::error!(error = %e, "reload refused: the peer API's certificate is unusable");
+                    gate.metrics.reloads.with_label_values(&["failed"]).inc();
+                    return;
+                }
+            }
+        }
+        (None, Some(_)) | (Some(_), None) => {
+            tracing::warn!("adding or removing [peer] needs a restart");
+            None
+        }
+        (None, None) => None,
+    };
     for l in &new.listeners {
         if !tls_configs.iter().any(|(o, _)| o.listen == l.listen) {
             tracing::warn!(listen = %l.listen, "new listener needs a restart");
@@ -57,6 +76,9 @@ pub(super) fn reload(
         if let Err(e) = gate.metrics.set_cert_expiry(&l.name, &l.cert) {
             tracing::warn!(listener = %l.name, error = %e, "certificate expiry unknown");
         }
+    }
+    if let Some((slot, t)) = peer_swap {
+        slot.store(t);
     }
     gate.reload(&new);
     gate.metrics.reloads.with_label_values(&["ok"]).inc();

@@ -259,6 +259,15 @@ impl Store {
         }
     }
 
+    /// Regional registry: brings this gateway's copy up to etcd's current revision (bounded;
+    /// see `Regional::catch_up`). Sled is always current: true at once.
+    pub async fn catch_up(&self) -> bool {
+        match self.backend.etcd() {
+            Some(reg) => reg.catch_up().await,
+            None => true,
+        }
+    }
+
     /// True when sign-in sessions are shared by every gateway (the regional registry).
     pub fn shares_sessions(&self) -> bool {
         self.backend.is_regional()
@@ -1028,6 +1037,16 @@ impl Store {
 
 mod heads;
 pub use heads::PublishedHead;
+
+/// Tests: runs a store write (async: the etcd backend awaits its transaction) to completion.
+#[cfg(test)]
+pub(crate) fn block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
 
 #[cfg(test)]
 mod tests;

@@ -1,15 +1,7 @@
 use super::*;
 use crate::registry::model::ConsentBy;
+use crate::registry::store::block;
 use time::macros::date;
-
-/// Runs a store write (async: the etcd backend awaits its transaction) to completion.
-fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
 
 fn physician(id: &str) -> Physician {
     Physician {

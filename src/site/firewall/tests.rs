@@ -305,3 +305,35 @@ fn art_12_2_wireguard_udp_port_is_opened() {
     ));
     assert!(!r.contains("udp dport 51820"), "{r}");
 }
+
+/// Art 12.5 (issue 13): with the regional registry, egress is opened to each etcd member's
+/// client port only (an address: that address; a name: DNS and the port).
+#[test]
+fn registry_egress_to_each_etcd_member_only() {
+    let mut c = config(
+        &listener("clinics", "0.0.0.0:8443", &["10.30.0.0/24"]),
+        "http://10.20.0.5:8080",
+        "\"10.20.0.0/24\"",
+        None,
+    );
+    assert!(!rules(&c).contains("regional registry"));
+    c.registry.backend =
+        crate::site::config::RegistryBackend::Etcd(crate::site::config::EtcdConfig {
+            endpoints: vec![
+                "https://10.20.0.7:2379".into(),
+                "https://[fd00::7]:2379".into(),
+                "https://etcd.seibo.example:2379".into(),
+            ],
+            prefix: "/seibo-net/".into(),
+            ca: "ca".into(),
+            cert: "c".into(),
+            key: "k".into(),
+        });
+    let r = rules(&c);
+    assert!(
+        r.contains("ip daddr 10.20.0.7 tcp dport 2379 accept"),
+        "{r}"
+    );
+    assert!(r.contains("ip6 daddr fd00::7 tcp dport 2379 accept"), "{r}");
+    assert!(r.contains("etcd.seibo.example is a host name"), "{r}");
+}

@@ -62,7 +62,27 @@ pub fn add_site(home: &Config, o: &SiteAddOptions) -> Result<Added, NetworkError
     check_site(&ca, &o.site, &o.hosts)?;
     let etcd_ca = Ca::load(&base.join(ETCD_CA_CERT), &base.join(ETCD_CA_KEY))?;
     prepare_out(&o.out)?;
+    // The bundle is written whole or not at all: on any failure its files are removed (the
+    // directory was new or empty).
+    match write_bundle(home, o, &base, &mut nf, &ca, &etcd_ca) {
+        Ok(added) => Ok(added),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&o.out);
+            Err(e)
+        }
+    }
+}
 
+/// The bundle's files, the site in the home's config and in the network's list.
+fn write_bundle(
+    home: &Config,
+    o: &SiteAddOptions,
+    base: &Path,
+    nf: &mut NetworkFile,
+    ca: &Ca,
+    etcd_ca: &Ca,
+) -> Result<Added, NetworkError> {
+    let nf_path = base.join(NETWORK_FILE);
     let first_host = o.hosts.first().map(String::as_str).unwrap_or("localhost");
     let mut site = SiteEntry {
         id: o.site.clone(),
@@ -73,11 +93,11 @@ pub fn add_site(home: &Config, o: &SiteAddOptions) -> Result<Added, NetworkError
         wireguard_public_key: None,
         tunnel_address: None,
     };
-    issue_site_files(&o.out, &ca, &etcd_ca, &site)?;
+    issue_site_files(&o.out, ca, etcd_ca, &site)?;
     if let Some(addr) = o.wireguard {
-        let address = free_tunnel_address(&nf)?;
+        let address = free_tunnel_address(nf)?;
         let (_, public) =
-            init::write_wireguard(&o.out, &ca, addr, &address.to_string(), Some(first_host))?;
+            init::write_wireguard(&o.out, ca, addr, &address.to_string(), Some(first_host))?;
         site.wireguard_endpoint = Some(host_port(first_host, addr.port()));
         site.wireguard_public_key = Some(public);
         site.tunnel_address = Some(address.to_string());
@@ -94,8 +114,11 @@ pub fn add_site(home: &Config, o: &SiteAddOptions) -> Result<Added, NetworkError
         &descriptor,
         "# Site descriptor written by `seibo-gate site add`: `seibo-gate init --join` reads it.\n",
     )?;
-    append_to_home(home, &site)?;
-    nf.write(&nf_path)?;
+    let before = append_to_home(home, &site)?;
+    if let Err(e) = nf.write(&nf_path) {
+        let _ = std::fs::write(&home.path, before);
+        return Err(e);
+    }
     Ok(Added {
         bundle: o.out.clone(),
         site,
@@ -133,8 +156,8 @@ fn free_tunnel_address(nf: &NetworkFile) -> Result<Ipv4Addr, NetworkError> {
 }
 
 /// Appends the site to the home's `gate.toml` and checks that it still loads (restored
-/// otherwise).
-fn append_to_home(home: &Config, site: &SiteEntry) -> Result<(), NetworkError> {
+/// otherwise); the text before, to restore it if a later step fails.
+fn append_to_home(home: &Config, site: &SiteEntry) -> Result<String, NetworkError> {
     let path = &home.path;
     let before = std::fs::read_to_string(path).map_err(io_err(path))?;
     let after = format!("{before}{}", text::site_block(site));
@@ -146,5 +169,5 @@ fn append_to_home(home: &Config, site: &SiteEntry) -> Result<(), NetworkError> {
             message: format!("adding the site would make it invalid (left unchanged): {e}"),
         });
     }
-    Ok(())
+    Ok(before)
 }

@@ -47,6 +47,12 @@ pub fn network_init(o: &NetworkInitOptions) -> Result<PathBuf, NetworkError> {
             o.network
         )));
     }
+    if !crate::registry::ids::SiteId::is_valid(&s.site) || o.hosts.is_empty() {
+        return Err(NetworkError::Invalid(format!(
+            "--site {:?} (1-64 letters, digits, '-' or '_') and at least one --host are needed",
+            s.site
+        )));
+    }
     if o.etcd.is_empty() {
         return Err(NetworkError::Invalid(
             "--etcd: give the regional registry's client URLs (https://HOST:2379, repeatable)"
@@ -54,6 +60,16 @@ pub fn network_init(o: &NetworkInitOptions) -> Result<PathBuf, NetworkError> {
         ));
     }
     let permits = permits(&o.permit, &o.hosts)?;
+    // Checked before anything is written: a host outside the constraints leaves no files.
+    if let Some(h) = o
+        .hosts
+        .iter()
+        .find(|h| !pki::host_permitted(Some(&permits), h))
+    {
+        return Err(NetworkError::Invalid(format!(
+            "--host {h}: outside every --permit; the regional CA could not vouch for it"
+        )));
+    }
     let private = init::private_segment(s)?;
     init::create_dirs(s)?;
     create_private_dir(&s.dir.join(NETWORK_DIR))?;

@@ -16,6 +16,22 @@ fn read(what: &str, p: &std::path::Path) -> Result<Vec<u8>, KvError> {
         .map_err(|e| KvError::Setup(format!("registry.{what}: cannot read {}: {e}", p.display())))
 }
 
+/// TLS with etcd's CA and this gateway's client certificate; short connect and request
+/// timeouts; requests fail at once without a leader (no quorum) instead of waiting.
+fn options(cfg: &EtcdConfig) -> Result<ConnectOptions, KvError> {
+    let ca = read("ca", &cfg.ca)?;
+    let cert = read("cert", &cfg.cert)?;
+    let key = read("key", &cfg.key)?;
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .identity(Identity::from_pem(cert, key));
+    Ok(ConnectOptions::new()
+        .with_tls(tls)
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(3))
+        .with_require_leader(true))
+}
+
 /// Connects and starts the watch. Returns at once: when etcd cannot be reached the gateway
 /// starts with an empty, unconfirmed copy and refuses sign-ins and consent-gated requests
 /// (503) until the watch has loaded the registry. Fails only on local problems (files).
@@ -24,16 +40,7 @@ pub(crate) async fn connect(
     max_stale: Duration,
     generation: Generation,
 ) -> Result<Arc<Regional>, KvError> {
-    let ca = read("ca", &cfg.ca)?;
-    let cert = read("cert", &cfg.cert)?;
-    let key = read("key", &cfg.key)?;
-    let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key));
-    let opts = ConnectOptions::new()
-        .with_tls(tls)
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(3))
+    let opts = options(cfg)?
         .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
@@ -46,17 +53,7 @@ pub(crate) async fn connect(
 /// `check-config`: can this gateway reach the regional registry with its credentials? A
 /// linearizable read of the prefix (it needs a quorum), with a bounded wait.
 pub(crate) async fn probe(cfg: &EtcdConfig) -> Result<i64, KvError> {
-    let ca = read("ca", &cfg.ca)?;
-    let cert = read("cert", &cfg.cert)?;
-    let key = read("key", &cfg.key)?;
-    let tls = TlsOptions::new()
-        .ca_certificate(Certificate::from_pem(ca))
-        .identity(Identity::from_pem(cert, key));
-    let opts = ConnectOptions::new()
-        .with_tls(tls)
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(3))
-        .with_require_leader(true);
+    let opts = options(cfg)?;
     let attempt = async {
         let mut client = Client::connect(&cfg.endpoints, Some(opts)).await?;
         let resp = client

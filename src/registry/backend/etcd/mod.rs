@@ -28,6 +28,8 @@ use mirror::Mirror;
 
 /// How long a write waits for this gateway's watch to apply it (read-your-writes).
 const APPLY_WAIT: Duration = Duration::from_secs(5);
+/// Concurrent [`Regional::catch_up`] reads.
+const CATCH_UP_SLOTS: usize = 4;
 /// gRPC status code UNAVAILABLE.
 const GRPC_UNAVAILABLE: i32 = 14;
 /// How many times a read-modify-write retries against concurrent writers.
@@ -48,6 +50,7 @@ pub(crate) struct Regional {
     max_stale: Duration,
     generation: Generation,
     watch_restarts: AtomicU64,
+    catch_up_slots: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Regional {
@@ -272,6 +275,40 @@ impl Regional {
         ))
     }
 
+    /// Brings this gateway's copy up to etcd's current revision (a linearizable read, then
+    /// waiting for the watch to apply it), for a request that a lagging copy may have refused
+    /// (a session opened through another gateway a few milliseconds ago). At most
+    /// `CATCH_UP_SLOTS` at once, each bounded to a second: a flood of bogus cookies cannot turn
+    /// into a flood of etcd reads. False when it could not.
+    pub(crate) async fn catch_up(&self) -> bool {
+        let Ok(_slot) = self.catch_up_slots.try_acquire() else {
+            return false;
+        };
+        let read = async {
+            let resp = self
+                .client
+                .kv_client()
+                .get(
+                    self.prefix.as_bytes(),
+                    Some(
+                        etcd_client::GetOptions::new()
+                            .with_prefix()
+                            .with_count_only(),
+                    ),
+                )
+                .await
+                .ok()?;
+            let rev = resp.header().map_or(0, |h| h.revision());
+            let mut rx = self.applied.subscribe();
+            rx.wait_for(|a| *a >= rev).await.ok().map(|_| ())
+        };
+        tokio::time::timeout(Duration::from_secs(1), read)
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
     /// Waits until this gateway's copy has applied revision `rev` (read-your-writes).
     async fn wait_applied(&self, rev: i64) -> Result<(), KvError> {
         let mut rx = self.applied.subscribe();
@@ -374,5 +411,6 @@ pub(crate) fn new_regional(
         max_stale,
         generation,
         watch_restarts: AtomicU64::new(0),
+        catch_up_slots: tokio::sync::Semaphore::new(CATCH_UP_SLOTS),
     })
 }
