@@ -869,12 +869,14 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
                 no_extension,
                 form_ref,
                 links,
-                explanation: explanation_form.zip(explained_by).map(|(form_ref, physician)| {
-                    seibo_gate::registry::model::Explanation {
-                        form_ref,
-                        physician,
-                    }
-                }),
+                explanation: explanation_form
+                    .zip(explained_by)
+                    .map(
+                        |(form_ref, physician)| seibo_gate::registry::model::Explanation {
+                            form_ref,
+                            physician,
+                        },
+                    ),
             };
             cli::consent::grant(c, g).await
         }

@@ -37,7 +37,11 @@ fn network() -> Net {
     // The clinic: its own site id and its own EMR; the hospital's CA (registered once).
     let text = std::fs::read_to_string(&b.config).unwrap();
     let text = text
-        .replacen(&format!("id = \"{HOSPITAL}\""), &format!("id = \"{CLINIC}\""), 1)
+        .replacen(
+            &format!("id = \"{HOSPITAL}\""),
+            &format!("id = \"{CLINIC}\""),
+            1,
+        )
         .replace(
             &format!("127.0.0.1:{}", emr_a.port),
             &format!("127.0.0.1:{}", emr_b.port),
@@ -125,15 +129,20 @@ async fn art_9_4_consent_at_the_clinic_with_links_holds_at_the_hospital_by_its_o
     let today = today_jst();
     grant_linked(&n.b, "N-778", &["seiyo-hospital:0012345"], today);
 
-    let at = async |g: &Gate, path: &str| {
-        get_once(g.port, g.client(&pc1), path).await.unwrap().status
-    };
+    let at =
+        async |g: &Gate, path: &str| get_once(g.port, g.client(&pc1), path).await.unwrap().status;
     // The consent reaches the hospital's copy through the watch: poll, bounded.
-    until(Duration::from_secs(10), "the hospital sees the clinic's consent", async || {
-        at(&n.a, "/patients/0012345/labs").await == 200
-    })
+    until(
+        Duration::from_secs(10),
+        "the hospital sees the clinic's consent",
+        async || at(&n.a, "/patients/0012345/labs").await == 200,
+    )
     .await;
-    assert_eq!(at(&n.b, "/patients/N-778/labs").await, 200, "the clinic, its own id");
+    assert_eq!(
+        at(&n.b, "/patients/N-778/labs").await,
+        200,
+        "the clinic, its own id"
+    );
     // Each EMR saw its own id of the patient.
     let seen_a = n.emr_a.seen();
     assert_eq!(seen_a.last().unwrap().target, "/patients/0012345/labs");
@@ -146,7 +155,8 @@ async fn art_9_4_consent_at_the_clinic_with_links_holds_at_the_hospital_by_its_o
     // An unlinked id is refused.
     assert_eq!(at(&n.a, "/patients/0099999/labs").await, 403);
     // `consent show` at each site through its own id names both links.
-    let show_a = n.a.ok(&["consent", "show", "--patient", "0012345", "--json"]);
+    let show_a =
+        n.a.ok(&["consent", "show", "--patient", "0012345", "--json"]);
     assert!(show_a.contains("nomura-clinic:N-778"), "{show_a}");
     assert!(show_a.contains("seiyo-hospital:0012345"), "{show_a}");
 
@@ -173,7 +183,11 @@ async fn art_9_4_consent_at_the_clinic_with_links_holds_at_the_hospital_by_its_o
         "{}",
         show(&out)
     );
-    assert_eq!(at(&n.a, "/patients/0077777/labs").await, 403, "nothing registered");
+    assert_eq!(
+        at(&n.a, "/patients/0077777/labs").await,
+        403,
+        "nothing registered"
+    );
     // A malformed link is a usage error before anything is written.
     let out = grant_cmd(&n.a, "0077777", &["nomura clinic/N-778"], today);
     assert!(!out.status.success(), "{}", show(&out));
@@ -189,9 +203,11 @@ async fn art_9_4_consent_at_the_clinic_with_links_holds_at_the_hospital_by_its_o
         "--link",
         "nomura-clinic:N-900",
     ]);
-    until(Duration::from_secs(10), "the clinic sees the later link", async || {
-        at(&n.b, "/patients/N-900/notes").await == 200
-    })
+    until(
+        Duration::from_secs(10),
+        "the clinic sees the later link",
+        async || at(&n.b, "/patients/N-900/notes").await == 200,
+    )
     .await;
 }
 
@@ -208,9 +224,15 @@ async fn art_9_2_withdrawal_at_the_hospital_refuses_at_the_clinic_on_an_open_con
     grant_linked(&n.b, "N-778", &["seiyo-hospital:0012345"], today_jst());
     let mut conn = Conn::open(n.b.port, n.b.client(&pc1)).await.unwrap();
     assert_eq!(conn.get("/patients/N-778/labs").await.unwrap().status, 200);
-    until(Duration::from_secs(10), "the hospital sees the consent", async || {
-        n.a.cli(&["consent", "show", "--patient", "0012345"]).status.success()
-    })
+    until(
+        Duration::from_secs(10),
+        "the hospital sees the consent",
+        async || {
+            n.a.cli(&["consent", "show", "--patient", "0012345"])
+                .status
+                .success()
+        },
+    )
     .await;
     n.a.ok(&[
         "consent",
@@ -233,9 +255,16 @@ async fn art_9_2_withdrawal_at_the_hospital_refuses_at_the_clinic_on_an_open_con
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    eprintln!("withdrawal propagated to the clinic's open connection in {:?}", start.elapsed());
+    eprintln!(
+        "withdrawal propagated to the clinic's open connection in {:?}",
+        start.elapsed()
+    );
     // Both ids are forgotten: a new grant at the clinic for N-778 is a new consent.
-    assert!(!n.b.cli(&["consent", "show", "--patient", "N-778"]).status.success());
+    assert!(!n
+        .b
+        .cli(&["consent", "show", "--patient", "N-778"])
+        .status
+        .success());
     grant_linked(&n.b, "N-778", &["seiyo-hospital:0012345"], today_jst());
 }
 
@@ -300,7 +329,8 @@ async fn art_8_3_and_11_a_view_at_the_clinic_extends_the_window_at_the_hospital_
 
     // Day 998 + 999 at the hospital: kept (the hospital itself last saw it on day 0).
     start_at(&mut n.a, day998 + time::Duration::days(999));
-    let c = n.a.cli(&["consent", "show", "--patient", "0012345", "--json"]);
+    let c =
+        n.a.cli(&["consent", "show", "--patient", "0012345", "--json"]);
     assert!(c.status.success(), "kept on day 998 + 999: {}", show(&c));
     assert!(
         purge_rows(&n.a).iter().all(|r| r["patient"] != "0012345"),
@@ -334,8 +364,16 @@ async fn art_8_3_and_11_a_view_at_the_clinic_extends_the_window_at_the_hospital_
         reason.contains("seiyo-hospital:0012345") && reason.contains("nomura-clinic:N-778"),
         "the purge record names the patient at both sites: {row}"
     );
-    assert!(!n.a.cli(&["consent", "show", "--patient", "0012345"]).status.success());
-    assert!(!n.a.cli(&["consent", "show", "--patient", "N-778"]).status.success());
+    assert!(!n
+        .a
+        .cli(&["consent", "show", "--patient", "0012345"])
+        .status
+        .success());
+    assert!(!n
+        .a
+        .cli(&["consent", "show", "--patient", "N-778"])
+        .status
+        .success());
 }
 
 fn sha256_hex(parts: &[&[u8]]) -> String {
@@ -423,7 +461,11 @@ async fn art_12_8_a_rewritten_audit_log_fails_verify_against_the_head_the_networ
         "{}",
         show(&v)
     );
-    assert!(e.contains("not the recorded"), "names the mismatched line: {}", show(&v));
+    assert!(
+        e.contains("not the recorded"),
+        "names the mismatched line: {}",
+        show(&v)
+    );
     // The restarted gateway does not vouch for the forged log: the network keeps the old head.
     n.a.start();
     std::thread::sleep(Duration::from_secs(3));
@@ -462,14 +504,38 @@ fn admin_reason(gate: &Gate, op: &str, who: &str) -> String {
 async fn art_8_1_and_9_3_the_paperwork_is_recorded_and_the_relation_checked() {
     let mut n = network();
     n.a.start();
-    n.a.ok(&["physician", "add", "--id", "dr1", "--name", "Dr One", "--form-ref", "F3-1"]);
+    n.a.ok(&[
+        "physician",
+        "add",
+        "--id",
+        "dr1",
+        "--name",
+        "Dr One",
+        "--form-ref",
+        "F3-1",
+    ]);
     assert_eq!(admin_reason(&n.a, "physician-add", "dr1"), "form 3 F3-1");
     let published = ymd(today_jst());
     let grant = |patient: &str, rel: &str| {
         n.a.cli(&[
-            "consent", "grant", "--patient", patient, "--by", "relative", "--relation", rel,
-            "--published", &published, "--form-ref", "F6-1", "--explanation-form", "F5-1",
-            "--explained-by", "dr1", "--link", "nomura-clinic:N-1",
+            "consent",
+            "grant",
+            "--patient",
+            patient,
+            "--by",
+            "relative",
+            "--relation",
+            rel,
+            "--published",
+            &published,
+            "--form-ref",
+            "F6-1",
+            "--explanation-form",
+            "F5-1",
+            "--explained-by",
+            "dr1",
+            "--link",
+            "nomura-clinic:N-1",
         ])
     };
     // Art 8.1 boundaries at the admin command: blood 7th degree and in-law 4th refused.
@@ -480,11 +546,14 @@ async fn art_8_1_and_9_3_the_paperwork_is_recorded_and_the_relation_checked() {
     }
     let out = grant("0000001", "blood:6");
     assert!(out.status.success(), "{}", show(&out));
-    let c: serde_json::Value = serde_json::from_str(&n.a.ok(&[
-        "consent", "show", "--patient", "0000001", "--json",
-    ]))
-    .unwrap();
-    let c = if c.get("consent").is_some() { c["consent"].clone() } else { c };
+    let c: serde_json::Value =
+        serde_json::from_str(&n.a.ok(&["consent", "show", "--patient", "0000001", "--json"]))
+            .unwrap();
+    let c = if c.get("consent").is_some() {
+        c["consent"].clone()
+    } else {
+        c
+    };
     assert_eq!(c["site"], HOSPITAL, "art 9.3: the receiving site: {c}");
     assert_eq!(c["explanation"]["form_ref"], "F5-1", "{c}");
     assert_eq!(c["explanation"]["physician"], "dr1", "{c}");
@@ -494,25 +563,58 @@ async fn art_8_1_and_9_3_the_paperwork_is_recorded_and_the_relation_checked() {
         "{reason}"
     );
     // A later "do not extend" request.
-    n.a.ok(&["consent", "no-extension", "--patient", "0000001", "--form-ref", "R-1"]);
-    let shown = n.a.ok(&["consent", "show", "--patient", "0000001", "--json"]);
+    n.a.ok(&[
+        "consent",
+        "no-extension",
+        "--patient",
+        "0000001",
+        "--form-ref",
+        "R-1",
+    ]);
+    let shown =
+        n.a.ok(&["consent", "show", "--patient", "0000001", "--json"]);
     assert!(shown.contains("\"no_extension\":true"), "{shown}");
     // Withdrawal by a relative whose relation is out of range: refused; by a spouse: recorded.
     let out = n.a.cli(&[
-        "consent", "withdraw", "--patient", "0000001", "--form-ref", "F7-1", "--by", "relative",
-        "--relation", "in-law:4",
+        "consent",
+        "withdraw",
+        "--patient",
+        "0000001",
+        "--form-ref",
+        "F7-1",
+        "--by",
+        "relative",
+        "--relation",
+        "in-law:4",
     ]);
     assert!(!out.status.success(), "{}", show(&out));
     n.a.ok(&[
-        "consent", "withdraw", "--patient", "0000001", "--form-ref", "F7-1", "--by", "relative",
-        "--relation", "spouse",
+        "consent",
+        "withdraw",
+        "--patient",
+        "0000001",
+        "--form-ref",
+        "F7-1",
+        "--by",
+        "relative",
+        "--relation",
+        "spouse",
     ]);
     assert_eq!(
         admin_reason(&n.a, "consent-withdraw", "0000001"),
         "form 7 F7-1 by relative (spouse)"
     );
     // Suspension and deregistration (form 9).
-    n.a.ok(&["physician", "suspend", "--id", "dr1", "--reason", "request", "--form-ref", "F9-1"]);
+    n.a.ok(&[
+        "physician",
+        "suspend",
+        "--id",
+        "dr1",
+        "--reason",
+        "request",
+        "--form-ref",
+        "F9-1",
+    ]);
     assert_eq!(
         admin_reason(&n.a, "physician-suspend", "dr1"),
         "request (form 9 F9-1)"

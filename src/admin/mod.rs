@@ -344,14 +344,10 @@ impl Admin {
             AdminRequest::ConsentNoExtension { patient, .. } => {
                 self.consent_no_extension(&patient).await
             }
-            AdminRequest::PatientLink { patient, link } => {
-                self.patient_link(&patient, &link).await
-            }
+            AdminRequest::PatientLink { patient, link } => self.patient_link(&patient, &link).await,
             AdminRequest::ConsentWithdraw {
                 patient, form_ref, ..
-            } => {
-                self.consent_withdraw(&patient, &form_ref).await
-            }
+            } => self.consent_withdraw(&patient, &form_ref).await,
             AdminRequest::PatientDelete { patient, .. } => self.patient_delete(&patient).await,
             AdminRequest::Purge {} => self.purge_due().await,
             AdminRequest::PhysicianGet { id } => self.physician_get(&id),

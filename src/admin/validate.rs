@@ -21,7 +21,8 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             .map(drop)
             .map_err(|e| AdminError::Invalid(e.to_string()))
     };
-    let site_link = |v: &str| match v.split_once(':') {
+    let site_link = |v: &str| {
+        match v.split_once(':') {
         Some((site, id))
             if crate::registry::ids::SiteId::is_valid(site) && PatientId::is_valid(id) =>
         {
@@ -30,6 +31,7 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
         _ => Err(AdminError::Invalid(format!(
             "--link {v:?}: use SITE:ID, a site id and that site's EMR patient id (e.g. nomura-clinic:N-778)"
         ))),
+    }
     };
     let name = |v: &str| {
         if crate::registry::ids::TerminalName::is_valid(v) {
@@ -175,25 +177,21 @@ pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, St
             links,
             explanation,
             ..
-        } => (
-            None,
-            Some(patient.clone()),
-            {
-                let mut note = format!("form {} by {}", capped(form_ref), consent_by(by));
-                if let Some(x) = explanation {
-                    note.push_str(&format!(
-                        ", explained by {} (form 5 {})",
-                        capped(&x.physician),
-                        capped(&x.form_ref)
-                    ));
-                }
-                if !links.is_empty() {
-                    let l: Vec<String> = links.iter().map(|l| capped(l)).collect();
-                    note.push_str(&format!(", linked {}", l.join(", ")));
-                }
-                note
-            },
-        ),
+        } => (None, Some(patient.clone()), {
+            let mut note = format!("form {} by {}", capped(form_ref), consent_by(by));
+            if let Some(x) = explanation {
+                note.push_str(&format!(
+                    ", explained by {} (form 5 {})",
+                    capped(&x.physician),
+                    capped(&x.form_ref)
+                ));
+            }
+            if !links.is_empty() {
+                let l: Vec<String> = links.iter().map(|l| capped(l)).collect();
+                note.push_str(&format!(", linked {}", l.join(", ")));
+            }
+            note
+        }),
         AdminRequest::PatientLink { patient, link } => (
             None,
             Some(patient.clone()),

@@ -58,7 +58,12 @@ impl Store {
         self.audit_heads
             .entries()?
             .iter()
-            .map(|(k, v)| Ok((String::from_utf8_lossy(k).into_owned(), decode("audit_heads", k, v)?)))
+            .map(|(k, v)| {
+                Ok((
+                    String::from_utf8_lossy(k).into_owned(),
+                    decode("audit_heads", k, v)?,
+                ))
+            })
             .collect()
     }
 

@@ -88,7 +88,9 @@ pub enum Conflict {
     #[error("link {link} already names another patient (registered as {patient}); a site's id links to one patient only")]
     LinkTaken { link: String, patient: String },
     /// A patient linked twice at one site.
-    #[error("the patient is already linked at site {site} as {linked}, not {asked}: one id per site")]
+    #[error(
+        "the patient is already linked at site {site} as {linked}, not {asked}: one id per site"
+    )]
     SiteLinkedTwice {
         site: String,
         linked: String,
@@ -623,9 +625,7 @@ impl Store {
         }
         // The bare-id fallback: only a pre-link consent granted at this very site (another
         // site's EMR numbers its patients differently).
-        Ok(c.filter(|c| {
-            c.links.is_empty() && self.site.as_deref().is_none_or(|s| s == c.site)
-        }))
+        Ok(c.filter(|c| c.links.is_empty() && self.site.as_deref().is_none_or(|s| s == c.site)))
     }
 
     /// The consent a link (`SITE:ID`) names, whichever site asks.

@@ -302,9 +302,16 @@ fn art_9_4_linked_consent_is_found_by_each_sites_own_id_and_links_are_one_to_one
     let dir = tempfile::tempdir().unwrap();
     let clinic = Store::open(dir.path()).unwrap().at_site("nomura-clinic");
     let hospital = clinic.clone().at_site("seiyo-hospital");
-    block(clinic.grant_consent(&linked("N-778", "nomura-clinic", &["seiyo-hospital:0012345"])))
-        .unwrap();
-    assert_eq!(hospital.consent("0012345").unwrap().unwrap().patient, "N-778");
+    block(clinic.grant_consent(&linked(
+        "N-778",
+        "nomura-clinic",
+        &["seiyo-hospital:0012345"],
+    )))
+    .unwrap();
+    assert_eq!(
+        hospital.consent("0012345").unwrap().unwrap().patient,
+        "N-778"
+    );
     assert!(hospital.consent("N-778").unwrap().is_none());
     assert!(clinic.consent("0012345").unwrap().is_none());
     // One id per site.
@@ -314,10 +321,20 @@ fn art_9_4_linked_consent_is_found_by_each_sites_own_id_and_links_are_one_to_one
         "{e}"
     );
     // One patient per id: the hospital's other patient cannot take the clinic's N-778.
-    let e = block(hospital.grant_consent(&linked("0055555", "seiyo-hospital", &["nomura-clinic:N-778"])))
-        .unwrap_err();
-    assert!(matches!(e, StoreError::Conflict(Conflict::LinkTaken { .. })), "{e}");
-    assert!(hospital.consent("0055555").unwrap().is_none(), "nothing left behind");
+    let e = block(hospital.grant_consent(&linked(
+        "0055555",
+        "seiyo-hospital",
+        &["nomura-clinic:N-778"],
+    )))
+    .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Conflict(Conflict::LinkTaken { .. })),
+        "{e}"
+    );
+    assert!(
+        hospital.consent("0055555").unwrap().is_none(),
+        "nothing left behind"
+    );
     // A view at the hospital moves the one regional last_view.
     block(hospital.touch_consent("0012345", date!(2026 - 02 - 01))).unwrap();
     assert_eq!(
@@ -328,8 +345,12 @@ fn art_9_4_linked_consent_is_found_by_each_sites_own_id_and_links_are_one_to_one
     block(hospital.withdraw_consent("0012345", "F7", date!(2026 - 02 - 02))).unwrap();
     assert!(clinic.consent("N-778").unwrap().is_none());
     assert!(hospital.consent("0012345").unwrap().is_none());
-    block(hospital.grant_consent(&linked("0055555", "seiyo-hospital", &["nomura-clinic:N-778"])))
-        .unwrap();
+    block(hospital.grant_consent(&linked(
+        "0055555",
+        "seiyo-hospital",
+        &["nomura-clinic:N-778"],
+    )))
+    .unwrap();
     assert_eq!(clinic.consent("N-778").unwrap().unwrap().patient, "0055555");
 }
 
@@ -346,10 +367,16 @@ fn art_9_4_a_pre_link_consent_keeps_working_and_link_moves_it_to_the_linked_form
     let hospital = bare.clone().at_site("seiyo-hospital");
     let clinic = bare.clone().at_site("nomura-clinic");
     assert!(hospital.consent("P001").unwrap().is_some());
-    assert!(clinic.consent("P001").unwrap().is_none(), "another EMR's P001");
+    assert!(
+        clinic.consent("P001").unwrap().is_none(),
+        "another EMR's P001"
+    );
     // A second grant for the same patient is refused while the old one holds.
     let e = block(hospital.grant_consent(&linked("P001", "seiyo-hospital", &[]))).unwrap_err();
-    assert!(matches!(e, StoreError::Conflict(Conflict::ConsentRegistered { .. })), "{e}");
+    assert!(
+        matches!(e, StoreError::Conflict(Conflict::ConsentRegistered { .. })),
+        "{e}"
+    );
     let c = block(hospital.link_patient("P001", "nomura-clinic:N-1")).unwrap();
     assert_eq!(c.links, ["seiyo-hospital:P001", "nomura-clinic:N-1"]);
     assert_eq!(clinic.consent("N-1").unwrap().unwrap().patient, "P001");
