@@ -187,6 +187,11 @@ impl Admin {
         if !purged.is_empty() {
             self.count("purge", purged.len() as u64);
         }
+        // Links of consents deleted earlier whose removal did not go through (best effort
+        // at the deletion): the registry forgets them here.
+        if let Err(e) = self.store.sweep_orphan_links().await {
+            tracing::warn!(error = %e, "orphan patient links not swept (next purge retries)");
+        }
         Ok(purged)
     }
 

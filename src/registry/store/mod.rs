@@ -702,14 +702,34 @@ impl Store {
         }
     }
 
-    /// Removes the links of a deleted consent (those still pointing at its key).
+    /// Removes the links of a deleted consent (those still pointing at its key). Best effort:
+    /// the consent is already gone (access refused at every site), and a link left pointing at
+    /// no consent finds nothing, is taken over by the next claim, and is removed by the next
+    /// purge ([`Store::purge`] sweeps orphan links).
     async fn drop_links(&self, c: &Consent, key: &[u8]) -> Result<(), StoreError> {
         for l in &c.links {
-            self.links
+            if let Err(e) = self
+                .links
                 .compare_and_swap(l.as_bytes(), Some(key), None)
-                .await?;
+                .await
+            {
+                tracing::warn!(link = %l, error = %e, "link of a deleted consent not removed yet (the next purge removes it)");
+            }
         }
         Ok(())
+    }
+
+    /// Removes links that point at no consent (left by a deletion whose link removal failed).
+    pub async fn sweep_orphan_links(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (l, key) in self.links.entries()? {
+            if self.consents.get(&key)?.is_none()
+                && self.links.compare_and_swap(&l, Some(&key), None).await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Registers (or renews, after a withdrawal) a patient's consent, with its links (the
@@ -1031,6 +1051,7 @@ impl Store {
                 purged.push(c.patient);
             }
         }
+        self.sweep_orphan_links().await?;
         Ok(purged)
     }
 }
