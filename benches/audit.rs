@@ -66,6 +66,7 @@ fn rec(i: u64) -> RequestRecord {
         reason: "allowed".into(),
         serial: Some("3f9a0c1e5b7d2468".into()),
         cn: Some("pc-17".into()),
+        staff: None,
     }
 }
 

@@ -48,6 +48,8 @@
 //! * [`site`]: a site's files — [`site::config`] (TOML → validated types), [`site::init`],
 //!   [`site::pki`], [`site::network`] (the regional CA, site bundles, joining a site),
 //!   [`site::firewall`], [`site::filecheck`], [`site::fsmode`].
+//! * [`office`]: the liaison office's console (issue 15) — its listener, staff sign-in,
+//!   sessions and CSRF, the pages (minijinja templates), all changes through [`admin`].
 //! * [`ops`]: [`ops::server`] (bind, serve, reload, drain), [`ops::metrics`],
 //!   [`ops::shutdown`], [`ops::clock`] (Japan time), [`ops::exit`], [`ops::dates`],
 //!   [`ops::errors`], [`ops::demo`].
@@ -61,6 +63,7 @@ pub(crate) mod egress;
 pub(crate) mod exchange;
 pub(crate) mod gate;
 pub mod ingress;
+pub mod office;
 pub mod ops;
 pub(crate) mod outcome;
 pub mod pages;

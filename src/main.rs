@@ -13,7 +13,7 @@ use seibo_gate::admin::AdminRequest;
 use seibo_gate::audit;
 use seibo_gate::cli::{self, DEFAULT_CONFIG};
 use seibo_gate::ops::exit::{self, UsageError};
-use seibo_gate::registry::model::{SuspendReason, TerminalKind};
+use seibo_gate::registry::model::{StaffRole, SuspendReason, TerminalKind};
 use seibo_gate::site::config::Config;
 use seibo_gate::site::init::InitOptions;
 
@@ -40,7 +40,13 @@ struct ConfigArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run everything on loopback with a sample EMR and print curl lines to try (Ctrl-C stops).
-    Demo,
+    Demo {
+        /// Both sites of Seibo Net (hospital and clinic) on one regional registry: needs the
+        /// `etcd` binary (Debian etcd-server); shows a consent given at the clinic used at the
+        /// hospital and a withdrawal at the hospital refused at the clinic.
+        #[arg(long)]
+        network: bool,
+    },
     /// Create a new site: config, terminal CA, server certificate, state directory; with
     /// --join, a site of a network from the bundle `site add` wrote.
     Init {
@@ -124,6 +130,13 @@ enum Command {
         #[command(flatten)]
         cfg: ConfigArg,
     },
+    /// The liaison office's console accounts (issue 15): staff certificate and password.
+    Staff {
+        #[command(subcommand)]
+        cmd: StaffCmd,
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Patient consents (art 8, 9).
     Consent {
         #[command(subcommand)]
@@ -175,6 +188,36 @@ enum Command {
         /// Address to serve the sample EMR on (plain HTTP).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum StaffCmd {
+    /// Add a staff account: writes the staff certificate (DIR/staff-ID.crt, .key, .p12; the
+    /// .p12 password printed once) and prints a one-time password (changed at first sign-in).
+    Add {
+        /// The staff member's sign-in ID (e.g. clerk-tanaka).
+        #[arg(long)]
+        id: String,
+        /// The staff member's name.
+        #[arg(long)]
+        name: String,
+        /// clerk (registrations, consents, reports) or admin (also staff accounts).
+        #[arg(long)]
+        role: StaffRole,
+        /// Directory for the certificate files (created 0700).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Suspend a staff account: the console refuses it from its next request on.
+    Suspend {
+        #[arg(long)]
+        id: String,
+    },
+    /// List the staff accounts.
+    List {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -566,7 +609,10 @@ fn main() -> ExitCode {
             });
         }
     };
-    init_tracing(matches!(cli.command, Command::Serve { .. } | Command::Demo));
+    init_tracing(matches!(
+        cli.command,
+        Command::Serve { .. } | Command::Demo { .. }
+    ));
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -624,8 +670,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         seibo_gate::site::fsmode::restrict_umask();
     }
     match cli.command {
-        Command::Demo => {
+        Command::Demo { network: false } => {
             seibo_gate::ops::demo::run().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo { network: true } => {
+            seibo_gate::ops::demo_network::run().await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::SampleEmr { listen } => {
@@ -705,6 +755,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Firewall { cfg } => cli::firewall(&cli::load(&cfg.config)?),
         Command::Consent { cmd, cfg } => consent(cmd, &cli::load(&cfg.config)?).await,
+        Command::Staff { cmd, cfg } => {
+            let c = cli::load(&cfg.config)?;
+            match cmd {
+                StaffCmd::Add {
+                    id,
+                    name,
+                    role,
+                    out,
+                } => cli::staff::add(&c, id, name, role, &out).await,
+                StaffCmd::Suspend { id } => {
+                    cli::call_and_report(&c, AdminRequest::StaffSuspend { id }).await
+                }
+                StaffCmd::List { json } => cli::staff::list(&c, json).await,
+            }
+        }
         Command::Patient { cmd, cfg } => {
             let c = cli::load(&cfg.config)?;
             let req = match cmd {

@@ -13,7 +13,8 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::audit::{
-    AuditError, AuditLog, Decision, Outcome, RequestRecord, CLIENT_CLOSED, CLIENT_CLOSED_STATUS,
+    AuditError, AuditLog, Decision, Outcome, PendingRecord, RequestRecord, CLIENT_CLOSED,
+    CLIENT_CLOSED_STATUS,
 };
 use crate::exchange::Exchange;
 use crate::gate::Gate;
@@ -101,23 +102,64 @@ pub fn close_if_identity(r: &Refusal, mut resp: Response<Body>) -> Response<Body
     resp
 }
 
-/// [`AuditLog::record`] that survives its caller: when the client goes away while the line is
-/// being written (the request future is dropped), the line is written all the same and gets its
-/// `client-closed` outcome (issue 11 item 9).
-pub async fn record_abandonable(
-    audit: &AuditLog,
-    record: RequestRecord,
+/// [`AuditLog::record`] that survives its caller: the line is handed to the writer at once
+/// (before the first poll: the sync runs while the caller forwards the request, issue 16);
+/// when the client goes away while it is being written (this future is dropped), the line is
+/// written all the same and gets its `client-closed` outcome (issue 11 item 9).
+pub fn record_abandonable(audit: &AuditLog, record: RequestRecord, started: Instant) -> Recording {
+    Recording {
+        state: Some(audit.record_now(&record)),
+        audit: audit.clone(),
+        started,
+    }
+}
+
+/// A request line being made durable ([`record_abandonable`]).
+pub struct Recording {
+    state: Option<Result<PendingRecord, AuditError>>,
+    audit: AuditLog,
     started: Instant,
-) -> Result<u64, AuditError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let log = audit.clone();
-    tokio::spawn(async move {
-        let r = log.record(record).await;
-        if let Err(Ok(rid)) = tx.send(r) {
-            ClientClosedGuard::armed(log, rid, started).write(CLIENT_CLOSED_STATUS, 0);
+}
+
+impl std::future::Future for Recording {
+    type Output = Result<u64, AuditError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.state.take() {
+            Some(Ok(mut pending)) => match Pin::new(&mut pending).poll(cx) {
+                Poll::Ready(r) => Poll::Ready(r),
+                Poll::Pending => {
+                    self.state = Some(Ok(pending));
+                    Poll::Pending
+                }
+            },
+            Some(Err(e)) => Poll::Ready(Err(e)),
+            // Polled again after it resolved.
+            None => Poll::Ready(Err(AuditError::Closed)),
         }
-    });
-    rx.await.unwrap_or(Err(AuditError::Closed))
+    }
+}
+
+impl Drop for Recording {
+    /// Dropped before the line was synced: the client went away. The line is written anyway;
+    /// a task waits for it and writes its `client-closed` outcome.
+    fn drop(&mut self) {
+        let Some(Ok(pending)) = self.state.take() else {
+            return;
+        };
+        let (log, started) = (self.audit.clone(), self.started);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Ok(rid) = pending.await {
+                        ClientClosedGuard::armed(log, rid, started).write(CLIENT_CLOSED_STATUS, 0);
+                    }
+                });
+            }
+            // No runtime: the process is stopping; the writer flushes what it has.
+            Err(_) => tracing::warn!("audit: request line abandoned at shutdown, no outcome"),
+        }
+    }
 }
 
 /// Writes the `client-closed` outcome of request `rid` when dropped armed: the request's

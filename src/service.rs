@@ -280,6 +280,7 @@ fn audit_record(gate: &Gate, ex: &Exchange, step: &Step) -> RequestRecord {
         reason: step.reason().to_string(),
         serial: credential.serial().map(str::to_string),
         cn: credential.cn().map(str::to_string),
+        staff: None,
     }
 }
 

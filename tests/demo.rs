@@ -183,3 +183,81 @@ fn art_1_demo_prints_working_commands() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Art 9.2, 9.4 (issue 14): `seibo-gate demo --network` runs both sites on one regional registry
+/// (a real etcd) and shows, with real requests, a consent given at the clinic used at the
+/// hospital and a withdrawal at the hospital refused at the clinic; Ctrl-C stops it all,
+/// etcd included.
+#[test]
+fn art_9_4_demo_network_shows_a_clinic_consent_used_at_the_hospital_and_a_withdrawal_refused_at_the_clinic(
+) {
+    assert!(
+        Command::new("etcd")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "etcd must be installed (scripts/install-test-tools)"
+    );
+    let mut child = Command::new(BIN)
+        .args(["demo", "--network"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn demo --network");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let done = l.starts_with("Press Ctrl-C");
+                lines.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        }
+    }
+    let all = lines.join("\n");
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let stop = Instant::now();
+    let mut exited = None;
+    while stop.elapsed() < Duration::from_secs(20) {
+        if let Ok(Some(s)) = child.try_wait() {
+            exited = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    shows(
+        "demo --network",
+        &all,
+        &[
+            "consent for P001 granted at nomura-clinic",
+            "seiyo-hospital GET /patients/P001/labs -> HTTP 200",
+            "consent for P001 withdrawn at seiyo-hospital",
+            "nomura-clinic GET /patients/P001/labs -> HTTP 403",
+            "Press Ctrl-C to stop.",
+        ],
+    );
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "Ctrl-C stops the network demo: {exited:?}"
+    );
+}

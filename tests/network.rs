@@ -656,6 +656,132 @@ fn art_6_2_example_configs_name_the_two_sites_and_allow_no_clinic_outside_the_ne
     }
 }
 
+/// Art 12.8 and issue 15: the liaison office's disclosure report on the hospital's console asks
+/// every site of the network (the patient's id at each: this site's, and `SITE:ID` links),
+/// lists both sites' views with their site, and names a site that does not answer on the
+/// report instead of leaving its rows out silently.
+#[test]
+fn art_12_8_office_disclosure_report_covers_every_site_and_names_a_silent_one() {
+    let mut n = network();
+    for (g, path) in [
+        (&n.hospital, "/patients/P001/labs"),
+        (&n.clinic, "/patients/P003/labs"),
+    ] {
+        assert_eq!(g.curl(Some(&n.terminal), path, &[]).status, Some(200));
+    }
+    // The console at the hospital, and a staff account made there.
+    assert!(n.hospital.stop());
+    let office = free_port();
+    let mut text = std::fs::read_to_string(&n.hospital.config).expect("gate.toml");
+    text.push_str(&format!(
+        "\n[office]\nlisten = \"127.0.0.1:{office}\"\nallow = [\"127.0.0.0/8\"]\n"
+    ));
+    std::fs::write(&n.hospital.config, text).expect("gate.toml");
+    n.hospital.start();
+    assert!(wait_for_tcp(office, Duration::from_secs(20)));
+    let dir = n.hospital.path("staff");
+    let out = n.hospital.ok(&[
+        "staff",
+        "add",
+        "--id",
+        "renkei-1",
+        "--name",
+        "連携室",
+        "--role",
+        "clerk",
+        "--out",
+        s(&dir),
+    ]);
+    let value = |marker: &str| {
+        out.lines()
+            .find(|l| l.contains(marker))
+            .and_then(|l| l.rsplit_once(": "))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{marker} in {out}"))
+    };
+    let staff = Terminal {
+        name: "renkei-1".into(),
+        cert: value("certificate:").into(),
+        key: value("private key:").into(),
+    };
+    let otp = value("one-time password");
+    let jar = n.hospital.path("jar.txt");
+    let get = |path: &str, extra: &[&str]| {
+        let mut args = vec!["-c", s(&jar), "-b", s(&jar)];
+        args.extend_from_slice(extra);
+        curl(office, &n.hospital.ca(), Some(&staff), path, &args)
+    };
+    let csrf_of = |body: &str| {
+        let at = body.find("name=\"csrf\" value=\"").expect("csrf field") + 19;
+        body[at..at + 64].to_string()
+    };
+    let r = get("/office/login", &[]);
+    let c = format!("csrf={}", csrf_of(&r.body));
+    let pw = format!("password={otp}");
+    let r = get(
+        "/office/login",
+        &[
+            "--data-urlencode",
+            "id=renkei-1",
+            "--data-urlencode",
+            &pw,
+            "--data-urlencode",
+            &c,
+        ],
+    );
+    assert_eq!(r.status, Some(303), "{r:?}");
+    let r = get("/office/password", &[]);
+    let c = format!("csrf={}", csrf_of(&r.body));
+    let cur = format!("current={otp}");
+    let r = get(
+        "/office/password",
+        &[
+            "--data-urlencode",
+            &cur,
+            "--data-urlencode",
+            "new=Renkei-Shitsu-2026!",
+            "--data-urlencode",
+            &c,
+        ],
+    );
+    assert_eq!(r.status, Some(303), "{r:?}");
+
+    let report = "/office/views?patient=P001&links=nomura-clinic%3AP003";
+    let r = get(report, &[]);
+    assert_eq!(r.status, Some(200), "{r:?}");
+    let table = r.body.split("id=\"views\"").nth(1).unwrap_or("");
+    let rows: Vec<&str> = table.split("<tr>").skip(2).collect();
+    assert!(
+        rows.iter()
+            .any(|x| x.contains(HOSPITAL) && x.contains("saiyo-pc") && x.contains("viewed (200)"))
+            && rows.iter().any(|x| x.contains(CLINIC)
+                && x.contains("saiyo-pc")
+                && x.contains("viewed (200)")),
+        "both sites' views on the report: {table}"
+    );
+    assert!(r.body.contains("ネットワークの全施設"), "{}", r.body);
+    assert!(!r.body.contains("did not answer"), "{}", r.body);
+
+    assert!(n.clinic.stop(), "the clinic's gateway stops");
+    let r = get(report, &[]);
+    assert_eq!(r.status, Some(200), "{r:?}");
+    assert!(
+        r.body
+            .contains("site nomura-clinic did not answer; its rows are missing"),
+        "{}",
+        r.body
+    );
+    let csv = get(
+        "/office/views.csv?patient=P001&links=nomura-clinic%3AP003",
+        &[],
+    );
+    assert!(
+        csv.body.contains("# ") && csv.body.contains("nomura-clinic did not answer"),
+        "{}",
+        csv.body
+    );
+}
+
 /// `curl` with a cookie jar: a POST of `form` (or a GET when empty) on `port`.
 fn curl_jar(port: u16, ca: &Path, t: &Terminal, jar: &Path, path: &str, form: &str) -> CurlReply {
     let jar = s(jar);

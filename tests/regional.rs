@@ -621,3 +621,45 @@ async fn art_9_2_kill_9_during_admin_writes_loses_no_acknowledged_change() {
         .unwrap();
     assert_eq!(row["decision"], "allow", "{row:#}");
 }
+
+/// Art 9.2 fail closed at start: a gateway started while etcd has no member answering starts
+/// (so that it serves as soon as the registry is back), refuses with 503 meanwhile, and serves
+/// once the members are back — no restart of the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn art_9_2_a_gateway_started_without_etcd_refuses_until_the_registry_is_back() {
+    let mut p = pair(15, false);
+    p.a.add_physician("dr1");
+    let pc1 = p.a.add_terminal("dr1", "pc1");
+    p.a.grant("P001", today_jst());
+    assert!(p.b.stop(), "gateway B stops");
+    for i in 0..3 {
+        p.cluster.stop_member(i);
+    }
+    let out = p.b.cli(&["check-config"]);
+    assert_eq!(out.status.code(), Some(69), "{}", show(&out));
+    assert!(show(&out).contains("cannot be reached"), "{}", show(&out));
+    p.b.start();
+    let r = get_once(p.b.port, p.b.client(&pc1), "/patients/P001/labs")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.body.contains("The regional registry cannot be reached"),
+        "{}",
+        r.body
+    );
+    for i in 0..3 {
+        p.cluster.restart_member(i);
+    }
+    let (port, cfg) = (p.b.port, p.b.client(&pc1));
+    until(
+        Duration::from_secs(30),
+        "B serves once etcd is back",
+        async || {
+            get_once(port, cfg.clone(), "/patients/P001/labs")
+                .await
+                .is_ok_and(|r| r.status == 200)
+        },
+    )
+    .await;
+}

@@ -15,6 +15,7 @@ mod physicians;
 mod reads;
 mod reply;
 mod socket;
+mod staff;
 pub(crate) mod terminal_issue;
 mod terminals;
 mod validate;
@@ -32,10 +33,10 @@ use crate::ops::clock::{self, SharedClock};
 use crate::ops::metrics::Metrics;
 use crate::policy::session::Sessions;
 use crate::registry::ids::{PatientId, PhysicianId};
-use crate::registry::model::{ConsentBy, SuspendReason, Terminal};
+use crate::registry::model::{ConsentBy, StaffRole, SuspendReason, Terminal};
 use crate::registry::store::{Store, StoreError};
 
-pub use reply::{AdminReply, AdminResponse, ConsentView};
+pub use reply::{AdminReply, AdminResponse, ConsentView, StaffView};
 pub use socket::{bind, call, serve, AdminSocketError};
 pub use validate::validate;
 
@@ -129,6 +130,22 @@ pub enum AdminRequest {
         form_ref: String,
     },
     Purge {},
+    /// A liaison-office staff account with its staff certificate (issued by the CLI).
+    StaffAdd {
+        id: String,
+        name: String,
+        role: StaffRole,
+        /// Argon2id hash of the one-time password (hashed by the CLI).
+        password_hash: String,
+        fingerprint: String,
+        serial: String,
+        #[serde(with = "time::serde::rfc3339")]
+        not_after: time::OffsetDateTime,
+    },
+    StaffSuspend {
+        id: String,
+    },
+    StaffList {},
 }
 
 impl AdminRequest {
@@ -152,6 +169,9 @@ impl AdminRequest {
             AdminRequest::ConsentShow { .. } => "consent-show",
             AdminRequest::PatientDelete { .. } => "patient-delete",
             AdminRequest::Purge {} => "purge",
+            AdminRequest::StaffAdd { .. } => "staff-add",
+            AdminRequest::StaffSuspend { .. } => "staff-suspend",
+            AdminRequest::StaffList {} => "staff-list",
         }
     }
 
@@ -164,6 +184,7 @@ impl AdminRequest {
                 | AdminRequest::TerminalList {}
                 | AdminRequest::RegistryStatus {}
                 | AdminRequest::ConsentShow { .. }
+                | AdminRequest::StaffList {}
         )
     }
 
@@ -193,6 +214,17 @@ pub struct Admin {
     pub sessions: Option<Arc<Sessions>>,
     /// Woken when terminals change, so the WireGuard ingress reloads its peers at once.
     pub terminals_changed: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Who asked for a request made on the liaison office's console (issue 15), written into
+/// its audit record: the staff member (`staff`), the console's connection (`client`), and
+/// what the form says beyond the request (form 5, the explaining physician, the site links,
+/// who withdrew), appended to the record's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub staff: String,
+    pub client: String,
+    pub note: String,
 }
 
 /// Why an admin request was refused or failed; its status goes to the audit's outcome line.
@@ -259,20 +291,32 @@ impl Admin {
     ///   the reason and its outcome status;
     /// * a read that succeeds changes nothing and is not recorded.
     pub async fn execute(&self, req: AdminRequest) -> AdminResponse {
+        self.execute_by(req, None).await
+    }
+
+    /// [`Admin::execute`] for a staff member on the office console: the same checks and the
+    /// same audit first, with the [`Actor`] in the record.
+    pub async fn execute_by(&self, req: AdminRequest, actor: Option<&Actor>) -> AdminResponse {
         let op = req.op();
         let started = std::time::Instant::now();
         let (physician, patient, note) = validate::subject(&req);
+        let who = Who {
+            op,
+            physician,
+            patient,
+            actor,
+        };
         if let Err(e) = validate(&req) {
-            return self.refused(op, physician, patient, &e, started).await;
+            return self.refused(&who, &e, started).await;
         }
         if !req.mutates() {
             return match self.apply(req).await {
                 Ok(r) => r,
-                Err(e) => self.refused(op, physician, patient, &e, started).await,
+                Err(e) => self.refused(&who, &e, started).await,
             };
         }
         let touches_terminals = req.touches_terminals();
-        let rec = self.record(op, Decision::Allow, physician, patient, note);
+        let rec = self.record_by(&who, Decision::Allow, note);
         let rid = match self.audit.record(rec).await {
             Ok(rid) => rid,
             Err(e) => {
@@ -358,6 +402,33 @@ impl Admin {
                 AdminReply::Registry(self.store.status().await),
             )),
             AdminRequest::ConsentShow { patient } => self.consent_show(&patient),
+            AdminRequest::StaffAdd {
+                id,
+                name,
+                role,
+                password_hash,
+                fingerprint,
+                serial,
+                not_after,
+            } => {
+                self.staff_add(crate::registry::model::Staff {
+                    id,
+                    name,
+                    role,
+                    suspended: false,
+                    registered: clock::rfc3339(self.clock.now()),
+                    password_hash,
+                    must_change_password: true,
+                    failed_logins: 0,
+                    locked_until: None,
+                    fingerprint,
+                    serial,
+                    not_after,
+                })
+                .await
+            }
+            AdminRequest::StaffSuspend { id } => self.staff_suspend(&id).await,
+            AdminRequest::StaffList {} => self.staff_list(),
         }
     }
 
@@ -386,21 +457,44 @@ impl Admin {
             reason,
             serial: None,
             cn: None,
+            staff: None,
         }
+    }
+
+    /// [`Admin::record`] of a request by `who`: a staff member's id, connection and note
+    /// go into the record.
+    fn record_by(&self, who: &Who<'_>, decision: Decision, reason: String) -> RequestRecord {
+        let mut rec = self.record(
+            who.op,
+            decision,
+            who.physician.clone(),
+            who.patient.clone(),
+            reason,
+        );
+        if let Some(a) = who.actor {
+            rec.staff = Some(a.staff.clone());
+            rec.client = a.client.clone();
+            if !a.note.is_empty() {
+                rec.reason = if rec.reason.is_empty() {
+                    validate::capped(&a.note)
+                } else {
+                    format!("{}; {}", rec.reason, validate::capped(&a.note))
+                };
+            }
+        }
+        rec
     }
 
     /// Records a refused request (decision `deny`, the error's kind and message, its status
     /// as the outcome) and answers with the error.
     async fn refused(
         &self,
-        op: &str,
-        physician: Option<String>,
-        patient: Option<String>,
+        who: &Who<'_>,
         e: &AdminError,
         started: std::time::Instant,
     ) -> AdminResponse {
         let reason = format!("{}: {}", e.kind(), validate::capped(&e.to_string()));
-        let rec = self.record(op, Decision::Deny, physician, patient, reason);
+        let rec = self.record_by(who, Decision::Deny, reason);
         let written = match self.audit.record(rec).await {
             Ok(rid) => self
                 .audit
@@ -424,6 +518,14 @@ impl Admin {
             .map(|s| s.end_where(pred))
             .unwrap_or(0)
     }
+}
+
+/// What the audit record of one request names.
+struct Who<'a> {
+    op: &'static str,
+    physician: Option<String>,
+    patient: Option<String>,
+    actor: Option<&'a Actor>,
 }
 
 fn outcome(status: u16, started: std::time::Instant) -> Outcome {

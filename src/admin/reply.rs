@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::Date;
 
 use super::AdminSocketError;
-use crate::registry::model::{Consent, Physician, Terminal};
+use crate::registry::model::{Consent, Physician, Staff, Terminal};
 
 /// One answer line on the admin socket.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +43,10 @@ pub enum AdminReply {
     ConsentView(ConsentView),
     /// `patient-delete`: nothing (`null`).
     Nothing,
+    /// `staff-add`, `staff-suspend`: [`StaffView`].
+    Staff(StaffView),
+    /// `staff-list`: `Vec<StaffView>`.
+    StaffList(Vec<StaffView>),
     /// `registry-status`: [`crate::registry::RegistryStatus`].
     Registry(crate::registry::RegistryStatus),
 }
@@ -84,5 +88,34 @@ impl AdminResponse {
     /// `Physician` for `physician-get`, `Vec<Terminal>` for `terminal-list`.
     pub fn reply<T: DeserializeOwned>(&self) -> Result<T, AdminSocketError> {
         T::deserialize(&self.data).map_err(|e| AdminSocketError::Protocol(e.to_string()))
+    }
+}
+
+/// A staff account as the admin surface shows it: never its password hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StaffView {
+    pub id: String,
+    pub name: String,
+    pub role: crate::registry::model::StaffRole,
+    pub suspended: bool,
+    pub registered: String,
+    pub fingerprint: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: time::OffsetDateTime,
+    pub locked_until: Option<String>,
+}
+
+impl From<&Staff> for StaffView {
+    fn from(s: &Staff) -> StaffView {
+        StaffView {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            role: s.role,
+            suspended: s.suspended,
+            registered: s.registered.clone(),
+            fingerprint: s.fingerprint.clone(),
+            not_after: s.not_after,
+            locked_until: s.locked_until.clone(),
+        }
     }
 }

@@ -128,11 +128,29 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             form(form_ref)
         }
         AdminRequest::ConsentShow { patient } => patient_id(patient),
+        AdminRequest::StaffAdd { id: s, name: n, .. } => {
+            staff_id(s)?;
+            if n.trim().is_empty() || n.chars().count() > 200 || n.chars().any(char::is_control) {
+                return Err(AdminError::Invalid(format!(
+                    "staff name {n:?}: 1-200 characters, no control characters"
+                )));
+            }
+            Ok(())
+        }
+        AdminRequest::StaffSuspend { id } => staff_id(id),
         AdminRequest::PhysicianList {}
         | AdminRequest::TerminalList {}
         | AdminRequest::RegistryStatus {}
-        | AdminRequest::Purge {} => Ok(()),
+        | AdminRequest::Purge {}
+        | AdminRequest::StaffList {} => Ok(()),
     }
+}
+
+/// A staff id has the shape of a physician id (letters, digits, '.', '_', '-').
+fn staff_id(v: &str) -> Result<(), AdminError> {
+    PhysicianId::parse(v)
+        .map(drop)
+        .map_err(|e| AdminError::Invalid(format!("staff {e}")))
 }
 
 /// The physician and patient an admin request is about, and a note for the audit.
@@ -220,10 +238,17 @@ pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, St
             format!("do not extend (art 8.3), form {}", capped(form_ref)),
         ),
         AdminRequest::ConsentShow { patient } => (None, Some(patient.clone()), String::new()),
+        AdminRequest::StaffAdd { id, role, .. } => (
+            None,
+            None,
+            format!("staff {} ({})", capped(id), role.as_str()),
+        ),
+        AdminRequest::StaffSuspend { id } => (None, None, format!("staff {}", capped(id))),
         AdminRequest::PhysicianList {}
         | AdminRequest::TerminalList {}
         | AdminRequest::RegistryStatus {}
-        | AdminRequest::Purge {} => (None, None, String::new()),
+        | AdminRequest::Purge {}
+        | AdminRequest::StaffList {} => (None, None, String::new()),
     }
 }
 

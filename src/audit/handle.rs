@@ -73,6 +73,25 @@ impl AuditLog {
         self.append_acked(&BodyOut::Request(&rec), key).await
     }
 
+    /// Hands a request line to the writer now (before returning) and gives what resolves
+    /// with its seq once it is synced: the write starts while the caller goes on (issue 16:
+    /// the request is forwarded meanwhile). On error the request must be refused.
+    pub fn record_now(&self, rec: &RequestRecord) -> Result<PendingRecord, AuditError> {
+        let key = LineKey::Request(patient_key(rec.patient.as_deref()));
+        let body = serde_json::to_vec(&BodyOut::Request(rec))
+            .map_err(|e| AuditError::Encode(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Cmd::Append {
+                body,
+                key,
+                reply: Some(tx),
+            })
+            .map_err(|_| AuditError::Closed)?;
+        Ok(PendingRecord { rx })
+    }
+
     /// Appends an outcome line for request `rid`; fire-and-forget (durable
     /// with the next batch).  Never blocks.
     pub fn outcome(&self, rid: u64, outcome: Outcome) {
@@ -193,6 +212,26 @@ impl AuditLog {
             .shared
             .inject_failure
             .store(on, Ordering::Release);
+    }
+}
+
+/// A request line handed to the writer ([`AuditLog::record_now`]): resolves with its seq once
+/// the line is synced. Dropped unresolved, the line is written all the same.
+#[derive(Debug)]
+pub struct PendingRecord {
+    rx: oneshot::Receiver<Result<u64, AuditError>>,
+}
+
+impl std::future::Future for PendingRecord {
+    type Output = Result<u64, AuditError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(AuditError::Closed)))
     }
 }
 

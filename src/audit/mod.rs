@@ -72,7 +72,7 @@ mod writer;
 pub use anchor::HEAD_FILE;
 pub use chain::LOG_FILE;
 pub use error::{AuditError, VerifyError};
-pub use handle::AuditLog;
+pub use handle::{AuditLog, PendingRecord};
 pub use index::INDEX_FILE;
 pub use kinds::{Decision, Ingress};
 pub use query::{parse_time_arg, query, query_full_scan, TimeArgError};

@@ -30,6 +30,10 @@ pub struct RequestRecord {
     pub reason: String,
     pub serial: Option<String>,
     pub cn: Option<String>,
+    /// The liaison-office staff member who made an admin change on the office console
+    /// (issue 15); absent for every other record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staff: Option<String>,
 }
 
 /// What happened to a forwarded request (`"kind":"outcome"`).

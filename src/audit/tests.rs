@@ -39,6 +39,7 @@ fn rec(i: u64) -> RequestRecord {
         reason: "consent".into(),
         serial: Some("01ab".into()),
         cn: Some("Dr. Tanaka \"quoted\" 田中".into()),
+        staff: None,
     }
 }
 

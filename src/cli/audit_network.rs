@@ -87,8 +87,53 @@ pub fn patient_per_site(
     Ok(named)
 }
 
+/// What every site answered: the merged rows (sorted by time), the sites that did not answer
+/// (and why), the sites not asked (no patient id given for them), how many answered.
+#[derive(Debug, Default)]
+pub struct Collected {
+    pub rows: Vec<Row>,
+    pub missing: Vec<(NetworkSite, String)>,
+    pub not_asked: Vec<String>,
+    pub answered: usize,
+}
+
 /// Runs the query; prints the merged rows and the sites that did not answer.
 pub async fn query(c: &Config, q: NetworkQuery) -> anyhow::Result<ExitCode> {
+    let json = q.json;
+    let Collected {
+        rows,
+        mut missing,
+        not_asked,
+        answered,
+    } = collect(c, &q).await?;
+    print_rows(&rows, json)?;
+    for s in &not_asked {
+        eprintln!("seibo-gate: site {s} not asked: no --patient {s}:ID given");
+    }
+    if missing.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    missing.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    for (site, why) in &missing {
+        eprintln!(
+            "seibo-gate: site {} ({}, {}) DID NOT ANSWER: {why}",
+            site.id,
+            site.name,
+            crate::site::network::host_port(&site.peer_host, site.peer_port)
+        );
+    }
+    let names: Vec<&str> = missing.iter().map(|(s, _)| s.id.as_str()).collect();
+    eprintln!(
+        "seibo-gate: INCOMPLETE: {} of {} sites asked did not answer ({}); their rows are missing above",
+        missing.len(),
+        missing.len() + answered,
+        names.join(", ")
+    );
+    Ok(ExitCode::from(exit::UNAVAILABLE))
+}
+
+/// Asks every site of `[network]` (the console's disclosure report uses it too, issue 15).
+pub async fn collect(c: &Config, q: &NetworkQuery) -> anyhow::Result<Collected> {
     let network = c.network.as_ref().ok_or_else(|| {
         ConfigProblem(
             "--network: this site's config has no [network] (the sites to ask): `network init` \
@@ -163,34 +208,16 @@ pub async fn query(c: &Config, q: NetworkQuery) -> anyhow::Result<ExitCode> {
         }
     }
     rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    print_rows(&rows, q.json)?;
-    for s in &not_asked {
-        eprintln!("seibo-gate: site {s} not asked: no --patient {s}:ID given");
-    }
-    if missing.is_empty() {
-        return Ok(ExitCode::SUCCESS);
-    }
-    missing.sort_by(|a, b| a.0.id.cmp(&b.0.id));
-    for (site, why) in &missing {
-        eprintln!(
-            "seibo-gate: site {} ({}, {}) DID NOT ANSWER: {why}",
-            site.id,
-            site.name,
-            crate::site::network::host_port(&site.peer_host, site.peer_port)
-        );
-    }
-    let names: Vec<&str> = missing.iter().map(|(s, _)| s.id.as_str()).collect();
-    eprintln!(
-        "seibo-gate: INCOMPLETE: {} of {} sites asked did not answer ({}); their rows are missing above",
-        missing.len(),
-        missing.len() + answered,
-        names.join(", ")
-    );
-    Ok(ExitCode::from(exit::UNAVAILABLE))
+    Ok(Collected {
+        rows,
+        missing,
+        not_asked,
+        answered,
+    })
 }
 
 /// A row: its time, its site, the line as the site sent it.
-type Row = (OffsetDateTime, String, serde_json::Value);
+pub type Row = (OffsetDateTime, String, serde_json::Value);
 
 /// Asks one site; its rows.
 async fn ask(

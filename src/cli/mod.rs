@@ -32,6 +32,7 @@ pub mod consent;
 pub mod network;
 pub mod physician;
 pub mod registry;
+pub mod staff;
 pub mod terminal;
 
 /// The config every command but `init` and `demo` reads when none is named.

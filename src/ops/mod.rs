@@ -5,6 +5,7 @@
 pub mod clock;
 pub(crate) mod dates;
 pub mod demo;
+pub mod demo_network;
 pub(crate) mod errors;
 pub mod exit;
 pub mod metrics;

@@ -12,7 +12,32 @@ use argon2::Argon2;
 use rand::Rng;
 use time::{Duration, OffsetDateTime};
 
-use crate::registry::model::Physician;
+use crate::registry::model::{Physician, Staff};
+
+/// An account whose wrong passwords are counted and locked (art 13.1): a physician, and a
+/// liaison-office staff member (issue 15: "the same lockout counting as physicians").
+pub trait Lockable {
+    fn counts(&mut self) -> (&mut u32, &mut Option<String>);
+    fn lock_text(&self) -> Option<&str>;
+}
+
+impl Lockable for Physician {
+    fn counts(&mut self) -> (&mut u32, &mut Option<String>) {
+        (&mut self.failed_logins, &mut self.locked_until)
+    }
+    fn lock_text(&self) -> Option<&str> {
+        self.locked_until.as_deref()
+    }
+}
+
+impl Lockable for Staff {
+    fn counts(&mut self) -> (&mut u32, &mut Option<String>) {
+        (&mut self.failed_logins, &mut self.locked_until)
+    }
+    fn lock_text(&self) -> Option<&str> {
+        self.locked_until.as_deref()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -85,9 +110,9 @@ pub fn password_policy(id: &str, current: &str, new: &str) -> Result<(), &'stati
 }
 
 /// The lockout in force, if any.
-pub fn locked_until(p: &Physician, now: OffsetDateTime) -> Option<OffsetDateTime> {
+pub fn locked_until(p: &impl Lockable, now: OffsetDateTime) -> Option<OffsetDateTime> {
     let until = OffsetDateTime::parse(
-        p.locked_until.as_deref()?,
+        p.lock_text()?,
         &time::format_description::well_known::Rfc3339,
     )
     .ok()?;
@@ -114,7 +139,7 @@ pub enum Attempt {
 /// calls [`record_success`], which clears the count and the lock. A crash between the two
 /// leaves the try counted: the safe direction.
 pub fn reserve_attempt(
-    p: &mut Physician,
+    p: &mut impl Lockable,
     now: OffsetDateTime,
     max_failures: u32,
     lockout: Duration,
@@ -122,24 +147,26 @@ pub fn reserve_attempt(
     if let Some(until) = locked_until(p, now) {
         return Attempt::Locked { until };
     }
-    if p.locked_until.is_some() {
+    let (failed_logins, locked) = p.counts();
+    if locked.is_some() {
         // The lock has run out: a fresh count.
-        p.locked_until = None;
-        p.failed_logins = 0;
+        *locked = None;
+        *failed_logins = 0;
     }
-    p.failed_logins = p.failed_logins.saturating_add(1);
-    if p.failed_logins >= max_failures {
-        p.locked_until = Some(crate::ops::clock::rfc3339(now + lockout));
-        p.failed_logins = 0;
+    *failed_logins = failed_logins.saturating_add(1);
+    if *failed_logins >= max_failures {
+        *locked = Some(crate::ops::clock::rfc3339(now + lockout));
+        *failed_logins = 0;
         return Attempt::Counted { locks: true };
     }
     Attempt::Counted { locks: false }
 }
 
 /// Records a successful sign-in.
-pub fn record_success(p: &mut Physician) {
-    p.failed_logins = 0;
-    p.locked_until = None;
+pub fn record_success(p: &mut impl Lockable) {
+    let (failed_logins, locked) = p.counts();
+    *failed_logins = 0;
+    *locked = None;
 }
 
 #[cfg(test)]

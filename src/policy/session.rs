@@ -417,10 +417,23 @@ impl Sessions {
                 Err(p) => p.into_inner(),
             };
             match &self.shared {
-                None => g.retain(|_, s| {
-                    now.duration_since(s.last_seen) <= idle
-                        && now.duration_since(s.created) <= lifetime
-                }),
+                // An ended session is kept for one more idle period, refused as expired: a
+                // physician coming back to it is told the session ended (and the audit says
+                // `session-expired`), whether or not a sweep ran in between.
+                None => {
+                    g.retain(|_, s| {
+                        now.duration_since(s.last_seen) <= idle * 2
+                            && now.duration_since(s.created) <= lifetime + idle
+                    });
+                    open += g
+                        .values()
+                        .filter(|s| {
+                            now.duration_since(s.last_seen) <= idle
+                                && now.duration_since(s.created) <= lifetime
+                        })
+                        .count();
+                    continue;
+                }
                 // Shared: a session lives while its lease does (renewed at any gateway).
                 Some(store) => g.retain(|k, s| {
                     store.session_get(&hex::encode(k)).is_some()
@@ -505,6 +518,18 @@ mod tests {
         assert!(s.check(&a, "fp1").is_err());
         assert!(s.check(&b, "fp2").is_ok());
         assert_eq!(s.sweep(), 1);
+    }
+
+    /// A session that ended by idleness is refused as expired even after a sweep ran (the
+    /// sweep keeps it one more idle period), and it no longer counts as open.
+    #[test]
+    fn art_13_1_an_idle_session_is_expired_not_unknown_after_a_sweep() {
+        let s = Sessions::new(Duration::from_millis(100), Duration::from_secs(3600));
+        let (t, _) = s.create("dr1", "fp", false);
+        std::thread::sleep(Duration::from_millis(130));
+        assert_eq!(s.sweep(), 0, "an idle session is not open");
+        assert_eq!(s.check(&t, "fp").unwrap_err(), SessionRefusal::Expired);
+        assert_eq!(s.check(&t, "fp").unwrap_err(), SessionRefusal::Missing);
     }
 
     #[test]

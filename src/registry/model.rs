@@ -282,6 +282,62 @@ pub struct Withdrawal {
     pub date: Date,
 }
 
+/// A liaison-office staff member's role on the office console (issue 15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StaffRole {
+    /// Registrations, consents, reports (地域連携室の事務).
+    Clerk,
+    /// Everything a clerk does, and staff accounts.
+    Admin,
+}
+
+impl StaffRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaffRole::Clerk => "clerk",
+            StaffRole::Admin => "admin",
+        }
+    }
+}
+
+impl FromStr for StaffRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "clerk" => Ok(StaffRole::Clerk),
+            "admin" => Ok(StaffRole::Admin),
+            other => Err(format!("unknown staff role {other:?}: use clerk or admin")),
+        }
+    }
+}
+
+/// A liaison-office staff account (issue 15): a staff certificate (its own terminal, never a
+/// physician's) and a password, counted and locked like a physician's (art 13.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Staff {
+    pub id: String,
+    pub name: String,
+    pub role: StaffRole,
+    pub suspended: bool,
+    /// Registration time, RFC 3339 (Japan time).
+    pub registered: String,
+    /// Argon2id hash (PHC string) of the password.
+    pub password_hash: String,
+    /// True while the password is the one-time one from `staff add`.
+    #[serde(default)]
+    pub must_change_password: bool,
+    #[serde(default)]
+    pub failed_logins: u32,
+    #[serde(default)]
+    pub locked_until: Option<String>,
+    /// The staff certificate's SPKI SHA-256 (hex): the console's first factor.
+    pub fingerprint: String,
+    pub serial: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

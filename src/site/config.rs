@@ -29,7 +29,7 @@ pub use registry::{EtcdConfig, RegistryBackend, RegistryConfig, DEFAULT_MAX_STAL
 pub use strip::{canonical_name, StripHeaderError, StripList, DEFAULT_STRIP_HEADERS};
 pub use types::{
     Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Network, NetworkSite,
-    PeerApi, Policy, Site, SiteTunnel, Upstream, WireGuard,
+    Office, PeerApi, Policy, Site, SiteTunnel, Upstream, WireGuard,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -277,6 +277,14 @@ pub fn files_read(cfg: &Config) -> Vec<Needed> {
             });
         }
     }
+    if let Some(o) = &cfg.office {
+        for (what, path) in [("cert", &o.cert), ("key", &o.key)] {
+            out.push(Needed {
+                key: format!("office.{what}"),
+                path: path.clone(),
+            });
+        }
+    }
     out
 }
 

@@ -168,6 +168,16 @@ pub fn ruleset(cfg: &Config) -> Result<String, FirewallError> {
     if let Some(p) = &cfg.peer {
         listener_rules(&mut rules, cfg.listeners.len(), "peer", p.listen, &p.allow);
     }
+    if let Some(o) = &cfg.office {
+        // The liaison office's console: open to its allow-list (the office LAN) only.
+        listener_rules(
+            &mut rules,
+            cfg.listeners.len() + 1,
+            "office",
+            o.listen,
+            &o.allow,
+        );
+    }
     if let Some(wg) = &cfg.wireguard {
         wireguard_rules(&mut rules.input, wg.listen);
     }

@@ -338,6 +338,11 @@ impl Gate {
     }
 
     pub fn init_site(site: &str, emr_port: u16) -> Gate {
+        Gate::init_with(site, emr_port, &[])
+    }
+
+    /// [`Gate::init_site`] with more `init` arguments (e.g. `--wireguard ADDR:PORT`).
+    pub fn init_with(site: &str, emr_port: u16, extra: &[&str]) -> Gate {
         let dir = tempfile::Builder::new()
             .prefix("seibo-gate-it-")
             .tempdir()
@@ -351,6 +356,7 @@ impl Gate {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--upstream", &format!("http://127.0.0.1:{emr_port}")])
             .args(["--private", "127.0.0.0/8"])
+            .args(extra)
             .output()
             .expect("run init");
         assert!(out.status.success(), "init failed: {}", show(&out));

@@ -36,6 +36,7 @@ fn rec(i: u64) -> RequestRecord {
         reason: "allowed".into(),
         serial: None,
         cn: Some("pc \"1\"".into()),
+        staff: None,
     }
 }
 

@@ -101,6 +101,7 @@ impl PeerService {
             reason,
             serial: Some(asker.serial.clone()),
             cn: Some(asker.site.clone()),
+            staff: None,
         };
         let rid = match self.audit.record(rec).await {
             Ok(rid) => rid,

@@ -75,6 +75,8 @@ pub struct Ready {
     pub metrics: Option<SocketAddr>,
     /// The WireGuard UDP socket, when enabled.
     pub wireguard: Option<SocketAddr>,
+    /// The liaison office's console (`[office]`), when enabled.
+    pub office: Option<SocketAddr>,
     /// The read-only peer API (`[peer]`), when configured.
     pub peer: Option<SocketAddr>,
 }
@@ -108,6 +110,7 @@ pub struct Bound {
     metrics_socket: Option<TcpListener>,
     admin_socket: UnixListener,
     tunnel: Option<BoundTunnel>,
+    office: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
     peer_api: Option<BoundPeerApi>,
 }
 
@@ -125,6 +128,7 @@ impl Bound {
                 .as_ref()
                 .and_then(|s| s.local_addr().ok()),
             wireguard: self.tunnel.as_ref().map(|t| t.handle.local_addr()),
+            office: self.office.as_ref().and_then(|(s, _)| s.local_addr().ok()),
             peer: self
                 .peer_api
                 .as_ref()
@@ -185,6 +189,24 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         }
         None => None,
     };
+    // The liaison office's console (issue 15): its own listener, never a physician's.
+    let office = match &cfg.office {
+        Some(o) => {
+            let tls = crate::office::listener::server_config(&o.cert, &o.key, &cfg.ca.cert)
+                .map_err(|source| ServeError::Tls {
+                    name: "office".into(),
+                    source,
+                })?;
+            let socket = TcpListener::bind(o.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: o.listen,
+                    source,
+                })?;
+            Some((socket, tls))
+        }
+        None => None,
+    };
     let peer_api = match &cfg.peer {
         Some(p) => Some(bind_peer_api(p, &cfg).await?),
         None => None,
@@ -198,6 +220,7 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
         metrics_socket,
         admin_socket,
         tunnel,
+        office,
         peer_api,
     })
 }
@@ -288,6 +311,7 @@ async fn serve_with(
         metrics_socket,
         admin_socket,
         tunnel,
+        office,
         peer_api,
     } = bound;
     let gate = Arc::new(Gate::new(
@@ -322,6 +346,20 @@ async fn serve_with(
         shutdown: &shutdown,
     };
     let mut tasks = running.spawn_ingress(listeners, tunnel, metrics_socket, admin_socket);
+    if let (Some((socket, tls)), Some(o)) = (office, &cfg.office) {
+        let console = Arc::new(crate::office::Console::new(
+            &cfg,
+            o,
+            admin.clone(),
+            gate.clone(),
+        ));
+        tasks.spawn(crate::office::listener::run(
+            socket,
+            tls,
+            console,
+            shutdown.clone(),
+        ));
+    }
     let peer_tls = peer_api.as_ref().map(|p| p.tls.clone());
     if let Some(p) = peer_api {
         let svc = Arc::new(peer_api::PeerService {
@@ -343,6 +381,7 @@ async fn serve_with(
     tracing::info!(
         site = %cfg.site.id,
         listeners = ?ready.listeners,
+        office = ?ready.office,
         metrics = ?ready.metrics,
         peer = ?ready.peer,
         upstream = %cfg.upstream.authority,

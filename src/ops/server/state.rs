@@ -54,6 +54,9 @@ pub fn check_key_modes_for(
         .iter()
         .map(|l| (format!("listener {}", l.name), l.key.as_path()))
         .collect();
+    if let Some(o) = &cfg.office {
+        keys.push(("office".into(), o.key.as_path()));
+    }
     if let Some(wg) = &cfg.wireguard {
         keys.push(("wireguard".into(), wg.private_key.as_path()));
         keys.push(("wireguard (in-tunnel TLS)".into(), wg.key.as_path()));

@@ -12,6 +12,7 @@
 //!   consent registered before links) → [`Consent`] (JSON)
 //! * `links`: `SITE:ID` (a site's EMR patient id) → regional key of the consent
 //! * `audit_heads`: site id → that gateway's last published audit chain head (JSON)
+//! * `staff`: staff id → [`Staff`] (JSON): the liaison office's console accounts (issue 15)
 //! * `meta`: `schema` → version
 //!
 //! Administrative changes are flushed before they are acknowledged (sled; an etcd write is on
@@ -31,7 +32,7 @@ use crate::policy::auth;
 use crate::policy::consent;
 use crate::registry::backend::{self, Backend, Generation, KvError, RegistryHealth, Tree};
 use crate::registry::model::{
-    link, Consent, Physician, SuspendReason, Terminal, TerminalKind, Withdrawal,
+    link, Consent, Physician, Staff, SuspendReason, Terminal, TerminalKind, Withdrawal,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -65,6 +66,8 @@ pub enum Missing {
     Terminal(String),
     #[error("no consent for patient {0:?}")]
     Consent(String),
+    #[error("no staff member {0:?}")]
+    Staff(String),
 }
 
 /// A change that contradicts what is registered: which record, and why.
@@ -72,6 +75,8 @@ pub enum Missing {
 pub enum Conflict {
     #[error("physician {0:?} is already registered")]
     PhysicianRegistered(String),
+    #[error("staff member {0:?} is already registered")]
+    StaffRegistered(String),
     #[error("terminal {0:?} is already registered")]
     TerminalRegistered(String),
     /// Another terminal has this certificate key (or WireGuard key).
@@ -114,6 +119,7 @@ pub struct Store {
     terminals: Tree,
     fingerprints: Tree,
     consents: Tree,
+    staff: Tree,
     /// Shared sign-in sessions (regional registry only; sled sessions stay in memory).
     sessions: Tree,
     /// `SITE:ID` (a site's EMR patient id) → the regional key of the patient's consent.
@@ -207,6 +213,7 @@ impl Store {
             terminals: backend.tree("terminals")?,
             fingerprints: backend.tree("fingerprints")?,
             consents: backend.tree("consents")?,
+            staff: backend.tree("staff")?,
             sessions: backend.tree("sessions")?,
             links: backend.tree("links")?,
             audit_heads: backend.tree("audit_heads")?,
@@ -1041,6 +1048,80 @@ impl Store {
             }
             None => Ok(false),
         }
+    }
+
+    // ---- staff of the liaison office (issue 15) ----
+
+    pub fn staff(&self, id: &str) -> Result<Option<Staff>, StoreError> {
+        self.staff
+            .get(id.as_bytes())?
+            .map(|v| decode("staff", id.as_bytes(), &v))
+            .transpose()
+    }
+
+    pub fn staff_list(&self) -> Result<Vec<Staff>, StoreError> {
+        self.staff
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| decode("staff", &k, &v))
+            .collect()
+    }
+
+    /// The staff member whose certificate key has this fingerprint (a few accounts: a scan).
+    pub fn staff_by_fingerprint(&self, fp: &str) -> Result<Option<Staff>, StoreError> {
+        Ok(self.staff_list()?.into_iter().find(|s| s.fingerprint == fp))
+    }
+
+    pub async fn add_staff(&self, s: &Staff) -> Result<(), StoreError> {
+        if !self
+            .staff
+            .compare_and_swap(s.id.as_bytes(), None, Some(encode(s)))
+            .await?
+        {
+            return Err(StoreError::Conflict(Conflict::StaffRegistered(
+                s.id.clone(),
+            )));
+        }
+        self.flush()
+    }
+
+    /// Applies `f` to staff member `id` in one atomic read-modify-write (the backend may run
+    /// it more than once; the last run is stored) and flushes when `f` answers true (changed).
+    pub async fn update_staff(
+        &self,
+        id: &str,
+        f: impl Fn(&mut Staff) -> bool,
+    ) -> Result<Staff, StoreError> {
+        let mut out = None;
+        let mut err = None;
+        let mut changed = false;
+        self.staff
+            .update(id.as_bytes(), |old| {
+                out = None;
+                err = None;
+                let old = old?;
+                match decode::<Staff>("staff", id.as_bytes(), old) {
+                    Ok(mut s) => {
+                        changed = f(&mut s);
+                        let v = encode(&s);
+                        out = Some(s);
+                        Some(v)
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        Some(old.to_vec())
+                    }
+                }
+            })
+            .await?;
+        if let Some(e) = err {
+            return Err(e);
+        }
+        let s = out.ok_or_else(|| StoreError::NotFound(Missing::Staff(id.to_string())))?;
+        if changed {
+            self.flush()?;
+        }
+        Ok(s)
     }
 
     /// Art 11: deletes every consent due ([`Store::purge_due`]). Returns the patients purged.

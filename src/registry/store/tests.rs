@@ -387,3 +387,51 @@ fn art_9_4_a_pre_link_consent_keeps_working_and_link_moves_it_to_the_linked_form
     assert_eq!(purged, ["P001"]);
     assert!(clinic.consent("N-1").unwrap().is_none());
 }
+
+/// Issue 15: the `staff` tree — added once, found by its certificate, updated atomically with
+/// the physicians' lockout rule (art 13.1), and kept across a reopen.
+#[test]
+fn art_13_1_staff_accounts_are_stored_found_by_certificate_and_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let staff = Staff {
+        id: "clerk-1".into(),
+        name: "連携室".into(),
+        role: crate::registry::model::StaffRole::Clerk,
+        suspended: false,
+        registered: "2026-01-01T00:00:00+09:00".into(),
+        password_hash: "$argon2id$x".into(),
+        must_change_password: true,
+        failed_logins: 0,
+        locked_until: None,
+        fingerprint: "fp-staff".into(),
+        serial: "02".into(),
+        not_after: time::macros::datetime!(2030-01-01 00:00:00 +09:00),
+    };
+    block(s.add_staff(&staff)).unwrap();
+    let again = block(s.add_staff(&staff)).unwrap_err();
+    assert!(matches!(
+        again,
+        StoreError::Conflict(Conflict::StaffRegistered(_))
+    ));
+    assert_eq!(
+        s.staff_by_fingerprint("fp-staff").unwrap(),
+        Some(staff.clone())
+    );
+    assert_eq!(s.staff_by_fingerprint("fp-other").unwrap(), None);
+    let now = time::macros::datetime!(2026-11-27 10:00:00 +09:00);
+    for _ in 0..5 {
+        block(s.update_staff("clerk-1", |x| {
+            auth::reserve_attempt(x, now, 5, time::Duration::minutes(15));
+            true
+        }))
+        .unwrap();
+    }
+    let locked = s.staff("clerk-1").unwrap().unwrap();
+    assert!(auth::locked_until(&locked, now).is_some());
+    let missing = block(s.update_staff("nobody", |_| true)).unwrap_err();
+    assert!(matches!(missing, StoreError::NotFound(Missing::Staff(_))));
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.staff_list().unwrap().len(), 1);
+}

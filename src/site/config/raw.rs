@@ -34,6 +34,9 @@ pub(super) struct RawConfig {
     /// `[routes]`: settings for the whole route table.
     #[serde(default, rename = "routes")]
     pub(super) route_options: RawRouteOptions,
+    /// `[office]`: the liaison office's console (issue 15), off when absent.
+    #[serde(default)]
+    pub(super) office: Option<RawOffice>,
     #[serde(default)]
     pub(super) registry: super::registry::RawRegistry,
     /// `[network]`: the sites of the regional network (issue 14).
@@ -78,6 +81,21 @@ pub(super) struct RawPeer {
     pub(super) allow: Option<Vec<String>>,
     pub(super) cert: PathBuf,
     pub(super) key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOffice {
+    pub(super) listen: String,
+    pub(super) allow: Vec<String>,
+    #[serde(default)]
+    pub(super) cert: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) key: Option<PathBuf>,
+    #[serde(default)]
+    pub(super) idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub(super) session_lifetime_secs: Option<u64>,
 }
 
 /// `[admin]`: how admin commands treat what they are given.

@@ -318,6 +318,49 @@ fn home_must_be_a_routed_page_without_patient() {
     );
 }
 
+/// Issue 15 (art 2, 12.4): the console is off unless `[office]` is given; then it has its own
+/// address (never a physician listener's) and an allow-list that must name networks; the
+/// certificate defaults to the first listener's.
+#[test]
+fn art_12_4_office_console_has_its_own_listener_and_allow_list() {
+    assert!(parse(VALID).unwrap().office.is_none());
+    let ok =
+        format!("{VALID}\n[office]\nlisten = \"127.0.0.1:9443\"\nallow = [\"10.20.5.0/24\"]\n");
+    let c = parse(&ok).unwrap();
+    let o = c.office.expect("office");
+    assert_eq!(o.listen.port(), 9443);
+    assert_eq!(o.cert, PathBuf::from("/etc/seibo-gate/tls/server.crt"));
+    assert_eq!(o.idle_timeout, Duration::from_secs(600));
+    assert!(in_networks(&o.allow, "10.20.5.9".parse().unwrap()));
+    assert!(!in_networks(&o.allow, "192.0.2.1".parse().unwrap()));
+    let same =
+        format!("{VALID}\n[office]\nlisten = \"127.0.0.1:8443\"\nallow = [\"10.20.5.0/24\"]\n");
+    assert!(
+        problems(&same)
+            .iter()
+            .any(|p| p.starts_with("office.listen")),
+        "{:?}",
+        problems(&same)
+    );
+    let empty = format!("{VALID}\n[office]\nlisten = \"127.0.0.1:9443\"\nallow = []\n");
+    assert!(problems(&empty)
+        .iter()
+        .any(|p| p.starts_with("office.allow")));
+    let missing = format!("{VALID}\n[office]\nlisten = \"127.0.0.1:9443\"\n");
+    assert!(!problems(&missing).is_empty(), "allow is required");
+    let bad = format!("{VALID}\n[office]\nlisten = \"127.0.0.1:9443\"\nallow = [\"office-lan\"]\n");
+    assert!(problems(&bad).iter().any(|p| p.contains("office.allow[0]")));
+    // A physician listener never serves /office/: no route may forward it.
+    let routed = format!("{VALID}\n[[route]]\npath = \"/office/**\"\nno_patient = true\n");
+    assert!(
+        problems(&routed)
+            .iter()
+            .any(|p| p.contains("liaison office console's path")),
+        "{:?}",
+        problems(&routed)
+    );
+}
+
 const NETWORK: &str = r#"
 [peer]
 listen = "0.0.0.0:8843"

@@ -46,6 +46,24 @@ pub struct Config {
     pub network: Option<Network>,
     /// `[peer]`: the read-only peer API for the network-wide audit query.
     pub peer: Option<PeerApi>,
+    /// `[office]`: the liaison office's console (issue 15), when enabled.
+    pub office: Option<Office>,
+}
+
+/// The liaison office's console (issue 15): its own mutual-TLS listener for staff
+/// certificates, open to the office LAN only.
+#[derive(Debug, Clone)]
+pub struct Office {
+    pub listen: SocketAddr,
+    /// Source addresses allowed to connect (the office LAN); others are closed at accept.
+    pub allow: Vec<IpNetwork>,
+    /// The console's server certificate and key (default: the first listener's).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A staff session idle longer than this ends (default 10 minutes).
+    pub idle_timeout: Duration,
+    /// A staff session ends this long after sign-in at the latest (default 8 hours).
+    pub session_lifetime: Duration,
 }
 
 #[derive(Debug, Clone)]

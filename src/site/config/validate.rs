@@ -11,13 +11,13 @@ use ipnetwork::IpNetwork;
 use super::home::resolve_home;
 use super::in_networks;
 use super::raw::{
-    RawAdmin, RawAuth, RawCa, RawConfig, RawLimits, RawListener, RawPolicy, RawRouteOptions,
-    RawSite, RawState, RawUpstream, RawWireGuard,
+    RawAdmin, RawAuth, RawCa, RawConfig, RawLimits, RawListener, RawOffice, RawPolicy,
+    RawRouteOptions, RawSite, RawState, RawUpstream, RawWireGuard,
 };
 use super::strip::StripList;
 use super::types::{
-    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Policy, Site, Upstream,
-    WireGuard,
+    Auth, CaPaths, Config, FloodLimits, Limits, Listener, ListenerKind, Office, Policy, Site,
+    Upstream, WireGuard,
 };
 use crate::policy::route::{RouteSpec, RouteTable};
 
@@ -51,6 +51,9 @@ pub(super) fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) 
         );
     }
     let future_grace_days = admin(&raw.admin, problems);
+    let office = raw
+        .office
+        .and_then(|o| office(o, &listeners, base, problems));
     let registry = super::registry::registry(&raw.registry, base, problems);
     let routes = routes(&raw.routes, &raw.route_options, problems);
     let network = raw
@@ -89,6 +92,68 @@ pub(super) fn validate(raw: RawConfig, base: &Path, problems: &mut Vec<String>) 
         registry,
         network,
         peer,
+        office,
+    })
+}
+
+/// `[office]`: the console's listener, apart from every physician listener, with an
+/// allow-list that must be given (normally the office LAN only).
+fn office(
+    o: RawOffice,
+    listeners: &[Listener],
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Option<Office> {
+    let listen = parse_addr("office.listen", &o.listen, problems);
+    let allow = parse_nets("office.allow", &o.allow, problems);
+    if o.allow.is_empty() {
+        problems.push(
+            "office.allow: empty list would refuse everyone; name the liaison office's network (e.g. \"10.20.5.0/24\")".into(),
+        );
+    }
+    let first = listeners.first();
+    let cert = o
+        .cert
+        .map(|p| resolve(base, &p))
+        .or_else(|| first.map(|l| l.cert.clone()));
+    let key = o
+        .key
+        .map(|p| resolve(base, &p))
+        .or_else(|| first.map(|l| l.key.clone()));
+    let (Some(cert), Some(key)) = (cert, key) else {
+        problems.push(
+            "office.cert, office.key: needed when there is no [[listener]] to share them with"
+                .into(),
+        );
+        return None;
+    };
+    let secs = |key: &str, v: Option<u64>, default: u64, problems: &mut Vec<String>| {
+        let v = v.unwrap_or(default);
+        if v == 0 {
+            problems.push(format!("office.{key}: must be at least 1"));
+        }
+        Duration::from_secs(v.max(1))
+    };
+    let idle_timeout = secs("idle_timeout_secs", o.idle_timeout_secs, 600, problems);
+    let session_lifetime = secs(
+        "session_lifetime_secs",
+        o.session_lifetime_secs,
+        8 * 3600,
+        problems,
+    );
+    let listen = listen?;
+    if listeners.iter().any(|l| l.listen == listen) {
+        problems.push(format!(
+            "office.listen: {listen} is a physician listener's address; the console needs its own"
+        ));
+    }
+    Some(Office {
+        listen,
+        allow,
+        cert,
+        key,
+        idle_timeout,
+        session_lifetime,
     })
 }
 
@@ -411,6 +476,17 @@ fn routes(
     options: &RawRouteOptions,
     problems: &mut Vec<String>,
 ) -> Option<RouteTable> {
+    // `/office/` is the liaison office's console (issue 15), on its own listener only: a
+    // physician listener never serves it, so no route may forward it to the EMR either.
+    for (i, r) in specs.iter().enumerate() {
+        let p = r.path.trim_start_matches('/');
+        if p == "office" || p.starts_with("office/") {
+            problems.push(format!(
+                "route[{i}].path: {:?} is the liaison office console's path (/office/), never served on a physician listener",
+                r.path
+            ));
+        }
+    }
     let table = match RouteTable::new(specs) {
         Ok(t) => t,
         Err(errs) => {

@@ -306,6 +306,37 @@ fn art_12_2_wireguard_udp_port_is_opened() {
     assert!(!r.contains("udp dport 51820"), "{r}");
 }
 
+/// Issue 15 (art 12.4): the liaison office's console port is open to the office LAN only.
+#[test]
+fn art_12_4_office_console_port_open_to_the_office_lan_only() {
+    let l = format!(
+        "{}\n[office]\nlisten = \"10.20.5.2:9443\"\nallow = [\"10.20.5.0/24\"]\n",
+        listener("internet", "0.0.0.0:443", &["0.0.0.0/0"])
+    );
+    let c = config(&l, "http://10.20.0.5:8080", "\"10.20.0.0/16\"", None);
+    let r = rules(&c);
+    let line = r
+        .lines()
+        .find(|x| x.contains("tcp dport 9443"))
+        .unwrap_or_else(|| panic!("no rule for the console port:\n{r}"));
+    assert!(
+        line.contains("ip daddr 10.20.5.2")
+            && line.contains("ip saddr @listener2_v4")
+            && line.ends_with("accept"),
+        "{line}"
+    );
+    assert!(r.contains("listener \"office\" on 10.20.5.2:9443"), "{r}");
+    let set = r
+        .split("set listener2_v4")
+        .nth(1)
+        .and_then(|x| x.split('}').next())
+        .unwrap_or_else(|| panic!("no set listener2_v4:\n{r}"));
+    assert!(
+        set.contains("10.20.5.0/24") && !set.contains("0.0.0.0/0"),
+        "{set}"
+    );
+}
+
 /// Art 12.5 (issue 13): with the regional registry, egress is opened to each etcd member's
 /// client port only (an address: that address; a name: DNS and the port).
 #[test]

@@ -51,6 +51,8 @@ const BACKDATE: Duration = Duration::minutes(5);
 pub const OU_TERMINAL: &str = "terminal";
 /// Subject OU marking a trusted in-hospital site system certificate.
 pub const OU_SITE_SYSTEM: &str = "site-system";
+/// Subject OU of a liaison-office staff certificate (the office console, issue 15).
+pub const OU_STAFF: &str = "liaison-office-staff";
 /// Subject OU marking a site gateway of the network (the peer API's only clients).
 pub const OU_SITE_GATEWAY: &str = "site-gateway";
 /// Length of the generated PKCS#12 password.
@@ -98,6 +100,8 @@ pub enum PkiError {
 pub enum ClientKind {
     Terminal,
     SiteSystem,
+    /// A liaison-office staff terminal (the office console's first factor, issue 15).
+    Staff,
     /// Another site's gateway in the network (issue 14: the read-only peer API).
     SiteGateway,
 }
@@ -108,6 +112,7 @@ impl ClientKind {
         match self {
             ClientKind::Terminal => OU_TERMINAL,
             ClientKind::SiteSystem => OU_SITE_SYSTEM,
+            ClientKind::Staff => OU_STAFF,
             ClientKind::SiteGateway => OU_SITE_GATEWAY,
         }
     }
@@ -116,6 +121,7 @@ impl ClientKind {
         match ou {
             OU_TERMINAL => Some(ClientKind::Terminal),
             OU_SITE_SYSTEM => Some(ClientKind::SiteSystem),
+            OU_STAFF => Some(ClientKind::Staff),
             OU_SITE_GATEWAY => Some(ClientKind::SiteGateway),
             _ => None,
         }

@@ -45,7 +45,14 @@ pub(crate) async fn connect(
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
     let client = Client::connect(&cfg.endpoints, Some(opts)).await?;
-    let reg = new_regional(client, cfg, max_stale, generation);
+    // The load reads pages of up to `watch::PAGE` keys; etcd 3.4 counts the whole remaining
+    // range for each, so a page of a large registry can take seconds.
+    let loader = Client::connect(
+        &cfg.endpoints,
+        Some(options(cfg)?.with_timeout(Duration::from_secs(60))),
+    )
+    .await?;
+    let reg = new_regional(client, loader, cfg, max_stale, generation);
     tokio::spawn(watch::run(reg.clone()));
     Ok(reg)
 }

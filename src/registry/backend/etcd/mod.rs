@@ -42,6 +42,8 @@ const MAX_TRIES: u32 = 64;
 /// The regional registry as this gateway sees it.
 pub(crate) struct Regional {
     client: Client,
+    /// The same cluster with a long request timeout, for the initial load's large pages.
+    loader: Client,
     prefix: String,
     endpoints: Vec<String>,
     mirror: std::sync::RwLock<Mirror>,
@@ -446,12 +448,14 @@ where
 
 pub(crate) fn new_regional(
     client: Client,
+    loader: Client,
     cfg: &EtcdConfig,
     max_stale: Duration,
     generation: Generation,
 ) -> Arc<Regional> {
     Arc::new(Regional {
         client,
+        loader,
         prefix: cfg.prefix.clone(),
         endpoints: cfg.endpoints.clone(),
         mirror: std::sync::RwLock::new(Mirror::default()),
