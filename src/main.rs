@@ -355,6 +355,9 @@ enum PhysicianCmd {
         /// Read the initial password from standard input (first line) instead.
         #[arg(long)]
         password_stdin: bool,
+        /// The reference of the registration application (form 3), kept in the audit.
+        #[arg(long)]
+        form_ref: Option<String>,
     },
     /// Reset the password to a new one-time one; ends the physician's sessions.
     Passwd {
@@ -373,6 +376,9 @@ enum PhysicianCmd {
         /// retirement | request | violation (art 4)
         #[arg(long)]
         reason: SuspendReason,
+        /// The reference of the notice (form 9), kept in the audit.
+        #[arg(long)]
+        form_ref: Option<String>,
     },
     /// Lift a suspension.
     Resume {
@@ -385,6 +391,9 @@ enum PhysicianCmd {
         /// The physician's ID.
         #[arg(long)]
         id: String,
+        /// The reference of the notice (form 9), kept in the audit.
+        #[arg(long)]
+        form_ref: Option<String>,
     },
     /// List registered physicians and whether each is active or suspended.
     List {
@@ -471,6 +480,25 @@ enum ConsentCmd {
         /// The reference of the paper consent form (form 6), e.g. 様式6-123.
         #[arg(long)]
         form_ref: String,
+        /// The patient's id in another site's EMR, SITE:ID (repeatable): the consent holds
+        /// there too (e.g. --link nomura-clinic:N-778).
+        #[arg(long = "link")]
+        links: Vec<String>,
+        /// The reference of the explanation form (form 5); needs --explained-by.
+        #[arg(long, requires = "explained_by")]
+        explanation_form: Option<String>,
+        /// The physician who explained (their ID); needs --explanation-form.
+        #[arg(long, requires = "explanation_form")]
+        explained_by: Option<String>,
+    },
+    /// A later "do not extend" request (art 8.3): views no longer extend the consent.
+    NoExtension {
+        /// The patient's id in this site's EMR.
+        #[arg(long)]
+        patient: String,
+        /// The reference of the request.
+        #[arg(long)]
+        form_ref: String,
     },
     /// Register a withdrawal (form 7): access stops at the next request.
     Withdraw {
@@ -480,6 +508,12 @@ enum ConsentCmd {
         /// The reference of the withdrawal form (form 7).
         #[arg(long)]
         form_ref: String,
+        /// Who withdrew: patient | relative | guardian (recorded in the audit).
+        #[arg(long)]
+        by: Option<String>,
+        /// For --by relative: the relation (art 8.1), e.g. spouse, blood:2, in-law:1.
+        #[arg(long)]
+        relation: Option<String>,
     },
     /// Show a patient's consent and whether viewing is allowed today.
     Show {
@@ -494,6 +528,16 @@ enum ConsentCmd {
 
 #[derive(Subcommand, Debug)]
 enum PatientCmd {
+    /// Link this site's patient to their id in another site's EMR (SITE:ID): the patient's
+    /// consent then holds at that site too. One id per site.
+    Link {
+        /// The patient's id in this site's EMR.
+        #[arg(long)]
+        patient: String,
+        /// The patient's id at another site, SITE:ID (e.g. nomura-clinic:N-778).
+        #[arg(long)]
+        link: String,
+    },
     /// Delete a patient's registered data (form 8); the audit history stays.
     Delete {
         /// The patient's id.
@@ -728,8 +772,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Patient { cmd, cfg } => {
             let c = cli::load(&cfg.config)?;
-            let PatientCmd::Delete { patient, form_ref } = cmd;
-            cli::call_and_report(&c, AdminRequest::PatientDelete { patient, form_ref }).await
+            let req = match cmd {
+                PatientCmd::Delete { patient, form_ref } => {
+                    AdminRequest::PatientDelete { patient, form_ref }
+                }
+                PatientCmd::Link { patient, link } => AdminRequest::PatientLink { patient, link },
+            };
+            cli::call_and_report(&c, req).await
         }
         Command::Purge { cfg } => {
             cli::call_and_report(&cli::load(&cfg.config)?, AdminRequest::Purge {}).await
@@ -814,18 +863,28 @@ async fn physician(cmd: PhysicianCmd, c: &Config) -> anyhow::Result<ExitCode> {
             name,
             site,
             password_stdin,
-        } => cli::physician::add(c, id, name, site, password_stdin).await,
+            form_ref,
+        } => cli::physician::add(c, id, name, site, password_stdin, form_ref).await,
         PhysicianCmd::Passwd { id, password_stdin } => {
             cli::physician::passwd(c, id, password_stdin).await
         }
-        PhysicianCmd::Suspend { id, reason } => {
-            cli::call_and_report(c, AdminRequest::PhysicianSuspend { id, reason }).await
+        PhysicianCmd::Suspend {
+            id,
+            reason,
+            form_ref,
+        } => {
+            let req = AdminRequest::PhysicianSuspend {
+                id,
+                reason,
+                form_ref,
+            };
+            cli::call_and_report(c, req).await
         }
         PhysicianCmd::Resume { id } => {
             cli::call_and_report(c, AdminRequest::PhysicianResume { id }).await
         }
-        PhysicianCmd::Delete { id } => {
-            cli::call_and_report(c, AdminRequest::PhysicianDelete { id }).await
+        PhysicianCmd::Delete { id, form_ref } => {
+            cli::call_and_report(c, AdminRequest::PhysicianDelete { id, form_ref }).await
         }
         PhysicianCmd::List { json } => cli::physician::list(c, json).await,
     }
@@ -862,6 +921,9 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
             allow_future,
             no_extension,
             form_ref,
+            links,
+            explanation_form,
+            explained_by,
         } => {
             let g = cli::consent::Grant {
                 patient,
@@ -871,11 +933,37 @@ async fn consent(cmd: ConsentCmd, c: &Config) -> anyhow::Result<ExitCode> {
                 allow_future,
                 no_extension,
                 form_ref,
+                links,
+                explanation: explanation_form
+                    .zip(explained_by)
+                    .map(
+                        |(form_ref, physician)| seibo_gate::registry::model::Explanation {
+                            form_ref,
+                            physician,
+                        },
+                    ),
             };
             cli::consent::grant(c, g).await
         }
-        ConsentCmd::Withdraw { patient, form_ref } => {
-            cli::call_and_report(c, AdminRequest::ConsentWithdraw { patient, form_ref }).await
+        ConsentCmd::Withdraw {
+            patient,
+            form_ref,
+            by,
+            relation,
+        } => {
+            let by = by
+                .map(|b| cli::consent::consent_by(&b, relation))
+                .transpose()?;
+            let req = AdminRequest::ConsentWithdraw {
+                patient,
+                form_ref,
+                by,
+            };
+            cli::call_and_report(c, req).await
+        }
+        ConsentCmd::NoExtension { patient, form_ref } => {
+            let req = AdminRequest::ConsentNoExtension { patient, form_ref };
+            cli::call_and_report(c, req).await
         }
         ConsentCmd::Show { patient, json } => cli::consent::show(c, patient, json).await,
     }
@@ -886,7 +974,7 @@ async fn audit(cmd: AuditCmd, c: &Config) -> anyhow::Result<ExitCode> {
         AuditCmd::Verify {
             rebuild_index,
             head,
-        } => cli::audit::verify(c, rebuild_index, head),
+        } => cli::audit::verify_witnessed(c, rebuild_index, head).await,
         AuditCmd::Head => Ok(cli::audit::head(c)),
         AuditCmd::Query {
             patient,

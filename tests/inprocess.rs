@@ -106,6 +106,8 @@ async fn in_process_gateway_on_port_0_fixed_clock_consent_window_and_drain() {
             published: today - time::Duration::days(days),
             no_extension: false,
             form_ref: format!("様式6-inprocess-{patient}"),
+            links: Vec::new(),
+            explanation: None,
         };
         let r = admin::call(&admin_socket, &req)
             .await

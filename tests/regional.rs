@@ -616,7 +616,8 @@ async fn art_9_2_kill_9_during_admin_writes_loses_no_acknowledged_change() {
     let keys = String::from_utf8_lossy(&out.stdout).into_owned();
     for patient in &acked {
         assert!(
-            keys.contains(&format!("/seibo-net-test/consents/{patient}")),
+            // A consent is keyed by the granting site's `SITE:ID` (issue 14: patients linked).
+            keys.contains(&format!("/seibo-net-test/consents/test-site:{patient}")),
             "acknowledged grant of {patient} is not in etcd: {keys}"
         );
     }

@@ -53,6 +53,9 @@ pub enum AdminRequest {
         /// Argon2id hash of the initial password (hashed by the CLI; never sent in clear).
         #[serde(default)]
         password_hash: Option<String>,
+        /// The registration application (form 3), recorded in the audit.
+        #[serde(default)]
+        form_ref: Option<String>,
     },
     /// Resets the password to a new one-time one and ends the physician's sessions.
     PhysicianPasswd {
@@ -65,12 +68,18 @@ pub enum AdminRequest {
     PhysicianSuspend {
         id: String,
         reason: SuspendReason,
+        /// The suspension notice (form 9), recorded in the audit.
+        #[serde(default)]
+        form_ref: Option<String>,
     },
     PhysicianResume {
         id: String,
     },
     PhysicianDelete {
         id: String,
+        /// The deregistration notice (form 9), recorded in the audit.
+        #[serde(default)]
+        form_ref: Option<String>,
     },
     PhysicianList {},
     TerminalRegister {
@@ -89,10 +98,29 @@ pub enum AdminRequest {
         published: Date,
         no_extension: bool,
         form_ref: String,
+        /// Other sites' EMR ids of the patient (`SITE:ID`, issue 14).
+        #[serde(default)]
+        links: Vec<String>,
+        /// The explanation (form 5) and the physician who explained.
+        #[serde(default)]
+        explanation: Option<crate::registry::model::Explanation>,
+    },
+    /// A later "do not extend" request (art 8.3) on an existing consent.
+    ConsentNoExtension {
+        patient: String,
+        form_ref: String,
+    },
+    /// `patient link`: adds another site's EMR id to this site's patient's consent.
+    PatientLink {
+        patient: String,
+        link: String,
     },
     ConsentWithdraw {
         patient: String,
         form_ref: String,
+        /// Who withdrew (form 7): patient, relative (with the relation) or guardian.
+        #[serde(default)]
+        by: Option<ConsentBy>,
     },
     ConsentShow {
         patient: String,
@@ -136,6 +164,8 @@ impl AdminRequest {
             AdminRequest::RegistryStatus {} => "registry-status",
             AdminRequest::ConsentGrant { .. } => "consent-grant",
             AdminRequest::ConsentWithdraw { .. } => "consent-withdraw",
+            AdminRequest::PatientLink { .. } => "patient-link",
+            AdminRequest::ConsentNoExtension { .. } => "consent-no-extension",
             AdminRequest::ConsentShow { .. } => "consent-show",
             AdminRequest::PatientDelete { .. } => "patient-delete",
             AdminRequest::Purge {} => "purge",
@@ -326,15 +356,16 @@ impl Admin {
                 name,
                 site,
                 password_hash,
+                ..
             } => self.physician_add(id, name, site, password_hash).await,
             AdminRequest::PhysicianPasswd { id, password_hash } => {
                 self.physician_passwd(&id, password_hash).await
             }
-            AdminRequest::PhysicianSuspend { id, reason } => {
+            AdminRequest::PhysicianSuspend { id, reason, .. } => {
                 self.physician_suspend(&id, reason).await
             }
             AdminRequest::PhysicianResume { id } => self.physician_resume(&id).await,
-            AdminRequest::PhysicianDelete { id } => self.physician_delete(&id).await,
+            AdminRequest::PhysicianDelete { id, .. } => self.physician_delete(&id).await,
             AdminRequest::TerminalRegister { terminal } => self.terminal_register(terminal).await,
             AdminRequest::TerminalRevoke { name } => self.terminal_revoke(&name).await,
             AdminRequest::ConsentGrant {
@@ -343,13 +374,24 @@ impl Admin {
                 published,
                 no_extension,
                 form_ref,
+                links,
+                explanation,
             } => {
-                self.consent_grant(patient, by, published, no_extension, form_ref)
+                let paper = consents::Paper {
+                    form_ref,
+                    links,
+                    explanation,
+                };
+                self.consent_grant(patient, by, published, no_extension, paper)
                     .await
             }
-            AdminRequest::ConsentWithdraw { patient, form_ref } => {
-                self.consent_withdraw(&patient, &form_ref).await
+            AdminRequest::ConsentNoExtension { patient, .. } => {
+                self.consent_no_extension(&patient).await
             }
+            AdminRequest::PatientLink { patient, link } => self.patient_link(&patient, &link).await,
+            AdminRequest::ConsentWithdraw {
+                patient, form_ref, ..
+            } => self.consent_withdraw(&patient, &form_ref).await,
             AdminRequest::PatientDelete { patient, .. } => self.patient_delete(&patient).await,
             AdminRequest::Purge {} => self.purge_due().await,
             AdminRequest::PhysicianGet { id } => self.physician_get(&id),

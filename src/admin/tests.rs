@@ -10,7 +10,8 @@ fn admin_request_wire_format() {
         r,
         AdminRequest::PhysicianSuspend {
             id: "d1".into(),
-            reason: SuspendReason::Retirement
+            reason: SuspendReason::Retirement,
+            form_ref: None,
         }
     );
     assert!(serde_json::from_str::<AdminRequest>(r#"{"op":"drop-tables"}"#).is_err());
@@ -31,6 +32,8 @@ fn typed_replies_keep_the_wire_json() {
         no_extension: false,
         last_view: Some(date!(2026 - 02 - 01)),
         withdrawn: None,
+        links: Vec::new(),
+        explanation: None,
     };
     let today = date!(2026 - 03 - 01);
     // As `consent-show` built it by hand.

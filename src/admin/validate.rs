@@ -21,6 +21,18 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             .map(drop)
             .map_err(|e| AdminError::Invalid(e.to_string()))
     };
+    let site_link = |v: &str| {
+        match v.split_once(':') {
+        Some((site, id))
+            if crate::registry::ids::SiteId::is_valid(site) && PatientId::is_valid(id) =>
+        {
+            Ok(())
+        }
+        _ => Err(AdminError::Invalid(format!(
+            "--link {v:?}: use SITE:ID, a site id and that site's EMR patient id (e.g. nomura-clinic:N-778)"
+        ))),
+    }
+    };
     let name = |v: &str| {
         if crate::registry::ids::TerminalName::is_valid(v) {
             Ok(())
@@ -43,8 +55,14 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
         }
     };
     match req {
-        AdminRequest::PhysicianAdd { id: p, name: n, .. } => {
+        AdminRequest::PhysicianAdd {
+            id: p,
+            name: n,
+            form_ref: f,
+            ..
+        } => {
             physician_id(p)?;
+            f.as_deref().map(form).transpose()?;
             if n.trim().is_empty() || n.chars().count() > 200 || n.chars().any(char::is_control) {
                 return Err(AdminError::Invalid(format!(
                     "physician name {n:?}: 1-200 characters, no control characters"
@@ -56,7 +74,7 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
         | AdminRequest::PhysicianGet { id: p }
         | AdminRequest::PhysicianSuspend { id: p, .. }
         | AdminRequest::PhysicianResume { id: p }
-        | AdminRequest::PhysicianDelete { id: p } => physician_id(p),
+        | AdminRequest::PhysicianDelete { id: p, .. } => physician_id(p),
         AdminRequest::TerminalRegister { terminal } => {
             name(&terminal.name)?;
             if terminal.kind == crate::registry::model::TerminalKind::Terminal {
@@ -69,24 +87,43 @@ pub fn validate(req: &AdminRequest) -> Result<(), AdminError> {
             patient,
             by,
             form_ref,
+            links,
+            explanation,
             ..
         } => {
             patient_id(patient)?;
             form(form_ref)?;
             if let ConsentBy::Relative(rel) = by {
-                if rel.trim().is_empty()
-                    || rel.chars().count() > 100
-                    || rel.chars().any(char::is_control)
-                {
-                    return Err(AdminError::Invalid(
-                        "--relation is required when a relative consents (art 8.1), at most 100 characters".into(),
-                    ));
-                }
+                crate::registry::relation::Relation::parse(rel)
+                    .map_err(|e| AdminError::Invalid(e.to_string()))?;
             }
-            Ok(())
+            if let Some(x) = explanation {
+                form(&x.form_ref)?;
+                physician_id(&x.physician)?;
+            }
+            links.iter().try_for_each(|l| site_link(l))
         }
-        AdminRequest::ConsentWithdraw { patient, form_ref }
-        | AdminRequest::PatientDelete { patient, form_ref } => {
+        AdminRequest::ConsentNoExtension { patient, form_ref } => {
+            patient_id(patient)?;
+            form(form_ref)
+        }
+        AdminRequest::PatientLink { patient, link } => {
+            patient_id(patient)?;
+            site_link(link)
+        }
+        AdminRequest::ConsentWithdraw {
+            patient,
+            form_ref,
+            by,
+        } => {
+            patient_id(patient)?;
+            if let Some(ConsentBy::Relative(rel)) = by {
+                crate::registry::relation::Relation::parse(rel)
+                    .map_err(|e| AdminError::Invalid(e.to_string()))?;
+            }
+            form(form_ref)
+        }
+        AdminRequest::PatientDelete { patient, form_ref } => {
             patient_id(patient)?;
             form(form_ref)
         }
@@ -119,14 +156,32 @@ fn staff_id(v: &str) -> Result<(), AdminError> {
 /// The physician and patient an admin request is about, and a note for the audit.
 pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, String) {
     match req {
+        AdminRequest::PhysicianAdd {
+            id,
+            form_ref: Some(f),
+            ..
+        } => (Some(id.clone()), None, format!("form 3 {}", capped(f))),
+        AdminRequest::PhysicianDelete {
+            id,
+            form_ref: Some(f),
+        } => (Some(id.clone()), None, format!("form 9 {}", capped(f))),
         AdminRequest::PhysicianAdd { id, .. }
         | AdminRequest::PhysicianPasswd { id, .. }
         | AdminRequest::PhysicianResume { id }
-        | AdminRequest::PhysicianDelete { id }
+        | AdminRequest::PhysicianDelete { id, .. }
         | AdminRequest::PhysicianGet { id } => (Some(id.clone()), None, String::new()),
-        AdminRequest::PhysicianSuspend { id, reason } => {
-            (Some(id.clone()), None, reason.as_str().to_string())
-        }
+        AdminRequest::PhysicianSuspend {
+            id,
+            reason,
+            form_ref,
+        } => (
+            Some(id.clone()),
+            None,
+            match form_ref {
+                Some(f) => format!("{} (form 9 {})", reason.as_str(), capped(f)),
+                None => reason.as_str().to_string(),
+            },
+        ),
         AdminRequest::TerminalRegister { terminal } => (
             Some(terminal.physician.clone()),
             None,
@@ -137,17 +192,50 @@ pub(super) fn subject(req: &AdminRequest) -> (Option<String>, Option<String>, St
             patient,
             by,
             form_ref,
+            links,
+            explanation,
             ..
+        } => (None, Some(patient.clone()), {
+            let mut note = format!("form {} by {}", capped(form_ref), consent_by(by));
+            if let Some(x) = explanation {
+                note.push_str(&format!(
+                    ", explained by {} (form 5 {})",
+                    capped(&x.physician),
+                    capped(&x.form_ref)
+                ));
+            }
+            if !links.is_empty() {
+                let l: Vec<String> = links.iter().map(|l| capped(l)).collect();
+                note.push_str(&format!(", linked {}", l.join(", ")));
+            }
+            note
+        }),
+        AdminRequest::PatientLink { patient, link } => (
+            None,
+            Some(patient.clone()),
+            format!("link {}", capped(link)),
+        ),
+        AdminRequest::ConsentWithdraw {
+            patient,
+            form_ref,
+            by,
         } => (
             None,
             Some(patient.clone()),
-            format!("form {} by {}", capped(form_ref), consent_by(by)),
+            match by {
+                Some(by) => format!("form 7 {} by {}", capped(form_ref), consent_by(by)),
+                None => format!("form {}", capped(form_ref)),
+            },
         ),
-        AdminRequest::ConsentWithdraw { patient, form_ref }
-        | AdminRequest::PatientDelete { patient, form_ref } => (
+        AdminRequest::PatientDelete { patient, form_ref } => (
             None,
             Some(patient.clone()),
             format!("form {}", capped(form_ref)),
+        ),
+        AdminRequest::ConsentNoExtension { patient, form_ref } => (
+            None,
+            Some(patient.clone()),
+            format!("do not extend (art 8.3), form {}", capped(form_ref)),
         ),
         AdminRequest::ConsentShow { patient } => (None, Some(patient.clone()), String::new()),
         AdminRequest::StaffAdd { id, role, .. } => (

@@ -80,8 +80,8 @@ pub use record::{format_time, Outcome, RequestRecord, CLIENT_CLOSED, CLIENT_CLOS
 pub use refusal::{ConnectionRecord, SuppressedRecord};
 pub use rows::{QueryFilter, QueryRow};
 pub use witness::{
-    rebuild_index, verify, verify_with, RecordedHead, RecordedHeadError, VerifyOptions,
-    VerifyReport,
+    anchored_head, rebuild_index, verify, verify_with, RecordedHead, RecordedHeadError,
+    VerifyOptions, VerifyReport,
 };
 
 #[cfg(test)]

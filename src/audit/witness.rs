@@ -156,6 +156,12 @@ pub fn verify_with(dir: &Path, opts: &VerifyOptions) -> Result<VerifyReport, Ver
     })
 }
 
+/// The head the anchor file names (`seq`, chain hash): what a gateway publishes to the
+/// regional registry for the others to witness. `None` for a log with no anchor yet.
+pub fn anchored_head(dir: &Path) -> Result<Option<(u64, String)>, VerifyError> {
+    Ok(read_anchor(dir)?.map(|h| (h.seq, h.hash)))
+}
+
 /// The head anchor, for checking: an invalid one is a broken chain (line 0).
 fn read_anchor(dir: &Path) -> Result<Option<Head>, VerifyError> {
     match read_head(dir) {

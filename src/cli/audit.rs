@@ -62,6 +62,84 @@ pub fn verify(
     }
 }
 
+/// `audit verify` on a site of the network (issue 14): the local checks of [`verify`], then
+/// the log must still contain the head this site published to the regional registry (the
+/// other machines' witness). With the embedded sled registry, the local checks alone.
+pub async fn verify_witnessed(
+    c: &Config,
+    rebuild_index: bool,
+    head: Option<RecordedHead>,
+) -> anyhow::Result<ExitCode> {
+    let local = verify(c, rebuild_index, head)?;
+    if !matches!(
+        c.registry.backend,
+        crate::site::config::RegistryBackend::Etcd(_)
+    ) {
+        return Ok(local);
+    }
+    let witnessed = network_head_check(c).await;
+    if local != ExitCode::SUCCESS {
+        return Ok(local);
+    }
+    Ok(witnessed)
+}
+
+/// The head the network holds for this site, checked against the log.
+async fn network_head_check(c: &Config) -> ExitCode {
+    let not_witnessed = |why: String| {
+        eprintln!("audit log NOT WITNESSED: {why}");
+        ExitCode::FAILURE
+    };
+    let store = match crate::registry::store::Store::open_configured(c).await {
+        Ok(s) => s,
+        Err(e) => return not_witnessed(format!("the regional registry cannot be reached: {e}")),
+    };
+    if let Err(e) = store.ready(std::time::Duration::from_secs(10)).await {
+        return not_witnessed(format!("the regional registry cannot be reached: {e}"));
+    }
+    let held = match store.audit_head(&c.site.id) {
+        Ok(Some(h)) => h,
+        Ok(None) => {
+            // A site new to the regional registry: nothing to compare yet (not a failure; the
+            // gateway publishes its head every few seconds while it runs).
+            eprintln!(
+                "audit log not yet witnessed: the regional registry holds no audit head for site {} yet",
+                c.site.id
+            );
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return not_witnessed(format!("the published head is unreadable: {e}")),
+    };
+    let want: RecordedHead = match format!("{}:{}", held.seq, held.hash).parse() {
+        Ok(w) => w,
+        Err(e) => return not_witnessed(format!("the published head is malformed: {e}")),
+    };
+    let opts = VerifyOptions {
+        index_optional: true,
+        head: Some(want),
+    };
+    match audit::verify_with(&c.state_dir.join("audit"), &opts) {
+        Ok(_) => {
+            println!(
+                "witnessed by the network: the log contains the head {want} that site {} published at {}",
+                c.site.id, held.at
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ VerifyError::HeadMismatch(_)) => {
+            eprintln!(
+                "audit log REWRITTEN: it does not match the head the network holds for site {} (published at {}): {e}",
+                c.site.id, held.at
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("audit log BROKEN: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `--rebuild-index`, refused while a gateway runs; false (said why) when not rebuilt.
 fn rebuild(c: &Config, dir: &Path) -> bool {
     if std::os::unix::net::UnixStream::connect(&c.admin_socket).is_ok() {

@@ -21,6 +21,10 @@ pub struct Grant {
     pub allow_future: bool,
     pub no_extension: bool,
     pub form_ref: String,
+    /// Other sites' ids of the patient (`SITE:ID`).
+    pub links: Vec<String>,
+    /// The explanation (form 5) and who explained.
+    pub explanation: Option<crate::registry::model::Explanation>,
 }
 
 /// `--by` and `--relation` as one [`ConsentBy`] (art 8.1).
@@ -51,6 +55,8 @@ pub async fn grant(c: &Config, g: Grant) -> anyhow::Result<ExitCode> {
         published,
         no_extension: g.no_extension,
         form_ref: g.form_ref,
+        links: g.links,
+        explanation: g.explanation,
     };
     Ok(report(admin_call(c, req).await?, false))
 }

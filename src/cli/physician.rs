@@ -15,6 +15,7 @@ pub async fn add(
     name: String,
     site: Option<String>,
     password_stdin: bool,
+    form_ref: Option<String>,
 ) -> anyhow::Result<ExitCode> {
     let (password, shown) = initial_password(password_stdin)?;
     let r = admin_call(
@@ -24,6 +25,7 @@ pub async fn add(
             name,
             site,
             password_hash: Some(crate::policy::auth::hash_password(&password)?),
+            form_ref,
         },
     )
     .await?;

@@ -139,6 +139,11 @@ pub async fn grant(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
                 published,
                 no_extension,
                 form_ref: form6.clone(),
+                links: links.iter().map(|(s, i)| format!("{s}:{i}")).collect(),
+                explanation: Some(crate::registry::model::Explanation {
+                    form_ref: form5.clone(),
+                    physician: explained_by.clone(),
+                }),
             },
             note,
         )
@@ -191,6 +196,7 @@ pub async fn withdraw(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
             AdminRequest::ConsentWithdraw {
                 patient: patient.clone(),
                 form_ref: form7,
+                by: Some(by.clone()),
             },
             format!("withdrawn by {who}"),
         )

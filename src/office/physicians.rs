@@ -66,6 +66,7 @@ pub async fn register(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
             name: name.clone(),
             site: None,
             password_hash: Some(hash),
+            form_ref: Some(form3.clone()),
         },
         format!("form 3 {form3}"),
     )
@@ -117,7 +118,11 @@ pub async fn suspend(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
     let r = ctx
         .admin(
             console,
-            AdminRequest::PhysicianSuspend { id, reason },
+            AdminRequest::PhysicianSuspend {
+                id,
+                reason,
+                form_ref: Some(form9.clone()),
+            },
             format!("form 9 {form9}"),
         )
         .await?;
@@ -178,7 +183,10 @@ pub async fn deregister(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult 
     let r = ctx
         .admin(
             console,
-            AdminRequest::PhysicianDelete { id },
+            AdminRequest::PhysicianDelete {
+                id,
+                form_ref: Some(form9.clone()),
+            },
             format!("form 9 {form9}"),
         )
         .await?;

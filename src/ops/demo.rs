@@ -209,6 +209,7 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
         name: "西予 一郎".into(),
         site: None,
         password_hash: Some(crate::policy::auth::hash_password(&password)?),
+        form_ref: Some("様式3-demo-001".into()),
     })
     .await?;
     // The demo's password is shown on screen: no forced change at first sign-in.
@@ -241,6 +242,8 @@ pub async fn setup(dir: &Path, emr: SocketAddr) -> anyhow::Result<DemoSite> {
         published: clock.today(),
         no_extension: false,
         form_ref: "様式6-demo-001".into(),
+        links: Vec::new(),
+        explanation: None,
     })
     .await?;
     audit.close().await?;

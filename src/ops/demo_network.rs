@@ -228,6 +228,7 @@ async fn script(sites: &[Config; 2], ports: [u16; 2], dir: &Path) -> anyhow::Res
             name: "西予 一郎".into(),
             site: Some(HOSPITAL.into()),
             password_hash: Some(crate::policy::auth::hash_password(&password)?),
+            form_ref: Some("様式3-demo-001".into()),
         },
     )
     .await?;
@@ -268,6 +269,9 @@ async fn script(sites: &[Config; 2], ports: [u16; 2], dir: &Path) -> anyhow::Res
             published: clock.today(),
             no_extension: false,
             form_ref: "様式6-demo-001".into(),
+            // The patient's id in the hospital's EMR (the two sample EMRs both call it P001).
+            links: vec![format!("{HOSPITAL}:P001")],
+            explanation: None,
         },
     )
     .await?;
@@ -286,6 +290,7 @@ async fn script(sites: &[Config; 2], ports: [u16; 2], dir: &Path) -> anyhow::Res
         AdminRequest::ConsentWithdraw {
             patient: "P001".into(),
             form_ref: "様式7-demo-001".into(),
+            by: Some(ConsentBy::Patient),
         },
     )
     .await?;

@@ -121,6 +121,8 @@ mod tests {
             no_extension: false,
             last_view: None,
             withdrawn: None,
+            links: Vec::new(),
+            explanation: None,
         }
     }
 

@@ -5,6 +5,7 @@
 pub(crate) mod backend;
 pub(crate) mod ids;
 pub mod model;
+pub mod relation;
 pub mod store;
 
 pub use backend::{KvError, RegistryHealth, RegistryStatus};

@@ -233,6 +233,46 @@ pub struct Consent {
     pub last_view: Option<Date>,
     /// Set when withdrawn (form 7): reference and date. A withdrawn consent never allows access.
     pub withdrawn: Option<Withdrawal>,
+    /// The patient's ids in each site's EMR (`SITE:ID`, one per site, issue 14), the
+    /// granting site's own first. Empty for a consent registered before patients were
+    /// linked (a single-site registry): it is keyed by the granting site's id alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    /// The explanation before consent (form 5) and the physician who explained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
+}
+
+/// The explanation to the patient (form 5): its reference and the physician who explained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub form_ref: String,
+    pub physician: String,
+}
+
+impl Consent {
+    /// The key of this consent in the registry: `SITE:ID` of the granting site for a linked
+    /// (regional) consent, the bare patient id for one registered before links.
+    pub fn regional_key(&self) -> String {
+        if self.links.is_empty() {
+            self.patient.clone()
+        } else {
+            link(&self.site, &self.patient)
+        }
+    }
+
+    /// The patient's id at `site`, when linked.
+    pub fn id_at(&self, site: &str) -> Option<&str> {
+        self.links.iter().find_map(|l| {
+            let (s, id) = l.split_once(':')?;
+            (s == site).then_some(id)
+        })
+    }
+}
+
+/// A site's EMR patient id as one link: `SITE:ID`.
+pub fn link(site: &str, patient: &str) -> String {
+    format!("{site}:{patient}")
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -492,6 +492,12 @@ impl Running<'_> {
             cfg.audit_verify_interval,
             self.shutdown.clone(),
         ));
+        tasks.spawn(tasks::publish_audit_head(
+            self.gate.clone(),
+            cfg.state_dir.join("audit"),
+            tasks::AUDIT_HEAD_PUBLISH_INTERVAL,
+            self.shutdown.clone(),
+        ));
         tasks.spawn(tasks::purge_daily(
             self.admin.clone(),
             cfg.purge_interval,

@@ -56,6 +56,14 @@ pub(super) async fn purge_daily(admin: Arc<Admin>, interval: Duration, mut shutd
     let mut last_day = None;
     loop {
         let today = admin.clock.today();
+        // The regional registry's copy loads in the background at start: a purge over a copy
+        // not yet loaded (or stale) would find nothing due and count the day as done.
+        if last_day != Some(today) && !admin.store.health().usable() {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                _ = shutdown.recv() => return,
+            }
+        }
         if last_day != Some(today) {
             let r = admin.execute(admin::AdminRequest::Purge {}).await;
             if r.ok {
@@ -220,6 +228,103 @@ pub(super) async fn verify_audit(
                     .inc();
             }
             Err(e) => tracing::error!(error = %e, "audit verification task failed"),
+        }
+    }
+}
+
+/// How often a gateway publishes its audit chain head to the regional registry (issue 14).
+pub(super) const AUDIT_HEAD_PUBLISH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Issue 14: publishes this gateway's audit chain head (from the anchor file) to the regional
+/// registry, key = the site id, whenever it moved, checked every `interval`. Before the first
+/// publication the log must still contain the head the network already holds: a log
+/// rewritten while the gateway was stopped is never vouched for (the old head stays, and
+/// `audit verify` names the mismatch).
+pub(super) async fn publish_audit_head(
+    gate: Arc<Gate>,
+    dir: std::path::PathBuf,
+    interval: Duration,
+    mut shutdown: Shutdown,
+) {
+    let store = gate.store.clone();
+    if !store.witnesses_audit() {
+        return;
+    }
+    let Some(site) = store.site().map(str::to_string) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut checked = false;
+    let mut last: Option<(u64, String)> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.recv() => return,
+        }
+        if !store.health().usable() {
+            continue;
+        }
+        if !checked {
+            let held = match store.audit_head(&site) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!(error = %e, "the audit head the network holds is unreadable");
+                    continue;
+                }
+            };
+            if let Some(h) = held {
+                let want = match format!("{}:{}", h.seq, h.hash).parse() {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::error!(error = %e, "the audit head the network holds is malformed");
+                        return;
+                    }
+                };
+                let d = dir.clone();
+                let opts = crate::audit::VerifyOptions {
+                    index_optional: true,
+                    head: Some(want),
+                };
+                match tokio::task::spawn_blocking(move || crate::audit::verify_with(&d, &opts))
+                    .await
+                {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, site = %site, "audit log does not contain the head the network holds: not publishing (audit verify names the mismatch)");
+                        gate.metrics.audit_chain_intact.set(0);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit head check failed");
+                        continue;
+                    }
+                }
+            }
+            checked = true;
+        }
+        let d = dir.clone();
+        let head = match tokio::task::spawn_blocking(move || crate::audit::anchored_head(&d)).await
+        {
+            Ok(Ok(Some(h))) => h,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit head unreadable: not published");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if last.as_ref() == Some(&head) {
+            continue;
+        }
+        let published = crate::registry::store::PublishedHead {
+            seq: head.0,
+            hash: head.1.clone(),
+            at: crate::ops::clock::rfc3339(time::OffsetDateTime::now_utc()),
+        };
+        match store.publish_audit_head(&site, &published).await {
+            Ok(_) => last = Some(head),
+            Err(e) => tracing::warn!(error = %e, "audit head not published (retried)"),
         }
     }
 }

@@ -8,7 +8,10 @@
 //! * `physicians`: physician id → [`Physician`] (JSON)
 //! * `terminals`: terminal name → [`Terminal`] (JSON)
 //! * `fingerprints`: SPKI SHA-256 (hex) → terminal name
-//! * `consents`: patient id → [`Consent`] (JSON)
+//! * `consents`: regional key (`SITE:ID` of the granting site; the bare patient id for a
+//!   consent registered before links) → [`Consent`] (JSON)
+//! * `links`: `SITE:ID` (a site's EMR patient id) → regional key of the consent
+//! * `audit_heads`: site id → that gateway's last published audit chain head (JSON)
 //! * `staff`: staff id → [`Staff`] (JSON): the liaison office's console accounts (issue 15)
 //! * `meta`: `schema` → version
 //!
@@ -29,7 +32,7 @@ use crate::policy::auth;
 use crate::policy::consent;
 use crate::registry::backend::{self, Backend, Generation, KvError, RegistryHealth, Tree};
 use crate::registry::model::{
-    Consent, Physician, Staff, SuspendReason, Terminal, TerminalKind, Withdrawal,
+    link, Consent, Physician, Staff, SuspendReason, Terminal, TerminalKind, Withdrawal,
 };
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -83,6 +86,24 @@ pub enum Conflict {
     TunnelAddressTaken(std::net::Ipv4Addr),
     #[error("patient {patient:?} already has a consent (form {form_ref}); withdraw it first")]
     ConsentRegistered { patient: String, form_ref: String },
+    /// A link `SITE:ID` that is not a site id and a patient id.
+    #[error("link {0:?} is not SITE:ID (a site id and that site's EMR patient id)")]
+    BadLink(String),
+    /// A link already names another patient's consent (one-to-one per site).
+    #[error("link {link} already names another patient (registered as {patient}); a site's id links to one patient only")]
+    LinkTaken { link: String, patient: String },
+    /// A patient linked twice at one site.
+    #[error(
+        "the patient is already linked at site {site} as {linked}, not {asked}: one id per site"
+    )]
+    SiteLinkedTwice {
+        site: String,
+        linked: String,
+        asked: String,
+    },
+    /// Links need the site id of this gateway (`[site] id`).
+    #[error("patient links need this gateway's site id")]
+    NoSite,
     /// A purge gave up on a consent that changed under each of its tries.
     #[error("consent of patient {0:?} kept changing during the purge")]
     ConsentChanging(String),
@@ -101,6 +122,12 @@ pub struct Store {
     staff: Tree,
     /// Shared sign-in sessions (regional registry only; sled sessions stay in memory).
     sessions: Tree,
+    /// `SITE:ID` (a site's EMR patient id) → the regional key of the patient's consent.
+    links: Tree,
+    /// Audit chain heads published by every gateway of the network: site id → head (JSON).
+    audit_heads: Tree,
+    /// This gateway's site id (`[site] id`): the site whose EMR ids `consent(ID)` means.
+    site: Option<String>,
 }
 
 impl From<sled::Error> for StoreError {
@@ -158,14 +185,26 @@ impl Store {
 
     /// The store a site's config names: sled in `state_dir/registry`, or etcd.
     pub async fn open_configured(cfg: &crate::site::config::Config) -> Result<Store, StoreError> {
-        match &cfg.registry.backend {
+        let s = match &cfg.registry.backend {
             crate::site::config::RegistryBackend::Sled => {
                 Store::open(&cfg.state_dir.join("registry"))
             }
             crate::site::config::RegistryBackend::Etcd(e) => {
                 Store::connect_etcd(e, cfg.registry.max_stale).await
             }
-        }
+        }?;
+        Ok(s.at_site(&cfg.site.id))
+    }
+
+    /// This store as seen from site `site`: patient ids mean that site's EMR ids (issue 14).
+    pub fn at_site(mut self, site: &str) -> Store {
+        self.site = Some(site.to_string());
+        self
+    }
+
+    /// The site this store serves, if set.
+    pub fn site(&self) -> Option<&str> {
+        self.site.as_deref()
     }
 
     fn over(backend: Backend, generation: Generation) -> Result<Store, StoreError> {
@@ -176,6 +215,9 @@ impl Store {
             consents: backend.tree("consents")?,
             staff: backend.tree("staff")?,
             sessions: backend.tree("sessions")?,
+            links: backend.tree("links")?,
+            audit_heads: backend.tree("audit_heads")?,
+            site: None,
             backend,
             generation,
         })
@@ -553,22 +595,181 @@ impl Store {
             .collect()
     }
 
-    // ---- consents (art 8, 9, 11) ----
+    // ---- consents (art 8, 9, 11), patients linked across EMRs (issue 14) ----
+    //
+    // A consent is one regional record, keyed by the granting site's `SITE:ID` (see
+    // [`Consent::regional_key`]); the `links` tree maps every linked site id (`SITE:ID`) to that
+    // key, so each gateway finds it through its own site's id from the URL: two memory reads
+    // on the etcd backend. A consent registered before links (a single-site registry) is keyed
+    // by the bare patient id and has no links: it is still found by that id at the site that
+    // granted it (fallback, no migration; a `patient link` on it moves it to the linked form).
 
-    pub fn consent(&self, patient: &str) -> Result<Option<Consent>, StoreError> {
+    /// The registry key of the consent that this site's patient id `patient` names, and
+    /// whether it came through a link (false: the pre-link fallback, the bare id).
+    fn consent_key(&self, patient: &str) -> Result<(Vec<u8>, bool), StoreError> {
+        if let Some(site) = &self.site {
+            if let Some(k) = self.links.get(link(site, patient).as_bytes())? {
+                return Ok((k, true));
+            }
+        }
+        Ok((patient.as_bytes().to_vec(), false))
+    }
+
+    fn consent_at(&self, key: &[u8]) -> Result<Option<Consent>, StoreError> {
         self.consents
-            .get(patient.as_bytes())?
-            .map(|v| decode("consents", patient.as_bytes(), &v))
+            .get(key)?
+            .map(|v| decode("consents", key, &v))
             .transpose()
     }
 
-    /// Registers (or renews, after a withdrawal) a patient's consent. Atomic: two offices
-    /// granting the same patient at once register one consent and refuse the other.
+    /// The consent of the patient this site's EMR calls `patient` (a memory read on the
+    /// regional registry).
+    pub fn consent(&self, patient: &str) -> Result<Option<Consent>, StoreError> {
+        let (key, linked) = self.consent_key(patient)?;
+        let c = self.consent_at(&key)?;
+        if linked {
+            return Ok(c);
+        }
+        // The bare-id fallback: only a pre-link consent granted at this very site (another
+        // site's EMR numbers its patients differently).
+        Ok(c.filter(|c| c.links.is_empty() && self.site.as_deref().is_none_or(|s| s == c.site)))
+    }
+
+    /// The consent a link (`SITE:ID`) names, whichever site asks.
+    pub fn consent_by_link(&self, l: &str) -> Result<Option<Consent>, StoreError> {
+        match self.links.get(l.as_bytes())? {
+            Some(k) => self.consent_at(&k),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks a consent's links: each `SITE:ID` well formed, one per site.
+    fn check_links(links: &[String]) -> Result<(), StoreError> {
+        let mut sites = std::collections::BTreeMap::new();
+        for l in links {
+            let Some((site, id)) = l.split_once(':') else {
+                return Err(StoreError::Conflict(Conflict::BadLink(l.clone())));
+            };
+            if !crate::registry::ids::SiteId::is_valid(site)
+                || !crate::registry::ids::PatientId::is_valid(id)
+            {
+                return Err(StoreError::Conflict(Conflict::BadLink(l.clone())));
+            }
+            if let Some(other) = sites.insert(site.to_string(), id.to_string()) {
+                if other != id {
+                    return Err(StoreError::Conflict(Conflict::SiteLinkedTwice {
+                        site: site.to_string(),
+                        linked: other,
+                        asked: id.to_string(),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Points link `l` at consent `key`: refused when it names another patient's live consent.
+    /// Returns the value it replaced (a stale link of a deleted consent), for a rollback.
+    async fn claim_link(&self, l: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        for _ in 0..8 {
+            let old = self.links.get(l.as_bytes())?;
+            if let Some(o) = &old {
+                if o.as_slice() == key {
+                    return Ok(old);
+                }
+                if let Some(other) = self.consent_at(o)? {
+                    return Err(StoreError::Conflict(Conflict::LinkTaken {
+                        link: l.to_string(),
+                        patient: other.regional_key(),
+                    }));
+                }
+            }
+            if self
+                .links
+                .compare_and_swap(l.as_bytes(), old.as_deref(), Some(key.to_vec()))
+                .await?
+            {
+                return Ok(old);
+            }
+        }
+        Err(StoreError::Backend(KvError::Contended(l.to_string(), 8)))
+    }
+
+    /// Undoes [`Store::claim_link`]s after a refused grant (best effort: a link left pointing
+    /// at a key with no consent is harmless and is taken over by the next claim).
+    async fn release_links(&self, claimed: &[(String, Option<Vec<u8>>)], key: &[u8]) {
+        for (l, old) in claimed {
+            if old.as_deref() == Some(key) {
+                continue;
+            }
+            let _ = self
+                .links
+                .compare_and_swap(l.as_bytes(), Some(key), old.clone())
+                .await;
+        }
+    }
+
+    /// Removes the links of a deleted consent (those still pointing at its key). Best effort:
+    /// the consent is already gone (access refused at every site), and a link left pointing at
+    /// no consent finds nothing, is taken over by the next claim, and is removed by the next
+    /// purge ([`Store::purge`] sweeps orphan links).
+    async fn drop_links(&self, c: &Consent, key: &[u8]) -> Result<(), StoreError> {
+        for l in &c.links {
+            if let Err(e) = self
+                .links
+                .compare_and_swap(l.as_bytes(), Some(key), None)
+                .await
+            {
+                tracing::warn!(link = %l, error = %e, "link of a deleted consent not removed yet (the next purge removes it)");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes links that point at no consent (left by a deletion whose link removal failed).
+    pub async fn sweep_orphan_links(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (l, key) in self.links.entries()? {
+            if self.consents.get(&key)?.is_none()
+                && self.links.compare_and_swap(&l, Some(&key), None).await?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Registers (or renews, after a withdrawal) a patient's consent, with its links (the
+    /// granting site's own first; each link one-to-one per site, a link already naming another
+    /// patient's consent is refused with [`Conflict::LinkTaken`]). Atomic per record: two
+    /// offices granting the same patient at once register one consent and refuse the other.
     pub async fn grant_consent(&self, c: &Consent) -> Result<(), StoreError> {
+        Self::check_links(&c.links)?;
+        if self.site.as_deref() == Some(c.site.as_str()) {
+            if let Some(o) = self.consent(&c.patient)? {
+                if o.withdrawn.is_none() && o.regional_key() != c.regional_key() {
+                    return Err(StoreError::Conflict(Conflict::ConsentRegistered {
+                        patient: c.patient.clone(),
+                        form_ref: o.form_ref,
+                    }));
+                }
+            }
+        }
+        let key = c.regional_key().into_bytes();
+        let mut claimed = Vec::new();
+        for l in &c.links {
+            match self.claim_link(l, &key).await {
+                Ok(old) => claimed.push((l.clone(), old)),
+                Err(e) => {
+                    self.release_links(&claimed, &key).await;
+                    return Err(e);
+                }
+            }
+        }
         let mut refused = None;
         let new = encode(c);
         self.consents
-            .update(c.patient.as_bytes(), |old| {
+            .update(&key, |old| {
                 refused = None;
                 if let Some(old) = old {
                     if let Ok(o) = serde_json::from_slice::<Consent>(old) {
@@ -582,6 +783,7 @@ impl Store {
             })
             .await?;
         if let Some(form_ref) = refused {
+            self.release_links(&claimed, &key).await;
             return Err(StoreError::Conflict(Conflict::ConsentRegistered {
                 patient: c.patient.clone(),
                 form_ref,
@@ -590,11 +792,90 @@ impl Store {
         self.flush()
     }
 
-    /// Withdrawal (art 9.2, form 7; art 11.2 (1)): from the next request on, access is refused,
-    /// and the patient's registration is deleted at once (art 11 asks for deletion on
-    /// withdrawal, not at the next purge). Returns the deleted consent, marked withdrawn, for
-    /// the admin's answer; the withdrawal itself is kept in the audit log (the admin request's
-    /// record, with the form 7 reference), never in the registry.
+    /// `patient link`: adds another site's id (`SITE:ID`) to the consent of this site's
+    /// patient `patient`. One-to-one per site: a site already linked to another id, or a link
+    /// already naming another patient, is refused ([`Conflict`]). A consent registered before
+    /// links is moved to the linked form (re-keyed by this site's `SITE:ID`).
+    pub async fn link_patient(&self, patient: &str, l: &str) -> Result<Consent, StoreError> {
+        let Some(site) = self.site.clone() else {
+            return Err(StoreError::Conflict(Conflict::NoSite));
+        };
+        let mut c = self
+            .consent(patient)?
+            .ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
+        let (old_key, _) = self.consent_key(patient)?;
+        if c.links.is_empty() {
+            // Pre-link consent: it becomes a linked one under this site's own id.
+            c.links.push(link(&site, patient));
+        }
+        let mut links = c.links.clone();
+        if !links.iter().any(|x| x == l) {
+            links.push(l.to_string());
+        }
+        Self::check_links(&links)?;
+        let key = c.regional_key().into_bytes();
+        let mut claimed = Vec::new();
+        for x in &links {
+            match self.claim_link(x, &key).await {
+                Ok(old) => claimed.push((x.clone(), old)),
+                Err(e) => {
+                    self.release_links(&claimed, &key).await;
+                    return Err(e);
+                }
+            }
+        }
+        let mut out = None;
+        let mut gone = false;
+        let links2 = links.clone();
+        if old_key == key {
+            self.consents
+                .update(&key, |old| {
+                    out = None;
+                    gone = old.is_none();
+                    let old = old?;
+                    match serde_json::from_slice::<Consent>(old) {
+                        Ok(mut c) => {
+                            c.links = links2.clone();
+                            let v = encode(&c);
+                            out = Some(c);
+                            Some(v)
+                        }
+                        Err(_) => Some(old.to_vec()),
+                    }
+                })
+                .await?;
+        } else {
+            // Re-keying a pre-link consent: written under its new key, then the old removed.
+            c.links = links.clone();
+            if !self
+                .consents
+                .compare_and_swap(&key, None, Some(encode(&c)))
+                .await?
+            {
+                self.release_links(&claimed, &key).await;
+                return Err(StoreError::Conflict(Conflict::LinkTaken {
+                    link: link(&site, patient),
+                    patient: c.regional_key(),
+                }));
+            }
+            self.consents.remove(&old_key).await?;
+            out = Some(c);
+        }
+        if gone {
+            self.release_links(&claimed, &key).await;
+            return Err(StoreError::NotFound(Missing::Consent(patient.to_string())));
+        }
+        let c = out.ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
+        self.flush()?;
+        Ok(c)
+    }
+
+    /// Withdrawal (art 9.2, form 7; art 11.2 (1)): from the next request on, access is refused
+    /// at every site the patient is linked at, and the patient's registration is deleted at
+    /// once (art 11 asks for deletion on withdrawal, not at the next purge). Returns the
+    /// deleted consent, marked withdrawn, for the admin's answer; the withdrawal itself is kept
+    /// in the audit log (the admin request's record, with the form 7 reference), never in the
+    /// registry.
     ///
     /// Atomic against a concurrent view: [`Store::touch_consent`] never re-creates a removed key.
     pub async fn withdraw_consent(
@@ -603,13 +884,18 @@ impl Store {
         form_ref: &str,
         today: Date,
     ) -> Result<Consent, StoreError> {
+        let (key, linked) = self.consent_key(patient)?;
+        if !linked && self.consent(patient)?.is_none() {
+            return Err(StoreError::NotFound(Missing::Consent(patient.to_string())));
+        }
         let old = self
             .consents
-            .remove(patient.as_bytes())
+            .remove(&key)
             .await?
             .ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
+        let mut c: Consent = decode("consents", &key, &old)?;
+        self.drop_links(&c, &key).await?;
         self.flush()?;
-        let mut c: Consent = decode("consents", patient.as_bytes(), &old)?;
         c.withdrawn = Some(Withdrawal {
             form_ref: form_ref.to_string(),
             date: today,
@@ -618,11 +904,48 @@ impl Store {
         Ok(c)
     }
 
-    /// Deletes a patient's registered data (art 11: form 8, or purge). Audit history stays.
-    pub async fn delete_consent(&self, patient: &str) -> Result<bool, StoreError> {
-        let existed = self.consents.remove(patient.as_bytes()).await?.is_some();
+    /// Deletes a patient's registered data (art 11: form 8, or purge), at every linked site.
+    /// The deleted consent (its links name the patient at each site, for the audit record);
+    /// `None` when there was none. Audit history stays.
+    pub async fn delete_consent(&self, patient: &str) -> Result<Option<Consent>, StoreError> {
+        let (key, linked) = self.consent_key(patient)?;
+        if !linked && self.consent(patient)?.is_none() {
+            return Ok(None);
+        }
+        let Some(old) = self.consents.remove(&key).await? else {
+            return Ok(None);
+        };
+        let c: Consent = decode("consents", &key, &old)?;
+        self.drop_links(&c, &key).await?;
         self.flush()?;
-        Ok(existed)
+        Ok(Some(c))
+    }
+
+    /// A later "do not extend" request (art 8.3) on this site's patient's consent.
+    pub async fn set_no_extension(&self, patient: &str) -> Result<Consent, StoreError> {
+        if self.consent(patient)?.is_none() {
+            return Err(StoreError::NotFound(Missing::Consent(patient.to_string())));
+        }
+        let (key, _) = self.consent_key(patient)?;
+        let mut out = None;
+        self.consents
+            .update(&key, |old| {
+                out = None;
+                let old = old?;
+                match serde_json::from_slice::<Consent>(old) {
+                    Ok(mut c) => {
+                        c.no_extension = true;
+                        let v = encode(&c);
+                        out = Some(c);
+                        Some(v)
+                    }
+                    Err(_) => Some(old.to_vec()),
+                }
+            })
+            .await?;
+        let c = out.ok_or_else(|| StoreError::NotFound(Missing::Consent(patient.to_string())))?;
+        self.flush()?;
+        Ok(c)
     }
 
     /// True when an allowed view today would move the patient's `last_view` (the day's first
@@ -635,7 +958,8 @@ impl Store {
     }
 
     /// Records an allowed view: `last_view` becomes `today` (art 8.3 extension), and only ever
-    /// moves forward (a view recorded at another gateway with a later date is kept). Atomic
+    /// moves forward (a view recorded at another gateway with a later date is kept). The
+    /// consent is one regional record, so `last_view` is the latest view at any site. Atomic
     /// against a concurrent withdrawal or deletion: a removed consent stays removed.
     pub async fn touch_consent(&self, patient: &str, today: Date) -> Result<(), StoreError> {
         // Most views are not the first of the day: a read is enough for them (no write, no
@@ -643,8 +967,9 @@ impl Store {
         if !self.view_moves_last_view(patient, today) {
             return Ok(());
         }
+        let (key, _) = self.consent_key(patient)?;
         self.consents
-            .update(patient.as_bytes(), |old| {
+            .update(&key, |old| {
                 let old = old?;
                 match serde_json::from_slice::<Consent>(old) {
                     Ok(mut c) if c.withdrawn.is_none() && c.last_view.is_none_or(|d| d < today) => {
@@ -681,19 +1006,21 @@ impl Store {
         Ok(due)
     }
 
-    /// Deletes one patient's consent if it is still due today (a view or a new grant since
-    /// [`Store::purge_due`] read it keeps it). True when deleted.
-    pub async fn purge_if_due(&self, patient: &str, today: Date) -> Result<bool, StoreError> {
-        let mut deleted = false;
+    /// Deletes one consent (by its [`regional key`](Consent::regional_key)) if it is still
+    /// due today (a view or a new grant since [`Store::purge_due`] read it keeps it), and its
+    /// links. True when deleted.
+    pub async fn purge_if_due(&self, key: &str, today: Date) -> Result<bool, StoreError> {
+        let patient = key;
+        let mut deleted = None;
         let mut err = None;
         self.consents
             .update(patient.as_bytes(), |old| {
-                deleted = false;
+                deleted = None;
                 err = None;
                 let old = old?;
                 match decode::<Consent>("consents", patient.as_bytes(), old) {
                     Ok(c) if c.withdrawn.is_some() || consent::purgeable(&c, today) => {
-                        deleted = true;
+                        deleted = Some(c);
                         None
                     }
                     Ok(_) => Some(old.to_vec()),
@@ -713,10 +1040,14 @@ impl Store {
         if let Some(e) = err {
             return Err(e);
         }
-        if deleted {
-            self.flush()?;
+        match deleted {
+            Some(c) => {
+                self.drop_links(&c, key.as_bytes()).await?;
+                self.flush()?;
+                Ok(true)
+            }
+            None => Ok(false),
         }
-        Ok(deleted)
     }
 
     // ---- staff of the liaison office (issue 15) ----
@@ -797,13 +1128,17 @@ impl Store {
     pub async fn purge(&self, today: Date) -> Result<Vec<String>, StoreError> {
         let mut purged = Vec::new();
         for c in self.purge_due(today)? {
-            if self.purge_if_due(&c.patient, today).await? {
+            if self.purge_if_due(&c.regional_key(), today).await? {
                 purged.push(c.patient);
             }
         }
+        self.sweep_orphan_links().await?;
         Ok(purged)
     }
 }
+
+mod heads;
+pub use heads::PublishedHead;
 
 /// Tests: runs a store write (async: the etcd backend awaits its transaction) to completion.
 #[cfg(test)]

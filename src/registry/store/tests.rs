@@ -41,6 +41,8 @@ fn consent(patient: &str) -> Consent {
         no_extension: false,
         last_view: None,
         withdrawn: None,
+        links: Vec::new(),
+        explanation: None,
     }
 }
 
@@ -281,6 +283,109 @@ fn conflicts_and_missing_records_are_typed_with_the_same_messages() {
     let e = block(s.withdraw_consent("P9", "F7", date!(2026 - 03 - 01))).unwrap_err();
     assert!(matches!(&e, StoreError::NotFound(Missing::Consent(p)) if p == "P9"));
     assert_eq!(e.to_string(), r#"no consent for patient "P9""#);
+}
+
+fn linked(patient: &str, site: &str, links: &[&str]) -> Consent {
+    let mut c = consent(patient);
+    c.site = site.into();
+    c.links = std::iter::once(format!("{site}:{patient}"))
+        .chain(links.iter().map(|l| l.to_string()))
+        .collect();
+    c
+}
+
+/// Issue 14 (art 9.4): a consent granted at one site with a link is found at the other site
+/// through that site's own id, not through the granting site's id; a link is one-to-one per
+/// site; a withdrawal forgets every link.
+#[test]
+fn art_9_4_linked_consent_is_found_by_each_sites_own_id_and_links_are_one_to_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let clinic = Store::open(dir.path()).unwrap().at_site("nomura-clinic");
+    let hospital = clinic.clone().at_site("seiyo-hospital");
+    block(clinic.grant_consent(&linked(
+        "N-778",
+        "nomura-clinic",
+        &["seiyo-hospital:0012345"],
+    )))
+    .unwrap();
+    assert_eq!(
+        hospital.consent("0012345").unwrap().unwrap().patient,
+        "N-778"
+    );
+    assert!(hospital.consent("N-778").unwrap().is_none());
+    assert!(clinic.consent("0012345").unwrap().is_none());
+    // One id per site.
+    let e = block(clinic.link_patient("N-778", "seiyo-hospital:0099999")).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Conflict(Conflict::SiteLinkedTwice { .. })),
+        "{e}"
+    );
+    // One patient per id: the hospital's other patient cannot take the clinic's N-778.
+    let e = block(hospital.grant_consent(&linked(
+        "0055555",
+        "seiyo-hospital",
+        &["nomura-clinic:N-778"],
+    )))
+    .unwrap_err();
+    assert!(
+        matches!(e, StoreError::Conflict(Conflict::LinkTaken { .. })),
+        "{e}"
+    );
+    assert!(
+        hospital.consent("0055555").unwrap().is_none(),
+        "nothing left behind"
+    );
+    // A view at the hospital moves the one regional last_view.
+    block(hospital.touch_consent("0012345", date!(2026 - 02 - 01))).unwrap();
+    assert_eq!(
+        clinic.consent("N-778").unwrap().unwrap().last_view,
+        Some(date!(2026 - 02 - 01))
+    );
+    // Withdrawal at the hospital: gone at both, links forgotten (a new grant may reuse them).
+    block(hospital.withdraw_consent("0012345", "F7", date!(2026 - 02 - 02))).unwrap();
+    assert!(clinic.consent("N-778").unwrap().is_none());
+    assert!(hospital.consent("0012345").unwrap().is_none());
+    block(hospital.grant_consent(&linked(
+        "0055555",
+        "seiyo-hospital",
+        &["nomura-clinic:N-778"],
+    )))
+    .unwrap();
+    assert_eq!(clinic.consent("N-778").unwrap().unwrap().patient, "0055555");
+}
+
+/// Issue 14: a consent registered before links (keyed by the bare id) keeps working at the
+/// site that granted it (fallback, no migration), is not found by another site's same id, and
+/// `patient link` moves it to the linked form.
+#[test]
+fn art_9_4_a_pre_link_consent_keeps_working_and_link_moves_it_to_the_linked_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = Store::open(dir.path()).unwrap();
+    let mut old = consent("P001");
+    old.site = "seiyo-hospital".into();
+    block(bare.grant_consent(&old)).unwrap();
+    let hospital = bare.clone().at_site("seiyo-hospital");
+    let clinic = bare.clone().at_site("nomura-clinic");
+    assert!(hospital.consent("P001").unwrap().is_some());
+    assert!(
+        clinic.consent("P001").unwrap().is_none(),
+        "another EMR's P001"
+    );
+    // A second grant for the same patient is refused while the old one holds.
+    let e = block(hospital.grant_consent(&linked("P001", "seiyo-hospital", &[]))).unwrap_err();
+    assert!(
+        matches!(e, StoreError::Conflict(Conflict::ConsentRegistered { .. })),
+        "{e}"
+    );
+    let c = block(hospital.link_patient("P001", "nomura-clinic:N-1")).unwrap();
+    assert_eq!(c.links, ["seiyo-hospital:P001", "nomura-clinic:N-1"]);
+    assert_eq!(clinic.consent("N-1").unwrap().unwrap().patient, "P001");
+    assert!(hospital.consent("P001").unwrap().is_some());
+    assert_eq!(bare.consents().unwrap().len(), 1, "re-keyed, not copied");
+    // The purge removes it with its links.
+    let purged = block(hospital.purge(date!(2030 - 01 - 01))).unwrap();
+    assert_eq!(purged, ["P001"]);
+    assert!(clinic.consent("N-1").unwrap().is_none());
 }
 
 /// Issue 15: the `staff` tree — added once, found by its certificate, updated atomically with

@@ -32,6 +32,10 @@ const APPLY_WAIT: Duration = Duration::from_secs(5);
 const CATCH_UP_SLOTS: usize = 4;
 /// gRPC status code UNAVAILABLE.
 const GRPC_UNAVAILABLE: i32 = 14;
+/// gRPC status codes CANCELLED and DEADLINE_EXCEEDED (a request timed out on its way: its
+/// outcome is unknown).
+const GRPC_CANCELLED: i32 = 1;
+const GRPC_DEADLINE_EXCEEDED: i32 = 4;
 /// How many times a read-modify-write retries against concurrent writers.
 const MAX_TRIES: u32 = 64;
 
@@ -249,12 +253,41 @@ impl Regional {
                 .when([Compare::mod_revision(full.clone(), CompareOp::Equal, cur.1)])
                 .and_then(ops)
                 .or_else([TxnOp::get(full.clone(), None)]);
-            let resp = retry_unavailable(|| {
+            let sent = retry_unavailable(|| {
                 let mut kv = kv.clone();
                 let txn = txn.clone();
                 async move { kv.txn(txn).await }
             })
-            .await?;
+            .await;
+            let resp = match sent {
+                Ok(r) => r,
+                // Sent to a member that died under it: the outcome is unknown. Read the key
+                // back (linearizable, through the members still up) and decide.
+                Err(etcd_client::Error::GRpcStatus(st))
+                    if matches!(
+                        i32::from(st.code()),
+                        GRPC_CANCELLED | GRPC_DEADLINE_EXCEEDED
+                    ) =>
+                {
+                    match self.read_back(&full).await? {
+                        // Unchanged since we read it: not applied; send it again.
+                        (_, rev, _) if rev == cur.1 && cur.1 != 0 => continue,
+                        (v, rev, header) if v == new => {
+                            // Ours (or the same value written meanwhile): applied.
+                            if wrote {
+                                self.wait_applied(header.max(rev)).await?;
+                            }
+                            return Ok(());
+                        }
+                        (None, _, _) if cur.1 == 0 => continue,
+                        (v, rev, _) => {
+                            cur = (v, rev);
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
             if resp.succeeded() {
                 if wrote {
                     let rev = resp.header().map_or(0, |h| h.revision());
@@ -275,6 +308,23 @@ impl Regional {
             String::from_utf8_lossy(&full).into_owned(),
             MAX_TRIES,
         ))
+    }
+
+    /// One key read back from etcd after a write of unknown outcome: its value, its
+    /// modification revision (0 when absent) and the cluster's revision of the read.
+    async fn read_back(&self, full: &[u8]) -> Result<(Option<Vec<u8>>, i64, i64), KvError> {
+        let kv = self.client.kv_client();
+        let resp = retry_unavailable(|| {
+            let mut kv = kv.clone();
+            let key = full.to_vec();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
+        let header = resp.header().map_or(0, |h| h.revision());
+        Ok(match resp.kvs().first() {
+            Some(kv) => (Some(kv.value().to_vec()), kv.mod_revision(), header),
+            None => (None, 0, header),
+        })
     }
 
     /// Brings this gateway's copy up to etcd's current revision (a linearizable read, then
