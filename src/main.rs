@@ -211,11 +211,13 @@ enum StaffCmd {
     },
     /// Suspend a staff account: the console refuses it from its next request on.
     Suspend {
+        /// The staff member's ID.
         #[arg(long)]
         id: String,
     },
     /// List the staff accounts.
     List {
+        /// Print the accounts as JSON.
         #[arg(long)]
         json: bool,
     },

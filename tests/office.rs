@@ -282,7 +282,7 @@ fn art_2_9_12_8_liaison_office_console_in_a_real_browser() {
         .is_some_and(|r| r.contains("form 3 様式3-2026-041")));
     assert!(by_clerk("consent-withdraw")[0]["reason"]
         .as_str()
-        .is_some_and(|r| r.contains("form 様式7-2026-009") && r.contains("withdrawn by patient")));
+        .is_some_and(|r| r.contains("form 7 様式7-2026-009") && r.contains("by patient")));
     // The physician's two requests are in the log as the report showed them.
     let views: Vec<_> = rows
         .iter()
@@ -491,7 +491,26 @@ fn art_6_2_13_1_console_refuses_wrong_certificates_sources_and_forms() {
         "{}",
         r.body
     );
+    // Art 8.3: a later "do not extend" request on an existing consent, from the console.
+    gate.grant("P003", today_jst());
+    let r = post(
+        "/office/consents/no-extension",
+        &["patient=P003", "form_ref=延長辞退-003", &csrf],
+        &[],
+    );
+    assert_eq!(r.status, Some(200), "{r:?}");
+    let shown = gate.ok(&["consent", "show", "--patient", "P003", "--json"]);
+    assert!(
+        shown.contains("\"no_extension\": true") || shown.contains("\"no_extension\":true"),
+        "{shown}"
+    );
     let rows = gate.audit_rows();
+    assert!(
+        rows.iter().any(|r| r["staff"] == "admin-1"
+            && r["path"] == "consent-no-extension"
+            && r["decision"] == "allow"),
+        "do-not-extend audited with the staff member: {rows:#?}"
+    );
     for reason in ["cross-site-post", "csrf-token-wrong"] {
         assert!(
             rows.iter().any(|r| r["staff"] == "admin-1"

@@ -212,6 +212,32 @@ pub async fn withdraw(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
     )
 }
 
+/// `POST /office/consents/no-extension`: a later request not to extend the window by views
+/// (art 8.3), on an existing consent, with its form reference.
+pub async fn no_extension(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
+    let patient = forms::patient_id(f.get("patient"))?;
+    let form_ref = forms::form_ref(f.get("form_ref"), 6)?;
+    let r = ctx
+        .admin(
+            console,
+            AdminRequest::ConsentNoExtension {
+                patient: patient.clone(),
+                form_ref: form_ref.clone(),
+            },
+            format!("do not extend, form {form_ref}"),
+        )
+        .await?;
+    done(
+        console,
+        ctx,
+        "延長しない旨を登録しました",
+        "Recorded: do not extend",
+        r.message,
+        vec![format!("書類 / form: {form_ref}")],
+        &patient,
+    )
+}
+
 /// `POST /office/consents/delete`: form 8; after a confirmation step.
 pub async fn delete(console: &Console, ctx: &Ctx, f: &Fields) -> PageResult {
     let patient = forms::patient_id(f.get("patient"))?;

@@ -431,6 +431,7 @@ async fn route(
         (true, "/office/consents/grant") => consents::grant(console, ctx, form).await,
         (true, "/office/consents/withdraw") => consents::withdraw(console, ctx, form).await,
         (true, "/office/consents/delete") => consents::delete(console, ctx, form).await,
+        (true, "/office/consents/no-extension") => consents::no_extension(console, ctx, form).await,
         (false, "/office/views") => views::report(console, peer, ctx, query).await,
         (false, "/office/views.csv") => views::csv(console, peer, ctx, query).await,
         (false, "/office/usage") => views::usage(console, ctx, query).await,
