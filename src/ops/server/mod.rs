@@ -142,6 +142,9 @@ impl Bound {
     }
 }
 
+/// How long `bind` waits for the regional registry's copy before opening the ports anyway.
+const REGISTRY_START_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Opens the registries and the audit log and binds every socket the config names: a bad
 /// address, key or certificate fails here, before anything is served.
 pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
@@ -149,6 +152,14 @@ pub async fn bind(cfg: Config) -> Result<Bound, ServeError> {
     check_key_modes(&cfg)?;
     prepare_state_dir(&cfg.state_dir)?;
     let store = Store::open_configured(&cfg).await?;
+    // The regional registry: give the copy a moment to load and be confirmed before the
+    // ports open, so a gateway that just started does not answer its first requests with the
+    // fail-closed 503 it would send while etcd is unreachable. Bounded: with etcd down (or a
+    // registry too large to load in that time) the gateway starts anyway and refuses (503)
+    // until the copy is current.
+    if let Err(e) = store.ready(REGISTRY_START_WAIT).await {
+        tracing::warn!(error = %e, "starting before the regional registry is current: requests get 503 until it is");
+    }
     let audit = AuditLog::open(&cfg.state_dir.join("audit"))?;
     let metrics = Metrics::new()?;
     // `AuditLog::open` has just checked the whole chain and its anchor and brought the index in
