@@ -32,6 +32,35 @@ fn shows(step: &str, output: &str, says: &[&str]) {
     }
 }
 
+/// The demo's standard output, line by line, until its "Press Ctrl-C" line (bounded by `limit`).
+fn lines_until_ready(child: &mut std::process::Child, limit: Duration) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + limit;
+    let mut lines = Vec::new();
+    while Instant::now() < deadline {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) => {
+                let done = l.starts_with("Press Ctrl-C");
+                lines.push(l);
+                if done {
+                    break;
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(_) => break,
+        }
+    }
+    lines
+}
+
 /// Art 1, 8, 12.1: the demo's allowed view, its refusals, and its audit commands work as printed,
 /// and each printed line, run as printed, prints what its comment promises.
 #[test]
@@ -49,30 +78,7 @@ fn art_1_demo_prints_working_commands() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn demo");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut lines = Vec::new();
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) => {
-                let done = l.starts_with("Press Ctrl-C");
-                lines.push(l);
-                if done {
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(_) => break,
-        }
-    }
+    let lines = lines_until_ready(&mut child, Duration::from_secs(30));
     assert!(
         lines.iter().any(|l| l.starts_with("Press Ctrl-C")),
         "demo did not come up: {lines:#?}"
@@ -204,30 +210,7 @@ fn art_9_4_demo_network_shows_a_clinic_consent_used_at_the_hospital_and_a_withdr
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn demo --network");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut lines = Vec::new();
-    while Instant::now() < deadline {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) => {
-                let done = l.starts_with("Press Ctrl-C");
-                lines.push(l);
-                if done {
-                    break;
-                }
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(_) => break,
-        }
-    }
+    let lines = lines_until_ready(&mut child, Duration::from_secs(90));
     let all = lines.join("\n");
     let _ = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
