@@ -85,6 +85,9 @@ pub struct Sessions {
     pub lifetime: Duration,
     /// The regional registry, when sessions are shared by every gateway.
     shared: Option<Store>,
+    /// Shared sessions ended here (sign-out, replay, expiry) whose removal from the registry
+    /// is still on its way: never adopted again meanwhile.
+    burnt: Mutex<std::collections::HashSet<[u8; 32]>>,
 }
 
 /// Tokens are stored by their SHA-256, so a memory dump does not hand out live cookies.
@@ -102,6 +105,7 @@ impl Sessions {
             idle,
             lifetime,
             shared: None,
+            burnt: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -250,6 +254,14 @@ impl Sessions {
         k: &[u8; 32],
         terminal: &str,
     ) -> Result<Session, SessionRefusal> {
+        if self
+            .burnt
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(k)
+        {
+            return Err(SessionRefusal::Missing);
+        }
         let published = store.session_get(&hex::encode(k)).is_some();
         let local = self.with_shard(k, |m| m.get(k).cloned());
         let mut s = match (local, published) {
@@ -315,6 +327,10 @@ impl Sessions {
     /// Removes a session from the regional registry (beside the request).
     fn unpublish(&self, k: &[u8; 32]) {
         if let Some(store) = &self.shared {
+            self.burnt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(*k);
             let store = store.clone();
             let key = hex::encode(k);
             tokio::spawn(async move {
@@ -395,6 +411,12 @@ impl Sessions {
                     renewed: Instant::now(),
                 };
                 if pred(&probe) {
+                    if let Ok(bytes) = <[u8; 32]>::try_from(hex::decode(&k).unwrap_or_default()) {
+                        self.burnt
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(bytes);
+                    }
                     let store = store.clone();
                     tokio::spawn(async move {
                         let _ = store.session_remove(&k).await;
@@ -408,6 +430,13 @@ impl Sessions {
 
     /// Drops expired sessions (called periodically) and returns how many are open.
     pub fn sweep(&self) -> usize {
+        if let Some(store) = &self.shared {
+            // A burnt session is forgotten once the registry has dropped it too.
+            self.burnt
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .retain(|k| store.session_get(&hex::encode(k)).is_some());
+        }
         let now = Instant::now();
         let (idle, lifetime) = (self.idle, self.lifetime);
         let mut open = 0;
