@@ -81,7 +81,7 @@ pub fn check<B>(
     // The regional registry not confirmed current for longer than `max_stale_secs`: every
     // identity, session and consent read from it could be out of date (a revocation or a
     // withdrawal not yet seen), so nothing that depends on it is served (fail closed).
-    if !gate.store.health().usable() {
+    if !gate.store.usable() {
         return refuse(Refusal::RegistryUnavailable, None);
     }
     let who = match identify(gate, live, peer, conn, req, now) {

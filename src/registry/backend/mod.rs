@@ -100,6 +100,15 @@ impl Backend {
         }
     }
 
+    /// True while the registry can be trusted (sled always; etcd: confirmed current within
+    /// `max_stale_secs`), without building the whole [`RegistryHealth`].
+    pub(crate) fn usable(&self) -> bool {
+        match self {
+            Backend::Sled(_) => true,
+            Backend::Etcd(reg) => reg.usable(),
+        }
+    }
+
     pub(crate) fn is_regional(&self) -> bool {
         matches!(self, Backend::Etcd(_))
     }

@@ -249,6 +249,11 @@ impl Store {
         self.backend.health()
     }
 
+    /// The request path's check: [`RegistryHealth::usable`] from one atomic read.
+    pub fn usable(&self) -> bool {
+        self.backend.usable()
+    }
+
     /// Waits (bounded) until the registry is [`usable`](RegistryHealth::usable): at once for
     /// sled; for etcd, until the copy is loaded and confirmed current.
     pub async fn ready(&self, within: std::time::Duration) -> Result<(), StoreError> {

@@ -156,6 +156,17 @@ impl Regional {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// [`RegistryHealth::usable`] from the one atomic it depends on (every request asks).
+    pub(crate) fn usable(&self) -> bool {
+        let at = self.fresh_at.load(Ordering::Acquire);
+        at > 0
+            && self
+                .born
+                .elapsed()
+                .saturating_sub(Duration::from_millis(at - 1))
+                <= self.max_stale
+    }
+
     pub(crate) fn health(&self) -> RegistryHealth {
         let at = self.fresh_at.load(Ordering::Acquire);
         let stale_for = (at > 0).then(|| {
