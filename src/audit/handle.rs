@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
-use tokio::sync::{mpsc, oneshot};
+use std::sync::mpsc;
+
+use tokio::sync::oneshot;
 
 use super::anchor::{check_anchor, read_head, sync_dir, write_head, HeadErr, HEAD_FILE};
 use super::chain::LOG_FILE;
@@ -20,7 +22,7 @@ use super::refusal::{ConnectionRecord, SuppressedRecord};
 use super::writer::{self, Cmd, Shared};
 
 struct Inner {
-    tx: mpsc::UnboundedSender<Cmd>,
+    tx: mpsc::Sender<Cmd>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }

@@ -651,3 +651,34 @@ fn recorded_heads_parse_strictly() {
         assert!(bad.parse::<RecordedHead>().is_err(), "{bad:?} accepted");
     }
 }
+
+/// A line nobody waits for (an outcome) is held back for the next record, but never longer
+/// than the writer's hold: with no further traffic it is still written and synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_outcome_is_written_without_further_traffic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let log = AuditLog::open(&dir).unwrap();
+    let rid = log.record(rec(1)).await.unwrap();
+    assert_eq!(log.written(), 1);
+    let ok = Outcome {
+        status: 200,
+        bytes: 5,
+        duration_us: 10,
+    };
+    log.outcome(rid, ok);
+    let start = std::time::Instant::now();
+    while log.written() < 2 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(2),
+            "the held outcome line was not written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // A held line keeps its place: it precedes a record that arrives after it.
+    log.outcome(rid, ok);
+    assert_eq!(log.record(rec(2)).await.unwrap(), 4);
+    log.close().await.unwrap();
+    assert_eq!(log.written(), 4);
+    assert_eq!(verify(&dir).unwrap().records, 4);
+}
