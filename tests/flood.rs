@@ -44,19 +44,26 @@ fn site(emr_port: u16, limits: &str, extra: &str) -> (Gate, Terminal) {
     (gate, pc1)
 }
 
+/// The audit log's lines as written so far: up to its last newline (while the gateway runs,
+/// the file ends in zeros its writer grows it by ahead of the lines).
+fn audit_text(gate: &Gate) -> Vec<u8> {
+    let mut bytes = std::fs::read(gate.audit_dir().join("audit.log")).unwrap_or_default();
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    bytes.truncate(end);
+    bytes
+}
+
 /// Every line of the audit log, parsed.
 fn audit_lines(gate: &Gate) -> Vec<Value> {
-    std::fs::read_to_string(gate.audit_dir().join("audit.log"))
-        .unwrap_or_default()
+    String::from_utf8(audit_text(gate))
+        .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
 
 fn audit_bytes(gate: &Gate) -> u64 {
-    std::fs::metadata(gate.audit_dir().join("audit.log"))
-        .map(|m| m.len())
-        .unwrap_or(0)
+    audit_text(gate).len() as u64
 }
 
 /// A TCP connection to the gateway from loopback address `from` (any port).

@@ -206,9 +206,11 @@ pub(super) enum ScanErr {
 }
 
 /// Reads the whole log and checks every link.  An unterminated final segment
-/// is always ignored (a write in progress, or a torn write that was never
-/// acknowledged); with `repair`, an unparsable *final* line is reported as
-/// torn instead of being an error.  `on_line` sees every good line.
+/// is always ignored (a write in progress, a torn write that was never
+/// acknowledged, or the zeros the writer grows the file by); with `repair`, an
+/// unparsable *final* line, or lines after zeros (a batch that never fully reached
+/// the disk), are reported as torn instead of being an error.  `on_line` sees every
+/// good line.
 pub(super) fn scan_log(
     file: File,
     anchor_seq: u64,
@@ -232,11 +234,26 @@ pub(super) fn scan_log(
         }
         let line_no = st.last_seq + 1;
         let Some(line) = buf.strip_suffix(b"\n") else {
-            if repair {
+            // Zeros alone are the space the writer grows the file by ahead of its lines.
+            if repair && buf.iter().any(|&b| b != 0) {
                 st.torn = Some((line_no, "final line has no newline".into()));
             }
             break;
         };
+        if memchr::memchr(0, line).is_some() {
+            // Zeros before more data: after a crash, part of the last batch never reached the
+            // disk (its blocks still hold the zeros written ahead of the lines).
+            let reason = "zero bytes inside a line (a write that never reached the disk)";
+            if repair {
+                st.torn = Some((line_no, reason.into()));
+                break;
+            }
+            return Err(ScanErr::Broken {
+                line: line_no,
+                seq: None,
+                reason: reason.into(),
+            });
+        }
         match check_line(line, line_no, &st.last_hash) {
             Ok((hash, key)) => {
                 on_line(&Scanned {

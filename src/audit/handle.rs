@@ -259,7 +259,7 @@ fn recover(dir: &Path) -> Result<(File, Scan, Option<IndexWriter>), AuditError> 
     };
     let file = OpenOptions::new()
         .read(true)
-        .append(true)
+        .write(true)
         .create(true)
         .mode(0o600)
         .open(&log_path)
@@ -309,23 +309,48 @@ fn corrupt(line: u64, seq: &Option<u64>, reason: &str) -> AuditError {
     }
 }
 
-/// Cuts the log back to its last good line when something follows it (a torn write).
+/// Cuts the log back to its last good line when something follows it: the zeros the writer
+/// grows the file by ahead of its lines (a stop without the writer's own clean-up), or a
+/// torn write.
 fn truncate_torn(file: &File, log_path: &Path, st: &Scan) -> Result<(), AuditError> {
     let len = file.metadata().map_err(io_err(log_path))?.len();
     if len == st.good_len {
         return Ok(());
     }
-    let (line, reason) = st
-        .torn
-        .clone()
-        .unwrap_or_else(|| (st.last_seq + 1, "unterminated data".into()));
-    tracing::warn!(
-        line,
-        %reason,
-        dropped_bytes = len - st.good_len,
-        "audit: truncating torn final line of {}",
-        log_path.display()
-    );
+    if st.torn.is_none() && zeros_from(file, st.good_len).map_err(io_err(log_path))? {
+        tracing::debug!(
+            bytes = len - st.good_len,
+            "audit: cutting the zero tail written ahead of the lines"
+        );
+    } else {
+        let (line, reason) = st
+            .torn
+            .clone()
+            .unwrap_or_else(|| (st.last_seq + 1, "unterminated data".into()));
+        tracing::warn!(
+            line,
+            %reason,
+            dropped_bytes = len - st.good_len,
+            "audit: truncating torn final line of {}",
+            log_path.display()
+        );
+    }
     file.set_len(st.good_len).map_err(io_err(log_path))?;
     file.sync_data().map_err(io_err(log_path))
+}
+
+/// True when `file` holds only zero bytes from `offset` to its end.
+fn zeros_from(file: &File, mut offset: u64) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read_at(&mut buf, offset)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        offset += n as u64;
+    }
 }

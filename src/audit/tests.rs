@@ -682,3 +682,52 @@ async fn held_outcome_is_written_without_further_traffic() {
     assert_eq!(log.written(), 4);
     assert_eq!(verify(&dir).unwrap().records, 4);
 }
+
+/// The writer grows the file with zeros ahead of its lines (so a sync writes no inode):
+/// while it runs, readers stop at the zeros; a copy taken then (the state a crash leaves)
+/// verifies and reopens with every synced line, the zeros cut off; a clean stop leaves
+/// plain JSON Lines; lines after zeros (a batch that only partly reached the disk) are cut
+/// by recovery and reported by verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_tail_written_ahead_is_read_past_and_cut() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("audit");
+    let log = AuditLog::open(&dir).unwrap();
+    for i in 1..=3 {
+        assert_eq!(log.record(rec(i)).await.unwrap(), i);
+    }
+    let running = fs::read(dir.join(LOG_FILE)).unwrap();
+    assert_eq!(running.len() as u64, super::writer::CHUNK, "grown by one chunk");
+    let end = running.iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    assert!(running[end..].iter().all(|&b| b == 0));
+    assert_eq!(verify(&dir).unwrap().records, 3);
+    assert_eq!(query(&dir, &QueryFilter::default()).unwrap().len(), 3);
+
+    // The state a crash leaves: the lines, then zeros.
+    let crashed = tmp.path().join("crashed");
+    fs::create_dir(&crashed).unwrap();
+    for f in fs::read_dir(&dir).unwrap() {
+        let f = f.unwrap();
+        fs::copy(f.path(), crashed.join(f.file_name())).unwrap();
+    }
+    assert_eq!(verify(&crashed).unwrap().records, 3);
+    let again = AuditLog::open(&crashed).unwrap();
+    assert_eq!(fs::read(crashed.join(LOG_FILE)).unwrap(), running[..end]);
+    assert_eq!(again.record(rec(4)).await.unwrap(), 4);
+    again.close().await.unwrap();
+    assert_eq!(verify(&crashed).unwrap().records, 4);
+
+    // A clean stop cuts the zeros.
+    log.close().await.unwrap();
+    assert_eq!(fs::read(dir.join(LOG_FILE)).unwrap(), running[..end]);
+
+    // Zeros, then a line that did reach the disk: verify names it, recovery cuts it.
+    let mut holed = running[..end].to_vec();
+    let last_start = holed[..end - 1].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    let last = holed[last_start..].to_vec();
+    holed.truncate(last_start);
+    holed.extend(std::iter::repeat_n(0u8, 4096));
+    holed.extend_from_slice(&last);
+    fs::write(dir.join(LOG_FILE), &holed).unwrap();
+    assert!(broken_at(&dir).2.contains("zero bytes"));
+}

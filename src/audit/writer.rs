@@ -7,9 +7,16 @@
 //! back for at most [`HOLD`] and go out with the next line somebody waits for: at one
 //! connection, the outcome of request N and the record of request N+1 share one `fdatasync`
 //! instead of taking one each (the record of N+1 no longer queues behind the outcome's sync).
+//!
+//! The file is grown ahead of the lines in written chunks of zeros ([`CHUNK`]), and lines
+//! overwrite them in place: a sync then writes the data blocks only, not the inode's size and
+//! extents as well (on ext4, a journal commit per sync when the file grows with every batch).
+//! Readers stop at the unterminated zero tail like at a write in progress; recovery and a
+//! clean stop cut it off, so a log at rest is plain JSON Lines.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +44,10 @@ const HOLD: Duration = Duration::from_millis(2);
 /// Bounds of what is held back (beyond, it is committed at once).
 const MAX_HELD_LINES: usize = 1024;
 const MAX_HELD_BYTES: usize = 1 << 20;
+/// The file grows by this many zero bytes at a time, ahead of the lines.
+pub(super) const CHUNK: u64 = 1 << 20;
+/// After growing failed for lack of room, the next try is this much later.
+const GROW_RETRY: Duration = Duration::from_secs(5);
 
 pub(super) type Reply = oneshot::Sender<Result<u64, AuditError>>;
 type CloseReply = oneshot::Sender<Result<(), AuditError>>;
@@ -101,6 +112,9 @@ pub(super) fn start(
         next_seq: st.last_seq + 1,
         last_hash: st.last_hash,
         good_len: st.good_len,
+        alloc_end: st.good_len,
+        zeros: Vec::new(),
+        grow_failed: None,
         carry: Vec::new(),
         buf: Vec::with_capacity(1 << 20),
         shared: shared.clone(),
@@ -133,6 +147,12 @@ struct Writer {
     last_hash: [u8; 64],
     /// File length after the last synced batch; anything beyond is rolled back.
     good_len: u64,
+    /// Length of the file: the lines, then zeros written ahead of them.
+    alloc_end: u64,
+    /// [`CHUNK`] zero bytes, made on the first growth.
+    zeros: Vec<u8>,
+    /// When growing ahead last failed (for lack of room).
+    grow_failed: Option<Instant>,
     /// Outcome lines of failed batches, retried first.
     carry: Vec<(Vec<u8>, LineKey)>,
     buf: Vec<u8>,
@@ -320,6 +340,13 @@ impl Writer {
 
     /// Stops the head and index threads and answers the closer (if any).
     fn finish(mut self, close: Option<CloseReply>) {
+        if self.alloc_end != self.good_len {
+            // At rest the log is its lines only (recovery would cut the tail otherwise).
+            match self.file.set_len(self.good_len).and_then(|()| self.file.sync_data()) {
+                Ok(()) => self.alloc_end = self.good_len,
+                Err(e) => tracing::warn!(error = %e, "audit: could not cut the zero tail at stop"),
+            }
+        }
         let result = if self.carry.is_empty() && !self.shared.failed.load(Ordering::Acquire) {
             Ok(())
         } else {
@@ -410,8 +437,9 @@ impl Writer {
         }
         // Roll back a partial write so the chain stays intact; if
         // even that fails, the next batch retries it first.
-        if let Err(e) = self.file.set_len(self.good_len) {
-            tracing::error!(error = %e, "audit: could not roll back partial write");
+        match self.file.set_len(self.good_len) {
+            Ok(()) => self.alloc_end = self.good_len,
+            Err(e) => tracing::error!(error = %e, "audit: could not roll back partial write"),
         }
         let msg = err.to_string();
         for e in entries {
@@ -426,17 +454,50 @@ impl Writer {
 
     fn write_batch(&mut self) -> io::Result<()> {
         if self.shared.failed.load(Ordering::Acquire)
-            && self.file.metadata()?.len() != self.good_len
+            && self.file.metadata()?.len() != self.alloc_end
         {
             self.file.set_len(self.good_len)?;
+            self.alloc_end = self.good_len;
         }
+        let end = self.good_len + self.buf.len() as u64;
+        self.grow(end);
         #[cfg(test)]
         if self.shared.inject_failure.load(Ordering::Acquire) {
             let half = self.buf.len() / 2;
-            self.file.write_all(&self.buf[..half])?;
+            self.file.write_all_at(&self.buf[..half], self.good_len)?;
             return Err(io::Error::other("injected write failure"));
         }
-        self.file.write_all(&self.buf)?;
+        self.file.write_all_at(&self.buf, self.good_len)?;
+        // Never below the lines: a later growth starts past them.
+        self.alloc_end = self.alloc_end.max(end);
         self.file.sync_data()
+    }
+
+    /// Writes zeros ahead of the lines until the file reaches past `end` (whole [`CHUNK`]s;
+    /// the batch's sync makes them durable with it). Best effort: without room for them (a
+    /// nearly full disk) the lines extend the file themselves, and growing is tried again
+    /// after [`GROW_RETRY`].
+    fn grow(&mut self, end: u64) {
+        if end <= self.alloc_end || self.grow_failed.is_some_and(|t| t.elapsed() < GROW_RETRY) {
+            return;
+        }
+        if self.zeros.is_empty() {
+            self.zeros = vec![0; CHUNK as usize];
+        }
+        let before = self.alloc_end;
+        let target = end.div_ceil(CHUNK) * CHUNK;
+        while self.alloc_end < target {
+            let n = (target - self.alloc_end).min(CHUNK) as usize;
+            if let Err(e) = self.file.write_all_at(&self.zeros[..n], self.alloc_end) {
+                tracing::debug!(error = %e, "audit: no room to grow the log ahead of its lines");
+                self.grow_failed = Some(Instant::now());
+                if self.file.set_len(before).is_ok() {
+                    self.alloc_end = before;
+                }
+                return;
+            }
+            self.alloc_end += n as u64;
+        }
+        self.grow_failed = None;
     }
 }
