@@ -14,6 +14,11 @@ use seibo_gate::audit;
 use seibo_gate::cli::{self, DEFAULT_CONFIG};
 use seibo_gate::ops::exit::{self, UsageError};
 use seibo_gate::registry::model::{StaffRole, SuspendReason, TerminalKind};
+
+/// jemalloc instead of glibc's malloc: per-thread caches without glibc's fastbin consolidation
+/// on the request path (bench/README.md, issue 16).
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use seibo_gate::site::config::Config;
 use seibo_gate::site::init::InitOptions;
 
