@@ -166,6 +166,9 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 struct HeadState {
     next: Option<(u64, [u8; 64])>,
     stop: bool,
+    /// The head thread sleeps on the condvar (otherwise a notify is a wasted syscall: it
+    /// takes `next` when it comes back from writing or from its coalescing pause).
+    waiting: bool,
 }
 
 /// Latest-value slot between the log writer and the head writer: updates are
@@ -182,8 +185,13 @@ impl HeadSlot {
     }
 
     pub(super) fn publish(&self, seq: u64, hash: [u8; 64]) {
-        self.lock().next = Some((seq, hash));
-        self.cv.notify_one();
+        let mut g = self.lock();
+        g.next = Some((seq, hash));
+        let waiting = g.waiting;
+        drop(g);
+        if waiting {
+            self.cv.notify_one();
+        }
     }
 
     pub(super) fn stop(&self) {
@@ -199,7 +207,9 @@ pub(super) fn head_thread(dir: PathBuf, slot: Arc<HeadSlot>) {
         let (job, stop) = {
             let mut g = slot.lock();
             while g.next.is_none() && !g.stop {
+                g.waiting = true;
                 g = slot.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+                g.waiting = false;
             }
             (g.next.take(), g.stop)
         };
