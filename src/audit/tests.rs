@@ -697,7 +697,11 @@ async fn zero_tail_written_ahead_is_read_past_and_cut() {
         assert_eq!(log.record(rec(i)).await.unwrap(), i);
     }
     let running = fs::read(dir.join(LOG_FILE)).unwrap();
-    assert_eq!(running.len() as u64, super::writer::CHUNK, "grown by one chunk");
+    assert_eq!(
+        running.len() as u64,
+        super::writer::CHUNK,
+        "grown by one chunk"
+    );
     let end = running.iter().rposition(|&b| b == b'\n').unwrap() + 1;
     assert!(running[end..].iter().all(|&b| b == 0));
     assert_eq!(verify(&dir).unwrap().records, 3);

@@ -342,7 +342,11 @@ impl Writer {
     fn finish(mut self, close: Option<CloseReply>) {
         if self.alloc_end != self.good_len {
             // At rest the log is its lines only (recovery would cut the tail otherwise).
-            match self.file.set_len(self.good_len).and_then(|()| self.file.sync_data()) {
+            match self
+                .file
+                .set_len(self.good_len)
+                .and_then(|()| self.file.sync_data())
+            {
                 Ok(()) => self.alloc_end = self.good_len,
                 Err(e) => tracing::warn!(error = %e, "audit: could not cut the zero tail at stop"),
             }
