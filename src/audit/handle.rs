@@ -261,6 +261,7 @@ fn recover(dir: &Path) -> Result<(File, Scan, Option<IndexWriter>), AuditError> 
         .read(true)
         .write(true)
         .create(true)
+        .truncate(false)
         .mode(0o600)
         .open(&log_path)
         .map_err(io_err(&log_path))?;

@@ -29,7 +29,10 @@
 //!
 //! Writes are done by one dedicated OS thread with group commit: it drains
 //! everything queued, appends it with one `write`, calls `sync_data` once and
-//! only then completes the waiters.  [`AuditLog::record`] therefore resolves
+//! only then completes the waiters. Lines nobody waits for (outcomes, refusal
+//! summaries) wait up to 2 ms for the next line somebody waits for; the file is
+//! grown ahead of its lines in written chunks of zeros, which readers stop at
+//! and recovery and a clean stop cut off (module `writer`).  [`AuditLog::record`] therefore resolves
 //! only when the request line is on disk, and the gateway must not send any byte
 //! of a response to a request whose `record` has not resolved, nor the EMR's
 //! response to one whose `record` failed (fail closed; docs/security.md, "Audit
