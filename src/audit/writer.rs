@@ -10,7 +10,8 @@
 //!
 //! The file is grown ahead of the lines in written chunks of zeros ([`CHUNK`]), and lines
 //! overwrite them in place: a sync then writes the data blocks only, not the inode's size and
-//! extents as well (on ext4, a journal commit per sync when the file grows with every batch).
+//! extents as well (on ext4 the inode is written at every sync of a growing file, through the
+//! journal when there is one).
 //! Readers stop at the unterminated zero tail like at a write in progress; recovery and a
 //! clean stop cut it off, so a log at rest is plain JSON Lines.
 
