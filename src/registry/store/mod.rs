@@ -149,6 +149,43 @@ fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], v: &[u8]) -> Resu
     })
 }
 
+/// Applies `f` to the record under `key` in `tree` (named `name` in errors) in one atomic
+/// read-modify-write, not flushed. The backend may run the closure more than once (when the
+/// record changed meanwhile): the last run's result is the one stored and returned. `None`
+/// when there is no such record; a record that does not decode is left as it is and its error
+/// returned.
+async fn modify_record<T: Serialize + DeserializeOwned, R>(
+    tree: &Tree,
+    name: &'static str,
+    key: &[u8],
+    mut f: impl FnMut(&mut T) -> R,
+) -> Result<Option<(R, T)>, StoreError> {
+    let mut out = None;
+    let mut err = None;
+    tree.update(key, |old| {
+        out = None;
+        err = None;
+        let old = old?;
+        match decode::<T>(name, key, old) {
+            Ok(mut v) => {
+                let r = f(&mut v);
+                let bytes = encode(&v);
+                out = Some((r, v));
+                Some(bytes)
+            }
+            Err(e) => {
+                err = Some(e);
+                Some(old.to_vec())
+            }
+        }
+    })
+    .await?;
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
 impl Store {
     /// Opens (creating) the embedded sled store in `dir`. Only one process may hold it.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -402,31 +439,7 @@ impl Store {
         id: &str,
         f: impl Fn(&mut Physician) -> R,
     ) -> Result<Option<(R, Physician)>, StoreError> {
-        let mut out = None;
-        let mut err = None;
-        self.physicians
-            .update(id.as_bytes(), |old| {
-                out = None;
-                err = None;
-                let old = old?;
-                match decode::<Physician>("physicians", id.as_bytes(), old) {
-                    Ok(mut p) => {
-                        let r = f(&mut p);
-                        let v = encode(&p);
-                        out = Some((r, p));
-                        Some(v)
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        Some(old.to_vec())
-                    }
-                }
-            })
-            .await?;
-        match err {
-            Some(e) => Err(e),
-            None => Ok(out),
-        }
+        modify_record(&self.physicians, "physicians", id.as_bytes(), f).await
     }
 
     /// Reserves one password try of physician `id` (art 13.1, issue 11 item 1): the lock test
@@ -563,31 +576,16 @@ impl Store {
 
     /// Revocation: kept in the registry (for the record) but refused from the next request on.
     pub async fn revoke_terminal(&self, name: &str) -> Result<Terminal, StoreError> {
-        let mut found = None;
-        let mut err = None;
-        self.terminals
-            .update(name.as_bytes(), |old| {
-                found = None;
-                err = None;
-                let old = old?;
-                match decode::<Terminal>("terminals", name.as_bytes(), old) {
-                    Ok(mut t) => {
-                        t.revoked = true;
-                        let v = encode(&t);
-                        found = Some(t);
-                        Some(v)
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        Some(old.to_vec())
-                    }
-                }
-            })
-            .await?;
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let t = found.ok_or_else(|| StoreError::NotFound(Missing::Terminal(name.to_string())))?;
+        let ((), t) = modify_record(
+            &self.terminals,
+            "terminals",
+            name.as_bytes(),
+            |t: &mut Terminal| {
+                t.revoked = true;
+            },
+        )
+        .await?
+        .ok_or_else(|| StoreError::NotFound(Missing::Terminal(name.to_string())))?;
         self.flush()?;
         Ok(t)
     }
@@ -1097,32 +1095,9 @@ impl Store {
         id: &str,
         f: impl Fn(&mut Staff) -> bool,
     ) -> Result<Staff, StoreError> {
-        let mut out = None;
-        let mut err = None;
-        let mut changed = false;
-        self.staff
-            .update(id.as_bytes(), |old| {
-                out = None;
-                err = None;
-                let old = old?;
-                match decode::<Staff>("staff", id.as_bytes(), old) {
-                    Ok(mut s) => {
-                        changed = f(&mut s);
-                        let v = encode(&s);
-                        out = Some(s);
-                        Some(v)
-                    }
-                    Err(e) => {
-                        err = Some(e);
-                        Some(old.to_vec())
-                    }
-                }
-            })
-            .await?;
-        if let Some(e) = err {
-            return Err(e);
-        }
-        let s = out.ok_or_else(|| StoreError::NotFound(Missing::Staff(id.to_string())))?;
+        let (changed, s) = modify_record(&self.staff, "staff", id.as_bytes(), f)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(Missing::Staff(id.to_string())))?;
         if changed {
             self.flush()?;
         }
