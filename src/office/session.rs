@@ -56,23 +56,15 @@ pub fn login_binding(fingerprint: &str) -> String {
 
 /// The session token from the console's cookie, if well-formed.
 pub fn token_from_cookies(headers: &http::HeaderMap) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.to_string())
-        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+    crate::policy::session::token_in_cookie(headers, COOKIE)
 }
 
 pub fn set_cookie(token: &str) -> String {
-    format!("{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict")
+    crate::policy::session::set_named_cookie(COOKIE, token)
 }
 
 pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+    crate::policy::session::clear_named_cookie(COOKIE)
 }
 
 #[cfg(test)]

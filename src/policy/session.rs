@@ -477,25 +477,41 @@ impl Sessions {
 
 /// The session token from a `Cookie` header, if any.
 pub fn token_from_cookies(headers: &http::HeaderMap) -> Option<String> {
+    token_in_cookie(headers, COOKIE)
+}
+
+/// `Set-Cookie` for a new session.
+pub fn set_cookie(token: &str) -> String {
+    set_named_cookie(COOKIE, token)
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_cookie() -> String {
+    clear_named_cookie(COOKIE)
+}
+
+/// The token in session cookie `name` (the gateway's or the console's), if well-formed: 64
+/// hex digits.
+pub fn token_in_cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
         .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// `Set-Cookie` for a new session.
-pub fn set_cookie(token: &str) -> String {
-    format!("{COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict")
+/// `Set-Cookie` for session cookie `name` (`__Host-`: secure, whole site, script-proof).
+pub fn set_named_cookie(name: &str, token: &str) -> String {
+    format!("{name}={token}; Path=/; Secure; HttpOnly; SameSite=Strict")
 }
 
-/// `Set-Cookie` that removes the session cookie.
-pub fn clear_cookie() -> String {
-    format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
+/// `Set-Cookie` that removes session cookie `name`.
+pub fn clear_named_cookie(name: &str) -> String {
+    format!("{name}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0")
 }
 
 #[cfg(test)]
